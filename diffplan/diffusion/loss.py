@@ -1,0 +1,47 @@
+"""The denoising loss, with per-token noise levels and masked entries."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from diffplan.diffusion.sampler import Denoiser
+from diffplan.diffusion.schedule import NoiseSchedule
+
+
+def diffusion_loss(
+    denoiser: Denoiser,
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    levels: Tensor,
+    noise: Tensor,
+    *,
+    condition_mask: Tensor | None = None,
+    valid: Tensor | None = None,
+    weights: Tensor | None = None,
+) -> Tensor:
+    """Weighted mean squared error of the denoiser's prediction.
+
+    Args:
+        x0: clean normalized trajectories (B, H, D).
+        levels: integer noise level per token (B, H), in [1, T].
+        noise: standard Gaussian noise (B, H, D).
+        condition_mask: bool (B, H, D) or (H, D): entries given to the model clean
+            (inpainting); they are written into x_t and excluded from the loss.
+        valid: bool (B, H): tokens that carry data (padding after a timeout does not).
+        weights: per-entry loss weights broadcastable to (B, H, D) (e.g. first-action weight).
+    """
+    x_t = schedule.add_noise(x0, noise, levels)
+    keep = torch.ones_like(x0, dtype=torch.bool)
+    if condition_mask is not None:
+        condition_mask = condition_mask.expand_as(x0)
+        x_t = torch.where(condition_mask, x0, x_t)
+        keep = keep & ~condition_mask
+    if valid is not None:
+        keep = keep & valid.unsqueeze(-1)
+    output = denoiser(x_t, schedule.normalized_level(levels))
+    error = (output - schedule.target(x0, noise, levels)) ** 2
+    if weights is not None:
+        error = error * weights
+    keep_f = keep.to(error.dtype)
+    return (error * keep_f).sum() / keep_f.sum().clamp(min=1.0)

@@ -1,0 +1,197 @@
+"""Reverse-process sampling along a scheduling matrix, with per-token noise levels.
+
+A scheduling matrix has shape (S + 1, H): row ``i`` holds the noise level of every token
+after ``i`` sampling iterations; row 0 is where sampling starts and row S must be all zeros.
+Full-sequence diffusion uses rows whose H entries are equal. The sampler walks the rows,
+calls the denoiser once per row, and applies one DDIM update per token from its level in
+row ``i`` to its level in row ``i + 1`` (tokens whose level does not change are left as
+they are). DDPM is the DDIM update with ``eta = 1`` over every integer level.
+
+Inpainting constraints are written into the sample before the first call and after every
+update, so constrained entries stay exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+from torch import Tensor
+
+from diffplan.diffusion.schedule import NoiseSchedule
+
+#: A denoiser: (x_t (B, H, D), normalized noise level (B, H) in [0, 1]) -> output (B, H, D).
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+
+
+class SamplerKind(str, Enum):
+    """Named reverse processes."""
+
+    ddpm = "ddpm"
+    ddim = "ddim"
+
+
+@dataclass
+class Constraints:
+    """Entries of the sample that are known (inpainting): held exactly at every step.
+
+    Attributes:
+        mask: bool (B, H, D), True where the value is given.
+        values: (B, H, D), the clean (normalized) values; read only where ``mask``.
+    """
+
+    mask: Tensor
+    values: Tensor
+
+    def apply(self, x: Tensor) -> Tensor:
+        """Overwrite the constrained entries of ``x`` (B, H, D)."""
+        return torch.where(self.mask, self.values, x)
+
+    def repeat_interleave(self, repeats: int) -> Constraints:
+        """Each of the B rows repeated ``repeats`` times (for K candidates per environment)."""
+        return Constraints(
+            self.mask.repeat_interleave(repeats, dim=0), self.values.repeat_interleave(repeats, dim=0)
+        )
+
+
+def full_sequence_matrix(n_timesteps: int, sampling_steps: int, horizon: int) -> Tensor:
+    """Scheduling matrix (S + 1, H) where every token shares one level per row.
+
+    Levels fall evenly from T to 0 in S rows (DDIM's uniform spacing); with S = T this is
+    every integer level (DDPM).
+    """
+    if not 1 <= sampling_steps <= n_timesteps:
+        raise ValueError(
+            f"sampling_steps must be in [1, n_timesteps={n_timesteps}], got {sampling_steps}; "
+            "lower diffusion.sampling_steps or raise diffusion.n_timesteps"
+        )
+    levels = torch.linspace(n_timesteps, 0, sampling_steps + 1, dtype=torch.float64).round().long()
+    return levels.unsqueeze(1).expand(sampling_steps + 1, horizon).contiguous()
+
+
+def validate_matrix(matrix: Tensor, n_timesteps: int) -> None:
+    """Check a scheduling matrix: integer levels in [0, T], non-increasing per token, ends at 0."""
+    if matrix.dim() != 2 or matrix.shape[0] < 2:
+        raise ValueError(f"scheduling matrix must have shape (S + 1, H) with S >= 1, got {tuple(matrix.shape)}")
+    if matrix.min() < 0 or matrix.max() > n_timesteps:
+        raise ValueError(
+            f"scheduling matrix levels must lie in [0, {n_timesteps}], "
+            f"got min {int(matrix.min())} max {int(matrix.max())}"
+        )
+    if (matrix[1:] > matrix[:-1]).any():
+        row = int((matrix[1:] > matrix[:-1]).any(dim=1).nonzero()[0]) + 1
+        raise ValueError(f"scheduling matrix must be non-increasing per token; row {row} raises a level")
+    if (matrix[-1] != 0).any():
+        raise ValueError("scheduling matrix must end with a row of zeros (clean tokens)")
+
+
+class Sampler:
+    """DDIM/DDPM updates for per-token noise levels.
+
+    Args:
+        schedule: the noise schedule the denoiser was trained with.
+        eta: DDIM stochasticity: 0 is deterministic DDIM, 1 with unit steps is DDPM
+            (Song et al. 2021, eq. 16).
+        clip_denoised: if set, clamp the x0 estimate to [-clip, clip] before each update
+            (useful with the limits normalizer, whose data lie in [-1, 1]).
+    """
+
+    def __init__(self, schedule: NoiseSchedule, *, eta: float = 0.0, clip_denoised: float | None = None):
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        self.schedule = schedule
+        self.eta = float(eta)
+        self.clip_denoised = clip_denoised
+
+    def step(
+        self,
+        x_t: Tensor,
+        model_output: Tensor,
+        level_from: Tensor,
+        level_to: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """One reverse update per token from ``level_from`` to ``level_to`` (both (B, H)).
+
+        Returns (x at level_to (B, H, D), the x0 estimate (B, H, D)).
+        """
+        sched = self.schedule
+        x0 = sched.pred_original_sample(x_t, model_output, level_from)
+        if self.clip_denoised is not None:
+            x0 = x0.clamp(-self.clip_denoised, self.clip_denoised)
+        eps = sched.pred_noise(x_t, x0, level_from)
+        abar_from = sched.at_levels(sched.alphas_cumprod, level_from)
+        abar_to = sched.at_levels(sched.alphas_cumprod, level_to)
+        # sigma of DDIM (Song et al. 2021, eq. 16); zero where the token lands on level 0.
+        variance = (1 - abar_to) / (1 - abar_from).clamp(min=1e-12) * (1 - abar_from / abar_to)
+        sigma = self.eta * variance.clamp(min=0).sqrt()
+        direction = (1 - abar_to - sigma**2).clamp(min=0).sqrt() * eps
+        x_next = abar_to.sqrt() * x0 + direction
+        if self.eta > 0:
+            noise = torch.randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+            x_next = x_next + sigma * noise
+        unchanged = (level_to == level_from).unsqueeze(-1)
+        return torch.where(unchanged, x_t, x_next), x0
+
+    @torch.no_grad()
+    def sample(
+        self,
+        denoiser: Denoiser,
+        shape: tuple[int, int, int],
+        matrix: Tensor,
+        *,
+        constraints: Constraints | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+        x_init: Tensor | None = None,
+    ) -> Tensor:
+        """Draw samples (B, H, D) by walking the rows of ``matrix`` (S + 1, H).
+
+        Args:
+            denoiser: called once per row with (x_t, normalized levels).
+            shape: (B, H, D).
+            matrix: scheduling matrix; row 0 is the starting level of each token.
+            constraints: inpainted entries, held exact after every update.
+            generator: source of all randomness (initial noise and DDPM noise).
+            x_init: start from this tensor instead of Gaussian noise (warm starts).
+        """
+        validate_matrix(matrix, self.schedule.n_timesteps)
+        batch, horizon, _ = shape
+        if matrix.shape[1] != horizon:
+            raise ValueError(f"scheduling matrix has {matrix.shape[1]} columns but the horizon is {horizon}")
+        matrix = matrix.to(device)
+        if x_init is None:
+            x = torch.randn(shape, generator=generator, device=device)
+        else:
+            x = x_init.to(device)
+        if constraints is not None:
+            x = constraints.apply(x)
+        for row in range(matrix.shape[0] - 1):
+            level_from = matrix[row].expand(batch, horizon)
+            level_to = matrix[row + 1].expand(batch, horizon)
+            output = denoiser(x, self.schedule.normalized_level(level_from))
+            x, _ = self.step(x, output, level_from, level_to, generator)
+            if constraints is not None:
+                x = constraints.apply(x)
+        return x
+
+
+def make_sampler(
+    schedule: NoiseSchedule,
+    kind: SamplerKind | str,
+    *,
+    sampling_steps: int,
+    horizon: int,
+    eta: float = 0.0,
+    clip_denoised: float | None = None,
+) -> tuple[Sampler, Tensor]:
+    """A sampler and its full-sequence matrix: DDPM walks every level with eta 1; DDIM
+    takes ``sampling_steps`` evenly spaced levels with the given ``eta``."""
+    kind = SamplerKind(kind)
+    if kind is SamplerKind.ddpm:
+        sampler = Sampler(schedule, eta=1.0, clip_denoised=clip_denoised)
+        return sampler, full_sequence_matrix(schedule.n_timesteps, schedule.n_timesteps, horizon)
+    sampler = Sampler(schedule, eta=eta, clip_denoised=clip_denoised)
+    return sampler, full_sequence_matrix(schedule.n_timesteps, sampling_steps, horizon)

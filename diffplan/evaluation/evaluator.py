@@ -1,0 +1,259 @@
+"""Batched closed-loop evaluation: N episodes in lockstep, per-episode records.
+
+The evaluator steps a batch of environments together, asks the policy for actions of the
+active ones, masks episodes that ended, and records per episode: return, normalized score,
+success, length, and, if something went wrong (an exception, a non-finite plan), the
+failure with its reason. One bad episode never stops the evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffplan.planning.policy import PlanningPolicy, PlanRecord
+
+log = logging.getLogger(__name__)
+
+
+class BatchEnv(Protocol):
+    """What the evaluator needs from a batch of N environments (see diffplan_envs.MazeBatch)."""
+
+    @property
+    def n_envs(self) -> int: ...
+
+    def reset(self, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class EpisodeResult:
+    """One evaluation episode."""
+
+    seed: int
+    episode: int
+    reset_seed: int
+    episode_return: float
+    normalized_score: float
+    success: bool
+    length: int
+    failed: bool = False
+    reason: str = ""
+
+
+@dataclass
+class EpisodeTrace:
+    """Executed path and plans of one episode, kept for plots."""
+
+    seed: int
+    episode: int
+    goal: np.ndarray
+    observations: np.ndarray  # (T + 1, obs_dim)
+    plans: list[np.ndarray] = field(default_factory=list)  # each (H, obs_dim)
+
+
+@dataclass
+class EvaluationOutput:
+    """Everything an evaluation measured."""
+
+    episodes: list[EpisodeResult]
+    plan_times_s: list[float]
+    wall_time_s: float
+    traces: list[EpisodeTrace]
+
+    def normalized_scores(self) -> np.ndarray:
+        return np.array([e.normalized_score for e in self.episodes])
+
+    def summary(self) -> dict[str, Any]:
+        """Mean and standard error of the normalized score, success rate, counts, timing."""
+        scores = self.normalized_scores()
+        returns = np.array([e.episode_return for e in self.episodes])
+        n = len(scores)
+        per_seed = {
+            str(s): float(np.mean([e.normalized_score for e in self.episodes if e.seed == s]))
+            for s in sorted({e.seed for e in self.episodes})
+        }
+        return {
+            "n_episodes": n,
+            "n_failed": int(sum(e.failed for e in self.episodes)),
+            "normalized_score": {
+                "mean": float(scores.mean()) if n else float("nan"),
+                "stderr": float(scores.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+                "per_seed_mean": per_seed,
+            },
+            "return": {"mean": float(returns.mean()) if n else float("nan")},
+            "success_rate": float(np.mean([e.success for e in self.episodes])) if n else float("nan"),
+            "plan_time_s": {
+                "mean": float(np.mean(self.plan_times_s)) if self.plan_times_s else float("nan"),
+                "median": float(np.median(self.plan_times_s)) if self.plan_times_s else float("nan"),
+                "n_plans": len(self.plan_times_s),
+            },
+            "wall_time_s": self.wall_time_s,
+        }
+
+    def episode_dicts(self) -> list[dict[str, Any]]:
+        return [asdict(e) for e in self.episodes]
+
+
+def normalize_score(episode_return: float, ref_min: float, ref_max: float) -> float:
+    """100 * (return - min) / (max - min) (D4RL's and Minari's definition)."""
+    return 100.0 * (episode_return - ref_min) / (ref_max - ref_min)
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}".strip()[:500]
+
+
+def evaluate(
+    policy: PlanningPolicy,
+    make_env: Callable[[int], BatchEnv],
+    *,
+    n_episodes: int,
+    n_envs: int,
+    seeds: list[int],
+    episode_steps: int,
+    ref_min: float,
+    ref_max: float,
+    device: torch.device | str = "cpu",
+    n_traces: int = 6,
+    action_low: float = -1.0,
+    action_high: float = 1.0,
+    progress: bool = True,
+) -> EvaluationOutput:
+    """Run ``n_episodes`` episodes for each seed, ``n_envs`` at a time.
+
+    Episode ``j`` of seed ``s`` resets its environment with seed ``s * 1_000_003 + j`` and
+    the planner draws from a generator seeded with ``s``: the same seeds give the same
+    episodes and the same plans.
+    """
+    if n_episodes < 1 or n_envs < 1:
+        raise ValueError(f"eval.n_episodes and eval.n_envs must be >= 1, got {n_episodes} and {n_envs}")
+    if ref_max <= ref_min:
+        raise ValueError(f"reference scores must satisfy max > min, got min={ref_min} max={ref_max}")
+    results: list[EpisodeResult] = []
+    traces: list[EpisodeTrace] = []
+    plan_times: list[float] = []
+    start = time.perf_counter()
+    total = n_episodes * len(seeds)
+    bar = tqdm(total=total, desc="eval", unit="ep", disable=not progress)
+    env: BatchEnv | None = None
+    for seed in seeds:
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+        for first in range(0, n_episodes, n_envs):
+            count = min(n_envs, n_episodes - first)
+            if env is None or env.n_envs != count:
+                if env is not None:
+                    env.close()
+                env = make_env(count)
+            episode_ids = list(range(first, first + count))
+            reset_seeds = [int(seed) * 1_000_003 + j for j in episode_ids]
+            batch = _run_batch(
+                policy, env, reset_seeds, generator, episode_steps, (action_low, action_high)
+            )
+            returns, success, lengths, failed, reasons, observations, goals = batch
+            for i, j in enumerate(episode_ids):
+                results.append(
+                    EpisodeResult(
+                        seed=int(seed),
+                        episode=j,
+                        reset_seed=reset_seeds[i],
+                        episode_return=float(returns[i]),
+                        normalized_score=normalize_score(float(returns[i]), ref_min, ref_max),
+                        success=bool(success[i]),
+                        length=int(lengths[i]),
+                        failed=bool(failed[i]),
+                        reason=reasons[i],
+                    )
+                )
+                if len(traces) < n_traces:
+                    traces.append(
+                        EpisodeTrace(
+                            seed=int(seed),
+                            episode=j,
+                            goal=goals[i],
+                            observations=observations[: lengths[i] + 1, i],
+                            plans=_plans_of(policy.records, i),
+                        )
+                    )
+            plan_times.extend(r.time_s for r in policy.records)
+            bar.update(count)
+            scores = [r.normalized_score for r in results]
+            bar.set_postfix(score=f"{np.mean(scores):.1f}", failed=sum(r.failed for r in results))
+    bar.close()
+    if env is not None:
+        env.close()
+    return EvaluationOutput(results, plan_times, time.perf_counter() - start, traces)
+
+
+def _plans_of(records: list[PlanRecord], env_index: int) -> list[np.ndarray]:
+    plans = []
+    for record in records:
+        hit = np.flatnonzero(record.env_index == env_index)
+        if hit.size:
+            plans.append(record.observations[hit[0]])
+    return plans
+
+
+def _run_batch(
+    policy: PlanningPolicy,
+    env: BatchEnv,
+    reset_seeds: list[int],
+    generator: torch.Generator,
+    episode_steps: int,
+    action_box: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """Run one lockstep batch of episodes to the end; never raises for a single episode."""
+    n = env.n_envs
+    returns = np.zeros(n)
+    success = np.zeros(n, dtype=bool)
+    lengths = np.zeros(n, dtype=np.int64)
+    failed = np.zeros(n, dtype=bool)
+    reasons = [""] * n
+    obs, goals = env.reset(reset_seeds)
+    observations = np.zeros((episode_steps + 1, n, obs.shape[1]))
+    observations[0] = obs
+    active = np.ones(n, dtype=bool)
+    policy.reset(n)
+
+    def fail(index: np.ndarray, reason: str) -> None:
+        for i in np.flatnonzero(index):
+            if not failed[i]:
+                failed[i], reasons[i] = True, reason
+                log.warning("episode with reset seed %d failed: %s", reset_seeds[i], reason)
+        active[index] = False
+
+    for t in range(episode_steps):
+        if not active.any():
+            break
+        try:
+            actions, bad = policy.act(t, obs, goals, active, generator)
+        except Exception as e:  # the whole batch's plan failed: record it, do not crash
+            log.debug(traceback.format_exc())
+            fail(active.copy(), f"planning failed: {_reason(e)}")
+            break
+        fail(bad & active, "planner returned a non-finite plan")
+        actions = np.clip(np.nan_to_num(actions), *action_box)
+        try:
+            result = env.step(actions, active)
+        except Exception as e:
+            fail(active.copy(), f"environment step failed: {_reason(e)}")
+            break
+        obs = result.obs
+        returns[active] += result.reward[active]
+        success[active] |= result.success[active]
+        lengths[active] += 1
+        observations[t + 1, active] = obs[active]
+        done = (result.terminated | result.truncated) & active
+        active &= ~done
+    return returns, success, lengths, failed, reasons, observations, goals

@@ -1,0 +1,169 @@
+"""Temporal U-Net denoiser (Janner et al. 2022) with a noise level per token.
+
+Input x_t (B, H, D) and normalized noise levels (B, H); output (B, H, D). The network
+convolves over the horizon axis: Conv1d residual blocks with GroupNorm and Mish, strided
+downsampling, transposed-convolution upsampling and skip connections. Each token's noise
+level is embedded on its own and average-pooled along with the features at every
+resolution, so equal levels reproduce the classic full-sequence model exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Sinusoidal features of a scalar (Vaswani et al. 2017), applied elementwise: (...) -> (..., dim)."""
+
+    def __init__(self, dim: int, max_period: float = 10_000.0) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"embedding dim must be even, got {dim}")
+        self.dim = dim
+        self.max_period = max_period
+
+    def forward(self, value: Tensor) -> Tensor:
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=value.device) / half)
+        # Levels arrive in [0, 1]; scale to the [0, 1000] range the frequencies were designed for.
+        args = value.float().unsqueeze(-1) * 1000.0 * freqs
+        return torch.cat([args.sin(), args.cos()], dim=-1)
+
+
+class Conv1dBlock(nn.Module):
+    """Conv1d -> GroupNorm -> Mish on (B, C, H)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, n_groups: int = 8) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2),
+            nn.GroupNorm(n_groups, out_channels),
+            nn.Mish(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.block(x)
+
+
+class ResidualTemporalBlock(nn.Module):
+    """Two conv blocks with the per-token level embedding added in between, plus a residual."""
+
+    def __init__(self, in_channels: int, out_channels: int, embed_dim: int, kernel_size: int) -> None:
+        super().__init__()
+        self.block0 = Conv1dBlock(in_channels, out_channels, kernel_size)
+        self.block1 = Conv1dBlock(out_channels, out_channels, kernel_size)
+        self.level_mlp = nn.Sequential(nn.Mish(), nn.Linear(embed_dim, out_channels))
+        self.residual = (
+            nn.Conv1d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        )
+
+    def forward(self, x: Tensor, embedding: Tensor) -> Tensor:
+        """x (B, C_in, H_l), embedding (B, H_l, E) -> (B, C_out, H_l)."""
+        h = self.block0(x) + self.level_mlp(embedding).transpose(1, 2)  # (B, C_out, H_l)
+        h = self.block1(h)
+        return h + self.residual(x)
+
+
+def _pool_tokens(embedding: Tensor) -> Tensor:
+    """Halve the horizon of a token embedding (B, H, E) -> (B, H/2, E), as the features are."""
+    return F.avg_pool1d(embedding.transpose(1, 2), 2).transpose(1, 2)
+
+
+class TemporalUnet(nn.Module):
+    """Janner-style temporal U-Net with per-token noise-level conditioning.
+
+    Args:
+        transition_dim: D, channels per token.
+        horizon: H used in training; any H divisible by ``2 ** (len(dim_mults) - 1)`` works.
+        dim: base channel width.
+        dim_mults: channel multipliers per resolution; each but the last halves the horizon.
+        kernel_size: temporal convolution width.
+    """
+
+    def __init__(
+        self,
+        *,
+        transition_dim: int,
+        horizon: int,
+        dim: int = 32,
+        dim_mults: Sequence[int] = (1, 2, 4, 8),
+        kernel_size: int = 5,
+    ) -> None:
+        super().__init__()
+        if dim % 8:
+            raise ValueError(f"model.dim must be a multiple of 8 (GroupNorm with 8 groups), got {dim}")
+        self.downsample_factor = 2 ** (len(dim_mults) - 1)
+        check_horizon(horizon, self.downsample_factor)
+        self.transition_dim = transition_dim
+        dims = [transition_dim, *[dim * m for m in dim_mults]]
+        in_out = list(zip(dims[:-1], dims[1:], strict=True))
+        embed_dim = dim
+        self.level_embedding = nn.Sequential(
+            SinusoidalEmbedding(dim), nn.Linear(dim, dim * 4), nn.Mish(), nn.Linear(dim * 4, embed_dim)
+        )
+        self.downs = nn.ModuleList()
+        for index, (c_in, c_out) in enumerate(in_out):
+            last = index == len(in_out) - 1
+            self.downs.append(
+                nn.ModuleList(
+                    [
+                        ResidualTemporalBlock(c_in, c_out, embed_dim, kernel_size),
+                        ResidualTemporalBlock(c_out, c_out, embed_dim, kernel_size),
+                        nn.Conv1d(c_out, c_out, 3, stride=2, padding=1) if not last else nn.Identity(),
+                    ]
+                )
+            )
+        mid = dims[-1]
+        self.mid1 = ResidualTemporalBlock(mid, mid, embed_dim, kernel_size)
+        self.mid2 = ResidualTemporalBlock(mid, mid, embed_dim, kernel_size)
+        self.ups = nn.ModuleList()
+        for c_in, c_out in reversed(in_out[1:]):
+            self.ups.append(
+                nn.ModuleList(
+                    [
+                        ResidualTemporalBlock(c_out * 2, c_in, embed_dim, kernel_size),
+                        ResidualTemporalBlock(c_in, c_in, embed_dim, kernel_size),
+                        nn.ConvTranspose1d(c_in, c_in, 4, stride=2, padding=1),
+                    ]
+                )
+            )
+        self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel_size), nn.Conv1d(dim, transition_dim, 1))
+
+    def forward(self, x: Tensor, levels: Tensor) -> Tensor:
+        """x (B, H, D), levels (B, H) in [0, 1] -> (B, H, D)."""
+        check_horizon(x.shape[1], self.downsample_factor)
+        embedding = self.level_embedding(levels)  # (B, H, E)
+        h = x.transpose(1, 2)  # (B, D, H)
+        skips: list[Tensor] = []
+        embeddings: list[Tensor] = []
+        for block1, block2, down in self.downs:  # type: ignore[misc]
+            h = block1(h, embedding)
+            h = block2(h, embedding)
+            skips.append(h)
+            embeddings.append(embedding)
+            if not isinstance(down, nn.Identity):
+                h = down(h)  # (B, C, H_l / 2)
+                embedding = _pool_tokens(embedding)
+        h = self.mid1(h, embedding)
+        h = self.mid2(h, embedding)
+        for block1, block2, up in self.ups:  # type: ignore[misc]
+            embedding = embeddings.pop()
+            h = torch.cat([h, skips.pop()], dim=1)  # (B, 2 C, H_l)
+            h = block1(h, embedding)
+            h = block2(h, embedding)
+            h = up(h)  # (B, C, 2 H_l)
+        return self.final(h).transpose(1, 2)  # (B, H, D)
+
+
+def check_horizon(horizon: int, factor: int) -> None:
+    """Raise if the U-Net cannot process this horizon."""
+    if horizon % factor:
+        raise ValueError(
+            f"horizon {horizon} must be divisible by {factor} (2 ** (len(model.dim_mults) - 1)); "
+            f"use a multiple of {factor} or fewer dim_mults"
+        )

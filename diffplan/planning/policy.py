@@ -1,0 +1,120 @@
+"""Turn plans into actions for N environments stepped in lockstep.
+
+Two execution modes:
+
+- ``tracker`` (Diffuser's maze protocol): a PD controller follows the planned states;
+  at ``t`` steps after planning the target is plan state ``t + 1``; past the plan's end the
+  target is its last position with zero velocity.
+- ``actions``: the plan's own actions are executed (receding horizon).
+
+``replan_every = 0`` plans once per episode (open loop); ``k > 0`` replans every k steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from diffplan.config import ExecutionMode, PlannerConfig
+from diffplan.planning.planner import GoalPlanner, Plan
+
+
+@dataclass
+class PlanRecord:
+    """One planning call, kept for reports: which envs, when, and what was planned."""
+
+    step: int
+    env_index: np.ndarray
+    observations: np.ndarray  # (n, H, obs_dim)
+    time_s: float
+
+
+@dataclass
+class PlanningPolicy:
+    """Batched closed-loop policy around a :class:`GoalPlanner`.
+
+    Args:
+        planner: the batched planner.
+        cfg: execution mode, replanning interval and tracker gains.
+        position_dims / velocity_dims: observation channels the tracker uses.
+    """
+
+    planner: GoalPlanner
+    cfg: PlannerConfig
+    position_dims: list[int]
+    velocity_dims: list[int]
+    records: list[PlanRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.cfg.replan_every < 0:
+            raise ValueError(f"planner.replan_every must be >= 0 (0 = plan once), got {self.cfg.replan_every}")
+        if ExecutionMode(self.cfg.mode) is ExecutionMode.tracker and len(self.position_dims) != len(
+            self.velocity_dims
+        ):
+            raise ValueError("the tracker needs as many velocity dims as position dims (task.velocity_obs_dims)")
+        self._states: np.ndarray | None = None
+        self._actions: np.ndarray | None = None
+        self._age: np.ndarray | None = None
+
+    def reset(self, n_envs: int) -> None:
+        """Forget plans; the next :meth:`act` plans for every environment."""
+        self._states = None
+        self._actions = None
+        self._age = np.full(n_envs, -1, dtype=np.int64)
+        self.records = []
+
+    def _needs_plan(self, active: np.ndarray) -> np.ndarray:
+        assert self._age is not None
+        fresh = self._age < 0
+        if self.cfg.replan_every > 0:
+            fresh |= self._age >= self.cfg.replan_every
+        return fresh & active
+
+    def act(
+        self, step: int, observations: np.ndarray, goals: np.ndarray, active: np.ndarray, generator: torch.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Actions (N, act_dim) for the active environments, and a (N,) bool of envs whose
+        plan came out non-finite (the evaluator records them as failed)."""
+        if self._age is None:
+            self.reset(len(observations))
+        assert self._age is not None
+        bad = np.zeros(len(observations), dtype=bool)
+        replan = self._needs_plan(active)
+        if replan.any():
+            index = np.flatnonzero(replan)
+            plan = self.planner.plan(
+                torch.as_tensor(observations[index]), torch.as_tensor(goals[index]), generator
+            )
+            self._store(index, plan)
+            self._age[index] = 0
+            bad[index] = ~plan.finite.numpy()
+            self.records.append(PlanRecord(step, index, plan.observations.numpy(), plan.plan_time_s))
+        actions = self._actions_from_plans(observations)
+        self._age[active] += 1
+        return actions, bad
+
+    def _store(self, index: np.ndarray, plan: Plan) -> None:
+        states, acts = plan.observations.numpy(), plan.actions.numpy()
+        if self._states is None or self._actions is None:
+            n = len(self._age) if self._age is not None else len(index)
+            self._states = np.zeros((n, *states.shape[1:]), dtype=np.float64)
+            self._actions = np.zeros((n, *acts.shape[1:]), dtype=np.float64)
+        self._states[index] = states
+        self._actions[index] = acts
+
+    def _actions_from_plans(self, observations: np.ndarray) -> np.ndarray:
+        assert self._states is not None and self._actions is not None and self._age is not None
+        horizon = self._states.shape[1]
+        rows = np.arange(len(observations))
+        age = np.clip(self._age, 0, None)
+        if ExecutionMode(self.cfg.mode) is ExecutionMode.actions:
+            return self._actions[rows, np.minimum(age, horizon - 1)]
+        target = self._states[rows, np.minimum(age + 1, horizon - 1)].copy()
+        past_end = age + 1 >= horizon
+        target[np.ix_(past_end, self.velocity_dims)] = 0.0
+        pos, vel = self.position_dims, self.velocity_dims
+        return self.cfg.p_gain * (target[:, pos] - observations[:, pos]) + self.cfg.d_gain * (
+            target[:, vel] - observations[:, vel]
+        )

@@ -1,0 +1,163 @@
+"""Checkpoints: one file, written atomically, loaded with ``weights_only=True``.
+
+A checkpoint holds plain containers of tensors and primitives only (no pickled objects):
+model and EMA weights, optimizer state, the normalizer's statistics, the trajectory
+layout, the resolved config, the step, the RNG states and the package version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffplan import __version__
+from diffplan.config import Config, as_config
+from diffplan.data.layout import TrajectoryLayout
+from diffplan.data.normalizer import Normalizer, normalizer_from_state_dict
+from diffplan.diffusion.schedule import NoiseSchedule
+from diffplan.models.factory import build_denoiser
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (missing, corrupt, or for another task)."""
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically: a temp file in the same folder, then rename,
+    so an interruption never leaves a truncated checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``; clear errors for bad files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; train first (diffplan-train) or set eval.checkpoint"
+        )
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({e}); it is not a diffplan checkpoint") from e
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} has format {payload.get('format') if isinstance(payload, dict) else None!r}, "
+            f"expected {CHECKPOINT_FORMAT}; it was written by another program or version"
+        )
+    return payload
+
+
+def config_from_checkpoint(payload: dict[str, Any]) -> Config:
+    """The resolved training config stored in a checkpoint."""
+    return as_config(json.loads(payload["config"]))
+
+
+@dataclass
+class TrainedModel:
+    """Everything planning needs from a checkpoint."""
+
+    denoiser: nn.Module
+    schedule: NoiseSchedule
+    normalizer: Normalizer
+    layout: TrajectoryLayout
+    config: Config
+    horizon: int
+    step: int
+    path: Path
+
+
+def load_trained_model(
+    path: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    use_ema: bool = True,
+    expected_layout: TrajectoryLayout | None = None,
+    expected_task: str | None = None,
+) -> TrainedModel:
+    """Rebuild the denoiser (EMA weights by default), schedule and normalizer from a checkpoint.
+
+    Raises:
+        CheckpointError: if the checkpoint was trained for another task or layout.
+    """
+    payload = load_checkpoint(path, map_location=device)
+    cfg = config_from_checkpoint(payload)
+    layout = TrajectoryLayout.from_dict(payload["layout"])
+    if expected_task is not None and cfg.task.name != expected_task:
+        raise CheckpointError(
+            f"checkpoint {path} was trained on task {cfg.task.name!r}, not {expected_task!r}; "
+            "pass the checkpoint of this task or change task="
+        )
+    if expected_layout is not None and layout != expected_layout:
+        raise CheckpointError(
+            f"checkpoint {path} has layout {layout.to_dict()} but the task needs {expected_layout.to_dict()}"
+        )
+    horizon = int(payload["horizon"])
+    denoiser = build_denoiser(cfg.model, transition_dim=layout.transition_dim, horizon=horizon)
+    denoiser.load_state_dict(payload["ema" if use_ema else "model"])
+    denoiser.to(device).eval()
+    schedule = NoiseSchedule(
+        cfg.diffusion.n_timesteps, kind=cfg.diffusion.schedule, prediction=cfg.diffusion.prediction
+    ).to(device)
+    normalizer = normalizer_from_state_dict(payload["normalizer"]["kind"], payload["normalizer"]["state"])
+    normalizer.to(device)
+    return TrainedModel(
+        denoiser=denoiser,
+        schedule=schedule,
+        normalizer=normalizer,
+        layout=layout,
+        config=cfg,
+        horizon=horizon,
+        step=int(payload["step"]),
+        path=Path(path),
+    )
+
+
+def checkpoint_payload(
+    *,
+    model: nn.Module,
+    ema: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    normalizer_kind: str,
+    normalizer: Normalizer,
+    layout: TrajectoryLayout,
+    config: dict[str, Any],
+    horizon: int,
+    step: int,
+    generator: torch.Generator,
+    dataset: dict[str, Any],
+) -> dict[str, Any]:
+    """Assemble the checkpoint dict (tensors and primitives only)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": __version__,
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "normalizer": {"kind": normalizer_kind, "state": normalizer.state_dict()},
+        "layout": layout.to_dict(),
+        "config": json.dumps(config),
+        "horizon": horizon,
+        "step": step,
+        "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state()},
+        "dataset": json.dumps(dataset),
+    }
