@@ -8,7 +8,7 @@ and, for choices, the allowed values (enums).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -18,23 +18,23 @@ from diffplan.diffusion.sampler import SamplerKind
 from diffplan.diffusion.schedule import PredictionType, ScheduleKind
 
 
-class NormalizerKind(str, Enum):
+class NormalizerKind(StrEnum):
     gaussian = "gaussian"
     limits = "limits"
 
 
-class ModelKind(str, Enum):
+class ModelKind(StrEnum):
     unet = "unet"
 
 
-class ExecutionMode(str, Enum):
+class ExecutionMode(StrEnum):
     """How a plan becomes actions: a PD tracker follows its states, or its actions run."""
 
     tracker = "tracker"
     actions = "actions"
 
 
-class Selection(str, Enum):
+class Selection(StrEnum):
     """Which of the K candidate plans per environment is executed."""
 
     first = "first"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from diffplan.config import Config
 from diffplan.cli.common import hydra_entry
+from diffplan.config import Config
 
 log = logging.getLogger(__name__)
 

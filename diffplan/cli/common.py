@@ -16,11 +16,11 @@ from diffplan.config import Config, as_config, register_configs
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
-def hydra_entry(run: Callable[[Config], Any]) -> Callable[[], None]:
-    """Wrap ``run(cfg)`` as a Hydra command reading conf/config.yaml."""
+def hydra_entry(run: Callable[[Config], Any], config_name: str = "config") -> Callable[[], None]:
+    """Wrap ``run(cfg)`` as a Hydra command reading ``conf/<config_name>.yaml``."""
     register_configs()
 
-    @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+    @hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")
     def _main(cfg: DictConfig) -> None:
         logging.getLogger("diffplan").setLevel(logging.INFO)
         run(as_config(cfg))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from diffplan.config import Config
 from diffplan.cli.common import hydra_entry
+from diffplan.config import Config
 from diffplan.data.loading import load_episodes
-from diffplan.training.trainer import TrainSummary, Trainer
+from diffplan.training.trainer import Trainer, TrainSummary
 from diffplan.utils import file_sha256
 
 log = logging.getLogger(__name__)

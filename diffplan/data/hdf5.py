@@ -25,6 +25,7 @@ import numpy as np
 
 from diffplan.data.episodes import Episodes
 from diffplan.data.errors import DatasetError, DatasetNotFoundError
+from diffplan.utils import atomic_path
 
 LayoutKind = Literal["auto", "diffplan", "maze2d", "locomotion"]
 #: Value of ``format`` in the root ``metadata`` attribute of the project's own files.
@@ -203,15 +204,9 @@ def write_hdf5(
         attr.pop("keys", None)
         attr.pop("layout_kind", None)
         attr["format"] = DIFFPLAN_FORMAT
-    tmp_path = file_path.with_name(f".{file_path.name}.tmp-{os.getpid()}")
-    try:
-        with h5py.File(tmp_path, "w") as handle:
-            for key, value in arrays.items():
-                handle.create_dataset(key, data=value, compression=compression)
-            if attr is not None:
-                handle.attrs["metadata"] = json.dumps(attr, sort_keys=True, default=str)
-        os.replace(tmp_path, file_path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+    with atomic_path(file_path) as tmp_path, h5py.File(tmp_path, "w") as handle:
+        for key, value in arrays.items():
+            handle.create_dataset(key, data=value, compression=compression)
+        if attr is not None:
+            handle.attrs["metadata"] = json.dumps(attr, sort_keys=True, default=str)
     return file_path

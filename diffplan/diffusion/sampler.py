@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import torch
 from torch import Tensor
@@ -26,7 +26,7 @@ from diffplan.diffusion.schedule import NoiseSchedule
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 
-class SamplerKind(str, Enum):
+class SamplerKind(StrEnum):
     """Named reverse processes."""
 
     ddpm = "ddpm"
@@ -162,10 +162,7 @@ class Sampler:
         if matrix.shape[1] != horizon:
             raise ValueError(f"scheduling matrix has {matrix.shape[1]} columns but the horizon is {horizon}")
         matrix = matrix.to(device)
-        if x_init is None:
-            x = torch.randn(shape, generator=generator, device=device)
-        else:
-            x = x_init.to(device)
+        x = torch.randn(shape, generator=generator, device=device) if x_init is None else x_init.to(device)
         if constraints is not None:
             x = constraints.apply(x)
         for row in range(matrix.shape[0] - 1):

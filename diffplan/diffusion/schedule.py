@@ -11,20 +11,20 @@ computed in float64 and stored as float32 buffers so they follow ``.to(device)``
 from __future__ import annotations
 
 import math
-from enum import Enum
+from enum import StrEnum
 
 import torch
 from torch import Tensor, nn
 
 
-class ScheduleKind(str, Enum):
+class ScheduleKind(StrEnum):
     """Named beta schedules."""
 
     cosine = "cosine"
     linear = "linear"
 
 
-class PredictionType(str, Enum):
+class PredictionType(StrEnum):
     """What the denoiser predicts: the noise, the clean sample, or the velocity."""
 
     epsilon = "epsilon"

@@ -249,6 +249,10 @@ def _run_batch(
         except Exception as e:
             fail(active.copy(), f"environment step failed: {_reason(e)}")
             break
+        errors = getattr(result, "errors", None)
+        if errors is not None:
+            for i in np.flatnonzero(active & (errors != "")):
+                fail(np.eye(n, dtype=bool)[i], f"environment step failed: {errors[i]}")
         obs = result.obs
         returns[active] += result.reward[active]
         success[active] |= result.success[active]

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from diffplan import __version__
 from diffplan.evaluation.evaluator import EvaluationOutput
-from diffplan.utils import git_revision, hardware_info
+from diffplan.utils import atomic_path, git_revision, hardware_info
 
 RESULTS_FORMAT = 1
 
@@ -57,10 +55,7 @@ def build_results(
 def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     """Write JSON atomically (temp file + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
         json.dump(data, handle, indent=1)
         handle.write("\n")
-    os.replace(tmp, path)
     return path

@@ -198,6 +198,7 @@ class StepResult(NamedTuple):
         terminated: (N,) bool.
         truncated: (N,) bool (time limit reached).
         success: (N,) bool, ball within 0.45 of the goal after the step.
+        errors: (N,) str, empty unless that env's step raised (the others still step).
     """
 
     obs: np.ndarray
@@ -205,6 +206,7 @@ class StepResult(NamedTuple):
     terminated: np.ndarray
     truncated: np.ndarray
     success: np.ndarray
+    errors: np.ndarray
 
 
 class MazeBatch:
@@ -291,8 +293,13 @@ class MazeBatch:
         if mask.shape != (self.n_envs,):
             raise ValueError(f"active must have shape ({self.n_envs},), got {mask.shape}.")
         self._reward[:] = 0.0
+        errors = np.full(self.n_envs, "", dtype=object)
         for i in np.flatnonzero(mask):
-            obs, reward, terminated, truncated, info = self.envs[i].step(actions[i])
+            try:
+                obs, reward, terminated, truncated, info = self.envs[i].step(actions[i])
+            except Exception as e:  # one broken env must not stop the others
+                errors[i] = f"{type(e).__name__}: {e}"
+                continue
             self._obs[i] = obs["observation"]
             self._reward[i] = float(reward)
             self._terminated[i] = bool(terminated)
@@ -304,6 +311,7 @@ class MazeBatch:
             terminated=self._terminated.copy(),
             truncated=self._truncated.copy(),
             success=self._success.copy(),
+            errors=errors,
         )
 
     def close(self) -> None:

@@ -1,0 +1,118 @@
+"""Hydra configs: every group option composes and validates; bad overrides fail with their key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from diffplan.config import Config, as_config, register_configs, to_container
+from diffplan.diffusion.schedule import PredictionType
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ("task", "model", "diffusion", "planner", "train", "eval", "collect")
+OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hydra_context() -> Iterator[None]:
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def _compose(overrides: list[str], config_name: str = "config") -> DictConfig:
+    return compose(config_name=config_name, overrides=overrides)
+
+
+def _messages(error: BaseException) -> str:
+    """The error and its causes, as Hydra's command line prints them."""
+    parts = []
+    current: BaseException | None = error
+    while current is not None:
+        parts.append(str(current))
+        current = current.__cause__ or current.__context__
+    return "\n".join(parts)
+
+
+def test_every_group_has_options() -> None:
+    assert {group for group, _ in OPTIONS} == set(GROUPS)
+    assert ("task", "pointmaze-large") in OPTIONS and ("diffusion", "ddpm") in OPTIONS
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_and_validates(group: str, option: str) -> None:
+    cfg = as_config(_compose([f"{group}={option}"]))
+    assert isinstance(cfg, Config)
+    stored = to_container(cfg)
+    assert stored["run_dir"] == f"runs/{cfg.task.name}"
+    assert "${" not in str(stored)
+    if group == "task":
+        assert cfg.task.name == option
+    if group == "diffusion":
+        assert cfg.diffusion.sampler.value == option
+
+
+def test_defaults() -> None:
+    cfg = as_config(_compose([]))
+    assert cfg.task.name == "pointmaze-umaze" and cfg.model.dim == 16 and cfg.diffusion.sampling_steps == 20
+    assert cfg.eval.checkpoint == "runs/pointmaze-umaze/checkpoint.pt"
+    assert cfg.diffusion.clip_denoised == 1.0
+
+
+def test_demo_config_composes() -> None:
+    cfg = as_config(_compose([], config_name="demo"))
+    assert cfg.run_dir == "runs/demo"
+    assert cfg.task.dataset == "runs/demo/pointmaze-umaze-200k.hdf5"
+    assert cfg.collect.n_steps == 200_000 and cfg.train.steps == 6000
+    assert cfg.model.dim == 16 and cfg.diffusion.sampler.value == "ddim"
+    assert cfg.eval.checkpoint == "runs/demo/checkpoint.pt"
+
+
+def test_experiment_override_composes() -> None:
+    cfg = as_config(_compose(["+experiment=demo"]))
+    assert cfg.run_dir == "runs/demo" and cfg.train.steps == 6000
+
+
+def test_overrides_are_typed() -> None:
+    cfg = as_config(_compose(["diffusion.prediction=v", "train.steps=7", "diffusion.clip_denoised=null"]))
+    assert cfg.diffusion.prediction is PredictionType.v
+    assert cfg.train.steps == 7 and cfg.diffusion.clip_denoised is None
+
+
+def test_bad_enum_names_key_and_allowed_values() -> None:
+    with pytest.raises(Exception, match=r"diffusion\.prediction=foo") as info:
+        _compose(["diffusion.prediction=foo"])
+    message = _messages(info.value)
+    assert "expected one of [epsilon, x0, v]" in message
+    assert "full_key: diffusion.prediction" in message
+
+
+def test_unknown_group_option_lists_available() -> None:
+    with pytest.raises(Exception, match=r"(?s)nope.*Available options.*actions.*receding.*tracker"):
+        _compose(["planner=nope"])
+
+
+def test_wrong_type_names_key() -> None:
+    with pytest.raises(Exception, match=r"train\.steps=abc") as info:
+        _compose(["train.steps=abc"])
+    message = _messages(info.value)
+    assert "full_key: train.steps" in message
+    assert "'abc'" in message
+
+
+def test_unknown_key_is_rejected() -> None:
+    with pytest.raises(Exception, match=r"train\.stepz"):
+        _compose(["train.stepz=3"])
+
+
+def test_as_config_validates_plain_dicts() -> None:
+    with pytest.raises(Exception, match=r"expected one of \[first, smoothest\]") as info:
+        as_config({"planner": {"selection": "best"}})
+    assert "full_key: planner.selection" in str(info.value)

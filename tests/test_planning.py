@@ -1,0 +1,220 @@
+"""Goal planning by inpainting, candidate selection, and the closed-loop planning policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffplan.config import Config, DiffusionConfig, ExecutionMode, PlannerConfig, Selection
+from diffplan.data import LimitsNormalizer, TrajectoryLayout
+from diffplan.diffusion.schedule import NoiseSchedule
+from diffplan.models.unet import TemporalUnet
+from diffplan.planning.planner import GoalPlanner, Plan, select_candidates
+from diffplan.planning.policy import PlanningPolicy
+from diffplan.training.checkpoint import TrainedModel
+
+LAYOUT = TrajectoryLayout(obs_dim=4, act_dim=2)
+H = 8
+
+
+@pytest.fixture(scope="module")
+def model() -> TrainedModel:
+    torch.manual_seed(0)
+    denoiser = TemporalUnet(transition_dim=LAYOUT.transition_dim, horizon=H, dim=8, dim_mults=(1, 2)).eval()
+    # Position in [-2, 3], velocity in [-1, 1], actions in [-1, 1].
+    mins = torch.tensor([-2.0, -2.0, -1.0, -1.0, -1.0, -1.0])
+    maxs = torch.tensor([3.0, 3.0, 1.0, 1.0, 1.0, 1.0])
+    return TrainedModel(denoiser=denoiser, schedule=NoiseSchedule(10), normalizer=LimitsNormalizer(mins, maxs),
+                        layout=LAYOUT, config=Config(), horizon=H, step=0, path=Path("memory"))
+
+
+def _planner(model: TrainedModel, n_candidates: int = 1, sampler: str = "ddim",
+             selection: Selection = Selection.first) -> GoalPlanner:
+    return GoalPlanner(
+        model,
+        planner=PlannerConfig(n_candidates=n_candidates, selection=selection),
+        diffusion=DiffusionConfig(n_timesteps=10, sampler=sampler, sampling_steps=3),
+        goal_dims=[0, 1],
+    )
+
+
+STARTS = torch.tensor([[0.5, -1.0, 0.1, -0.2], [2.5, 2.0, 0.0, 0.3]])
+GOALS = torch.tensor([[2.0, 1.5], [-1.5, -0.5]])
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_same_seed_same_plan_other_seed_other_plan(model: TrainedModel, sampler: str) -> None:
+    planner = _planner(model, sampler=sampler)
+    a = planner.plan(STARTS, GOALS, torch.Generator().manual_seed(0))
+    b = planner.plan(STARTS, GOALS, torch.Generator().manual_seed(0))
+    c = planner.plan(STARTS, GOALS, torch.Generator().manual_seed(1))
+    assert torch.equal(a.observations, b.observations) and torch.equal(a.actions, b.actions)
+    assert not torch.allclose(a.observations[:, 1:-1], c.observations[:, 1:-1])
+
+
+def test_plan_starts_at_observation_and_ends_at_goal(model: TrainedModel) -> None:
+    plan = _planner(model).plan(STARTS, GOALS, torch.Generator().manual_seed(0))
+    assert plan.observations.shape == (2, H, 4)
+    assert plan.actions.shape == (2, H, 2)
+    torch.testing.assert_close(plan.observations[:, 0], STARTS, rtol=0, atol=1e-5)
+    torch.testing.assert_close(plan.observations[:, -1, :2], GOALS, rtol=0, atol=1e-5)
+    assert plan.finite.tolist() == [True, True]
+    assert plan.plan_time_s > 0
+
+
+def test_n_by_k_batching(model: TrainedModel) -> None:
+    plan = _planner(model, n_candidates=3).plan(STARTS, GOALS, torch.Generator().manual_seed(0))
+    assert plan.observations.shape == (2, H, 4)
+    assert plan.candidates is not None and plan.candidates.shape == (2, 3, H, 4)
+    # Every candidate of environment n is conditioned on environment n's start and goal.
+    for k in range(3):
+        torch.testing.assert_close(plan.candidates[:, k, 0], STARTS, rtol=0, atol=1e-5)
+        torch.testing.assert_close(plan.candidates[:, k, -1, :2], GOALS, rtol=0, atol=1e-5)
+    # Candidates differ (independent noise); 'first' executes candidate 0.
+    assert not torch.allclose(plan.candidates[:, 0], plan.candidates[:, 1])
+    assert torch.equal(plan.observations, plan.candidates[:, 0])
+
+
+def test_smoothest_selection_in_planner(model: TrainedModel) -> None:
+    plan = _planner(model, n_candidates=3, selection=Selection.smoothest).plan(
+        STARTS, GOALS, torch.Generator().manual_seed(0))
+    assert plan.candidates is not None
+    jumps = plan.candidates.diff(dim=2).pow(2).sum(dim=(-1, -2))
+    best = jumps.argmin(dim=1)
+    for n in range(2):
+        assert torch.equal(plan.observations[n], plan.candidates[n, best[n]])
+
+
+def test_select_candidates_hand_made() -> None:
+    straight = torch.linspace(0, 1, 5).unsqueeze(-1).expand(5, 2)  # (H, obs)
+    zigzag = straight.clone()
+    zigzag[2] += 1.0
+    jump = straight.clone()
+    jump[4] += 3.0
+    broken = straight.clone()
+    broken[1, 0] = float("nan")
+    observations = torch.stack([
+        torch.stack([zigzag, straight, jump]),
+        torch.stack([broken, jump, zigzag]),
+    ])  # (N=2, K=3, H=5, 2)
+    assert select_candidates(observations, Selection.smoothest).tolist() == [1, 2]
+    assert select_candidates(observations, Selection.first).tolist() == [0, 0]
+    assert select_candidates(observations[:, :1], Selection.smoothest).tolist() == [0, 0]
+
+
+def test_invalid_candidate_count(model: TrainedModel) -> None:
+    with pytest.raises(ValueError, match="n_candidates must be >= 1, got 0"):
+        _planner(model, n_candidates=0)
+
+
+# -- the policy, with a stub planner whose plan is known ---------------------------------------
+class StubPlanner:
+    """Returns fixed plans: state h of env i is (10 i + h, -h, h / 10, i), action (h, -h)."""
+
+    def __init__(self, horizon: int = 3, finite: bool = True) -> None:
+        self.horizon = horizon
+        self.calls: list[tuple[np.ndarray, np.ndarray]] = []
+        self.finite = finite
+
+    def plan(self, observations: torch.Tensor, goals: torch.Tensor, generator: torch.Generator) -> Plan:
+        self.calls.append((observations.numpy().copy(), goals.numpy().copy()))
+        n = observations.shape[0]
+        h = torch.arange(self.horizon, dtype=torch.float32)
+        states = torch.stack([observations[:, :1] * 0 + 10 * observations[:, 3:4] + h,
+                              (-h).expand(n, -1), (h / 10).expand(n, -1),
+                              observations[:, 3:4].expand(n, self.horizon)], dim=-1)
+        actions = torch.stack([h, -h], dim=-1).expand(n, -1, -1)
+        return Plan(states, actions, torch.full((n,), self.finite), 0.01)
+
+
+def _policy(mode: ExecutionMode, replan_every: int = 0, planner: StubPlanner | None = None) -> PlanningPolicy:
+    cfg = PlannerConfig(mode=mode, replan_every=replan_every, p_gain=2.0, d_gain=0.5)
+    return PlanningPolicy(planner or StubPlanner(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])  # type: ignore[arg-type]
+
+
+OBS = np.array([[0.0, 0.0, 0.0, 0.0], [1.0, 2.0, -1.0, 1.0]])  # channel 3 = env id i
+GOAL = np.zeros((2, 2))
+ALL = np.ones(2, dtype=bool)
+
+
+def _expected_pd(obs: np.ndarray, target: np.ndarray) -> np.ndarray:
+    return 2.0 * (target[:, :2] - obs[:, :2]) + 0.5 * (target[:, 2:] - obs[:, 2:])
+
+
+def test_tracker_pd_action_by_hand() -> None:
+    policy = _policy(ExecutionMode.tracker)
+    generator = torch.Generator()
+    for step in range(5):
+        actions, bad = policy.act(step, OBS, GOAL, ALL, generator)
+        index = min(step + 1, 2)
+        target = np.array([[10 * i + index, -index, index / 10, i] for i in (0, 1)], dtype=np.float64)
+        if step + 1 >= 3:  # past the plan's end: hold the last position, zero velocity
+            target[:, 2:] = 0.0
+        np.testing.assert_allclose(actions, _expected_pd(OBS, target), rtol=1e-6)
+        assert not bad.any()
+    # Env 1 at step 0 by hand: target (11, -1, 0.1, 1), obs (1, 2, -1, 1).
+    policy.reset(2)
+    actions, _ = policy.act(0, OBS, GOAL, ALL, generator)
+    np.testing.assert_allclose(actions[1], [2 * 10 + 0.5 * 1.1, 2 * -3 + 0.5 * 0.0], rtol=1e-6)
+
+
+def test_actions_mode_returns_planned_actions() -> None:
+    policy = _policy(ExecutionMode.actions)
+    generator = torch.Generator()
+    for step in range(4):
+        actions, _ = policy.act(step, OBS, GOAL, ALL, generator)
+        h = min(step, 2)
+        np.testing.assert_array_equal(actions, [[h, -h], [h, -h]])
+
+
+@pytest.mark.parametrize(("replan_every", "plan_steps"), [(0, [0]), (1, [0, 1, 2, 3, 4, 5, 6]), (3, [0, 3, 6])])
+def test_replan_steps(replan_every: int, plan_steps: list[int]) -> None:
+    stub = StubPlanner()
+    policy = _policy(ExecutionMode.actions, replan_every, stub)
+    generator = torch.Generator()
+    for step in range(7):
+        policy.act(step, OBS, GOAL, ALL, generator)
+    assert [r.step for r in policy.records] == plan_steps
+    assert len(stub.calls) == len(plan_steps)
+
+
+def test_replan_only_active_envs_and_age_resets() -> None:
+    stub = StubPlanner()
+    policy = _policy(ExecutionMode.actions, 2, stub)
+    generator = torch.Generator()
+    policy.act(0, OBS, GOAL, ALL, generator)
+    policy.act(1, OBS, GOAL, ALL, generator)
+    only_first = np.array([True, False])
+    policy.act(2, OBS, GOAL, only_first, generator)
+    assert policy.records[-1].env_index.tolist() == [0]
+    np.testing.assert_array_equal(stub.calls[-1][0], OBS[:1])
+    actions, _ = policy.act(3, OBS, GOAL, ALL, generator)
+    # Env 0 was replanned at step 2 (age 1 -> action 1); env 1 now replans (age 2 >= 2 -> action 0).
+    assert policy.records[-1].env_index.tolist() == [1]
+    np.testing.assert_array_equal(actions, [[1, -1], [0, 0]])
+
+
+def test_non_finite_plans_are_flagged() -> None:
+    policy = _policy(ExecutionMode.tracker, planner=StubPlanner(finite=False))
+    _, bad = policy.act(0, OBS, GOAL, ALL, torch.Generator())
+    assert bad.tolist() == [True, True]
+
+
+def test_policy_argument_errors() -> None:
+    with pytest.raises(ValueError, match="replan_every must be >= 0"):
+        _policy(ExecutionMode.tracker, replan_every=-1)
+    with pytest.raises(ValueError, match="as many velocity dims as position dims"):
+        PlanningPolicy(StubPlanner(), PlannerConfig(), position_dims=[0, 1], velocity_dims=[2])  # type: ignore[arg-type]
+
+
+def test_policy_with_real_planner(model: TrainedModel) -> None:
+    policy = PlanningPolicy(_planner(model), PlannerConfig(mode=ExecutionMode.actions, replan_every=0),
+                            position_dims=[0, 1], velocity_dims=[2, 3])
+    observations, goals = STARTS.numpy(), GOALS.numpy()
+    actions, bad = policy.act(0, observations, goals, ALL, torch.Generator().manual_seed(0))
+    plan = _planner(model).plan(STARTS, GOALS, torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(actions, plan.actions[:, 0].numpy(), rtol=1e-6)
+    assert not bad.any()

@@ -1,0 +1,242 @@
+"""Training: bit-identical resume, checkpoint contents and atomicity, loading errors, the loss."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffplan.config import Config, DiffusionConfig, ModelConfig, TaskConfig, TrainConfig
+from diffplan.data import Episodes, TrajectoryLayout, load_hdf5, write_hdf5
+from diffplan.diffusion.loss import diffusion_loss
+from diffplan.diffusion.schedule import NoiseSchedule
+from diffplan.training import checkpoint as checkpoint_module
+from diffplan.training.checkpoint import CheckpointError, load_checkpoint, load_trained_model
+from diffplan.training.trainer import Trainer, loss_weights, update_ema
+
+OBS_DIM, ACT_DIM = 4, 2
+
+
+@pytest.fixture(scope="module")
+def episodes(tmp_path_factory: pytest.TempPathFactory) -> Episodes:
+    """Three 30-step episodes of a smooth random walk, through an HDF5 round trip."""
+    rng = np.random.default_rng(0)
+    n_rows = 90
+    actions = rng.uniform(-1, 1, (n_rows, ACT_DIM)).astype(np.float32)
+    velocity = np.cumsum(actions, axis=0) * 0.1
+    position = np.cumsum(velocity, axis=0) * 0.1
+    timeouts = np.zeros(n_rows, dtype=bool)
+    timeouts[[29, 59, 89]] = True
+    data = Episodes.from_arrays(
+        observations=np.concatenate([position, velocity], axis=1).astype(np.float32),
+        actions=actions,
+        rewards=rng.uniform(0, 1, n_rows).astype(np.float32),
+        terminals=np.zeros(n_rows, dtype=bool),
+        timeouts=timeouts,
+    )
+    path = write_hdf5(tmp_path_factory.mktemp("data") / "tiny.hdf5", data, {"task": "tiny"})
+    return load_hdf5(path)
+
+
+def _config(steps: int, *, ckpt_every: int = 1000, dim: int = 8) -> Config:
+    return Config(
+        task=TaskConfig(name="tiny", env_id="Tiny-v0", dataset="tiny.hdf5", horizon=16),
+        model=ModelConfig(dim=dim, dim_mults=[1, 2], kernel_size=3),
+        diffusion=DiffusionConfig(n_timesteps=10, sampling_steps=5),
+        train=TrainConfig(steps=steps, batch_size=4, warmup_steps=2, ckpt_every=ckpt_every, log_every=2,
+                          ema_decay=0.5, device="cpu", progress=False),
+    )
+
+
+def _tensors(trainer: Trainer) -> dict[str, torch.Tensor]:
+    out = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
+    out.update({f"ema.{k}": v for k, v in trainer.ema.state_dict().items()})
+    for index, state in trainer.optimizer.state_dict()["state"].items():
+        out.update({f"opt.{index}.{k}": v for k, v in state.items()})
+    return out
+
+
+@pytest.fixture(scope="module")
+def straight_run(episodes: Episodes, tmp_path_factory: pytest.TempPathFactory) -> Trainer:
+    trainer = Trainer(_config(6), episodes, tmp_path_factory.mktemp("run_a"), {"path": "tiny.hdf5"})
+    summary = trainer.train()
+    assert summary.steps == 6 and summary.resumed_from == 0
+    assert np.isfinite(summary.final_loss)
+    return trainer
+
+
+def test_resume_is_bit_identical(straight_run: Trainer, episodes: Episodes, tmp_path: Path) -> None:
+    first = Trainer(_config(3), episodes, tmp_path, {"path": "tiny.hdf5"})
+    first.train()
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
+    second = Trainer(_config(6), episodes, tmp_path, {"path": "tiny.hdf5"})
+    summary = second.train(resume=True)
+    assert summary.resumed_from == 3 and summary.steps == 6
+    expected, got = _tensors(straight_run), _tensors(second)
+    assert expected.keys() == got.keys()
+    different = [k for k in expected if not torch.equal(expected[k], got[k])]
+    assert different == []
+    assert torch.equal(straight_run.generator.get_state(), second.generator.get_state())
+    # Training actually moved the weights away from the initialisation.
+    fresh = Trainer(_config(6), episodes, tmp_path / "fresh", {})
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.model.state_dict().values(),
+                                                      straight_run.model.state_dict().values(), strict=True))
+
+
+def test_checkpoint_contents(straight_run: Trainer) -> None:
+    payload = torch.load(straight_run.checkpoint_path, weights_only=True)
+    for key in ("model", "ema", "optimizer", "normalizer", "layout", "config", "step", "rng", "version",
+                "format", "horizon", "dataset"):
+        assert key in payload, key
+    assert payload["step"] == 6
+    assert payload["horizon"] == 16
+    assert payload["layout"] == {"obs_dim": OBS_DIM, "act_dim": ACT_DIM, "reward": False, "terminal": False}
+    assert payload["normalizer"]["kind"] == "limits"
+    for name, value in straight_run.ema.state_dict().items():
+        assert torch.equal(payload["ema"][name], value)
+    assert set(payload["rng"]) == {"generator", "torch"}
+
+
+def test_no_temp_files_after_training(straight_run: Trainer) -> None:
+    names = sorted(p.name for p in straight_run.run_dir.iterdir())
+    assert [n for n in names if n != "tb"] == ["checkpoint.pt"]
+
+
+def test_failed_save_keeps_previous_checkpoint(straight_run: Trainer, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = straight_run.checkpoint_path.read_bytes()
+
+    def broken_save(payload: object, handle) -> None:  # noqa: ANN001 - torch.save's signature
+        handle.write(b"partial checkpoint bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        straight_run.save()
+    monkeypatch.undo()
+    assert straight_run.checkpoint_path.read_bytes() == before
+    assert sorted(p.name for p in straight_run.run_dir.iterdir() if p.name != "tb") == ["checkpoint.pt"]
+    assert load_checkpoint(straight_run.checkpoint_path)["step"] == 6
+
+
+def test_resume_with_other_model_config_raises(straight_run: Trainer, episodes: Episodes) -> None:
+    other = Trainer(_config(8, dim=16), episodes, straight_run.run_dir, {})
+    with pytest.raises(CheckpointError, match="cannot resume .*its 'model' config"):
+        other.train(resume=True)
+
+
+def test_load_trained_model_uses_ema(straight_run: Trainer) -> None:
+    model = load_trained_model(straight_run.checkpoint_path, expected_task="tiny",
+                               expected_layout=TrajectoryLayout(obs_dim=OBS_DIM, act_dim=ACT_DIM))
+    assert model.step == 6 and model.horizon == 16
+    for name, value in straight_run.ema.state_dict().items():
+        assert torch.equal(model.denoiser.state_dict()[name], value)
+    assert model.schedule.n_timesteps == 10
+    assert torch.equal(model.normalizer.mins, straight_run.normalizer.mins)
+    raw = load_trained_model(straight_run.checkpoint_path, use_ema=False)
+    for name, value in straight_run.model.state_dict().items():
+        assert torch.equal(raw.denoiser.state_dict()[name], value)
+
+
+def test_load_trained_model_refuses_other_task_or_layout(straight_run: Trainer) -> None:
+    with pytest.raises(CheckpointError, match="trained on task 'tiny', not 'pointmaze-umaze'"):
+        load_trained_model(straight_run.checkpoint_path, expected_task="pointmaze-umaze")
+    with pytest.raises(CheckpointError, match="has layout .*'obs_dim': 4.* but the task needs .*'obs_dim': 6"):
+        load_trained_model(straight_run.checkpoint_path, expected_layout=TrajectoryLayout(obs_dim=6, act_dim=2))
+
+
+def test_missing_garbage_and_foreign_checkpoints(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_trained_model(tmp_path / "nope.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(garbage)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(CheckpointError, match="has format None, expected 1"):
+        load_checkpoint(foreign)
+
+
+# -- pieces of the training step -------------------------------------------------------------
+def test_loss_weights_and_ema_update() -> None:
+    layout = TrajectoryLayout(obs_dim=2, act_dim=1)
+    weights = loss_weights(layout, 3, 10.0)
+    assert torch.equal(weights, torch.tensor([[1.0, 1.0, 10.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]))
+    ema, model = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        ema.weight.fill_(1.0)
+        model.weight.fill_(3.0)
+    update_ema(ema, model, 0.75)
+    assert ema.weight.item() == pytest.approx(0.75 * 1.0 + 0.25 * 3.0)
+
+
+def _zero_denoiser(x_t: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(x_t)
+
+
+def _loss_case() -> tuple[NoiseSchedule, torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.randn(2, 4, 3, generator=generator)
+    noise = torch.randn(2, 4, 3, generator=generator)
+    levels = torch.randint(1, 11, (2, 4), generator=generator)
+    return NoiseSchedule(10), x0, levels, noise
+
+
+def test_loss_closed_form() -> None:
+    schedule, x0, levels, noise = _loss_case()
+    loss = diffusion_loss(_zero_denoiser, schedule, x0, levels, noise)
+    torch.testing.assert_close(loss, noise.pow(2).mean())
+
+
+def test_loss_ignores_conditioned_entries() -> None:
+    schedule, x0, levels, noise = _loss_case()
+    mask = torch.ones(2, 4, 3, dtype=torch.bool)
+    mask[1, 2, 0] = False
+    seen: list[torch.Tensor] = []
+
+    def denoiser(x_t: torch.Tensor, normalized: torch.Tensor) -> torch.Tensor:
+        seen.append(x_t)
+        return torch.zeros_like(x_t)
+
+    loss = diffusion_loss(denoiser, schedule, x0, levels, noise, condition_mask=mask)
+    assert loss.item() == pytest.approx(noise[1, 2, 0].item() ** 2, rel=1e-6)
+    # The conditioned entries reach the denoiser clean.
+    assert torch.equal(seen[0][mask], x0[mask])
+    # An (H, D) mask broadcasts over the batch.
+    shared = torch.zeros(4, 3, dtype=torch.bool)
+    shared[0] = True
+    loss = diffusion_loss(_zero_denoiser, schedule, x0, levels, noise, condition_mask=shared)
+    torch.testing.assert_close(loss, noise[:, 1:].pow(2).mean())
+
+
+def test_loss_excludes_invalid_tokens_and_applies_weights() -> None:
+    schedule, x0, levels, noise = _loss_case()
+    valid = torch.tensor([[True, True, False, False], [True, False, False, False]])
+    loss = diffusion_loss(_zero_denoiser, schedule, x0, levels, noise, valid=valid)
+    kept = torch.cat([noise[0, :2].reshape(-1), noise[1, :1].reshape(-1)])
+    torch.testing.assert_close(loss, kept.pow(2).mean())
+    weights = torch.ones(4, 3)
+    weights[0, 2] = 5.0
+    loss = diffusion_loss(_zero_denoiser, schedule, x0, levels, noise, weights=weights)
+    expected = (noise.pow(2) * weights).sum() / noise.numel()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_loss_of_exact_prediction_is_zero() -> None:
+    schedule, x0, levels, noise = _loss_case()
+    for prediction in ("epsilon", "x0", "v"):
+        sched = NoiseSchedule(10, prediction=prediction)
+
+        def oracle(x_t: torch.Tensor, normalized: torch.Tensor, s: NoiseSchedule = sched) -> torch.Tensor:
+            return s.target(x0, noise, levels)
+
+        assert diffusion_loss(oracle, sched, x0, levels, noise).item() == 0.0
+
+
+def test_config_round_trip_through_checkpoint(straight_run: Trainer) -> None:
+    stored = checkpoint_module.config_from_checkpoint(load_checkpoint(straight_run.checkpoint_path))
+    assert dataclasses.asdict(stored.model) == dataclasses.asdict(straight_run.cfg.model)
+    assert stored.train.steps == 6 and stored.task.name == "tiny"
