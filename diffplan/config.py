@@ -67,7 +67,7 @@ class ModelConfig:
 class DiffusionConfig:
     n_timesteps: int = 64
     schedule: ScheduleKind = ScheduleKind.cosine
-    prediction: PredictionType = PredictionType.epsilon
+    prediction: PredictionType = PredictionType.x0
     sampler: SamplerKind = SamplerKind.ddim
     sampling_steps: int = 20
     eta: float = 0.0

@@ -69,6 +69,34 @@ class ResidualTemporalBlock(nn.Module):
         return h + self.residual(x)
 
 
+class DownStage(nn.Module):
+    """Two residual blocks at one resolution, then strided downsampling (except the last stage)."""
+
+    def __init__(self, c_in: int, c_out: int, embed_dim: int, kernel_size: int, *, downsample: bool) -> None:
+        super().__init__()
+        self.block1 = ResidualTemporalBlock(c_in, c_out, embed_dim, kernel_size)
+        self.block2 = ResidualTemporalBlock(c_out, c_out, embed_dim, kernel_size)
+        self.down: nn.Module | None = nn.Conv1d(c_out, c_out, 3, stride=2, padding=1) if downsample else None
+
+    def forward(self, h: Tensor, embedding: Tensor) -> Tensor:
+        return self.block2(self.block1(h, embedding), embedding)
+
+
+class UpStage(nn.Module):
+    """Concatenate the skip, two residual blocks, then transposed-convolution upsampling."""
+
+    def __init__(self, c_in: int, c_out: int, embed_dim: int, kernel_size: int) -> None:
+        super().__init__()
+        self.block1 = ResidualTemporalBlock(c_out * 2, c_in, embed_dim, kernel_size)
+        self.block2 = ResidualTemporalBlock(c_in, c_in, embed_dim, kernel_size)
+        self.up = nn.ConvTranspose1d(c_in, c_in, 4, stride=2, padding=1)
+
+    def forward(self, h: Tensor, skip: Tensor, embedding: Tensor) -> Tensor:
+        h = torch.cat([h, skip], dim=1)  # (B, 2 C, H_l)
+        h = self.block2(self.block1(h, embedding), embedding)
+        return self.up(h)  # (B, C, 2 H_l)
+
+
 def _pool_tokens(embedding: Tensor) -> Tensor:
     """Halve the horizon of a token embedding (B, H, E) -> (B, H/2, E), as the features are."""
     return F.avg_pool1d(embedding.transpose(1, 2), 2).transpose(1, 2)
@@ -106,32 +134,16 @@ class TemporalUnet(nn.Module):
         self.level_embedding = nn.Sequential(
             SinusoidalEmbedding(dim), nn.Linear(dim, dim * 4), nn.Mish(), nn.Linear(dim * 4, embed_dim)
         )
-        self.downs = nn.ModuleList()
-        for index, (c_in, c_out) in enumerate(in_out):
-            last = index == len(in_out) - 1
-            self.downs.append(
-                nn.ModuleList(
-                    [
-                        ResidualTemporalBlock(c_in, c_out, embed_dim, kernel_size),
-                        ResidualTemporalBlock(c_out, c_out, embed_dim, kernel_size),
-                        nn.Conv1d(c_out, c_out, 3, stride=2, padding=1) if not last else nn.Identity(),
-                    ]
-                )
-            )
+        self.downs = nn.ModuleList(
+            DownStage(c_in, c_out, embed_dim, kernel_size, downsample=index < len(in_out) - 1)
+            for index, (c_in, c_out) in enumerate(in_out)
+        )
         mid = dims[-1]
         self.mid1 = ResidualTemporalBlock(mid, mid, embed_dim, kernel_size)
         self.mid2 = ResidualTemporalBlock(mid, mid, embed_dim, kernel_size)
-        self.ups = nn.ModuleList()
-        for c_in, c_out in reversed(in_out[1:]):
-            self.ups.append(
-                nn.ModuleList(
-                    [
-                        ResidualTemporalBlock(c_out * 2, c_in, embed_dim, kernel_size),
-                        ResidualTemporalBlock(c_in, c_in, embed_dim, kernel_size),
-                        nn.ConvTranspose1d(c_in, c_in, 4, stride=2, padding=1),
-                    ]
-                )
-            )
+        self.ups = nn.ModuleList(
+            UpStage(c_in, c_out, embed_dim, kernel_size) for c_in, c_out in reversed(in_out[1:])
+        )
         self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel_size), nn.Conv1d(dim, transition_dim, 1))
 
     def forward(self, x: Tensor, levels: Tensor) -> Tensor:
@@ -141,22 +153,17 @@ class TemporalUnet(nn.Module):
         h = x.transpose(1, 2)  # (B, D, H)
         skips: list[Tensor] = []
         embeddings: list[Tensor] = []
-        for block1, block2, down in self.downs:  # type: ignore[misc]
-            h = block1(h, embedding)
-            h = block2(h, embedding)
+        for stage in self.downs:
+            assert isinstance(stage, DownStage)
+            h = stage(h, embedding)
             skips.append(h)
             embeddings.append(embedding)
-            if not isinstance(down, nn.Identity):
-                h = down(h)  # (B, C, H_l / 2)
+            if stage.down is not None:
+                h = stage.down(h)  # (B, C, H_l / 2)
                 embedding = _pool_tokens(embedding)
-        h = self.mid1(h, embedding)
-        h = self.mid2(h, embedding)
-        for block1, block2, up in self.ups:  # type: ignore[misc]
-            embedding = embeddings.pop()
-            h = torch.cat([h, skips.pop()], dim=1)  # (B, 2 C, H_l)
-            h = block1(h, embedding)
-            h = block2(h, embedding)
-            h = up(h)  # (B, C, 2 H_l)
+        h = self.mid2(self.mid1(h, embedding), embedding)
+        for stage in self.ups:
+            h = stage(h, skips.pop(), embeddings.pop())
         return self.final(h).transpose(1, 2)  # (B, H, D)
 
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from diffplan.config import Config, to_container
 from diffplan.data.episodes import Episodes
 from diffplan.data.layout import TrajectoryLayout
-from diffplan.data.normalizer import fit_normalizer
+from diffplan.data.normalizer import NormalizerKind, fit_normalizer
 from diffplan.data.windows import WindowSampler
 from diffplan.diffusion.conditioning import conditioning_mask
 from diffplan.diffusion.loss import diffusion_loss
@@ -93,7 +93,7 @@ class Trainer:
         self.device = select_device(cfg.train.device)
         self.horizon = cfg.task.horizon
         self.layout = layout_for(episodes)
-        self.normalizer_kind = cfg.diffusion.normalizer.value
+        self.normalizer_kind: NormalizerKind = cfg.diffusion.normalizer.value  # type: ignore[assignment]
         self.normalizer = fit_normalizer(self.normalizer_kind, episodes.transitions(self.layout))
         self.windows = WindowSampler(episodes, self.layout, self.horizon, self.normalizer, pad=cfg.train.pad)
         self.schedule = NoiseSchedule(
