@@ -34,6 +34,13 @@ class ExecutionMode(StrEnum):
     actions = "actions"
 
 
+class Tracking(StrEnum):
+    """How the tracker picks its target on the plan: by elapsed time, or by progress along the path."""
+
+    time = "time"
+    pursuit = "pursuit"
+
+
 class Selection(StrEnum):
     """Which of the K candidate plans per environment is executed."""
 
@@ -99,6 +106,8 @@ class TrainConfig:
 @dataclass
 class PlannerConfig:
     mode: ExecutionMode = ExecutionMode.tracker
+    tracking: Tracking = Tracking.time
+    lookahead: int = 4
     replan_every: int = 0
     n_candidates: int = 1
     selection: Selection = Selection.first

@@ -69,7 +69,7 @@ def test_defaults() -> None:
 def test_demo_config_composes() -> None:
     cfg = as_config(_compose([], config_name="demo"))
     assert cfg.run_dir == "runs/demo"
-    assert cfg.task.dataset == "runs/demo/pointmaze-umaze-200k.hdf5"
+    assert cfg.task.dataset == "runs/demo/pointmaze-umaze-200000.hdf5"
     assert cfg.collect.n_steps == 200_000 and cfg.train.steps == 6000
     assert cfg.model.dim == 16 and cfg.diffusion.sampler.value == "ddim"
     assert cfg.eval.checkpoint == "runs/demo/checkpoint.pt"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffplan.config import Config, DiffusionConfig, ExecutionMode, PlannerConfig, Selection
+from diffplan.config import Config, DiffusionConfig, ExecutionMode, PlannerConfig, Selection, Tracking
 from diffplan.data import LimitsNormalizer, TrajectoryLayout
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.models.unet import TemporalUnet
@@ -218,3 +218,35 @@ def test_policy_with_real_planner(model: TrainedModel) -> None:
     plan = _planner(model).plan(STARTS, GOALS, torch.Generator().manual_seed(0))
     np.testing.assert_allclose(actions, plan.actions[:, 0].numpy(), rtol=1e-6)
     assert not bad.any()
+
+
+class LinePlanner:
+    """Plans a straight line along x: token h at (h, 0) with zero velocity."""
+
+    horizon = 10
+
+    def plan(self, observations: torch.Tensor, goals: torch.Tensor, generator: torch.Generator) -> Plan:
+        n = observations.shape[0]
+        h = torch.arange(self.horizon, dtype=torch.float32)
+        states = torch.zeros(n, self.horizon, 4)
+        states[..., 0] = h
+        return Plan(states, torch.zeros(n, self.horizon, 2), torch.ones(n, dtype=torch.bool), 0.0)
+
+
+def test_pursuit_targets_lookahead_past_closest_point_and_never_backwards() -> None:
+    cfg = PlannerConfig(mode=ExecutionMode.tracker, tracking=Tracking.pursuit, lookahead=2, p_gain=10.0, d_gain=1.0)
+    policy = PlanningPolicy(LinePlanner(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])  # type: ignore[arg-type]
+    generator = torch.Generator()
+    one = np.ones(1, dtype=bool)
+    # At x = 3.2 the closest token is 3; the target is token 5 = (5, 0), target velocity 0.
+    obs = np.array([[3.2, 0.5, 1.0, 0.0]])
+    actions, _ = policy.act(0, obs, GOAL[:1], one, generator)
+    np.testing.assert_allclose(actions, [[10 * (5 - 3.2) - 1.0, 10 * (0 - 0.5) - 0.0]], rtol=1e-6)
+    # Moving back to x = 0.9 does not move progress backwards: target stays token 5.
+    obs = np.array([[0.9, 0.0, 0.0, 0.0]])
+    actions, _ = policy.act(1, obs, GOAL[:1], one, generator)
+    np.testing.assert_allclose(actions, [[10 * (5 - 0.9), 0.0]], rtol=1e-6)
+    # Near the end the target is clamped to the last token.
+    obs = np.array([[8.9, 0.0, 0.0, 0.0]])
+    actions, _ = policy.act(2, obs, GOAL[:1], one, generator)
+    np.testing.assert_allclose(actions, [[10 * (9 - 8.9), 0.0]], rtol=1e-6)

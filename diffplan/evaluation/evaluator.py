@@ -252,7 +252,7 @@ def _run_batch(
         errors = getattr(result, "errors", None)
         if errors is not None:
             for i in np.flatnonzero(active & (errors != "")):
-                fail(np.eye(n, dtype=bool)[i], f"environment step failed: {errors[i]}")
+                fail(np.arange(n) == i, f"environment step failed: {errors[i]}")
         obs = result.obs
         returns[active] += result.reward[active]
         success[active] |= result.success[active]

@@ -2,9 +2,12 @@
 
 Two execution modes:
 
-- ``tracker`` (Diffuser's maze protocol): a PD controller follows the planned states;
-  at ``t`` steps after planning the target is plan state ``t + 1``; past the plan's end the
-  target is its last position with zero velocity.
+- ``tracker``: a PD controller follows the planned states. With ``tracking = time``
+  (Diffuser's maze protocol) the target ``t`` steps after planning is plan state ``t + 1``
+  and, past the plan's end, its last position with zero velocity. With ``tracking =
+  pursuit`` the target is the plan position ``lookahead`` tokens past the closest point
+  of the plan ahead of the env's progress, with zero target velocity: the env follows
+  the plan's path at the tracker's own pace instead of the plan's timing.
 - ``actions``: the plan's own actions are executed (receding horizon).
 
 ``replan_every = 0`` plans once per episode (open loop); ``k > 0`` replans every k steps.
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from diffplan.config import ExecutionMode, PlannerConfig
+from diffplan.config import ExecutionMode, PlannerConfig, Tracking
 from diffplan.planning.planner import GoalPlanner, Plan
 
 
@@ -57,12 +60,14 @@ class PlanningPolicy:
         self._states: np.ndarray | None = None
         self._actions: np.ndarray | None = None
         self._age: np.ndarray | None = None
+        self._progress: np.ndarray | None = None
 
     def reset(self, n_envs: int) -> None:
         """Forget plans; the next :meth:`act` plans for every environment."""
         self._states = None
         self._actions = None
         self._age = np.full(n_envs, -1, dtype=np.int64)
+        self._progress = np.zeros(n_envs, dtype=np.int64)
         self.records = []
 
     def _needs_plan(self, active: np.ndarray) -> np.ndarray:
@@ -104,6 +109,20 @@ class PlanningPolicy:
         self._states[index] = states
         self._actions[index] = acts
 
+    def _pursuit_index(self, positions: np.ndarray) -> np.ndarray:
+        """(N,) plan index to steer to: ``lookahead`` tokens past the closest plan point
+        not behind the env's progress along its plan (progress never moves backwards)."""
+        assert self._states is not None and self._progress is not None and self._age is not None
+        horizon = self._states.shape[1]
+        plan_pos = self._states[:, :, self.position_dims]  # (N, H, P)
+        distance = np.linalg.norm(plan_pos - positions[:, None, :], axis=-1)  # (N, H)
+        token = np.arange(horizon)
+        fresh = self._age == 0
+        self._progress[fresh] = 0
+        distance[token[None, :] < self._progress[:, None]] = np.inf
+        self._progress = distance.argmin(axis=1)
+        return np.minimum(self._progress + self.cfg.lookahead, horizon - 1)
+
     def _actions_from_plans(self, observations: np.ndarray) -> np.ndarray:
         assert self._states is not None and self._actions is not None and self._age is not None
         horizon = self._states.shape[1]
@@ -111,10 +130,15 @@ class PlanningPolicy:
         age = np.clip(self._age, 0, None)
         if ExecutionMode(self.cfg.mode) is ExecutionMode.actions:
             return self._actions[rows, np.minimum(age, horizon - 1)]
-        target = self._states[rows, np.minimum(age + 1, horizon - 1)].copy()
-        past_end = age + 1 >= horizon
-        target[np.ix_(past_end, self.velocity_dims)] = 0.0
         pos, vel = self.position_dims, self.velocity_dims
+        if Tracking(self.cfg.tracking) is Tracking.pursuit:
+            index = self._pursuit_index(observations[:, pos])
+            target = self._states[rows, index].copy()
+            target[:, vel] = 0.0
+        else:
+            target = self._states[rows, np.minimum(age + 1, horizon - 1)].copy()
+            past_end = age + 1 >= horizon
+            target[np.ix_(past_end, vel)] = 0.0
         return self.cfg.p_gain * (target[:, pos] - observations[:, pos]) + self.cfg.d_gain * (
             target[:, vel] - observations[:, vel]
         )
