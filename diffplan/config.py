@@ -58,6 +58,7 @@ class TaskConfig:
     dataset_steps: int = 1_000_000
     episode_steps: int = 300
     horizon: int = 128
+    stride: int = 1
     goal_obs_dims: list[int] = field(default_factory=lambda: [0, 1])
     velocity_obs_dims: list[int] = field(default_factory=lambda: [2, 3])
 
@@ -125,6 +126,7 @@ class EvalConfig:
     use_ema: bool = True
     device: str = "auto"
     plots: bool = True
+    progress: bool = True
 
 
 @dataclass

@@ -104,3 +104,16 @@ def test_bad_arguments() -> None:
     small = GaussianNormalizer(torch.zeros(2), torch.ones(2))
     with pytest.raises(ValueError, match=r"normalizer has dim 2 but the layout's transition dim is 4"):
         WindowSampler(_episodes(), LAYOUT, horizon=2, normalizer=small)
+
+
+def test_stride_spaces_tokens_and_counts_windows_by_span() -> None:
+    # Horizon 2 with stride 2 spans 3 steps: episode 0 (4 steps) has 2 windows, episode 1 (3) has 1.
+    sampler = WindowSampler(_episodes(), LAYOUT, horizon=2, normalizer=_identity(), stride=2)
+    assert sampler.n_windows == 3
+    batch = sampler.windows(torch.tensor([0, 0, 1]), torch.tensor([0, 1, 0]))
+    obs = batch.x[..., LAYOUT.obs][..., 0]
+    torch.testing.assert_close(obs, torch.tensor([[0.0, 2.0], [1.0, 3.0], [4.0, 6.0]]))
+    with pytest.raises(ValueError, match="task.stride"):
+        WindowSampler(_episodes(), LAYOUT, horizon=2, normalizer=_identity(), stride=0)
+    with pytest.raises(DatasetError, match="stride 4"):
+        WindowSampler(_episodes(), LAYOUT, horizon=2, normalizer=_identity(), stride=4)

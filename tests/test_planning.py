@@ -250,3 +250,18 @@ def test_pursuit_targets_lookahead_past_closest_point_and_never_backwards() -> N
     obs = np.array([[8.9, 0.0, 0.0, 0.0]])
     actions, _ = policy.act(2, obs, GOAL[:1], one, generator)
     np.testing.assert_allclose(actions, [[10 * (9 - 8.9), 0.0]], rtol=1e-6)
+
+
+def test_time_tracker_with_stride_advances_one_token_per_stride_steps() -> None:
+    cfg = PlannerConfig(mode=ExecutionMode.tracker, tracking=Tracking.time, p_gain=1.0, d_gain=0.0)
+    policy = PlanningPolicy(LinePlanner(), cfg, position_dims=[0, 1], velocity_dims=[2, 3],  # type: ignore[arg-type]
+                            stride=3)
+    generator = torch.Generator()
+    one = np.ones(1, dtype=bool)
+    obs = np.zeros((1, 4))
+    targets = [policy.act(t, obs, GOAL[:1], one, generator)[0][0, 0] for t in range(7)]
+    # Steps 0-2 aim at token 1 (x = 1), steps 3-5 at token 2, step 6 at token 3.
+    assert targets == [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="task.stride=1"):
+        PlanningPolicy(LinePlanner(), PlannerConfig(mode=ExecutionMode.actions), position_dims=[0, 1],  # type: ignore[arg-type]
+                       velocity_dims=[2, 3], stride=2)

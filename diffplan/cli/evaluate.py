@@ -58,7 +58,11 @@ def run_evaluate(cfg: Config) -> Path:
         model, planner=cfg.planner, diffusion=cfg.diffusion, goal_dims=cfg.task.goal_obs_dims, device=device
     )
     policy = PlanningPolicy(
-        planner, cfg.planner, position_dims=cfg.task.goal_obs_dims, velocity_dims=cfg.task.velocity_obs_dims
+        planner,
+        cfg.planner,
+        position_dims=cfg.task.goal_obs_dims,
+        velocity_dims=cfg.task.velocity_obs_dims,
+        stride=model.config.task.stride,
     )
     ref = reference_scores_of(cfg.task.dataset)
     output = evaluate(
@@ -71,6 +75,7 @@ def run_evaluate(cfg: Config) -> Path:
         ref_min=float(ref["min"]),
         ref_max=float(ref["max"]),
         device=device,
+        progress=cfg.eval.progress,
     )
     results = build_results(
         output,

@@ -52,6 +52,10 @@ class WindowSampler:
         horizon: H, tokens per window (>= 1).
         normalizer: fitted on ``episodes.transitions(layout)``; its dim must equal D.
         pad: allow windows that run past the episode end.
+        stride: environment steps between consecutive tokens (1 = every step). A window
+            spans ``(horizon - 1) * stride + 1`` steps; each token holds the observation and
+            action of its own step. Strided plans suit trackers that follow the planned
+            states (the actions between tokens are not modelled).
 
     Raises:
         DatasetError: no window fits (names the horizon and the longest episode).
@@ -66,9 +70,12 @@ class WindowSampler:
         normalizer: Normalizer,
         *,
         pad: bool = False,
+        stride: int = 1,
     ) -> None:
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}; set task.stride to a positive integer")
         if normalizer.dim != layout.transition_dim:
             raise ValueError(
                 f"normalizer has dim {normalizer.dim} but the layout's transition dim is "
@@ -76,7 +83,9 @@ class WindowSampler:
             )
         self.layout = layout
         self.horizon = horizon
+        self.stride = stride
         self.pad = pad
+        span = (horizon - 1) * stride + 1
         self.n_transitions = episodes.n_transitions
         raw = episodes.transitions(layout)  # (T, D)
         ends = episodes.starts + episodes.lengths  # (E,) exclusive
@@ -88,10 +97,11 @@ class WindowSampler:
         with torch.no_grad():
             self.table = normalizer.normalize(table).to(torch.float32).contiguous()
 
-        counts = episodes.lengths if pad else np.maximum(episodes.lengths - horizon + 1, 0)
+        counts = episodes.lengths if pad else np.maximum(episodes.lengths - span + 1, 0)
         if counts.sum() == 0:
             raise DatasetError(
-                f"{episodes.source}: no window of horizon {horizon} fits inside any episode "
+                f"{episodes.source}: no window of horizon {horizon} (stride {stride}, {span} steps) fits inside any "
+                "episode "
                 f"(longest episode has {int(episodes.lengths.max())} steps); lower the horizon "
                 "or enable padding (pad=True)."
             )
@@ -121,7 +131,7 @@ class WindowSampler:
 
     def windows(self, episode: Tensor, start: Tensor) -> TrajectoryBatch:
         """Deterministic batch of windows given (B,) episode indices and (B,) start steps."""
-        steps = start[:, None] + torch.arange(self.horizon)  # (B, H) step within the episode
+        steps = start[:, None] + self.stride * torch.arange(self.horizon)  # (B, H) step within the episode
         inside = steps < self.episode_lengths[episode][:, None]  # (B, H)
         rows = torch.where(
             inside,

@@ -42,15 +42,24 @@ class PlanningPolicy:
         planner: the batched planner.
         cfg: execution mode, replanning interval and tracker gains.
         position_dims / velocity_dims: observation channels the tracker uses.
+        stride: environment steps between plan tokens (the model's ``task.stride``).
     """
 
     planner: GoalPlanner
     cfg: PlannerConfig
     position_dims: list[int]
     velocity_dims: list[int]
+    stride: int = 1
     records: list[PlanRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.stride < 1:
+            raise ValueError(f"stride must be >= 1, got {self.stride}")
+        if self.stride > 1 and ExecutionMode(self.cfg.mode) is ExecutionMode.actions:
+            raise ValueError(
+                f"planner.mode=actions needs a model trained with task.stride=1 (got {self.stride}): strided "
+                "plans do not hold the actions between tokens; use planner.mode=tracker"
+            )
         if self.cfg.replan_every < 0:
             raise ValueError(f"planner.replan_every must be >= 0 (0 = plan once), got {self.cfg.replan_every}")
         if ExecutionMode(self.cfg.mode) is ExecutionMode.tracker and len(self.position_dims) != len(
@@ -136,8 +145,9 @@ class PlanningPolicy:
             target = self._states[rows, index].copy()
             target[:, vel] = 0.0
         else:
-            target = self._states[rows, np.minimum(age + 1, horizon - 1)].copy()
-            past_end = age + 1 >= horizon
+            token = age // self.stride + 1
+            target = self._states[rows, np.minimum(token, horizon - 1)].copy()
+            past_end = token >= horizon
             target[np.ix_(past_end, vel)] = 0.0
         return self.cfg.p_gain * (target[:, pos] - observations[:, pos]) + self.cfg.d_gain * (
             target[:, vel] - observations[:, vel]

@@ -95,7 +95,9 @@ class Trainer:
         self.layout = layout_for(episodes)
         self.normalizer_kind: NormalizerKind = cfg.diffusion.normalizer.value  # type: ignore[assignment]
         self.normalizer = fit_normalizer(self.normalizer_kind, episodes.transitions(self.layout))
-        self.windows = WindowSampler(episodes, self.layout, self.horizon, self.normalizer, pad=cfg.train.pad)
+        self.windows = WindowSampler(
+            episodes, self.layout, self.horizon, self.normalizer, pad=cfg.train.pad, stride=cfg.task.stride
+        )
         self.schedule = NoiseSchedule(
             cfg.diffusion.n_timesteps, kind=cfg.diffusion.schedule, prediction=cfg.diffusion.prediction
         ).to(self.device)
