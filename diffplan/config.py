@@ -59,6 +59,7 @@ class TaskConfig:
     episode_steps: int = 300
     horizon: int = 128
     stride: int = 1
+    continuous_stream: bool = False
     goal_obs_dims: list[int] = field(default_factory=lambda: [0, 1])
     velocity_obs_dims: list[int] = field(default_factory=lambda: [2, 3])
 

@@ -117,3 +117,12 @@ def test_stride_spaces_tokens_and_counts_windows_by_span() -> None:
         WindowSampler(_episodes(), LAYOUT, horizon=2, normalizer=_identity(), stride=0)
     with pytest.raises(DatasetError, match="stride 4"):
         WindowSampler(_episodes(), LAYOUT, horizon=2, normalizer=_identity(), stride=4)
+
+
+def test_joined_keeps_only_terminal_boundaries() -> None:
+    joined = _episodes().joined()
+    # Episode 0 ends by terminal at row 3; rows 4-8 (two timeout episodes) become one.
+    assert joined.starts.tolist() == [0, 4] and joined.lengths.tolist() == [4, 5]
+    assert joined.terminals[3] and not joined.timeouts[6] and joined.timeouts[8]
+    sampler = WindowSampler(joined, LAYOUT, horizon=5, normalizer=_identity())
+    assert sampler.n_windows == 1  # only the joined 5-step stream fits H = 5

@@ -238,6 +238,19 @@ class Episodes:
             metadata=dict(metadata or {}),
         )
 
+    def joined(self) -> Episodes:
+        """The same data with boundaries only after true terminals (and at the end).
+
+        For datasets recorded as one uninterrupted stream (the maze2d recipe never resets
+        the env; episodes only mark goal changes), consecutive episodes are physically
+        continuous, so training windows may cross those boundaries.
+        """
+        return Episodes.from_arrays(
+            self.observations, self.actions, self.rewards, self.terminals, self.timeouts,
+            ends=self.terminals, goals=self.goals, qpos=self.qpos, qvel=self.qvel,
+            source=self.source, metadata=self.metadata,
+        )
+
     @property
     def n_episodes(self) -> int:
         """E, the number of episodes."""

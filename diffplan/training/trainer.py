@@ -92,6 +92,9 @@ class Trainer:
         set_threads(cfg.train.threads)
         self.device = select_device(cfg.train.device)
         self.horizon = cfg.task.horizon
+        if cfg.task.continuous_stream:
+            # One uninterrupted recording: windows may cross goal changes (not env resets).
+            episodes = episodes.joined()
         self.layout = layout_for(episodes)
         self.normalizer_kind: NormalizerKind = cfg.diffusion.normalizer.value  # type: ignore[assignment]
         self.normalizer = fit_normalizer(self.normalizer_kind, episodes.transitions(self.layout))
