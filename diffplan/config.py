@@ -82,6 +82,9 @@ class DiffusionConfig:
     eta: float = 0.0
     clip_denoised: float | None = 1.0
     normalizer: NormalizerKind = NormalizerKind.limits
+    # Mark tokens with inpainted entries as clean (level 0) in the denoiser's input, in
+    # training and sampling alike (the checkpoint's setting is used at planning time).
+    clean_condition_tokens: bool = False
 
 
 @dataclass

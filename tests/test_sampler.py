@@ -280,3 +280,34 @@ def test_pinned_unet_ddim_regression() -> None:
     assert torch.equal(first[constraints.mask], constraints.values[constraints.mask])
     free = first[~constraints.mask]
     assert torch.isfinite(free).all() and free.std() > 0
+
+
+def test_clean_condition_tokens_feed_level_zero_to_the_denoiser() -> None:
+    from diffplan.diffusion.loss import diffusion_loss
+    from diffplan.diffusion.sampler import Constraints, Sampler, full_sequence_matrix
+    from diffplan.diffusion.schedule import NoiseSchedule
+
+    schedule = NoiseSchedule(10)
+    seen: list[torch.Tensor] = []
+
+    def spy(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+        seen.append(levels.clone())
+        return torch.zeros_like(x)
+
+    mask = torch.zeros(2, 6, 3, dtype=torch.bool)
+    mask[:, 0, :2] = True  # token 0 partly given
+    mask[:, 5, 0] = True  # token 5 partly given
+    constraints = Constraints(mask, torch.zeros(2, 6, 3))
+    matrix = full_sequence_matrix(10, 4, 6)
+    for clean in (False, True):
+        seen.clear()
+        Sampler(schedule, clean_condition_tokens=clean).sample(spy, (2, 6, 3), matrix, constraints=constraints)
+        first = seen[0]
+        expected_edge = 0.0 if clean else 1.0
+        assert torch.all(first[:, [0, 5]] == expected_edge) and torch.all(first[:, 1:5] == 1.0)
+    seen.clear()
+    levels = torch.full((2, 6), 7)
+    diffusion_loss(spy, schedule, torch.zeros(2, 6, 3), levels, torch.randn(2, 6, 3), condition_mask=mask,
+                   clean_condition_tokens=True)
+    torch.testing.assert_close(seen[0][:, [0, 5]], torch.zeros(2, 2))
+    torch.testing.assert_close(seen[0][:, 1:5], torch.full((2, 4), 0.7))

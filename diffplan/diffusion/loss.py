@@ -19,6 +19,7 @@ def diffusion_loss(
     condition_mask: Tensor | None = None,
     valid: Tensor | None = None,
     weights: Tensor | None = None,
+    clean_condition_tokens: bool = False,
 ) -> Tensor:
     """Weighted mean squared error of the denoiser's prediction.
 
@@ -30,6 +31,8 @@ def diffusion_loss(
             (inpainting); they are written into x_t and excluded from the loss.
         valid: bool (B, H): tokens that carry data (padding after a timeout does not).
         weights: per-entry loss weights broadcastable to (B, H, D) (e.g. first-action weight).
+        clean_condition_tokens: feed level 0 to the denoiser for tokens with a given entry
+            (the sampler must do the same).
     """
     x_t = schedule.add_noise(x0, noise, levels)
     keep = torch.ones_like(x0, dtype=torch.bool)
@@ -39,7 +42,10 @@ def diffusion_loss(
         keep = keep & ~condition_mask
     if valid is not None:
         keep = keep & valid.unsqueeze(-1)
-    output = denoiser(x_t, schedule.normalized_level(levels))
+    model_levels = levels
+    if condition_mask is not None and clean_condition_tokens:
+        model_levels = levels.masked_fill(condition_mask.any(dim=-1), 0)
+    output = denoiser(x_t, schedule.normalized_level(model_levels))
     error = (output - schedule.target(x0, noise, levels)) ** 2
     if weights is not None:
         error = error * weights

@@ -49,6 +49,11 @@ class Constraints:
         """Overwrite the constrained entries of ``x`` (B, H, D)."""
         return torch.where(self.mask, self.values, x)
 
+    @property
+    def tokens(self) -> Tensor:
+        """(B, H) bool: tokens with at least one given entry."""
+        return self.mask.any(dim=-1)
+
     def repeat_interleave(self, repeats: int) -> Constraints:
         """Each of the B rows repeated ``repeats`` times (for K candidates per environment)."""
         return Constraints(
@@ -96,14 +101,24 @@ class Sampler:
             (Song et al. 2021, eq. 16).
         clip_denoised: if set, clamp the x0 estimate to [-clip, clip] before each update
             (useful with the limits normalizer, whose data lie in [-1, 1]).
+        clean_condition_tokens: tell the denoiser that constrained tokens are clean (level 0
+            in its input); must match how the model was trained.
     """
 
-    def __init__(self, schedule: NoiseSchedule, *, eta: float = 0.0, clip_denoised: float | None = None):
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        *,
+        eta: float = 0.0,
+        clip_denoised: float | None = None,
+        clean_condition_tokens: bool = False,
+    ):
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         self.schedule = schedule
         self.eta = float(eta)
         self.clip_denoised = clip_denoised
+        self.clean_condition_tokens = clean_condition_tokens
 
     def step(
         self,
@@ -168,7 +183,10 @@ class Sampler:
         for row in range(matrix.shape[0] - 1):
             level_from = matrix[row].expand(batch, horizon)
             level_to = matrix[row + 1].expand(batch, horizon)
-            output = denoiser(x, self.schedule.normalized_level(level_from))
+            model_level = level_from
+            if constraints is not None and self.clean_condition_tokens:
+                model_level = level_from.masked_fill(constraints.tokens, 0)
+            output = denoiser(x, self.schedule.normalized_level(model_level))
             x, _ = self.step(x, output, level_from, level_to, generator)
             if constraints is not None:
                 x = constraints.apply(x)
@@ -183,12 +201,14 @@ def make_sampler(
     horizon: int,
     eta: float = 0.0,
     clip_denoised: float | None = None,
+    clean_condition_tokens: bool = False,
 ) -> tuple[Sampler, Tensor]:
     """A sampler and its full-sequence matrix: DDPM walks every level with eta 1; DDIM
     takes ``sampling_steps`` evenly spaced levels with the given ``eta``."""
     kind = SamplerKind(kind)
     if kind is SamplerKind.ddpm:
-        sampler = Sampler(schedule, eta=1.0, clip_denoised=clip_denoised)
+        sampler = Sampler(schedule, eta=1.0, clip_denoised=clip_denoised,
+                          clean_condition_tokens=clean_condition_tokens)
         return sampler, full_sequence_matrix(schedule.n_timesteps, schedule.n_timesteps, horizon)
-    sampler = Sampler(schedule, eta=eta, clip_denoised=clip_denoised)
+    sampler = Sampler(schedule, eta=eta, clip_denoised=clip_denoised, clean_condition_tokens=clean_condition_tokens)
     return sampler, full_sequence_matrix(schedule.n_timesteps, sampling_steps, horizon)

@@ -89,6 +89,8 @@ class GoalPlanner:
             horizon=model.horizon,
             eta=diffusion.eta,
             clip_denoised=diffusion.clip_denoised,
+            # A training-time choice: taken from the checkpoint, not from the planning config.
+            clean_condition_tokens=model.config.diffusion.clean_condition_tokens,
         )
 
     @torch.no_grad()

@@ -183,6 +183,7 @@ class Trainer:
             condition_mask=self.condition_mask,
             valid=batch.valid.to(self.device),
             weights=self.weights,
+            clean_condition_tokens=self.cfg.diffusion.clean_condition_tokens,
         )
         lr = tc.lr * min(1.0, (self.step + 1) / max(1, tc.warmup_steps))
         for group in self.optimizer.param_groups:
