@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
+from diffplan.cli.common import CONF_DIR
 from diffplan.config import as_config, register_configs
 from diffplan.data.layout import TrajectoryLayout
 from diffplan.data.normalizer import fit_normalizer
@@ -28,11 +29,9 @@ from diffplan.planning.planner import GoalPlanner
 from diffplan.training.checkpoint import TrainedModel
 from diffplan.utils import hardware_info, select_device
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-
 PRESETS = {
     # name: Hydra overrides
-    "demo (unet_small dim16 (1,2,4), H128, DDIM 20)": ["+experiment=demo"],
+    "demo (unet_small dim16 (1,2,4), 64 tokens x stride 2, DDIM 20)": ["+experiment=demo"],
     "diffuser-umaze (dim32 (1,4,8), H128, DDIM 20)": ["model=unet_diffuser"],
     "diffuser-umaze (dim32 (1,4,8), H128, DDPM 64)": ["model=unet_diffuser", "diffusion=ddpm"],
 }

@@ -12,14 +12,14 @@ from pathlib import Path
 
 def row(path: Path) -> str:
     r = json.loads(path.read_text())
-    cfg = r["config"]
+    cfg, trained = r["config"], r["trained_config"]
     score = r["normalized_score"]
     planner = cfg["planner"]
     tracking = planner["tracking"] if planner["mode"] == "tracker" else "actions"
-    model = cfg["model"]
+    model = trained["model"]
     train_steps = r["checkpoint"]["step"]
     return (
-        f"| {r['task']} | {cfg['task']['horizon']}x{cfg['task']['stride']} | dim {model['dim']} "
+        f"| {r['task']} | {trained['task']['horizon']}x{trained['task']['stride']} | dim {model['dim']} "
         f"{tuple(model['dim_mults'])}, {train_steps} steps | {planner['mode']}/{tracking} | "
         f"{len(r['seeds'])} x {r['n_episodes_per_seed']} | **{score['mean']:.1f} ± {score['stderr']:.1f}** | "
         f"{r['success_rate']:.2f} | {r['plan_time_s']['mean']:.2f} | [{path.name}]({path.as_posix()}) |"

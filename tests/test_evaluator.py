@@ -137,6 +137,22 @@ def test_env_step_failure_is_recorded_and_evaluation_continues() -> None:
     assert out.summary()["n_failed"] == 2
 
 
+def test_env_construction_and_reset_failures_are_recorded() -> None:
+    def broken(n: int) -> FakeBatch:
+        raise OSError("no display")
+
+    out = _evaluate(_policy(), broken, n_episodes=2, n_envs=2)
+    assert [e.reason for e in out.episodes] == ["environment construction failed: OSError: no display"] * 2
+    assert out.plan_times_s == [] and all(e.failed for e in out.episodes)
+
+    class ResetFails(FakeBatch):
+        def reset(self, seeds):  # noqa: ANN001, ANN201
+            raise RuntimeError("bad seed")
+
+    out = _evaluate(_policy(), ResetFails, n_episodes=2, n_envs=2)
+    assert [e.reason for e in out.episodes] == ["environment reset failed: RuntimeError: bad seed"] * 2
+
+
 def test_non_finite_plans_fail_their_episodes() -> None:
     out = _evaluate(_policy(StubPlanner(finite=False)), FakeBatch)
     assert all(e.failed for e in out.episodes)

@@ -144,9 +144,11 @@ def test_ddim_eta0_ignores_generator() -> None:
 
 def test_ddpm_seed_reproducible_and_seed_dependent() -> None:
     schedule = NoiseSchedule(10)
-    sampler, matrix = make_sampler(schedule, "ddpm", sampling_steps=3, horizon=H)
-    assert sampler.eta == 1.0
-    assert torch.equal(matrix[:, 0], torch.arange(10, -1, -1))  # every level, sampling_steps ignored
+    sampler, matrix = make_sampler(schedule, "ddpm", sampling_steps=10, horizon=H, eta=0.0)
+    assert sampler.eta == 1.0  # ancestral: eta is ignored
+    assert torch.equal(matrix[:, 0], torch.arange(10, -1, -1))  # S = T visits every level
+    _, strided = make_sampler(schedule, "ddpm", sampling_steps=3, horizon=H)
+    assert torch.equal(strided[:, 0], torch.tensor([10, 7, 3, 0]))
     x_init = torch.zeros(B, H, D)
 
     def run(seed: int) -> Tensor:

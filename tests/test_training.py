@@ -123,8 +123,35 @@ def test_failed_save_keeps_previous_checkpoint(straight_run: Trainer, monkeypatc
 
 def test_resume_with_other_model_config_raises(straight_run: Trainer, episodes: Episodes) -> None:
     other = Trainer(_config(8, dim=16), episodes, straight_run.run_dir, {})
-    with pytest.raises(CheckpointError, match="cannot resume .*its 'model' config"):
+    with pytest.raises(CheckpointError, match="trained with model.dim=8, the current config has 16"):
         other.train(resume=True)
+
+
+def test_resume_allows_planning_only_changes_and_refuses_another_dataset(
+    straight_run: Trainer, episodes: Episodes, tmp_path: Path
+) -> None:
+    cfg = _config(6)
+    cfg.diffusion.sampling_steps = 3  # a planning-time setting: resuming is fine
+    assert Trainer(cfg, episodes, straight_run.run_dir, {}).resume()
+    Trainer(_config(6), episodes, tmp_path, {"path": "tiny.hdf5", "sha256": "a" * 64}).save()
+    other = Trainer(_config(6), episodes, tmp_path, {"path": "other.hdf5", "sha256": "b" * 64})
+    with pytest.raises(CheckpointError, match="sha256 aaaaaaaaaaaa.*other.hdf5 has bbbbbbbbbbbb"):
+        other.resume()
+
+
+@pytest.mark.parametrize("key", ["steps", "batch_size", "ckpt_every", "log_every"])
+def test_train_intervals_must_be_positive(episodes: Episodes, tmp_path: Path, key: str) -> None:
+    cfg = _config(6)
+    setattr(cfg.train, key, 0)
+    with pytest.raises(ValueError, match=f"train.{key} must be >= 1"):
+        Trainer(cfg, episodes, tmp_path, {})
+
+
+def test_clip_with_gaussian_normalizer_is_refused(episodes: Episodes, tmp_path: Path) -> None:
+    cfg = _config(6)
+    cfg.diffusion.normalizer = cfg.diffusion.normalizer.__class__("gaussian")
+    with pytest.raises(ValueError, match="clip_denoised=null"):
+        Trainer(cfg, episodes, tmp_path, {})
 
 
 def test_load_trained_model_uses_ema(straight_run: Trainer) -> None:

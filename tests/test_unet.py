@@ -94,3 +94,8 @@ def test_gradients_reach_every_parameter() -> None:
     missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_dim_mults_not_starting_at_one() -> None:
+    net = TemporalUnet(transition_dim=6, horizon=16, dim=8, dim_mults=(2, 4))
+    assert net(torch.randn(2, 16, 6), torch.rand(2, 16)).shape == (2, 16, 6)

@@ -81,6 +81,7 @@ def run_evaluate(cfg: Config) -> Path:
         output,
         task=cfg.task.name,
         config=to_container(cfg),
+        trained_config=to_container(model.config),
         dataset={"path": str(Path(cfg.task.dataset).resolve()), "sha256": file_sha256(cfg.task.dataset)},
         checkpoint={"path": str(model.path.resolve()), "sha256": file_sha256(model.path), "step": model.step,
                     "ema": cfg.eval.use_ema},

@@ -193,6 +193,15 @@ class Sampler:
         return x
 
 
+def check_clip(normalizer_kind: str, clip_denoised: float | None) -> None:
+    """Clipping x0 to [-c, c] only makes sense for data normalized into a box (limits)."""
+    if clip_denoised is not None and normalizer_kind != "limits":
+        raise ValueError(
+            f"diffusion.clip_denoised={clip_denoised} clips x0 estimates, but the {normalizer_kind!r} normalizer does "
+            "not bound the data; set diffusion.clip_denoised=null or diffusion.normalizer=limits"
+        )
+
+
 def make_sampler(
     schedule: NoiseSchedule,
     kind: SamplerKind | str,
@@ -203,12 +212,12 @@ def make_sampler(
     clip_denoised: float | None = None,
     clean_condition_tokens: bool = False,
 ) -> tuple[Sampler, Tensor]:
-    """A sampler and its full-sequence matrix: DDPM walks every level with eta 1; DDIM
-    takes ``sampling_steps`` evenly spaced levels with the given ``eta``."""
-    kind = SamplerKind(kind)
-    if kind is SamplerKind.ddpm:
-        sampler = Sampler(schedule, eta=1.0, clip_denoised=clip_denoised,
-                          clean_condition_tokens=clean_condition_tokens)
-        return sampler, full_sequence_matrix(schedule.n_timesteps, schedule.n_timesteps, horizon)
+    """A sampler and its full-sequence matrix over ``sampling_steps`` evenly spaced levels.
+
+    DDPM is ancestral sampling, the DDIM update with ``eta = 1`` (``eta`` is ignored); with
+    ``sampling_steps = T`` it visits every level (Ho et al. 2020). DDIM uses the given ``eta``.
+    """
+    if SamplerKind(kind) is SamplerKind.ddpm:
+        eta = 1.0
     sampler = Sampler(schedule, eta=eta, clip_denoised=clip_denoised, clean_condition_tokens=clean_condition_tokens)
     return sampler, full_sequence_matrix(schedule.n_timesteps, sampling_steps, horizon)

@@ -152,15 +152,19 @@ def evaluate(
         generator = torch.Generator(device=device).manual_seed(int(seed))
         for first in range(0, n_episodes, n_envs):
             count = min(n_envs, n_episodes - first)
-            if env is None or env.n_envs != count:
-                if env is not None:
-                    env.close()
-                env = make_env(count)
             episode_ids = list(range(first, first + count))
             reset_seeds = [int(seed) * 1_000_003 + j for j in episode_ids]
-            batch = _run_batch(
-                policy, env, reset_seeds, generator, episode_steps, (action_low, action_high)
-            )
+            policy.reset(count)  # plan records and times belong to this batch only
+            try:
+                if env is None or env.n_envs != count:
+                    if env is not None:
+                        env.close()
+                    env = None
+                    env = make_env(count)
+            except Exception as e:
+                batch = _failed_batch(count, f"environment construction failed: {_reason(e)}", reset_seeds)
+            else:
+                batch = _run_batch(policy, env, reset_seeds, generator, episode_steps, (action_low, action_high))
             returns, success, lengths, failed, reasons, observations, goals = batch
             for i, j in enumerate(episode_ids):
                 results.append(
@@ -205,6 +209,17 @@ def _plans_of(records: list[PlanRecord], env_index: int) -> list[np.ndarray]:
     return plans
 
 
+BatchOutcome = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]
+
+
+def _failed_batch(n: int, reason: str, reset_seeds: list[int]) -> BatchOutcome:
+    """The record of a batch that could not run at all: every episode failed with ``reason``."""
+    log.warning("batch with reset seeds %s failed: %s", reset_seeds, reason)
+    zeros = np.zeros(n)
+    return zeros, zeros.astype(bool), zeros.astype(np.int64), np.ones(n, dtype=bool), [reason] * n, \
+        np.zeros((1, n, 1)), np.zeros((n, 1))
+
+
 def _run_batch(
     policy: PlanningPolicy,
     env: BatchEnv,
@@ -212,7 +227,7 @@ def _run_batch(
     generator: torch.Generator,
     episode_steps: int,
     action_box: tuple[float, float],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:
+) -> BatchOutcome:
     """Run one lockstep batch of episodes to the end; never raises for a single episode."""
     n = env.n_envs
     returns = np.zeros(n)
@@ -220,7 +235,10 @@ def _run_batch(
     lengths = np.zeros(n, dtype=np.int64)
     failed = np.zeros(n, dtype=bool)
     reasons = [""] * n
-    obs, goals = env.reset(reset_seeds)
+    try:
+        obs, goals = env.reset(reset_seeds)
+    except Exception as e:
+        return _failed_batch(n, f"environment reset failed: {_reason(e)}", reset_seeds)
     observations = np.zeros((episode_steps + 1, n, obs.shape[1]))
     observations[0] = obs
     active = np.ones(n, dtype=bool)

@@ -19,13 +19,18 @@ def build_results(
     *,
     task: str,
     config: dict[str, Any],
+    trained_config: dict[str, Any],
     dataset: dict[str, Any],
     checkpoint: dict[str, Any],
     seeds: list[int],
     n_episodes_per_seed: int,
     reference_scores: dict[str, Any],
 ) -> dict[str, Any]:
-    """Assemble results.json: provenance, summary, and every episode."""
+    """Assemble results.json: provenance, summary, and every episode.
+
+    ``config`` is the evaluation's resolved config (planner, sampler, eval settings);
+    ``trained_config`` is the checkpoint's (model, horizon, stride, training budget).
+    """
     summary = output.summary()
     return {
         "format": RESULTS_FORMAT,
@@ -35,6 +40,7 @@ def build_results(
         "git_revision": git_revision(),
         "hardware": hardware_info(),
         "config": config,
+        "trained_config": trained_config,
         "dataset": dataset,
         "checkpoint": checkpoint,
         "seeds": seeds,

@@ -144,7 +144,7 @@ class TemporalUnet(nn.Module):
         self.ups = nn.ModuleList(
             UpStage(c_in, c_out, embed_dim, kernel_size) for c_in, c_out in reversed(in_out[1:])
         )
-        self.final = nn.Sequential(Conv1dBlock(dim, dim, kernel_size), nn.Conv1d(dim, transition_dim, 1))
+        self.final = nn.Sequential(Conv1dBlock(dims[1], dim, kernel_size), nn.Conv1d(dim, transition_dim, 1))
 
     def forward(self, x: Tensor, levels: Tensor) -> Tensor:
         """x (B, H, D), levels (B, H) in [0, 1] -> (B, H, D)."""

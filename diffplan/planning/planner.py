@@ -16,7 +16,7 @@ from torch import Tensor
 
 from diffplan.config import DiffusionConfig, PlannerConfig, Selection
 from diffplan.diffusion.conditioning import goal_constraints
-from diffplan.diffusion.sampler import make_sampler
+from diffplan.diffusion.sampler import check_clip, make_sampler
 from diffplan.training.checkpoint import TrainedModel
 
 
@@ -82,6 +82,7 @@ class GoalPlanner:
         self.cfg = planner
         self.goal_dims = list(goal_dims)
         self.device = torch.device(device)
+        check_clip(model.config.diffusion.normalizer.value, diffusion.clip_denoised)
         self.sampler, self.matrix = make_sampler(
             model.schedule,
             diffusion.sampler,

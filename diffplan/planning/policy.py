@@ -53,6 +53,8 @@ class PlanningPolicy:
     records: list[PlanRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.cfg.lookahead < 0:
+            raise ValueError(f"planner.lookahead must be >= 0, got {self.cfg.lookahead}")
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
         if self.stride > 1 and ExecutionMode(self.cfg.mode) is ExecutionMode.actions:

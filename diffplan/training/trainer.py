@@ -27,6 +27,7 @@ from diffplan.data.normalizer import NormalizerKind, fit_normalizer
 from diffplan.data.windows import WindowSampler
 from diffplan.diffusion.conditioning import conditioning_mask
 from diffplan.diffusion.loss import diffusion_loss
+from diffplan.diffusion.sampler import check_clip
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.models.factory import build_denoiser
 from diffplan.training.checkpoint import (
@@ -40,8 +41,14 @@ from diffplan.utils import select_device, set_threads
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "checkpoint.pt"
-#: Config sections that must match to resume a run (the rest, e.g. train.steps, may change).
-RESUME_KEYS = ("task", "model", "diffusion")
+#: Settings that shape the trained model: they must match to resume a run. Everything else
+#: (train.steps, planning-time sampler settings, evaluation) may change between runs.
+RESUME_KEYS: dict[str, tuple[str, ...] | None] = {
+    "model": None,
+    "task": ("name", "horizon", "stride", "continuous_stream", "goal_obs_dims"),
+    "diffusion": ("n_timesteps", "schedule", "prediction", "normalizer", "clean_condition_tokens"),
+    "train": ("condition_start", "condition_goal", "pad", "action_weight"),
+}
 
 
 @dataclass
@@ -89,6 +96,10 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.dataset_info = dataset_info
+        for key in ("steps", "batch_size", "ckpt_every", "log_every"):
+            if getattr(cfg.train, key) < 1:
+                raise ValueError(f"train.{key} must be >= 1, got {getattr(cfg.train, key)}")
+        check_clip(cfg.diffusion.normalizer.value, cfg.diffusion.clip_denoised)
         set_threads(cfg.train.threads)
         self.device = select_device(cfg.train.device)
         self.horizon = cfg.task.horizon
@@ -127,15 +138,26 @@ class Trainer:
         """Load ``run_dir/checkpoint.pt`` if it exists; True if training state was restored."""
         if not self.checkpoint_path.exists():
             return False
-        payload = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        # RNG states must stay CPU byte tensors; load_state_dict copies weights onto the model's device.
+        payload = load_checkpoint(self.checkpoint_path, map_location="cpu")
         saved = json.loads(payload["config"])
         current = to_container(self.cfg)
-        for key in RESUME_KEYS:
-            if saved.get(key) != current.get(key):
-                raise CheckpointError(
-                    f"cannot resume {self.checkpoint_path}: its {key!r} config {saved.get(key)} differs from "
-                    f"the current {current.get(key)}; use a new run_dir or restore the settings"
-                )
+        for section, keys in RESUME_KEYS.items():
+            names = keys if keys is not None else sorted(set(saved.get(section, {})) | set(current[section]))
+            for name in names:
+                old, new = saved.get(section, {}).get(name), current[section].get(name)
+                if old != new:
+                    raise CheckpointError(
+                        f"cannot resume {self.checkpoint_path}: it was trained with {section}.{name}={old!r}, "
+                        f"the current config has {new!r}; restore the setting or use a new run_dir"
+                    )
+        saved_hash = json.loads(payload.get("dataset", "{}")).get("sha256")
+        if saved_hash and self.dataset_info.get("sha256") and saved_hash != self.dataset_info["sha256"]:
+            raise CheckpointError(
+                f"cannot resume {self.checkpoint_path}: it was trained on a dataset with sha256 {saved_hash[:12]}…, "
+                f"but {self.dataset_info.get('path')} has {self.dataset_info['sha256'][:12]}…; "
+                "use the original dataset or a new run_dir"
+            )
         self.model.load_state_dict(payload["model"])
         self.ema.load_state_dict(payload["ema"])
         self.optimizer.load_state_dict(payload["optimizer"])
