@@ -114,6 +114,9 @@ class PlannerConfig:
     tracking: Tracking = Tracking.time
     lookahead: int = 4
     replan_every: int = 0
+    # Pursuit only: replan an env whose progress along its plan has not advanced for this
+    # many steps (stuck, e.g. against a wall the plan cut through); 0 = never.
+    replan_on_stall: int = 0
     n_candidates: int = 1
     selection: Selection = Selection.first
     p_gain: float = 1.0

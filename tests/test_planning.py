@@ -265,3 +265,28 @@ def test_time_tracker_with_stride_advances_one_token_per_stride_steps() -> None:
     with pytest.raises(ValueError, match="task.stride=1"):
         PlanningPolicy(LinePlanner(), PlannerConfig(mode=ExecutionMode.actions), position_dims=[0, 1],  # type: ignore[arg-type]
                        velocity_dims=[2, 3], stride=2)
+
+
+def test_pursuit_replans_when_progress_stalls() -> None:
+    class CountingLine(LinePlanner):
+        calls = 0
+
+        def plan(self, observations: torch.Tensor, goals: torch.Tensor, generator: torch.Generator) -> Plan:
+            CountingLine.calls += 1
+            return super().plan(observations, goals, generator)
+
+    cfg = PlannerConfig(mode=ExecutionMode.tracker, tracking=Tracking.pursuit, lookahead=2, replan_on_stall=3)
+    policy = PlanningPolicy(CountingLine(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])  # type: ignore[arg-type]
+    one, generator = np.ones(1, dtype=bool), torch.Generator()
+    stuck = np.array([[1.0, 0.0, 0.0, 0.0]])  # never moves: progress stays at token 1
+    for t in range(5):
+        policy.act(t, stuck, GOAL[:1], one, generator)
+    # Plan at t=0; stalled at t=1,2,3 -> replanned at t=4.
+    assert CountingLine.calls == 2
+    moving = [np.array([[x, 0.0, 0.0, 0.0]]) for x in range(2, 9)]
+    for t, obs in enumerate(moving, start=5):
+        policy.act(t, obs, GOAL[:1], one, generator)
+    assert CountingLine.calls == 2  # steady progress: no replanning
+    with pytest.raises(ValueError, match="replan_on_stall"):
+        PlanningPolicy(CountingLine(), PlannerConfig(replan_on_stall=-1), position_dims=[0, 1],  # type: ignore[arg-type]
+                       velocity_dims=[2, 3])

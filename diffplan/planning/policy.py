@@ -53,6 +53,8 @@ class PlanningPolicy:
     records: list[PlanRecord] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.cfg.replan_on_stall < 0:
+            raise ValueError(f"planner.replan_on_stall must be >= 0 (0 = off), got {self.cfg.replan_on_stall}")
         if self.cfg.lookahead < 0:
             raise ValueError(f"planner.lookahead must be >= 0, got {self.cfg.lookahead}")
         if self.stride < 1:
@@ -72,6 +74,7 @@ class PlanningPolicy:
         self._actions: np.ndarray | None = None
         self._age: np.ndarray | None = None
         self._progress: np.ndarray | None = None
+        self._stalled: np.ndarray | None = None
 
     def reset(self, n_envs: int) -> None:
         """Forget plans; the next :meth:`act` plans for every environment."""
@@ -79,6 +82,7 @@ class PlanningPolicy:
         self._actions = None
         self._age = np.full(n_envs, -1, dtype=np.int64)
         self._progress = np.zeros(n_envs, dtype=np.int64)
+        self._stalled = np.zeros(n_envs, dtype=np.int64)
         self.records = []
 
     def _needs_plan(self, active: np.ndarray) -> np.ndarray:
@@ -86,6 +90,8 @@ class PlanningPolicy:
         fresh = self._age < 0
         if self.cfg.replan_every > 0:
             fresh |= self._age >= self.cfg.replan_every
+        if self.cfg.replan_on_stall > 0 and self._stalled is not None:
+            fresh |= self._stalled >= self.cfg.replan_on_stall
         return fresh & active
 
     def act(
@@ -131,7 +137,12 @@ class PlanningPolicy:
         fresh = self._age == 0
         self._progress[fresh] = 0
         distance[token[None, :] < self._progress[:, None]] = np.inf
-        self._progress = distance.argmin(axis=1)
+        progress = distance.argmin(axis=1)
+        if self._stalled is not None:
+            # Stalled: no progress while the plan's end is still ahead of the lookahead target.
+            stuck = (progress <= self._progress) & (progress + self.cfg.lookahead < horizon - 1) & ~fresh
+            self._stalled = np.where(stuck, self._stalled + 1, 0)
+        self._progress = progress
         return np.minimum(self._progress + self.cfg.lookahead, horizon - 1)
 
     def _actions_from_plans(self, observations: np.ndarray) -> np.ndarray:
