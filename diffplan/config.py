@@ -89,7 +89,7 @@ class DiffusionConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 10_000
+    steps: int = 20_000
     batch_size: int = 32
     lr: float = 2e-4
     weight_decay: float = 0.0
