@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -36,7 +37,7 @@ def run_demo(cfg: Config) -> Path:
     report = write_eval_report(
         Path(cfg.run_dir) / "report.md",
         results,
-        image=str(image.relative_to(cfg.run_dir)) if image.exists() else None,
+        image=os.path.relpath(image, cfg.run_dir) if image.exists() else None,
         training=training,
         commands=["diffplan-demo " + " ".join(sys.argv[1:])],
     )
