@@ -13,8 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-import h5py
-
+from diffplan.data.hdf5 import reference_scores
+from diffplan.evaluation.evaluator import normalize_score
 from diffplan.utils import hardware_info
 
 
@@ -29,15 +29,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/reference"))
     args = parser.parse_args()
     for task in args.tasks:
-        dataset = args.data_dir / f"{task}.hdf5"
-        with h5py.File(dataset, "r") as handle:
-            ref = json.loads(handle.attrs["metadata"])["ref_scores"]
+        ref = reference_scores(args.data_dir / f"{task}.hdf5")
         rows = {}
         for noise in (0.0, 0.5):
             controller = WaypointController(maze_geometry(task), action_noise_std=noise)
             scores = compute_maze_reference_scores(task, n_episodes=args.episodes, seed=args.seed,
                                                    controller=controller)
-            normalized = 100 * (scores["max"] - ref["min"]) / (ref["max"] - ref["min"])
+            normalized = normalize_score(scores["max"], ref["min"], ref["max"])
             rows[f"noise_{noise}"] = {"mean_return": scores["max"], "return_std": scores["max_std"],
                                       "normalized_score": normalized}
             print(f"{task}: controller noise {noise}: return {scores['max']:.1f}, normalized {normalized:.1f}")

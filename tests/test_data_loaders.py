@@ -290,3 +290,17 @@ def test_unknown_sources(tmp_path: Path) -> None:
         load_episodes(tmp_path / "nowhere")
     with pytest.raises(DatasetError, match=r"fmt='csv'.*\['auto', 'hdf5', 'minari'\]"):
         load_episodes(notes, fmt="csv")  # type: ignore[arg-type]
+
+
+def test_reference_scores_from_metadata_or_a_clear_error(tmp_path: Path) -> None:
+    from diffplan.data.hdf5 import read_metadata, reference_scores
+
+    plain = write_hdf5(tmp_path / "d4rl.hdf5", _arrays(6))
+    assert read_metadata(plain) == {}
+    with pytest.raises(DatasetError, match="no ref_scores"):
+        reference_scores(plain)
+    ref = {"method": "minari", "min": 1.0, "max": 9.0}
+    own = write_hdf5(tmp_path / "own.hdf5", _arrays(6), {"ref_scores": ref})
+    assert reference_scores(own) == {**ref, "source": "own.hdf5 metadata"}
+    with pytest.raises(DatasetError, match="diffplan-collect"):
+        reference_scores(tmp_path / "missing.hdf5")

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
-
-import h5py
 
 from diffplan.cli.common import hydra_entry
 from diffplan.config import Config, to_container
-from diffplan.data.errors import DatasetError
+from diffplan.data.hdf5 import reference_scores
 from diffplan.data.layout import TrajectoryLayout
 from diffplan.evaluation.evaluator import evaluate
 from diffplan.evaluation.results import build_results, write_json
@@ -22,23 +18,6 @@ from diffplan.training.checkpoint import load_trained_model
 from diffplan.utils import file_sha256, select_device
 
 log = logging.getLogger(__name__)
-
-
-def reference_scores_of(dataset: str | Path) -> dict[str, Any]:
-    """The reference scores stored in a diffplan dataset's metadata (Minari's method)."""
-    path = Path(dataset)
-    if not path.is_file():
-        raise DatasetError(f"dataset {path} does not exist; its reference scores normalize the returns. "
-                           "Run diffplan-collect for this task first.")
-    with h5py.File(path, "r") as handle:
-        raw = handle.attrs.get("metadata")
-    if raw is None:
-        raise DatasetError(f"dataset {path} has no 'metadata' attribute with reference scores")
-    meta = json.loads(raw)
-    ref = meta.get("ref_scores")
-    if not ref or "min" not in ref or "max" not in ref:
-        raise DatasetError(f"dataset {path} metadata has no ref_scores {{min, max}}; recollect it")
-    return {**ref, "source": f"{path.name} metadata"}
 
 
 def run_evaluate(cfg: Config) -> Path:
@@ -64,7 +43,7 @@ def run_evaluate(cfg: Config) -> Path:
         velocity_dims=cfg.task.velocity_obs_dims,
         stride=model.config.task.stride,
     )
-    ref = reference_scores_of(cfg.task.dataset)
+    ref = reference_scores(cfg.task.dataset)
     output = evaluate(
         policy,
         lambda n: MazeBatch(task, n),

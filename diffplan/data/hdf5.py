@@ -45,6 +45,43 @@ def _dataset_keys(handle: h5py.File) -> list[str]:
     return sorted(keys)
 
 
+def _check_hdf5_file(path: str | os.PathLike[str]) -> Path:
+    """The path, if it names an existing HDF5 file; else a DatasetError that says so."""
+    file_path = Path(path)
+    if not file_path.is_file():
+        raise DatasetNotFoundError(
+            f"{file_path}: no such file; check the path (or collect the dataset first with diffplan-collect)."
+        )
+    if not h5py.is_hdf5(file_path):
+        raise DatasetError(
+            f"{file_path}: not an HDF5 file; pass a D4RL-layout .hdf5 file (or a Minari dataset "
+            "as 'minari:<id>')."
+        )
+    return file_path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The root ``metadata`` attribute of an HDF5 dataset ({} when the file has none)."""
+    file_path = _check_hdf5_file(path)
+    with h5py.File(file_path, "r") as handle:
+        return _read_file_metadata(handle, file_path) or {}
+
+
+def reference_scores(path: str | Path) -> dict[str, Any]:
+    """The reference scores {method, min, max, ...} a diffplan collector stored in the file.
+
+    Raises:
+        DatasetError: the file has none (D4RL files: normalize with D4RL's table instead).
+    """
+    ref = read_metadata(path).get("ref_scores")
+    if not isinstance(ref, dict) or "min" not in ref or "max" not in ref:
+        raise DatasetError(
+            f"{path}: its metadata holds no ref_scores {{min, max}}; collect the dataset with diffplan-collect "
+            "(which computes them) or recollect it"
+        )
+    return {**ref, "source": f"{Path(path).name} metadata"}
+
+
 def _read_file_metadata(handle: h5py.File, path: Path) -> dict[str, Any] | None:
     """The root ``metadata`` attribute parsed as JSON, or None when absent."""
     raw = handle.attrs.get("metadata")
@@ -106,16 +143,7 @@ def load_hdf5(
     allowed = get_args(LayoutKind)
     if layout_kind not in allowed:
         raise DatasetError(f"layout_kind={layout_kind!r} is not supported; use one of {list(allowed)}.")
-    file_path = Path(path)
-    if not file_path.is_file():
-        raise DatasetNotFoundError(
-            f"{file_path}: no such file; check the path (or collect the dataset first)."
-        )
-    if not h5py.is_hdf5(file_path):
-        raise DatasetError(
-            f"{file_path}: not an HDF5 file; pass a D4RL-layout .hdf5 file (or a Minari dataset "
-            "as 'minari:<id>')."
-        )
+    file_path = _check_hdf5_file(path)
     with h5py.File(file_path, "r") as handle:
         keys = _dataset_keys(handle)
         if not keys:
