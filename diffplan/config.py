@@ -14,13 +14,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from diffplan.data.normalizer import NormalizerKind
 from diffplan.diffusion.sampler import SamplerKind
 from diffplan.diffusion.schedule import PredictionType, ScheduleKind
-
-
-class NormalizerKind(StrEnum):
-    gaussian = "gaussian"
-    limits = "limits"
 
 
 class ModelKind(StrEnum):

@@ -8,13 +8,18 @@ Statistics are computed in float64 and stored as float32.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal, get_args
+from enum import StrEnum
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-NormalizerKind = Literal["gaussian", "limits"]
+
+class NormalizerKind(StrEnum):
+    """Named normalizers (the ``diffusion.normalizer`` setting)."""
+
+    gaussian = "gaussian"
+    limits = "limits"
 #: Standard deviations below this are treated as constant dimensions (std set to 1).
 MIN_STD = 1e-6
 
@@ -22,7 +27,7 @@ MIN_STD = 1e-6
 class Normalizer(nn.Module):
     """Base class: maps raw (..., D) tensors to normalized ones and back."""
 
-    kind: NormalizerKind
+    kind: str
 
     @property
     def dim(self) -> int:
@@ -50,7 +55,7 @@ class GaussianNormalizer(Normalizer):
         std: (D,) channel standard deviations, already free of zeros.
     """
 
-    kind: NormalizerKind = "gaussian"
+    kind: str = NormalizerKind.gaussian.value  # a plain str: safe in weights_only checkpoints
     mean: Tensor
     std: Tensor
 
@@ -90,7 +95,7 @@ class LimitsNormalizer(Normalizer):
         maxs: (D,) channel maxima.
     """
 
-    kind: NormalizerKind = "limits"
+    kind: str = NormalizerKind.limits.value
     mins: Tensor
     maxs: Tensor
 
@@ -131,14 +136,14 @@ _KINDS: dict[str, type[GaussianNormalizer] | type[LimitsNormalizer]] = {
 }
 
 
-def _check_kind(kind: str) -> type[GaussianNormalizer] | type[LimitsNormalizer]:
+def _check_kind(kind: NormalizerKind | str) -> type[GaussianNormalizer] | type[LimitsNormalizer]:
     if kind not in _KINDS:
-        allowed = list(get_args(NormalizerKind))
+        allowed = [k.value for k in NormalizerKind]
         raise ValueError(f"normalizer kind {kind!r} is not supported; use one of {allowed}.")
     return _KINDS[kind]
 
 
-def fit_normalizer(kind: NormalizerKind, data: np.ndarray) -> Normalizer:
+def fit_normalizer(kind: NormalizerKind | str, data: np.ndarray) -> Normalizer:
     """Fit a normalizer of ``kind`` on raw (N, D) data.
 
     Raises:
@@ -155,7 +160,7 @@ def fit_normalizer(kind: NormalizerKind, data: np.ndarray) -> Normalizer:
     return cls.fit(array)
 
 
-def normalizer_from_state_dict(kind: NormalizerKind, state_dict: Mapping[str, Tensor]) -> Normalizer:
+def normalizer_from_state_dict(kind: NormalizerKind | str, state_dict: Mapping[str, Tensor]) -> Normalizer:
     """Rebuild a normalizer of ``kind`` from its ``state_dict()`` (e.g. from a checkpoint).
 
     Raises:

@@ -107,7 +107,7 @@ class Trainer:
             # One uninterrupted recording: windows may cross goal changes (not env resets).
             episodes = episodes.joined()
         self.layout = layout_for(episodes)
-        self.normalizer_kind: NormalizerKind = cfg.diffusion.normalizer.value  # type: ignore[assignment]
+        self.normalizer_kind = NormalizerKind(cfg.diffusion.normalizer).value
         self.normalizer = fit_normalizer(self.normalizer_kind, episodes.transitions(self.layout))
         self.windows = WindowSampler(
             episodes, self.layout, self.horizon, self.normalizer, pad=cfg.train.pad, stride=cfg.task.stride
