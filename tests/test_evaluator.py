@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import torch
+from diffplan_envs import StepResult
 
 from diffplan.config import ExecutionMode, PlannerConfig
 from diffplan.evaluation.evaluator import EpisodeResult, EvaluationOutput, evaluate, normalize_score
@@ -204,24 +205,15 @@ def test_summary_statistics() -> None:
     assert math.isnan(single["plan_time_s"]["mean"])
 
 
-class StepWithErrors(NamedTuple):
-    obs: np.ndarray
-    reward: np.ndarray
-    terminated: np.ndarray
-    truncated: np.ndarray
-    success: np.ndarray
-    errors: np.ndarray
-
-
 class PartlyFailingBatch(FakeBatch):
     """Env 1's second step reports an error (the others step normally)."""
 
-    def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> StepWithErrors:
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> StepResult:
         result = super().step(actions, active)
         errors = np.full(self.n_envs, "", dtype=object)
         if self.t[1] == 2:
             errors[1] = "MuJoCo warning: bad qacc"
-        return StepWithErrors(*result, errors=errors)
+        return StepResult(*result, errors=errors)  # the MazeBatch contract
 
 
 def test_per_env_step_error_fails_only_that_episode() -> None:

@@ -290,3 +290,9 @@ def test_pursuit_replans_when_progress_stalls() -> None:
     with pytest.raises(ValueError, match="replan_on_stall"):
         PlanningPolicy(CountingLine(), PlannerConfig(replan_on_stall=-1), position_dims=[0, 1],  # type: ignore[arg-type]
                        velocity_dims=[2, 3])
+
+
+def test_negative_lookahead_is_refused() -> None:
+    with pytest.raises(ValueError, match="planner.lookahead must be >= 0"):
+        PlanningPolicy(LinePlanner(), PlannerConfig(lookahead=-1), position_dims=[0, 1],  # type: ignore[arg-type]
+                       velocity_dims=[2, 3])
