@@ -1,7 +1,7 @@
 """Structured configs: typed dataclasses registered in Hydra's ConfigStore.
 
-Each config group under ``conf/`` (task, model, diffusion, planner, train, eval, collect)
-is validated against one of these schemas, so a bad override fails early with its full key
+Each config group under ``conf/`` (task, model, diffusion, planner, train, eval, collect,
+bc) is validated against one of these schemas, so a bad override fails early with its full key
 and, for choices, the allowed values (enums).
 """
 
@@ -17,6 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from diffplan.data.normalizer import NormalizerKind
 from diffplan.diffusion.sampler import SamplerKind
 from diffplan.diffusion.schedule import PredictionType, ScheduleKind
+from diffplan.guidance.base import GuideTarget
 
 
 class ModelKind(StrEnum):
@@ -35,6 +36,28 @@ class Tracking(StrEnum):
 
     time = "time"
     pursuit = "pursuit"
+
+
+class ActionSource(StrEnum):
+    """Where planned actions come from: the diffused action channels, or the inverse-dynamics
+    head applied to consecutive planned states (Decision Diffuser)."""
+
+    diffused = "diffused"
+    inverse_dynamics = "inverse_dynamics"
+
+
+class GuidanceKind(StrEnum):
+    """Which guide steers denoising at planning time."""
+
+    none = "none"
+    value = "value"
+
+
+class EvalPolicy(StrEnum):
+    """What ``diffplan-evaluate`` runs: the diffusion planner, or the behaviour-cloning baseline."""
+
+    planner = "planner"
+    bc = "bc"
 
 
 class Selection(StrEnum):
@@ -58,6 +81,11 @@ class TaskConfig:
     continuous_stream: bool = False
     goal_obs_dims: list[int] = field(default_factory=lambda: [0, 1])
     velocity_obs_dims: list[int] = field(default_factory=lambda: [2, 3])
+    # Return condition (model.return_condition): the model sees the discounted return-to-go
+    # at the window start divided by return_scale (Decision Diffuser: discount 0.99, scale
+    # hopper 400, walker2d 550, halfcheetah 1200), see diffplan.data.returns.
+    return_scale: float = 1.0
+    return_discount: float = 0.99
 
 
 @dataclass
@@ -66,6 +94,11 @@ class ModelConfig:
     dim: int = 32
     dim_mults: list[int] = field(default_factory=lambda: [1, 4, 8])
     kernel_size: int = 5
+    # Condition on the normalized return-to-go (classifier-free guidance, Decision Diffuser).
+    return_condition: bool = False
+    # Train an inverse-dynamics head (s_t, s_t+1) -> a_t alongside the denoiser.
+    inverse_dynamics: bool = False
+    inverse_dynamics_hidden: list[int] = field(default_factory=lambda: [256, 256])
 
 
 @dataclass
@@ -98,6 +131,8 @@ class TrainConfig:
     condition_start: bool = True
     condition_goal: bool = True
     pad: bool = False
+    # Probability per sample of replacing the return condition by the null one (model.return_condition).
+    cond_dropout: float = 0.25
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -115,12 +150,23 @@ class PlannerConfig:
     replan_on_stall: int = 0
     n_candidates: int = 1
     selection: Selection = Selection.first
+    # Value planning (diffplan.planning.value_planner): 0 = cold start from pure noise every plan;
+    # k in [1, diffusion.n_timesteps] = start from the previous plan, shifted by the steps executed
+    # since, re-noised to level k and denoised in warm_start_steps (<= k) DDIM steps.
+    warm_start_level: int = 0
+    warm_start_steps: int = 4
     p_gain: float = 1.0
     d_gain: float = 1.0
+    # Return-conditioned models only: the normalized return-to-go plans are conditioned on
+    # (task.return_scale units) and the guidance weight w (0 unconditional, 1 conditional).
+    return_target: float = 0.9
+    guidance_weight: float = 1.2
+    action_source: ActionSource = ActionSource.diffused
 
 
 @dataclass
 class EvalConfig:
+    policy: EvalPolicy = EvalPolicy.planner
     n_episodes: int = 50
     n_envs: int = 50
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -133,11 +179,106 @@ class EvalConfig:
 
 
 @dataclass
+class BCConfig:
+    """Behaviour cloning baseline (``diffplan-train-bc``)."""
+
+    hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
+    steps: int = 10_000
+    batch_size: int = 256
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    ckpt_every: int = 1000
+    log_every: int = 100
+    # The action box the policy's tanh output is scaled to (all dimensions).
+    action_low: float = -1.0
+    action_high: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    progress: bool = True
+    run_dir: str = "${run_dir}/bc"
+
+
+@dataclass
+class AgentConfig:
+    """The stable-baselines3 agent that generates a locomotion robot's datasets (see
+    ``diffplan_envs.collect_locomotion.AgentRecipe`` for the meaning of each field)."""
+
+    algo: str = "ppo"
+    n_envs: int = 8
+    normalize_obs: bool = True
+    algo_kwargs: dict[str, Any] = field(default_factory=dict)
+    medium_score: float = 45.0
+    medium_max_steps: int = 3_000_000
+    expert_steps: int = 0
+    eval_every: int = 50_000
+    eval_episodes: int = 10
+    seed: int = 0
+
+
+@dataclass
+class ValueConfig:
+    """Value function for value-guided planning (``diffplan-train-value``).
+
+    Horizon, layout, normalizer, noise schedule, stride, padding and inpainting come from the
+    diffusion checkpoint, so the value network sees exactly what the sampler produces.
+    """
+
+    # The diffusion model the value function guides; its dataset is the training data.
+    diffusion_checkpoint: str = "${run_dir}/checkpoint.pt"
+    # null: the dataset file recorded in the diffusion checkpoint (its sha256 is checked).
+    dataset: str | None = None
+    # Value checkpoint (checkpoint.pt) and TensorBoard logs (tb/) go here.
+    run_dir: str = "${run_dir}/value"
+    # Targets: discounted return to the episode end; a true terminal adds the penalty (Diffuser).
+    discount: float = 0.997
+    termination_penalty: float = -100.0
+    dim: int = 32
+    dim_mults: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    kernel_size: int = 5
+    steps: int = 200_000
+    batch_size: int = 32
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    ckpt_every: int = 1000
+    log_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    progress: bool = True
+
+
+@dataclass
+class GuidanceConfig:
+    """Guided sampling at planning time (Diffuser's value guidance)."""
+
+    kind: GuidanceKind = GuidanceKind.none
+    scale: float = 0.1
+    n_guide_steps: int = 2
+    # No guidance for the last t_stopgrad levels (tokens at level <= t_stopgrad).
+    t_stopgrad: int = 2
+    scale_grad_by_std: bool = True
+    apply_to: GuideTarget = GuideTarget.x_t
+    value_checkpoint: str = "${value.run_dir}/checkpoint.pt"
+
+
+@dataclass
 class CollectConfig:
+    """Dataset collection. ``n_steps``, ``seed``, ``progress`` serve both suites; ``ref_episodes``
+    is for mazes; ``levels``, ``n_envs``, ``agent_dir`` and ``agents`` for locomotion."""
+
     n_steps: int | None = None
     seed: int = 0
     ref_episodes: int = 100
     progress: bool = True
+    # Locomotion: the levels to write (empty: the task's own level), next to task.dataset.
+    levels: list[str] = field(default_factory=list)
+    n_envs: int = 10
+    agent_dir: str = "data/agents"  # one folder per robot below it
+    agents: dict[str, AgentConfig] = field(default_factory=dict)
 
 
 @dataclass
@@ -149,6 +290,9 @@ class Config:
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
+    value: ValueConfig = field(default_factory=ValueConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    bc: BCConfig = field(default_factory=BCConfig)
     run_dir: str = "runs/${task.name}"
 
 
@@ -163,6 +307,9 @@ def register_configs() -> None:
     store.store(group="planner", name="planner_schema", node=PlannerConfig)
     store.store(group="eval", name="eval_schema", node=EvalConfig)
     store.store(group="collect", name="collect_schema", node=CollectConfig)
+    store.store(group="value", name="value_schema", node=ValueConfig)
+    store.store(group="guidance", name="guidance_schema", node=GuidanceConfig)
+    store.store(group="bc", name="bc_schema", node=BCConfig)
 
 
 def to_container(cfg: DictConfig | Config) -> dict[str, Any]:

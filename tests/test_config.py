@@ -14,7 +14,7 @@ from diffplan.config import Config, as_config, register_configs, to_container
 from diffplan.diffusion.schedule import PredictionType
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("task", "model", "diffusion", "planner", "train", "eval", "collect")
+GROUPS = ("task", "model", "diffusion", "planner", "train", "eval", "collect", "bc", "value", "guidance")
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
 
 
@@ -116,3 +116,18 @@ def test_as_config_validates_plain_dicts() -> None:
     with pytest.raises(Exception, match=r"expected one of \[first, smoothest\]") as info:
         as_config({"planner": {"selection": "best"}})
     assert "full_key: planner.selection" in str(info.value)
+
+
+def test_value_and_guidance_groups() -> None:
+    cfg = as_config(_compose([]))
+    assert cfg.guidance.kind.value == "none" and cfg.value.discount == 0.997
+    assert cfg.value.termination_penalty == -100.0 and cfg.planner.warm_start_level == 0
+    assert cfg.value.diffusion_checkpoint == "runs/pointmaze-umaze/checkpoint.pt"
+    assert cfg.guidance.value_checkpoint == "runs/pointmaze-umaze/value/checkpoint.pt"
+    guided = as_config(_compose(["guidance=value", "guidance.apply_to=x0", "value.run_dir=elsewhere"]))
+    assert guided.guidance.kind.value == "value" and guided.guidance.apply_to.value == "x0"
+    assert guided.guidance.scale == 0.1 and guided.guidance.n_guide_steps == 2 and guided.guidance.t_stopgrad == 2
+    assert guided.guidance.value_checkpoint == "elsewhere/checkpoint.pt"
+    with pytest.raises(Exception, match=r"guidance\.apply_to=xt") as info:
+        _compose(["guidance.apply_to=xt"])
+    assert "expected one of [x_t, x0]" in _messages(info.value)

@@ -1,38 +1,66 @@
-"""``diffplan-evaluate``: plan in N environments at once and write results.json."""
+"""``diffplan-evaluate``: run a policy in N environments at once and write results.json.
+
+Mazes: the goal-inpainting planner with a tracker (``planner.mode``). Locomotion
+(``<robot>-<level>`` tasks): ``eval.policy=planner`` plans with the diffusion model,
+value-guided (``guidance=value``) or not (``guidance=none``; candidates are still ranked by
+the value function when ``planner.n_candidates > 1``), and executes the plan's actions;
+``eval.policy=bc`` runs the behaviour-cloning baseline of ``bc.run_dir``.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from diffplan.cli.common import hydra_entry
-from diffplan.config import Config, to_container
+from diffplan.config import Config, EvalPolicy, GuidanceKind, to_container
 from diffplan.data.hdf5 import reference_scores
 from diffplan.data.layout import TrajectoryLayout
-from diffplan.evaluation.evaluator import evaluate
+from diffplan.evaluation.evaluator import BatchEnv, EvaluationOutput, Policy, evaluate
 from diffplan.evaluation.results import build_results, write_json
 from diffplan.planning.planner import GoalPlanner
 from diffplan.planning.policy import PlanningPolicy
 from diffplan.reporting.maze_plot import plot_maze_paths
-from diffplan.training.checkpoint import load_trained_model
+from diffplan.training.checkpoint import TrainedModel, load_trained_model
 from diffplan.utils import file_sha256, select_device
 
 log = logging.getLogger(__name__)
 
 
 def run_evaluate(cfg: Config) -> Path:
-    """Evaluate the checkpoint ``eval.checkpoint``; returns the path of results.json."""
-    from diffplan_envs import MazeBatch, get_maze_task
+    """Evaluate ``eval.checkpoint`` (or the BC baseline) on ``task``; returns the path of results.json."""
+    from diffplan_envs.locomotion import is_locomotion_task
 
-    task = get_maze_task(cfg.task.name)
-    device = select_device(cfg.eval.device)
-    model = load_trained_model(
+    if is_locomotion_task(cfg.task.name):
+        return _evaluate_locomotion(cfg)
+    return _evaluate_maze(cfg)
+
+
+def _load_model(cfg: Config, obs_dim: int, act_dim: int) -> TrainedModel:
+    return load_trained_model(
         cfg.eval.checkpoint,
-        device=device,
+        device=select_device(cfg.eval.device),
         use_ema=cfg.eval.use_ema,
-        expected_layout=TrajectoryLayout(obs_dim=task.obs_dim, act_dim=task.act_dim),
+        expected_layout=TrajectoryLayout(obs_dim=obs_dim, act_dim=act_dim),
         expected_task=cfg.task.name,
     )
+
+
+def _model_checkpoint_info(cfg: Config, model: TrainedModel) -> dict[str, Any]:
+    return {"path": str(model.path.resolve()), "sha256": file_sha256(model.path), "step": model.step,
+            "ema": cfg.eval.use_ema}
+
+
+def _evaluate_maze(cfg: Config) -> Path:
+    from diffplan_envs import MazeBatch, get_maze_task
+
+    if EvalPolicy(cfg.eval.policy) is not EvalPolicy.planner:
+        raise ValueError(f"eval.policy={cfg.eval.policy} is for locomotion tasks; mazes use eval.policy=planner")
+    task = get_maze_task(cfg.task.name)
+    device = select_device(cfg.eval.device)
+    model = _load_model(cfg, task.obs_dim, task.act_dim)
     planner = GoalPlanner(
         model, planner=cfg.planner, diffusion=cfg.diffusion, goal_dims=cfg.task.goal_obs_dims, device=device
     )
@@ -43,10 +71,71 @@ def run_evaluate(cfg: Config) -> Path:
         velocity_dims=cfg.task.velocity_obs_dims,
         stride=model.config.task.stride,
     )
+    output, path = _run(cfg, policy, lambda n: MazeBatch(task, n), to_container(model.config),
+                        _model_checkpoint_info(cfg, model))
+    if cfg.eval.plots and output.traces:
+        from diffplan_envs import maze_geometry
+
+        plot_maze_paths(
+            output.traces,
+            maze_geometry(task).wall_rectangles(),
+            Path(cfg.eval.out_dir) / "paths.png",
+            title=f"{cfg.task.name}: planned (dashed) vs executed (solid)",
+        )
+    return path
+
+
+def _evaluate_locomotion(cfg: Config) -> Path:
+    from diffplan_envs.locomotion import LocomotionBatch, get_locomotion_task
+
+    task = get_locomotion_task(cfg.task.name)
+    device = select_device(cfg.eval.device)
+    policy: Policy
+    if EvalPolicy(cfg.eval.policy) is EvalPolicy.bc:
+        from diffplan.baselines.bc import BCPolicy, load_bc_model
+
+        checkpoint = Path(cfg.bc.run_dir) / "checkpoint.pt"
+        bc = load_bc_model(checkpoint, device=device, expected_task=cfg.task.name, expected_obs_dim=task.obs_dim,
+                           expected_act_dim=task.act_dim)
+        policy = BCPolicy(bc.network, device=device)
+        trained: dict[str, Any] = {"bc": to_container(cfg)["bc"], "task": {"name": bc.task}}
+        info = {"path": str(checkpoint.resolve()), "sha256": file_sha256(checkpoint), "step": bc.step}
+    else:
+        from diffplan.planning.value_planner import ValuePlanner, ValuePolicy, value_guide
+
+        model = _load_model(cfg, task.obs_dim, task.act_dim)
+        needs_value = GuidanceKind(cfg.guidance.kind) is GuidanceKind.value or cfg.planner.n_candidates > 1
+        if needs_value:
+            guide: Any = value_guide(model, cfg.guidance, device)
+        else:
+            from diffplan.guidance import ConstantGuide
+
+            guide = ConstantGuide()
+        planner = ValuePlanner(model, guide, planner=cfg.planner, diffusion=cfg.diffusion, guidance=cfg.guidance,
+                               device=device)
+        policy = ValuePolicy(planner, cfg.planner)
+        trained = to_container(model.config)
+        info = _model_checkpoint_info(cfg, model)
+        if needs_value:
+            value_path = Path(cfg.guidance.value_checkpoint)
+            info["value"] = {"path": str(value_path.resolve()), "sha256": file_sha256(value_path)}
+    _, path = _run(cfg, policy, lambda n: LocomotionBatch(task, n), trained, info)
+    return path
+
+
+def _run(
+    cfg: Config,
+    policy: Policy,
+    make_env: Callable[[int], BatchEnv],
+    trained_config: dict[str, Any],
+    checkpoint: dict[str, Any],
+) -> tuple[EvaluationOutput, Path]:
+    """Evaluate ``policy`` with the eval settings, write results.json, log the summary."""
+    device = select_device(cfg.eval.device)
     ref = reference_scores(cfg.task.dataset)
     output = evaluate(
         policy,
-        lambda n: MazeBatch(task, n),
+        make_env,
         n_episodes=cfg.eval.n_episodes,
         n_envs=cfg.eval.n_envs,
         seeds=list(cfg.eval.seeds),
@@ -60,32 +149,22 @@ def run_evaluate(cfg: Config) -> Path:
         output,
         task=cfg.task.name,
         config=to_container(cfg),
-        trained_config=to_container(model.config),
+        trained_config=trained_config,
         dataset={"path": str(Path(cfg.task.dataset).resolve()), "sha256": file_sha256(cfg.task.dataset)},
-        checkpoint={"path": str(model.path.resolve()), "sha256": file_sha256(model.path), "step": model.step,
-                    "ema": cfg.eval.use_ema},
+        checkpoint=checkpoint,
         seeds=list(cfg.eval.seeds),
         n_episodes_per_seed=cfg.eval.n_episodes,
         reference_scores=ref,
     )
-    out_dir = Path(cfg.eval.out_dir)
-    path = write_json(out_dir / "results.json", results)
-    if cfg.eval.plots and output.traces:
-        from diffplan_envs import maze_geometry
-
-        plot_maze_paths(
-            output.traces,
-            maze_geometry(task).wall_rectangles(),
-            out_dir / "paths.png",
-            title=f"{cfg.task.name}: planned (dashed) vs executed (solid)",
-        )
+    path = write_json(Path(cfg.eval.out_dir) / "results.json", results)
     score = results["normalized_score"]
     log.info(
-        "%s: normalized score %.1f +- %.1f over %d episodes (%d failed), success %.2f, %.3f s per plan -> %s",
-        cfg.task.name, score["mean"], score["stderr"], results["n_episodes"], results["n_failed"],
-        results["success_rate"], results["plan_time_s"]["mean"], path,
+        "%s: normalized score %.1f +- %.1f (%s reference scores) over %d episodes (%d failed), success %.2f, "
+        "%.3f s per plan -> %s",
+        cfg.task.name, score["mean"], score["stderr"], ref.get("method", "dataset"), results["n_episodes"],
+        results["n_failed"], results["success_rate"], results["plan_time_s"]["mean"], path,
     )
-    return path
+    return output, path
 
 
 main = hydra_entry(run_evaluate)

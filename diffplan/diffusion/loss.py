@@ -1,4 +1,9 @@
-"""The denoising loss, with per-token noise levels and masked entries."""
+"""The denoising loss, with per-token noise levels and masked entries.
+
+:func:`full_sequence_levels` and :func:`noisy_input` are the forward-process half of a
+training step, shared with the value function's training
+(:mod:`diffplan.training.value_trainer`) so both see exactly what the sampler produces.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,41 @@ from torch import Tensor
 
 from diffplan.diffusion.sampler import Denoiser
 from diffplan.diffusion.schedule import NoiseSchedule
+
+
+def full_sequence_levels(
+    size: int, horizon: int, n_timesteps: int, generator: torch.Generator, *, low: int = 1
+) -> Tensor:
+    """Integer levels (size, horizon): one level per window, uniform in [low, T], shared by its tokens.
+
+    Full-sequence diffusion; draws ``size`` integers from ``generator`` (on the CPU).
+    """
+    levels = torch.randint(low, n_timesteps + 1, (size, 1), generator=generator)
+    return levels.expand(size, horizon)
+
+
+def noisy_input(
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    noise: Tensor,
+    levels: Tensor,
+    *,
+    condition_mask: Tensor | None = None,
+    clean_condition_tokens: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """What the network sees in training: x_t (B, H, D) with the conditioned entries clean, and
+    the integer levels (B, H) it is told (0 for conditioned tokens if ``clean_condition_tokens``).
+
+    Args: as :func:`diffusion_loss`.
+    """
+    x_t = schedule.add_noise(x0, noise, levels)
+    model_levels = levels
+    if condition_mask is not None:
+        condition_mask = condition_mask.expand_as(x0)
+        x_t = torch.where(condition_mask, x0, x_t)
+        if clean_condition_tokens:
+            model_levels = levels.masked_fill(condition_mask.any(dim=-1), 0)
+    return x_t, model_levels
 
 
 def diffusion_loss(
@@ -34,17 +74,14 @@ def diffusion_loss(
         clean_condition_tokens: feed level 0 to the denoiser for tokens with a given entry
             (the sampler must do the same).
     """
-    x_t = schedule.add_noise(x0, noise, levels)
+    x_t, model_levels = noisy_input(
+        schedule, x0, noise, levels, condition_mask=condition_mask, clean_condition_tokens=clean_condition_tokens
+    )
     keep = torch.ones_like(x0, dtype=torch.bool)
     if condition_mask is not None:
-        condition_mask = condition_mask.expand_as(x0)
-        x_t = torch.where(condition_mask, x0, x_t)
-        keep = keep & ~condition_mask
+        keep = keep & ~condition_mask.expand_as(x0)
     if valid is not None:
         keep = keep & valid.unsqueeze(-1)
-    model_levels = levels
-    if condition_mask is not None and clean_condition_tokens:
-        model_levels = levels.masked_fill(condition_mask.any(dim=-1), 0)
     output = denoiser(x_t, schedule.normalized_level(model_levels))
     error = (output - schedule.target(x0, noise, levels)) ** 2
     if weights is not None:

@@ -9,6 +9,11 @@ they are). DDPM is the DDIM update with ``eta = 1`` over every integer level.
 
 Inpainting constraints are written into the sample before the first call and after every
 update, so constrained entries stay exact.
+
+Optional guidance (:class:`diffplan.guidance.Guidance`, e.g. a value function's gradient)
+moves the noisy sample before the denoiser call (``apply_to = x_t``, Diffuser) or the x0
+estimate before the update (``apply_to = x0``), for the tokens being denoised in the row and
+never for inpainted entries; without guidance the sampler is exactly the unguided one.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 from torch import Tensor
 
 from diffplan.diffusion.schedule import NoiseSchedule
+from diffplan.guidance.base import Guidance, GuideTarget
 
 #: A denoiser: (x_t (B, H, D), normalized noise level (B, H) in [0, 1]) -> output (B, H, D).
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -132,15 +138,44 @@ class Sampler:
 
         Returns (x at level_to (B, H, D), the x0 estimate (B, H, D)).
         """
-        sched = self.schedule
-        x0 = sched.pred_original_sample(x_t, model_output, level_from)
+        return self.update(x_t, self.estimate_x0(x_t, model_output, level_from), level_from, level_to, generator)
+
+    def estimate_x0(self, x_t: Tensor, model_output: Tensor, level_from: Tensor) -> Tensor:
+        """The x0 estimate (B, H, D) from the denoiser's output, clipped if ``clip_denoised``."""
+        x0 = self.schedule.pred_original_sample(x_t, model_output, level_from)
         if self.clip_denoised is not None:
             x0 = x0.clamp(-self.clip_denoised, self.clip_denoised)
-        eps = sched.pred_noise(x_t, x0, level_from)
+        return x0
+
+    def posterior_variance(self, level_from: Tensor, level_to: Tensor) -> Tensor:
+        """Variance (B, H, 1) of q(x at level_to | x at level_from, x0) per token.
+
+        ``(1 - abar_to) / (1 - abar_from) * (1 - abar_from / abar_to)``: DDPM's posterior
+        variance for unit steps (Ho et al. 2020, eq. 7), the squared sigma of DDIM with
+        ``eta = 1`` in general (Song et al. 2021, eq. 16); zero where a token lands on level 0.
+        """
+        sched = self.schedule
         abar_from = sched.at_levels(sched.alphas_cumprod, level_from)
         abar_to = sched.at_levels(sched.alphas_cumprod, level_to)
+        return (1 - abar_to) / (1 - abar_from).clamp(min=1e-12) * (1 - abar_from / abar_to)
+
+    def update(
+        self,
+        x_t: Tensor,
+        x0: Tensor,
+        level_from: Tensor,
+        level_to: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The reverse update of :meth:`step` from a given x0 estimate (B, H, D), used as is.
+
+        Returns (x at level_to (B, H, D), ``x0``).
+        """
+        sched = self.schedule
+        eps = sched.pred_noise(x_t, x0, level_from)
+        abar_to = sched.at_levels(sched.alphas_cumprod, level_to)
         # sigma of DDIM (Song et al. 2021, eq. 16); zero where the token lands on level 0.
-        variance = (1 - abar_to) / (1 - abar_from).clamp(min=1e-12) * (1 - abar_from / abar_to)
+        variance = self.posterior_variance(level_from, level_to)
         sigma = self.eta * variance.clamp(min=0).sqrt()
         direction = (1 - abar_to - sigma**2).clamp(min=0).sqrt() * eps
         x_next = abar_to.sqrt() * x0 + direction
@@ -161,6 +196,7 @@ class Sampler:
         generator: torch.Generator | None = None,
         device: torch.device | str = "cpu",
         x_init: Tensor | None = None,
+        guidance: Guidance | None = None,
     ) -> Tensor:
         """Draw samples (B, H, D) by walking the rows of ``matrix`` (S + 1, H).
 
@@ -171,6 +207,9 @@ class Sampler:
             constraints: inpainted entries, held exact after every update.
             generator: source of all randomness (initial noise and DDPM noise).
             x_init: start from this tensor instead of Gaussian noise (warm starts).
+            guidance: a guide and its settings (see :meth:`guided_step`); None samples
+                unguided. Guidance draws no random numbers, so the generator's stream is
+                the same with and without it.
         """
         validate_matrix(matrix, self.schedule.n_timesteps)
         batch, horizon, _ = shape
@@ -186,11 +225,73 @@ class Sampler:
             model_level = level_from
             if constraints is not None and self.clean_condition_tokens:
                 model_level = level_from.masked_fill(constraints.tokens, 0)
-            output = denoiser(x, self.schedule.normalized_level(model_level))
-            x, _ = self.step(x, output, level_from, level_to, generator)
+            if guidance is None:
+                output = denoiser(x, self.schedule.normalized_level(model_level))
+                x, _ = self.step(x, output, level_from, level_to, generator)
+            else:
+                x = self.guided_step(
+                    denoiser, x, level_from, level_to, model_level, guidance, constraints, generator
+                )
             if constraints is not None:
                 x = constraints.apply(x)
         return x
+
+
+    def guided_step(
+        self,
+        denoiser: Denoiser,
+        x: Tensor,
+        level_from: Tensor,
+        level_to: Tensor,
+        model_level: Tensor,
+        guidance: Guidance,
+        constraints: Constraints | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """One row of guided sampling: x (B, H, D) from ``level_from`` to ``level_to`` (both (B, H)).
+
+        ``guidance.n_guide_steps`` times, the guided tensor moves by ``scale * g``, where g is
+        the guide's gradient, times the step's :meth:`posterior_variance` if
+        ``scale_grad_by_std``, and zero for inpainted entries, for tokens whose level does not
+        change in this row and for tokens at level ``<= t_stopgrad``.
+
+        - ``apply_to = x_t`` (Diffuser): the guide sees the noisy sample at ``model_level``
+          (what the denoiser sees); the denoiser then runs on the moved sample.
+        - ``apply_to = x0``: the guide sees the denoiser's x0 estimate (inpainted entries
+          written in) at level 0; the reverse update uses the moved estimate (clipped again
+          if ``clip_denoised``).
+        """
+        normalized = self.schedule.normalized_level(model_level)
+        free = ((level_from > guidance.t_stopgrad) & (level_to != level_from)).unsqueeze(-1).expand_as(x)
+        if constraints is not None:
+            free = free & ~constraints.mask
+        guided = bool(free.any())
+        variance = self.posterior_variance(level_from, level_to) if guidance.scale_grad_by_std else None
+        if guidance.apply_to is GuideTarget.x_t:
+            if guided:
+                x = _follow_gradient(guidance, x, normalized, free, variance)
+            x, _ = self.step(x, denoiser(x, normalized), level_from, level_to, generator)
+            return x
+        x0 = self.estimate_x0(x, denoiser(x, normalized), level_from)
+        if guided:
+            if constraints is not None:
+                x0 = constraints.apply(x0)
+            x0 = _follow_gradient(guidance, x0, torch.zeros_like(normalized), free, variance)
+            if self.clip_denoised is not None:
+                x0 = x0.clamp(-self.clip_denoised, self.clip_denoised)
+        x, _ = self.update(x, x0, level_from, level_to, generator)
+        return x
+
+
+def _follow_gradient(guidance: Guidance, x: Tensor, levels: Tensor, free: Tensor, variance: Tensor | None) -> Tensor:
+    """``guidance.n_guide_steps`` steps of ``x += scale * g`` with g the guide's gradient at
+    (x, levels (B, H) in [0, 1]), times ``variance`` (B, H, 1) if given, zero where not ``free``."""
+    for _ in range(guidance.n_guide_steps):
+        grad = guidance.guide.gradient(x, levels).gradient
+        if variance is not None:
+            grad = grad * variance
+        x = x + guidance.scale * torch.where(free, grad, torch.zeros_like(grad))
+    return x
 
 
 def check_clip(normalizer_kind: str, clip_denoised: float | None) -> None:

@@ -19,9 +19,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffplan.planning.policy import PlanningPolicy, PlanRecord
+from diffplan.planning.policy import PlanRecord
 
 log = logging.getLogger(__name__)
+
+
+class Policy(Protocol):
+    """What the evaluator needs from a batched policy (PlanningPolicy, the BC baseline's BCPolicy)."""
+
+    records: list[PlanRecord]
+
+    def reset(self, n_envs: int) -> None: ...
+
+    def act(
+        self, step: int, observations: np.ndarray, goals: np.ndarray, active: np.ndarray, generator: torch.Generator
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class BatchEnv(Protocol):
@@ -116,7 +128,7 @@ def _reason(error: BaseException) -> str:
 
 
 def evaluate(
-    policy: PlanningPolicy,
+    policy: Policy,
     make_env: Callable[[int], BatchEnv],
     *,
     n_episodes: int,
@@ -221,7 +233,7 @@ def _failed_batch(n: int, reason: str, reset_seeds: list[int]) -> BatchOutcome:
 
 
 def _run_batch(
-    policy: PlanningPolicy,
+    policy: Policy,
     env: BatchEnv,
     reset_seeds: list[int],
     generator: torch.Generator,

@@ -1,10 +1,11 @@
-"""Build a denoiser from its config."""
+"""Build a denoiser (and the optional inverse-dynamics head) from its config."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from diffplan.config import ModelConfig, ModelKind
+from diffplan.models.inverse_dynamics import InverseDynamics
 from diffplan.models.unet import TemporalUnet
 
 
@@ -17,5 +18,15 @@ def build_denoiser(cfg: ModelConfig, *, transition_dim: int, horizon: int) -> nn
             dim=cfg.dim,
             dim_mults=tuple(cfg.dim_mults),
             kernel_size=cfg.kernel_size,
+            return_condition=cfg.return_condition,
         )
     raise ValueError(f"unknown model {cfg.name!r}; allowed: {[k.value for k in ModelKind]}")
+
+
+def build_inverse_dynamics(cfg: ModelConfig, *, obs_dim: int, act_dim: int) -> InverseDynamics | None:
+    """The inverse-dynamics head when ``cfg.inverse_dynamics`` is set, else None."""
+    if not cfg.inverse_dynamics:
+        return None
+    if act_dim < 1:
+        raise ValueError("model.inverse_dynamics needs actions in the dataset (act_dim >= 1)")
+    return InverseDynamics(obs_dim, act_dim, tuple(cfg.inverse_dynamics_hidden))

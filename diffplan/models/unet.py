@@ -5,6 +5,13 @@ convolves over the horizon axis: Conv1d residual blocks with GroupNorm and Mish,
 downsampling, transposed-convolution upsampling and skip connections. Each token's noise
 level is embedded on its own and average-pooled along with the features at every
 resolution, so equal levels reproduce the classic full-sequence model exactly.
+
+With ``return_condition`` the network also takes one scalar per sample (the normalized
+return-to-go of Decision Diffuser): an MLP embeds it and the embedding is added to every
+token's level embedding. A learned null embedding (initialised at zero) stands for "no
+condition"; training drops the condition at random so one network gives both the
+conditional and the unconditional prediction (classifier-free guidance,
+:mod:`diffplan.diffusion.cfg`).
 """
 
 from __future__ import annotations
@@ -102,6 +109,63 @@ def _pool_tokens(embedding: Tensor) -> Tensor:
     return F.avg_pool1d(embedding.transpose(1, 2), 2).transpose(1, 2)
 
 
+def make_level_embedding(dim: int) -> nn.Sequential:
+    """The per-token noise-level embedding: levels (B, H) in [0, 1] -> (B, H, dim).
+
+    Sinusoidal features, then a two-layer MLP with Mish (Janner et al. 2022); shared by the
+    denoiser and the value network (:mod:`diffplan.models.value`) so both read levels alike.
+    """
+    return nn.Sequential(SinusoidalEmbedding(dim), nn.Linear(dim, dim * 4), nn.Mish(), nn.Linear(dim * 4, dim))
+
+
+class DownPath(nn.ModuleList):
+    """The downsampling half of the temporal U-Net: one :class:`DownStage` per ``dim_mults`` entry.
+
+    A ``ModuleList`` of the stages (parameter names stay ``downs.<i>.*`` in the U-Net) whose
+    forward pass also average-pools the per-token embedding alongside the features. The
+    denoiser continues with its middle blocks and upsampling path; the value network
+    (:class:`diffplan.models.value.ValueNet`) flattens the output into an MLP head.
+
+    Args:
+        transition_dim: D, channels per token.
+        dim: base channel width.
+        dim_mults: channel multipliers per resolution; each but the last halves the horizon.
+        embed_dim: width of the level embedding.
+        kernel_size: temporal convolution width.
+    """
+
+    def __init__(
+        self, transition_dim: int, dim: int, dim_mults: Sequence[int], embed_dim: int, kernel_size: int
+    ) -> None:
+        dims = [transition_dim, *[dim * m for m in dim_mults]]
+        in_out = list(zip(dims[:-1], dims[1:], strict=True))
+        super().__init__(
+            DownStage(c_in, c_out, embed_dim, kernel_size, downsample=index < len(in_out) - 1)
+            for index, (c_in, c_out) in enumerate(in_out)
+        )
+        #: Channels of the last stage's output.
+        self.out_channels = dims[-1]
+        #: The horizon is divided by this much on the way down.
+        self.downsample_factor = 2 ** (len(dim_mults) - 1)
+
+    def forward(  # type: ignore[override]
+        self, h: Tensor, embedding: Tensor
+    ) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
+        """Features h (B, D, H) and embedding (B, H, E) -> features (B, C, H / f), embedding
+        (B, H / f, E), and per stage its output features and the embedding it saw (the skips)."""
+        skips: list[Tensor] = []
+        embeddings: list[Tensor] = []
+        for stage in self:
+            assert isinstance(stage, DownStage)
+            h = stage(h, embedding)
+            skips.append(h)
+            embeddings.append(embedding)
+            if stage.down is not None:
+                h = stage.down(h)  # (B, C, H_l / 2)
+                embedding = _pool_tokens(embedding)
+        return h, embedding, skips, embeddings
+
+
 class TemporalUnet(nn.Module):
     """Janner-style temporal U-Net with per-token noise-level conditioning.
 
@@ -111,6 +175,8 @@ class TemporalUnet(nn.Module):
         dim: base channel width.
         dim_mults: channel multipliers per resolution; each but the last halves the horizon.
         kernel_size: temporal convolution width.
+        return_condition: add a scalar condition per sample (see the module docstring);
+            off, the network and its state dict are exactly the unconditional ones.
     """
 
     def __init__(
@@ -121,6 +187,7 @@ class TemporalUnet(nn.Module):
         dim: int = 32,
         dim_mults: Sequence[int] = (1, 2, 4, 8),
         kernel_size: int = 5,
+        return_condition: bool = False,
     ) -> None:
         super().__init__()
         if dim % 8:
@@ -131,13 +198,17 @@ class TemporalUnet(nn.Module):
         dims = [transition_dim, *[dim * m for m in dim_mults]]
         in_out = list(zip(dims[:-1], dims[1:], strict=True))
         embed_dim = dim
-        self.level_embedding = nn.Sequential(
-            SinusoidalEmbedding(dim), nn.Linear(dim, dim * 4), nn.Mish(), nn.Linear(dim * 4, embed_dim)
-        )
-        self.downs = nn.ModuleList(
-            DownStage(c_in, c_out, embed_dim, kernel_size, downsample=index < len(in_out) - 1)
-            for index, (c_in, c_out) in enumerate(in_out)
-        )
+        self.level_embedding = make_level_embedding(dim)
+        self.return_condition = return_condition
+        self.condition_embedding: nn.Module | None = None
+        self.null_condition: nn.Parameter | None = None
+        if return_condition:
+            # Decision Diffuser's returns MLP; the null embedding replaces it where the condition is dropped.
+            self.condition_embedding = nn.Sequential(
+                nn.Linear(1, dim), nn.Mish(), nn.Linear(dim, dim * 4), nn.Mish(), nn.Linear(dim * 4, embed_dim)
+            )
+            self.null_condition = nn.Parameter(torch.zeros(embed_dim))
+        self.downs = DownPath(transition_dim, dim, dim_mults, embed_dim, kernel_size)
         mid = dims[-1]
         self.mid1 = ResidualTemporalBlock(mid, mid, embed_dim, kernel_size)
         self.mid2 = ResidualTemporalBlock(mid, mid, embed_dim, kernel_size)
@@ -146,25 +217,40 @@ class TemporalUnet(nn.Module):
         )
         self.final = nn.Sequential(Conv1dBlock(dims[1], dim, kernel_size), nn.Conv1d(dim, transition_dim, 1))
 
-    def forward(self, x: Tensor, levels: Tensor) -> Tensor:
-        """x (B, H, D), levels (B, H) in [0, 1] -> (B, H, D)."""
+    def forward(
+        self, x: Tensor, levels: Tensor, condition: Tensor | None = None, drop: Tensor | None = None
+    ) -> Tensor:
+        """x (B, H, D), levels (B, H) in [0, 1] -> (B, H, D).
+
+        Args:
+            condition: (B,) scalar condition per sample (return-conditioned networks only);
+                None means unconditional (the null embedding) for every sample.
+            drop: (B,) bool, True where the condition is replaced by the null embedding.
+        """
         check_horizon(x.shape[1], self.downsample_factor)
         embedding = self.level_embedding(levels)  # (B, H, E)
-        h = x.transpose(1, 2)  # (B, D, H)
-        skips: list[Tensor] = []
-        embeddings: list[Tensor] = []
-        for stage in self.downs:
-            assert isinstance(stage, DownStage)
-            h = stage(h, embedding)
-            skips.append(h)
-            embeddings.append(embedding)
-            if stage.down is not None:
-                h = stage.down(h)  # (B, C, H_l / 2)
-                embedding = _pool_tokens(embedding)
+        if self.condition_embedding is not None and self.null_condition is not None:
+            embedding = embedding + self._condition(condition, drop, x.shape[0]).unsqueeze(1)
+        elif condition is not None or drop is not None:
+            raise ValueError("this network was built without model.return_condition; it takes no condition")
+        h, embedding, skips, embeddings = self.downs(x.transpose(1, 2), embedding)  # from (B, D, H)
         h = self.mid2(self.mid1(h, embedding), embedding)
         for stage in self.ups:
             h = stage(h, skips.pop(), embeddings.pop())
         return self.final(h).transpose(1, 2)  # (B, H, D)
+
+    def _condition(self, condition: Tensor | None, drop: Tensor | None, batch: int) -> Tensor:
+        """(B, E) condition embedding: the MLP of the scalar, or the null embedding where dropped."""
+        assert self.condition_embedding is not None and self.null_condition is not None
+        null = self.null_condition.expand(batch, -1)
+        if condition is None:
+            return null
+        if condition.shape != (batch,):
+            raise ValueError(f"condition must have shape ({batch},), got {tuple(condition.shape)}")
+        embedded = self.condition_embedding(condition.to(null.dtype).unsqueeze(-1))  # (B, E)
+        if drop is None:
+            return embedded
+        return torch.where(drop.to(torch.bool).unsqueeze(-1), null, embedded)
 
 
 def check_horizon(horizon: int, factor: int) -> None:

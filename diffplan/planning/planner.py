@@ -4,6 +4,13 @@ The planner turns current observations (N, obs_dim) and goals (N, goal_dim) into
 it inpaints the observation at the first token and the goal at the last, samples K
 candidates per environment as one batch of N x K trajectories, picks one per environment
 and returns it in raw (un-normalized) units.
+
+A return-conditioned model (``model.return_condition``) is sampled with classifier-free
+guidance towards ``planner.return_target`` with weight ``planner.guidance_weight``. With
+``planner.action_source = inverse_dynamics`` the plan's actions are read off the
+checkpoint's inverse-dynamics head from consecutive planned states (token 0 is the
+inpainted current observation, so the first action is ``f(s_now, s_1)`` as in Decision
+Diffuser) instead of the diffused action channels.
 """
 
 from __future__ import annotations
@@ -14,9 +21,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from diffplan.config import DiffusionConfig, PlannerConfig, Selection
+from diffplan.config import ActionSource, DiffusionConfig, PlannerConfig, Selection
+from diffplan.diffusion.cfg import ClassifierFreeGuidance
 from diffplan.diffusion.conditioning import goal_constraints
-from diffplan.diffusion.sampler import check_clip, make_sampler
+from diffplan.diffusion.sampler import Denoiser, Sampler, check_clip, make_sampler
+from diffplan.models.inverse_dynamics import plan_actions
 from diffplan.training.checkpoint import TrainedModel
 
 
@@ -26,7 +35,7 @@ class Plan:
 
     Attributes:
         observations: (N, H, obs_dim) planned states, token 0 = the state planned from.
-        actions: (N, H, act_dim) planned actions.
+        actions: (N, H, act_dim) planned actions (diffused, or from inverse dynamics).
         finite: (N,) bool, False where sampling produced NaN/inf.
         plan_time_s: wall time of the sampler call.
         candidates: (N, K, H, obs_dim) all candidates' states (for plots), or None.
@@ -56,6 +65,22 @@ def select_candidates(observations: Tensor, selection: Selection) -> Tensor:
     return jumps.argmin(dim=1)
 
 
+def planning_sampler(model: TrainedModel, diffusion: DiffusionConfig) -> tuple[Sampler, Tensor]:
+    """The sampler of the planning-time settings ``diffusion`` for ``model``, and its
+    full-sequence scheduling matrix; clean-condition tokens follow the checkpoint."""
+    check_clip(model.config.diffusion.normalizer.value, diffusion.clip_denoised)
+    return make_sampler(
+        model.schedule,
+        diffusion.sampler,
+        sampling_steps=diffusion.sampling_steps,
+        horizon=model.horizon,
+        eta=diffusion.eta,
+        clip_denoised=diffusion.clip_denoised,
+        # A training-time choice: taken from the checkpoint, not from the planning config.
+        clean_condition_tokens=model.config.diffusion.clean_condition_tokens,
+    )
+
+
 class GoalPlanner:
     """Plans from the current state to a goal by inpainting both into the trajectory.
 
@@ -78,21 +103,17 @@ class GoalPlanner:
     ) -> None:
         if planner.n_candidates < 1:
             raise ValueError(f"planner.n_candidates must be >= 1, got {planner.n_candidates}")
+        self.action_source = ActionSource(planner.action_source)
+        if self.action_source is ActionSource.inverse_dynamics and model.inverse_dynamics is None:
+            raise ValueError(
+                f"planner.action_source=inverse_dynamics needs a checkpoint trained with model.inverse_dynamics=true; "
+                f"{model.path} has no inverse-dynamics head (use planner.action_source=diffused)"
+            )
         self.model = model
         self.cfg = planner
         self.goal_dims = list(goal_dims)
         self.device = torch.device(device)
-        check_clip(model.config.diffusion.normalizer.value, diffusion.clip_denoised)
-        self.sampler, self.matrix = make_sampler(
-            model.schedule,
-            diffusion.sampler,
-            sampling_steps=diffusion.sampling_steps,
-            horizon=model.horizon,
-            eta=diffusion.eta,
-            clip_denoised=diffusion.clip_denoised,
-            # A training-time choice: taken from the checkpoint, not from the planning config.
-            clean_condition_tokens=model.config.diffusion.clean_condition_tokens,
-        )
+        self.sampler, self.matrix = planning_sampler(model, diffusion)
 
     @torch.no_grad()
     def plan(self, observations: Tensor, goals: Tensor, generator: torch.Generator) -> Plan:
@@ -106,14 +127,22 @@ class GoalPlanner:
         constraints = goal_constraints(
             layout, self.model.normalizer, horizon, observations, goals, self.goal_dims
         ).repeat_interleave(k)
+        denoiser: Denoiser = self.model.denoiser
+        if self.model.config.model.return_condition:
+            target = torch.full((n * k,), float(self.cfg.return_target), device=self.device)
+            denoiser = ClassifierFreeGuidance(self.model.denoiser, target, self.cfg.guidance_weight)
         x = self.sampler.sample(
-            self.model.denoiser,
+            denoiser,
             (n * k, horizon, layout.transition_dim),
             self.matrix,
             constraints=constraints,
             generator=generator,
             device=self.device,
         )
+        if self.action_source is ActionSource.inverse_dynamics:
+            assert self.model.inverse_dynamics is not None
+            x = x.clone()
+            x[..., layout.act] = plan_actions(self.model.inverse_dynamics, x[..., layout.obs])
         raw = self.model.normalizer.unnormalize(x).view(n, k, horizon, layout.transition_dim)
         states = raw[..., layout.obs]
         chosen = select_candidates(states, self.cfg.selection)

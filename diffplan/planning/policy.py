@@ -11,6 +11,9 @@ Two execution modes:
 - ``actions``: the plan's own actions are executed (receding horizon).
 
 ``replan_every = 0`` plans once per episode (open loop); ``k > 0`` replans every k steps.
+
+:class:`RecedingHorizonPolicy` holds the per-environment bookkeeping (plans, ages, who is
+due, records) shared with :class:`diffplan.planning.value_planner.ValuePolicy`.
 """
 
 from __future__ import annotations
@@ -34,8 +37,91 @@ class PlanRecord:
     time_s: float
 
 
+class RecedingHorizonPolicy:
+    """Per-environment plan bookkeeping shared by the batched policies.
+
+    Keeps each environment's current plan (states and actions) and its age (environment
+    steps since it was made; -1 before the first plan). :meth:`act` replans the active
+    environments that are due (no plan yet, or ``cfg.replan_every > 0`` steps old), stores
+    the plans, records the call, asks the subclass for actions and ages the active
+    environments by one step. Subclasses define :meth:`_plan` (one or more planner calls
+    for the due environments) and :meth:`_actions_from_plans`, and may extend
+    :meth:`_needs_plan`, :meth:`reset` and :meth:`_store`.
+    """
+
+    cfg: PlannerConfig
+    records: list[PlanRecord]
+    _states: np.ndarray | None
+    _actions: np.ndarray | None
+    _age: np.ndarray | None
+
+    def _check_replan_every(self) -> None:
+        if self.cfg.replan_every < 0:
+            raise ValueError(f"planner.replan_every must be >= 0 (0 = plan once), got {self.cfg.replan_every}")
+
+    def reset(self, n_envs: int) -> None:
+        """Forget plans; the next :meth:`act` plans for every environment."""
+        self._states = None
+        self._actions = None
+        self._age = np.full(n_envs, -1, dtype=np.int64)
+        self.records = []
+
+    def _needs_plan(self, active: np.ndarray) -> np.ndarray:
+        assert self._age is not None
+        fresh = self._age < 0
+        if self.cfg.replan_every > 0:
+            fresh |= self._age >= self.cfg.replan_every
+        return fresh & active
+
+    def _plan(
+        self, index: np.ndarray, observations: np.ndarray, goals: np.ndarray, generator: torch.Generator
+    ) -> list[tuple[np.ndarray, Plan]]:
+        """Plans for the environments ``index``: (environments, plan) per planner call."""
+        raise NotImplementedError
+
+    def _actions_from_plans(self, observations: np.ndarray) -> np.ndarray:
+        """Actions (N, act_dim) of every environment from its stored plan and age."""
+        raise NotImplementedError
+
+    def act(
+        self, step: int, observations: np.ndarray, goals: np.ndarray, active: np.ndarray, generator: torch.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Actions (N, act_dim) for the active environments, and a (N,) bool of envs whose
+        plan came out non-finite (the evaluator records them as failed)."""
+        if self._age is None:
+            self.reset(len(observations))
+        assert self._age is not None
+        bad = np.zeros(len(observations), dtype=bool)
+        replan = self._needs_plan(active)
+        if replan.any():
+            for index, plan in self._plan(np.flatnonzero(replan), observations, goals, generator):
+                self._store(index, plan)
+                self._age[index] = 0
+                bad[index] = ~plan.finite.numpy()
+                self.records.append(PlanRecord(step, index, plan.observations.numpy(), plan.plan_time_s))
+        actions = self._actions_from_plans(observations)
+        self._age[active] += 1
+        return actions, bad
+
+    def _store(self, index: np.ndarray, plan: Plan) -> None:
+        states, acts = plan.observations.numpy(), plan.actions.numpy()
+        if self._states is None or self._actions is None:
+            n = len(self._age) if self._age is not None else len(index)
+            self._states = np.zeros((n, *states.shape[1:]), dtype=np.float64)
+            self._actions = np.zeros((n, *acts.shape[1:]), dtype=np.float64)
+        self._states[index] = states
+        self._actions[index] = acts
+
+    def _planned_actions(self) -> np.ndarray:
+        """(N, act_dim) the stored plans' actions at each env's age (the last one past the end)."""
+        assert self._actions is not None and self._age is not None
+        horizon = self._actions.shape[1]
+        rows = np.arange(len(self._age))
+        return self._actions[rows, np.minimum(np.clip(self._age, 0, None), horizon - 1)]
+
+
 @dataclass
-class PlanningPolicy:
+class PlanningPolicy(RecedingHorizonPolicy):
     """Batched closed-loop policy around a :class:`GoalPlanner`.
 
     Args:
@@ -64,8 +150,7 @@ class PlanningPolicy:
                 f"planner.mode=actions needs a model trained with task.stride=1 (got {self.stride}): strided "
                 "plans do not hold the actions between tokens; use planner.mode=tracker"
             )
-        if self.cfg.replan_every < 0:
-            raise ValueError(f"planner.replan_every must be >= 0 (0 = plan once), got {self.cfg.replan_every}")
+        self._check_replan_every()
         if ExecutionMode(self.cfg.mode) is ExecutionMode.tracker and len(self.position_dims) != len(
             self.velocity_dims
         ):
@@ -78,53 +163,21 @@ class PlanningPolicy:
 
     def reset(self, n_envs: int) -> None:
         """Forget plans; the next :meth:`act` plans for every environment."""
-        self._states = None
-        self._actions = None
-        self._age = np.full(n_envs, -1, dtype=np.int64)
+        super().reset(n_envs)
         self._progress = np.zeros(n_envs, dtype=np.int64)
         self._stalled = np.zeros(n_envs, dtype=np.int64)
-        self.records = []
 
     def _needs_plan(self, active: np.ndarray) -> np.ndarray:
-        assert self._age is not None
-        fresh = self._age < 0
-        if self.cfg.replan_every > 0:
-            fresh |= self._age >= self.cfg.replan_every
+        fresh = super()._needs_plan(active)
         if self.cfg.replan_on_stall > 0 and self._stalled is not None:
-            fresh |= self._stalled >= self.cfg.replan_on_stall
-        return fresh & active
+            fresh |= (self._stalled >= self.cfg.replan_on_stall) & active
+        return fresh
 
-    def act(
-        self, step: int, observations: np.ndarray, goals: np.ndarray, active: np.ndarray, generator: torch.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Actions (N, act_dim) for the active environments, and a (N,) bool of envs whose
-        plan came out non-finite (the evaluator records them as failed)."""
-        if self._age is None:
-            self.reset(len(observations))
-        assert self._age is not None
-        bad = np.zeros(len(observations), dtype=bool)
-        replan = self._needs_plan(active)
-        if replan.any():
-            index = np.flatnonzero(replan)
-            plan = self.planner.plan(
-                torch.as_tensor(observations[index]), torch.as_tensor(goals[index]), generator
-            )
-            self._store(index, plan)
-            self._age[index] = 0
-            bad[index] = ~plan.finite.numpy()
-            self.records.append(PlanRecord(step, index, plan.observations.numpy(), plan.plan_time_s))
-        actions = self._actions_from_plans(observations)
-        self._age[active] += 1
-        return actions, bad
-
-    def _store(self, index: np.ndarray, plan: Plan) -> None:
-        states, acts = plan.observations.numpy(), plan.actions.numpy()
-        if self._states is None or self._actions is None:
-            n = len(self._age) if self._age is not None else len(index)
-            self._states = np.zeros((n, *states.shape[1:]), dtype=np.float64)
-            self._actions = np.zeros((n, *acts.shape[1:]), dtype=np.float64)
-        self._states[index] = states
-        self._actions[index] = acts
+    def _plan(
+        self, index: np.ndarray, observations: np.ndarray, goals: np.ndarray, generator: torch.Generator
+    ) -> list[tuple[np.ndarray, Plan]]:
+        plan = self.planner.plan(torch.as_tensor(observations[index]), torch.as_tensor(goals[index]), generator)
+        return [(index, plan)]
 
     def _pursuit_index(self, positions: np.ndarray) -> np.ndarray:
         """(N,) plan index to steer to: ``lookahead`` tokens past the closest plan point
@@ -151,7 +204,7 @@ class PlanningPolicy:
         rows = np.arange(len(observations))
         age = np.clip(self._age, 0, None)
         if ExecutionMode(self.cfg.mode) is ExecutionMode.actions:
-            return self._actions[rows, np.minimum(age, horizon - 1)]
+            return self._planned_actions()
         pos, vel = self.position_dims, self.velocity_dims
         if Tracking(self.cfg.tracking) is Tracking.pursuit:
             index = self._pursuit_index(observations[:, pos])

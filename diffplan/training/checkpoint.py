@@ -2,7 +2,8 @@
 
 A checkpoint holds plain containers of tensors and primitives only (no pickled objects):
 model and EMA weights, optimizer state, the normalizer's statistics, the trajectory
-layout, the resolved config, the step, the RNG states and the package version.
+layout, the resolved config, the step, the RNG states and the package version; with
+``model.inverse_dynamics`` also the inverse-dynamics head (weights, EMA, optimizer).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from diffplan.config import Config, as_config
 from diffplan.data.layout import TrajectoryLayout
 from diffplan.data.normalizer import Normalizer, normalizer_from_state_dict
 from diffplan.diffusion.schedule import NoiseSchedule
-from diffplan.models.factory import build_denoiser
+from diffplan.models.factory import build_denoiser, build_inverse_dynamics
+from diffplan.models.inverse_dynamics import InverseDynamics
 from diffplan.utils import atomic_path
 
 CHECKPOINT_FORMAT = 1
@@ -76,6 +78,8 @@ class TrainedModel:
     horizon: int
     step: int
     path: Path
+    #: The inverse-dynamics head (model.inverse_dynamics), else None.
+    inverse_dynamics: InverseDynamics | None = None
 
 
 def load_trained_model(
@@ -92,6 +96,10 @@ def load_trained_model(
         CheckpointError: if the checkpoint was trained for another task or layout.
     """
     payload = load_checkpoint(path, map_location=device)
+    if payload.get("kind", "diffusion") != "diffusion":
+        raise CheckpointError(
+            f"checkpoint {path} holds a {payload['kind']!r} model, not a trajectory diffusion model"
+        )
     cfg = config_from_checkpoint(payload)
     layout = TrajectoryLayout.from_dict(payload["layout"])
     if expected_task is not None and cfg.task.name != expected_task:
@@ -107,6 +115,12 @@ def load_trained_model(
     denoiser = build_denoiser(cfg.model, transition_dim=layout.transition_dim, horizon=horizon)
     denoiser.load_state_dict(payload["ema" if use_ema else "model"])
     denoiser.to(device).eval()
+    inverse_dynamics = build_inverse_dynamics(cfg.model, obs_dim=layout.obs_dim, act_dim=layout.act_dim)
+    if inverse_dynamics is not None:
+        if "inverse_dynamics" not in payload:
+            raise CheckpointError(f"checkpoint {path} sets model.inverse_dynamics but holds no inverse-dynamics head")
+        inverse_dynamics.load_state_dict(payload["inverse_dynamics"]["ema" if use_ema else "model"])
+        inverse_dynamics.to(device).eval()
     schedule = NoiseSchedule(
         cfg.diffusion.n_timesteps, kind=cfg.diffusion.schedule, prediction=cfg.diffusion.prediction
     ).to(device)
@@ -121,6 +135,7 @@ def load_trained_model(
         horizon=horizon,
         step=int(payload["step"]),
         path=Path(path),
+        inverse_dynamics=inverse_dynamics,
     )
 
 
@@ -137,9 +152,13 @@ def checkpoint_payload(
     step: int,
     generator: torch.Generator,
     dataset: dict[str, Any],
+    inverse_dynamics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the checkpoint dict (tensors and primitives only)."""
-    return {
+    """Assemble the checkpoint dict (tensors and primitives only).
+
+    ``inverse_dynamics``: the head's ``{"model", "ema", "optimizer"}`` state dicts, if trained.
+    """
+    payload: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "version": __version__,
         "model": model.state_dict(),
@@ -153,3 +172,6 @@ def checkpoint_payload(
         "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state()},
         "dataset": json.dumps(dataset),
     }
+    if inverse_dynamics is not None:
+        payload["inverse_dynamics"] = inverse_dynamics
+    return payload

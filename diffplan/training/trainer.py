@@ -4,38 +4,56 @@ One loop, top to bottom: sample windows, draw noise levels and noise from one ge
 take an AdamW step with warmup and gradient clipping, update the EMA, log, checkpoint.
 Every random draw comes from one ``torch.Generator`` whose state is saved in the
 checkpoint, so ``resume`` continues bit-identically on the same machine.
+
+Options: ``model.return_condition`` feeds each window's normalized return-to-go (at its
+first token) to the denoiser, replaced by the null condition with probability
+``train.cond_dropout`` per sample (classifier-free guidance); ``model.inverse_dynamics``
+trains an inverse-dynamics head on the clean consecutive states of the same windows, with
+its own AdamW and EMA, saved in the same checkpoint.
 """
 
 from __future__ import annotations
 
 import copy
-import json
+import functools
 import logging
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from diffplan.config import Config, to_container
 from diffplan.data.episodes import Episodes
 from diffplan.data.layout import TrajectoryLayout
 from diffplan.data.normalizer import NormalizerKind, fit_normalizer
-from diffplan.data.windows import WindowSampler
+from diffplan.data.returns import normalized_returns_to_go
+from diffplan.data.windows import TrajectoryBatch, WindowSampler
 from diffplan.diffusion.conditioning import conditioning_mask
-from diffplan.diffusion.loss import diffusion_loss
-from diffplan.diffusion.sampler import check_clip
+from diffplan.diffusion.loss import diffusion_loss, full_sequence_levels
+from diffplan.diffusion.sampler import Denoiser, check_clip
 from diffplan.diffusion.schedule import NoiseSchedule
-from diffplan.models.factory import build_denoiser
+from diffplan.models.factory import build_denoiser, build_inverse_dynamics
+from diffplan.models.inverse_dynamics import inverse_dynamics_loss
 from diffplan.training.checkpoint import (
     CheckpointError,
     checkpoint_payload,
+    config_from_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
+from diffplan.training.loop import (
+    LoopSettings,
+    TrainingLoop,
+    check_intervals,
+    check_resume_config,
+    check_resume_dataset,
+    optimizer_step,
+    restore_training_state,
+    update_ema,
+    warmup_lr,
+)
+from diffplan.training.loop import TrainSummary as TrainSummary  # re-exported
 from diffplan.utils import select_device, set_threads
 
 log = logging.getLogger(__name__)
@@ -45,22 +63,10 @@ CHECKPOINT_NAME = "checkpoint.pt"
 #: (train.steps, planning-time sampler settings, evaluation) may change between runs.
 RESUME_KEYS: dict[str, tuple[str, ...] | None] = {
     "model": None,
-    "task": ("name", "horizon", "stride", "continuous_stream", "goal_obs_dims"),
+    "task": ("name", "horizon", "stride", "continuous_stream", "goal_obs_dims", "return_scale", "return_discount"),
     "diffusion": ("n_timesteps", "schedule", "prediction", "normalizer", "clean_condition_tokens"),
-    "train": ("condition_start", "condition_goal", "pad", "action_weight"),
+    "train": ("condition_start", "condition_goal", "pad", "action_weight", "cond_dropout"),
 }
-
-
-@dataclass
-class TrainSummary:
-    """What a training run did."""
-
-    checkpoint: Path
-    steps: int
-    resumed_from: int
-    final_loss: float
-    wall_time_s: float
-    steps_per_s: float
 
 
 def layout_for(episodes: Episodes) -> TrajectoryLayout:
@@ -75,14 +81,7 @@ def loss_weights(layout: TrajectoryLayout, horizon: int, action_weight: float) -
     return weights
 
 
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
-    for ema_p, p in zip(ema.parameters(), model.parameters(), strict=True):
-        ema_p.lerp_(p, 1.0 - decay)
-
-
-class Trainer:
+class Trainer(TrainingLoop):
     """Trains the denoiser of ``cfg`` on ``episodes``; checkpoints under ``run_dir``.
 
     Args:
@@ -96,9 +95,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.dataset_info = dataset_info
-        for key in ("steps", "batch_size", "ckpt_every", "log_every"):
-            if getattr(cfg.train, key) < 1:
-                raise ValueError(f"train.{key} must be >= 1, got {getattr(cfg.train, key)}")
+        check_intervals(cfg.train, "train")
         check_clip(cfg.diffusion.normalizer.value, cfg.diffusion.clip_denoised)
         set_threads(cfg.train.threads)
         self.device = select_device(cfg.train.device)
@@ -112,6 +109,14 @@ class Trainer:
         self.windows = WindowSampler(
             episodes, self.layout, self.horizon, self.normalizer, pad=cfg.train.pad, stride=cfg.task.stride
         )
+        # (T,) normalized return-to-go of every transition, gathered at each window's first step.
+        self.returns: torch.Tensor | None = None
+        if cfg.model.return_condition:
+            if not 0.0 <= cfg.train.cond_dropout <= 1.0:
+                raise ValueError(f"train.cond_dropout must be in [0, 1], got {cfg.train.cond_dropout}")
+            self.returns = torch.from_numpy(
+                normalized_returns_to_go(episodes, cfg.task.return_discount, cfg.task.return_scale)
+            )
         self.schedule = NoiseSchedule(
             cfg.diffusion.n_timesteps, kind=cfg.diffusion.schedule, prediction=cfg.diffusion.prediction
         ).to(self.device)
@@ -122,6 +127,20 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
+        # Built after the denoiser, so the denoiser's initialisation does not depend on the option.
+        self.inverse_dynamics = build_inverse_dynamics(
+            cfg.model, obs_dim=self.layout.obs_dim, act_dim=self.layout.act_dim
+        )
+        self.inverse_dynamics_ema: nn.Module | None = None
+        self.inverse_dynamics_optimizer: torch.optim.Optimizer | None = None
+        if self.inverse_dynamics is not None:
+            self.inverse_dynamics.to(self.device)
+            self.inverse_dynamics_ema = copy.deepcopy(self.inverse_dynamics).requires_grad_(False)
+            self.inverse_dynamics_optimizer = torch.optim.AdamW(
+                self.inverse_dynamics.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+            )
+        #: The latest losses by name (``diffusion``, and ``inverse_dynamics`` when trained).
+        self.last_losses: dict[str, float] = {}
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         goal_dims = cfg.task.goal_obs_dims if cfg.train.condition_goal else []
         self.condition_mask = conditioning_mask(
@@ -134,41 +153,45 @@ class Trainer:
     def checkpoint_path(self) -> Path:
         return self.run_dir / CHECKPOINT_NAME
 
+    @property
+    def settings(self) -> LoopSettings:
+        return self.cfg.train
+
     def resume(self) -> bool:
         """Load ``run_dir/checkpoint.pt`` if it exists; True if training state was restored."""
         if not self.checkpoint_path.exists():
             return False
         # RNG states must stay CPU byte tensors; load_state_dict copies weights onto the model's device.
         payload = load_checkpoint(self.checkpoint_path, map_location="cpu")
-        saved = json.loads(payload["config"])
+        # Through the schema, so settings added since the checkpoint was written take their defaults.
+        saved = to_container(config_from_checkpoint(payload))
         current = to_container(self.cfg)
-        for section, keys in RESUME_KEYS.items():
-            names = keys if keys is not None else sorted(set(saved.get(section, {})) | set(current[section]))
-            for name in names:
-                old, new = saved.get(section, {}).get(name), current[section].get(name)
-                if old != new:
-                    raise CheckpointError(
-                        f"cannot resume {self.checkpoint_path}: it was trained with {section}.{name}={old!r}, "
-                        f"the current config has {new!r}; restore the setting or use a new run_dir"
-                    )
-        saved_hash = json.loads(payload.get("dataset", "{}")).get("sha256")
-        if saved_hash and self.dataset_info.get("sha256") and saved_hash != self.dataset_info["sha256"]:
-            raise CheckpointError(
-                f"cannot resume {self.checkpoint_path}: it was trained on a dataset with sha256 {saved_hash[:12]}…, "
-                f"but {self.dataset_info.get('path')} has {self.dataset_info['sha256'][:12]}…; "
-                "use the original dataset or a new run_dir"
-            )
-        self.model.load_state_dict(payload["model"])
-        self.ema.load_state_dict(payload["ema"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        check_resume_config(self.checkpoint_path, saved, current, RESUME_KEYS)
+        check_resume_dataset(self.checkpoint_path, payload, self.dataset_info)
+        self.step = restore_training_state(
+            payload, model=self.model, ema=self.ema, optimizer=self.optimizer, generator=self.generator
+        )
+        if self.inverse_dynamics is not None:
+            assert self.inverse_dynamics_ema is not None and self.inverse_dynamics_optimizer is not None
+            if "inverse_dynamics" not in payload:
+                raise CheckpointError(f"cannot resume {self.checkpoint_path}: it holds no inverse-dynamics head")
+            head = payload["inverse_dynamics"]
+            self.inverse_dynamics.load_state_dict(head["model"])
+            self.inverse_dynamics_ema.load_state_dict(head["ema"])
+            self.inverse_dynamics_optimizer.load_state_dict(head["optimizer"])
         self.normalizer.load_state_dict(payload["normalizer"]["state"])
-        self.generator.set_state(payload["rng"]["generator"])
-        torch.set_rng_state(payload["rng"]["torch"])
-        self.step = int(payload["step"])
         log.info("resumed %s at step %d", self.checkpoint_path, self.step)
         return True
 
     def save(self) -> None:
+        head = None
+        if self.inverse_dynamics is not None:
+            assert self.inverse_dynamics_ema is not None and self.inverse_dynamics_optimizer is not None
+            head = {
+                "model": self.inverse_dynamics.state_dict(),
+                "ema": self.inverse_dynamics_ema.state_dict(),
+                "optimizer": self.inverse_dynamics_optimizer.state_dict(),
+            }
         save_checkpoint(
             self.checkpoint_path,
             checkpoint_payload(
@@ -183,6 +206,7 @@ class Trainer:
                 step=self.step,
                 generator=self.generator,
                 dataset=self.dataset_info,
+                inverse_dynamics=head,
             ),
         )
 
@@ -193,11 +217,16 @@ class Trainer:
         x0 = batch.x.to(self.device)
         size, horizon = x0.shape[:2]
         # Full-sequence diffusion: one level per window, shared by its H tokens.
-        levels = torch.randint(1, self.schedule.n_timesteps + 1, (size, 1), generator=self.generator)
-        levels = levels.expand(size, horizon).to(self.device)
+        levels = full_sequence_levels(size, horizon, self.schedule.n_timesteps, self.generator).to(self.device)
         noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
+        denoiser: Denoiser = self.model
+        if self.returns is not None:
+            # Return-to-go at each window's first step; dropped to the null condition at random.
+            condition = self.returns[self.windows.episode_starts[batch.episode] + batch.start].to(self.device)
+            drop = (torch.rand(size, generator=self.generator) < tc.cond_dropout).to(self.device)
+            denoiser = functools.partial(self.model, condition=condition, drop=drop)
         loss = diffusion_loss(
-            self.model,
+            denoiser,
             self.schedule,
             x0,
             levels,
@@ -207,63 +236,31 @@ class Trainer:
             weights=self.weights,
             clean_condition_tokens=self.cfg.diffusion.clean_condition_tokens,
         )
-        lr = tc.lr * min(1.0, (self.step + 1) / max(1, tc.warmup_steps))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-        self.optimizer.step()
+        lr = warmup_lr(tc.lr, self.step, tc.warmup_steps)
+        optimizer_step(self.model, self.optimizer, loss, lr=lr, grad_clip=tc.grad_clip)
         update_ema(self.ema, self.model, tc.ema_decay)
+        self.last_losses = {"diffusion": float(loss.detach())}
+        if self.inverse_dynamics is not None:
+            self.last_losses["inverse_dynamics"] = self._inverse_dynamics_step(batch, x0, lr)
         self.step += 1
+        return self.last_losses["diffusion"]
+
+    def _inverse_dynamics_step(self, batch: TrajectoryBatch, x0: torch.Tensor, lr: float) -> float:
+        """One step of the inverse-dynamics head on the clean states of ``batch``; returns its loss."""
+        assert self.inverse_dynamics is not None and self.inverse_dynamics_optimizer is not None
+        assert self.inverse_dynamics_ema is not None
+        tc = self.cfg.train
+        # Only pairs of consecutive tokens that both hold real steps (not padding past the end).
+        steps = batch.start[:, None] + self.windows.stride * torch.arange(x0.shape[1])
+        inside = steps < self.windows.episode_lengths[batch.episode][:, None]  # (B, H)
+        pairs = (inside[:, :-1] & inside[:, 1:]).to(self.device)
+        loss = inverse_dynamics_loss(
+            self.inverse_dynamics, x0[..., self.layout.obs], x0[..., self.layout.act], pairs
+        )
+        optimizer_step(self.inverse_dynamics, self.inverse_dynamics_optimizer, loss, lr=lr, grad_clip=tc.grad_clip)
+        update_ema(self.inverse_dynamics_ema, self.inverse_dynamics, tc.ema_decay)
         return float(loss.detach())
 
-    def train(self, *, resume: bool = True) -> TrainSummary:
-        """Train until ``train.steps``, checkpointing every ``train.ckpt_every`` steps and at the end."""
-        tc = self.cfg.train
-        if resume:
-            self.resume()
-        start = self.step
-        writer = _summary_writer(self.run_dir / "tb")
-        loss = float("nan")
-        t0 = time.perf_counter()
-        bar = tqdm(total=tc.steps, initial=start, desc="train", disable=not tc.progress, unit="step")
-        running, n_running = 0.0, 0
-        while self.step < tc.steps:
-            loss = self.train_step()
-            running, n_running = running + loss, n_running + 1
-            bar.update(1)
-            if self.step % tc.log_every == 0 or self.step == tc.steps:
-                bar.set_postfix(loss=f"{running / n_running:.4f}")
-                if writer is not None:
-                    writer.add_scalar("train/loss", running / n_running, self.step)
-                    writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], self.step)
-                    writer.add_scalar("perf/steps_per_s", bar.format_dict.get("rate") or 0.0, self.step)
-                running, n_running = 0.0, 0
-            if self.step % tc.ckpt_every == 0:
-                self.save()
-        bar.close()
-        self.save()
-        if writer is not None:
-            writer.close()
-        wall = time.perf_counter() - t0
-        done = self.step - start
-        return TrainSummary(
-            checkpoint=self.checkpoint_path,
-            steps=self.step,
-            resumed_from=start,
-            final_loss=loss,
-            wall_time_s=wall,
-            steps_per_s=done / wall if wall > 0 else 0.0,
-        )
-
-
-def _summary_writer(path: Path) -> Any:
-    """A TensorBoard writer, or None (with a warning) if tensorboard is not installed."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # pragma: no cover - tensorboard is a core dependency
-        log.warning("tensorboard is not installed; no scalars are written")
-        return None
-    return SummaryWriter(log_dir=str(path))
+    def extra_losses(self) -> dict[str, float]:
+        """The inverse-dynamics head's loss of the last step, when it is trained."""
+        return {name: value for name, value in self.last_losses.items() if name != "diffusion"}

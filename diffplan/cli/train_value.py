@@ -1,0 +1,64 @@
+"""``diffplan-train-value``: train the value function that guides a trained diffusion model.
+
+Example: ``diffplan-train-value task=hopper-medium value.steps=200000`` trains on the dataset
+of ``runs/hopper-medium/checkpoint.pt`` (``value.diffusion_checkpoint``) and writes
+``runs/hopper-medium/value/checkpoint.pt`` (``value.run_dir``), resuming from it when rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from diffplan.cli.common import hydra_entry
+from diffplan.config import Config
+from diffplan.data.loading import load_episodes
+from diffplan.training.checkpoint import CheckpointError, load_checkpoint, load_trained_model
+from diffplan.training.loop import TrainSummary
+from diffplan.training.value_trainer import ValueTrainer
+from diffplan.utils import file_sha256
+
+log = logging.getLogger(__name__)
+
+
+def run_train_value(cfg: Config) -> TrainSummary:
+    """Train the value function of ``cfg.value`` (resuming when its checkpoint exists).
+
+    The dataset is ``value.dataset``, or when null the file recorded in the diffusion
+    checkpoint; either way its sha256 must match the one the diffusion model was trained on.
+
+    Raises:
+        CheckpointError: missing diffusion checkpoint, or a dataset other than its own.
+    """
+    vc = cfg.value
+    checkpoint = Path(vc.diffusion_checkpoint)
+    recorded = json.loads(load_checkpoint(checkpoint).get("dataset", "{}"))
+    dataset = vc.dataset or recorded.get("path")
+    if not dataset:
+        raise CheckpointError(
+            f"diffusion checkpoint {checkpoint} records no dataset file; "
+            "set value.dataset to the file it was trained on"
+        )
+    sha256 = file_sha256(dataset)
+    if recorded.get("sha256") and recorded["sha256"] != sha256:
+        raise CheckpointError(
+            f"{dataset} has sha256 {sha256[:12]}…, but {checkpoint} was trained on a dataset with sha256 "
+            f"{recorded['sha256'][:12]}… ({recorded.get('path')}); set value.dataset to that file"
+        )
+    diffusion = load_trained_model(checkpoint, device="cpu")
+    episodes = load_episodes(
+        dataset, expected_obs_dim=diffusion.layout.obs_dim, expected_act_dim=diffusion.layout.act_dim or None
+    )
+    dataset_info = {"path": str(Path(dataset).resolve()), "sha256": sha256}
+    trainer = ValueTrainer(vc, diffusion, episodes, dataset_info)
+    summary = trainer.train()
+    log.info(
+        "value function trained to step %d (from %d) in %.1f s (%.1f steps/s), loss %.4f -> %s",
+        summary.steps, summary.resumed_from, summary.wall_time_s, summary.steps_per_s,
+        summary.final_loss, summary.checkpoint,
+    )
+    return summary
+
+
+main = hydra_entry(run_train_value)

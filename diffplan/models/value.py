@@ -1,0 +1,107 @@
+"""Value network for value-guided planning (Janner et al. 2022, the Diffuser ``ValueFunction``).
+
+The network reads a (noisy) normalized trajectory x (B, H, D) and the per-token noise levels
+(B, H), normalized to [0, 1] like the denoiser's, and predicts one scalar per sample: the
+discounted return from the trajectory's first step (:mod:`diffplan.training.value_targets`).
+
+It is the downsampling half of the temporal U-Net (:class:`diffplan.models.unet.DownPath`,
+with the same per-token level embedding), whose output features (B, C, H / f) and pooled
+level embedding (B, H / f, E) are flattened into an MLP head. The head predicts the
+*standardized* value; the target mean and standard deviation of the training set are
+buffers of the module (they travel in its state dict), and :meth:`ValueNet.forward` returns
+values on the raw return scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from diffplan.models.unet import DownPath, check_horizon, make_level_embedding
+
+if TYPE_CHECKING:
+    from diffplan.config import ValueConfig
+
+
+class ValueNet(nn.Module):
+    """Predicts the value (discounted return) of trajectories with per-token noise levels.
+
+    Args:
+        transition_dim: D, channels per token.
+        horizon: H; fixed, because the head flattens the features over the horizon.
+        dim: base channel width (a multiple of 8, GroupNorm with 8 groups).
+        dim_mults: channel multipliers per resolution; each but the last halves the horizon.
+        kernel_size: temporal convolution width.
+    """
+
+    target_mean: Tensor
+    target_std: Tensor
+
+    def __init__(
+        self,
+        *,
+        transition_dim: int,
+        horizon: int,
+        dim: int = 32,
+        dim_mults: Sequence[int] = (1, 2, 4, 8),
+        kernel_size: int = 5,
+    ) -> None:
+        super().__init__()
+        if dim % 8:
+            raise ValueError(f"value.dim must be a multiple of 8 (GroupNorm with 8 groups), got {dim}")
+        if not dim_mults:
+            raise ValueError("value.dim_mults must hold at least one multiplier")
+        self.transition_dim = transition_dim
+        self.horizon = horizon
+        self.level_embedding = make_level_embedding(dim)
+        self.downs = DownPath(transition_dim, dim, dim_mults, dim, kernel_size)
+        check_horizon(horizon, self.downs.downsample_factor)
+        tokens = horizon // self.downs.downsample_factor
+        fc_dim = (self.downs.out_channels + dim) * tokens
+        self.head = nn.Sequential(nn.Linear(fc_dim, fc_dim // 2), nn.Mish(), nn.Linear(fc_dim // 2, 1))
+        self.register_buffer("target_mean", torch.zeros((), dtype=torch.float32))
+        self.register_buffer("target_std", torch.ones((), dtype=torch.float32))
+
+    def set_target_stats(self, mean: float, std: float) -> None:
+        """Set the raw-scale mean and standard deviation the head's output is scaled by."""
+        if not std > 0:
+            raise ValueError(f"target std must be > 0, got {std}")
+        self.target_mean.fill_(float(mean))
+        self.target_std.fill_(float(std))
+
+    def standardized(self, x: Tensor, levels: Tensor) -> Tensor:
+        """The head's output (B,): the value in units of the training targets' standard deviation.
+
+        Args:
+            x: (B, H, D) normalized trajectories.
+            levels: (B, H) noise levels normalized to [0, 1].
+        """
+        if x.dim() != 3 or x.shape[1] != self.horizon or x.shape[2] != self.transition_dim:
+            raise ValueError(
+                f"the value network takes x of shape (B, {self.horizon}, {self.transition_dim}), "
+                f"got {tuple(x.shape)}; use the horizon and layout it was trained with"
+            )
+        if levels.shape != x.shape[:2]:
+            raise ValueError(f"levels must have shape {tuple(x.shape[:2])} (B, H), got {tuple(levels.shape)}")
+        embedding = self.level_embedding(levels)  # (B, H, E)
+        h, embedding, _, _ = self.downs(x.transpose(1, 2), embedding)  # (B, C, H / f), (B, H / f, E)
+        features = torch.cat([h.flatten(1), embedding.flatten(1)], dim=1)
+        return self.head(features).squeeze(-1)
+
+    def forward(self, x: Tensor, levels: Tensor) -> Tensor:
+        """x (B, H, D), levels (B, H) in [0, 1] -> values (B,) on the raw return scale."""
+        return self.standardized(x, levels) * self.target_std + self.target_mean
+
+
+def build_value_net(cfg: ValueConfig, *, transition_dim: int, horizon: int) -> ValueNet:
+    """The value network of ``cfg`` (``value.dim``, ``value.dim_mults``, ``value.kernel_size``)."""
+    return ValueNet(
+        transition_dim=transition_dim,
+        horizon=horizon,
+        dim=cfg.dim,
+        dim_mults=tuple(cfg.dim_mults),
+        kernel_size=cfg.kernel_size,
+    )

@@ -1,0 +1,251 @@
+"""Value-guided planning for locomotion (Diffuser, Janner et al. 2022, sec. 3.3 and 5.3).
+
+:class:`ValuePlanner` inpaints each environment's current observation at the first token,
+samples K candidates per environment for N environments in one guided sampler call of
+N x K trajectories (the value function's gradient steers every denoising step, see
+:class:`diffplan.guidance.Guidance`), scores the finished candidates with the guide's value
+at level 0 and returns the best one per environment.
+
+:class:`ValuePolicy` executes the planned actions in closed loop: it replans every
+``planner.replan_every`` steps (1 = every step, as Diffuser does) and executes the plan's
+actions in between. With ``planner.warm_start_level = k > 0`` a replan starts from the
+previous plan, shifted by the steps executed since, re-noised to level k and denoised in
+``planner.warm_start_steps`` steps (:func:`diffplan.diffusion.warm_start.warm_start`);
+``0`` samples every plan from pure noise.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffplan.config import DiffusionConfig, GuidanceConfig, GuidanceKind, PlannerConfig
+from diffplan.diffusion.conditioning import goal_constraints
+from diffplan.diffusion.warm_start import warm_start
+from diffplan.guidance import Guidance, Guide, ValueGuide
+from diffplan.planning.planner import Plan, planning_sampler
+from diffplan.planning.policy import PlanRecord, RecedingHorizonPolicy
+from diffplan.training.checkpoint import TrainedModel
+from diffplan.training.value_trainer import load_value_model
+
+
+@dataclass
+class ValuePlan(Plan):
+    """A :class:`Plan` with its values.
+
+    Attributes:
+        values: (N,) the guide's value (level 0) of each selected plan.
+        candidate_values: (N, K) the value of every candidate.
+        normalized: (N, H, D) the selected plans, normalized (the next warm start's input).
+    """
+
+    values: Tensor | None = None
+    candidate_values: Tensor | None = field(default=None, repr=False)
+    normalized: Tensor | None = field(default=None, repr=False)
+
+
+def value_guide(model: TrainedModel, guidance: GuidanceConfig, device: torch.device | str = "cpu") -> ValueGuide:
+    """The value guide of ``guidance.value_checkpoint``, checked against ``model`` (see
+    :func:`diffplan.training.value_trainer.load_value_model`)."""
+    return ValueGuide(load_value_model(Path(guidance.value_checkpoint), model, device))
+
+
+class ValuePlanner:
+    """Plans from the current state by value-guided sampling and picks the best of K candidates.
+
+    Args:
+        model: the trained diffusion model (observations and actions in its layout).
+        guide: scores candidates (``objective`` at level 0) and, with ``guidance.kind =
+            value``, steers sampling (``gradient``); e.g. :func:`value_guide`.
+        planner: ``n_candidates`` K and the warm-start settings (``selection`` is not used:
+            candidates are ranked by value).
+        diffusion: planning-time sampler settings (kind, steps, eta, clipping).
+        guidance: scale, steps and schedule of the guidance; ``kind = none`` samples
+            unguided and only ranks the candidates by value.
+        device: where sampling runs.
+    """
+
+    def __init__(
+        self,
+        model: TrainedModel,
+        guide: Guide,
+        *,
+        planner: PlannerConfig,
+        diffusion: DiffusionConfig,
+        guidance: GuidanceConfig,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if planner.n_candidates < 1:
+            raise ValueError(f"planner.n_candidates must be >= 1, got {planner.n_candidates}")
+        n_timesteps = model.schedule.n_timesteps
+        if not 0 <= planner.warm_start_level <= n_timesteps:
+            raise ValueError(
+                f"planner.warm_start_level must be in [0, diffusion.n_timesteps={n_timesteps}] (0 = off), "
+                f"got {planner.warm_start_level}"
+            )
+        if planner.warm_start_level > 0 and not 1 <= planner.warm_start_steps <= planner.warm_start_level:
+            raise ValueError(
+                f"planner.warm_start_steps must be in [1, planner.warm_start_level={planner.warm_start_level}], "
+                f"got {planner.warm_start_steps}"
+            )
+        self.model = model
+        self.guide = guide
+        self.cfg = planner
+        self.device = torch.device(device)
+        self.sampler, self.matrix = planning_sampler(model, diffusion)
+        self.guidance: Guidance | None = None
+        if GuidanceKind(guidance.kind) is GuidanceKind.value:
+            self.guidance = Guidance(
+                guide,
+                scale=guidance.scale,
+                n_guide_steps=guidance.n_guide_steps,
+                t_stopgrad=guidance.t_stopgrad,
+                scale_grad_by_std=guidance.scale_grad_by_std,
+                apply_to=guidance.apply_to,
+            )
+
+    @torch.no_grad()
+    def plan(
+        self,
+        observations: Tensor,
+        generator: torch.Generator,
+        *,
+        previous: Tensor | None = None,
+        shift: int = 0,
+    ) -> ValuePlan:
+        """Plans for N environments from ``observations`` (N, obs_dim), raw units.
+
+        Args:
+            generator: source of all sampling randomness.
+            previous: (N, H, D) each environment's previous normalized plan, to warm-start
+                from (used when ``planner.warm_start_level > 0``); None samples from noise.
+            shift: environment steps executed since ``previous`` was planned.
+        """
+        layout, horizon = self.model.layout, self.model.horizon
+        k = self.cfg.n_candidates
+        n = observations.shape[0]
+        start = time.perf_counter()
+        observations = observations.to(self.device, torch.float32)
+        constraints = goal_constraints(
+            layout, self.model.normalizer, horizon, observations, None, []
+        ).repeat_interleave(k)
+        matrix, x_init = self.matrix, None
+        if previous is not None and self.cfg.warm_start_level > 0:
+            x_init, matrix = warm_start(
+                previous.to(self.device, torch.float32).repeat_interleave(k, dim=0),
+                shift=shift,
+                schedule=self.model.schedule,
+                level=self.cfg.warm_start_level,
+                steps=self.cfg.warm_start_steps,
+                generator=generator,
+            )
+        x = self.sampler.sample(
+            self.model.denoiser,
+            (n * k, horizon, layout.transition_dim),
+            matrix,
+            constraints=constraints,
+            generator=generator,
+            device=self.device,
+            x_init=x_init,
+            guidance=self.guidance,
+        )
+        values = self.guide.objective(x, torch.zeros(n * k, horizon, device=self.device)).view(n, k)
+        finite = torch.isfinite(x).all(dim=(1, 2)).view(n, k) & torch.isfinite(values)
+        chosen = torch.where(finite, values, torch.full_like(values, -torch.inf)).argmax(dim=1)
+        rows = torch.arange(n, device=x.device)
+        normalized = x.view(n, k, horizon, layout.transition_dim)[rows, chosen]  # (N, H, D)
+        raw = self.model.normalizer.unnormalize(x).view(n, k, horizon, layout.transition_dim)
+        selected = raw[rows, chosen]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        return ValuePlan(
+            observations=selected[..., layout.obs].cpu(),
+            actions=selected[..., layout.act].cpu(),
+            finite=(torch.isfinite(selected).all(dim=(1, 2)) & finite[rows, chosen]).cpu(),
+            plan_time_s=elapsed,
+            candidates=raw[..., layout.obs].cpu(),
+            values=values[rows, chosen].cpu(),
+            candidate_values=values.cpu(),
+            normalized=normalized.cpu(),
+        )
+
+
+@dataclass
+class ValuePolicy(RecedingHorizonPolicy):
+    """Batched closed-loop policy executing the actions of a :class:`ValuePlanner`'s plans.
+
+    Same interface as :class:`diffplan.planning.policy.PlanningPolicy`: ``reset(n_envs)``,
+    ``act(step, observations, goals, active, generator) -> (actions, bad)`` and ``records``.
+    Goals are ignored. Every ``cfg.replan_every`` steps (0 = plan once per episode) the
+    active environments replan; in between each executes its plan's action at its age (the
+    last action past the plan's end). When the planner warm-starts
+    (``planner.cfg.warm_start_level > 0``) a replan starts from the environment's previous
+    plan, shifted by its age (the steps executed since).
+
+    Args:
+        planner: the value planner (its model must have ``task.stride = 1``).
+        cfg: the replanning interval (``replan_every``).
+    """
+
+    planner: ValuePlanner
+    cfg: PlannerConfig
+    records: list[PlanRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._check_replan_every()
+        stride = self.planner.model.config.task.stride
+        if stride != 1:
+            raise ValueError(
+                f"value planning executes planned actions and needs a model trained with task.stride=1 (got {stride})"
+            )
+        self._states: np.ndarray | None = None
+        self._actions: np.ndarray | None = None
+        self._age: np.ndarray | None = None
+        self._normalized: Tensor | None = None
+
+    def reset(self, n_envs: int) -> None:
+        """Forget plans; the next :meth:`act` plans for every environment from noise."""
+        super().reset(n_envs)
+        self._normalized = None
+
+    def _plan(
+        self, index: np.ndarray, observations: np.ndarray, goals: np.ndarray, generator: torch.Generator
+    ) -> list[tuple[np.ndarray, Plan]]:
+        """One planner call for cold starts, one per shift for warm starts (usually just one call)."""
+        assert self._age is not None
+        age = self._age[index]
+        warm = self.planner.cfg.warm_start_level > 0 and self._normalized is not None
+        groups: list[tuple[np.ndarray, int | None]] = []
+        if not warm:
+            groups.append((index, None))
+        else:
+            if (age < 0).any():
+                groups.append((index[age < 0], None))
+            groups.extend((index[age == shift], int(shift)) for shift in np.unique(age[age >= 0]))
+        plans: list[tuple[np.ndarray, Plan]] = []
+        for group, shift in groups:
+            obs = torch.as_tensor(observations[group])
+            if shift is None:
+                plans.append((group, self.planner.plan(obs, generator)))
+            else:
+                assert self._normalized is not None
+                previous = self._normalized[torch.as_tensor(group)]
+                plans.append((group, self.planner.plan(obs, generator, previous=previous, shift=shift)))
+        return plans
+
+    def _store(self, index: np.ndarray, plan: Plan) -> None:
+        super()._store(index, plan)
+        if isinstance(plan, ValuePlan) and plan.normalized is not None:
+            if self._normalized is None:
+                assert self._age is not None
+                self._normalized = torch.zeros(len(self._age), *plan.normalized.shape[1:])
+            self._normalized[torch.as_tensor(index)] = plan.normalized
+
+    def _actions_from_plans(self, observations: np.ndarray) -> np.ndarray:
+        return self._planned_actions()

@@ -1,0 +1,246 @@
+"""What every trainer of the package shares: EMA, warmup, the optimizer step, resume checks,
+RNG state, and the loop itself (tqdm progress, TensorBoard scalars, periodic checkpoints).
+
+:class:`diffplan.training.trainer.Trainer` (the diffusion model) and
+:class:`diffplan.training.value_trainer.ValueTrainer` (the value function) subclass
+:class:`TrainingLoop` and implement one optimizer step and the checkpoint format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from diffplan.training.checkpoint import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+class LoopSettings(Protocol):
+    """The optimisation settings a training section holds (``train``, ``value``)."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    warmup_steps: int
+    grad_clip: float
+    ema_decay: float
+    ckpt_every: int
+    log_every: int
+    progress: bool
+
+
+@dataclass
+class TrainSummary:
+    """What a training run did."""
+
+    checkpoint: Path
+    steps: int
+    resumed_from: int
+    final_loss: float
+    wall_time_s: float
+    steps_per_s: float
+
+
+def check_intervals(settings: LoopSettings, section: str) -> None:
+    """Raise unless steps, batch size and the checkpoint and log intervals are positive."""
+    for key in ("steps", "batch_size", "ckpt_every", "log_every"):
+        if getattr(settings, key) < 1:
+            raise ValueError(f"{section}.{key} must be >= 1, got {getattr(settings, key)}")
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter."""
+    for ema_p, p in zip(ema.parameters(), model.parameters(), strict=True):
+        ema_p.lerp_(p, 1.0 - decay)
+
+
+def warmup_lr(lr: float, step: int, warmup_steps: int) -> float:
+    """Linear warmup: the learning rate of optimizer step ``step`` (0-based)."""
+    return lr * min(1.0, (step + 1) / max(1, warmup_steps))
+
+
+def optimizer_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, loss: Tensor, *, lr: float, grad_clip: float
+) -> None:
+    """Set the learning rate, backpropagate ``loss``, clip the gradient norm (if > 0), step."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+
+
+def check_resume_config(
+    path: Path, saved: Mapping[str, Any], current: Mapping[str, Any], keys: Mapping[str, tuple[str, ...] | None]
+) -> None:
+    """Refuse to resume ``path`` when a setting that shapes the model changed.
+
+    Args:
+        saved, current: resolved configs as nested dicts (section -> name -> value).
+        keys: section -> the names to compare (None: every name of the section).
+
+    Raises:
+        CheckpointError: naming the setting, both values and the fix.
+    """
+    for section, names in keys.items():
+        old_section, new_section = saved.get(section, {}) or {}, current.get(section, {}) or {}
+        compared = names if names is not None else sorted(set(old_section) | set(new_section))
+        for name in compared:
+            old, new = old_section.get(name), new_section.get(name)
+            if old != new:
+                raise CheckpointError(
+                    f"cannot resume {path}: it was trained with {section}.{name}={old!r}, "
+                    f"the current config has {new!r}; restore the setting or use a new run_dir"
+                )
+
+
+def check_resume_dataset(path: Path, payload: Mapping[str, Any], dataset_info: Mapping[str, Any]) -> None:
+    """Refuse to resume ``path`` on another dataset (when both sha256 hashes are known).
+
+    Raises:
+        CheckpointError: naming both hashes and the fix.
+    """
+    saved_hash = json.loads(payload.get("dataset", "{}")).get("sha256")
+    if saved_hash and dataset_info.get("sha256") and saved_hash != dataset_info["sha256"]:
+        raise CheckpointError(
+            f"cannot resume {path}: it was trained on a dataset with sha256 {saved_hash[:12]}…, "
+            f"but {dataset_info.get('path')} has {dataset_info['sha256'][:12]}…; "
+            "use the original dataset or a new run_dir"
+        )
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Tensor]:
+    """The training generator's and torch's global RNG states (CPU byte tensors)."""
+    return {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+
+
+def restore_training_state(
+    payload: Mapping[str, Any],
+    *,
+    model: nn.Module,
+    ema: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> int:
+    """Load weights, EMA, optimizer and RNG states saved by a trainer; returns the step.
+
+    ``payload`` must have been loaded with ``map_location="cpu"`` (RNG states stay CPU byte
+    tensors; ``load_state_dict`` copies weights onto the model's device).
+    """
+    model.load_state_dict(payload["model"])
+    ema.load_state_dict(payload["ema"])
+    optimizer.load_state_dict(payload["optimizer"])
+    generator.set_state(payload["rng"]["generator"])
+    torch.set_rng_state(payload["rng"]["torch"])
+    return int(payload["step"])
+
+
+class TrainingLoop:
+    """The training loop shared by the trainers.
+
+    Subclasses set ``step``, ``optimizer`` and ``run_dir``, define :attr:`checkpoint_path`,
+    :attr:`settings`, :meth:`train_step` (one optimizer step, returns the loss), :meth:`save`
+    and :meth:`resume`, and may report further losses through :meth:`extra_losses`.
+    """
+
+    #: TensorBoard tag prefix and progress-bar label.
+    log_prefix = "train"
+    step: int
+    optimizer: torch.optim.Optimizer
+    run_dir: Path
+
+    @property
+    def checkpoint_path(self) -> Path:
+        raise NotImplementedError
+
+    @property
+    def settings(self) -> LoopSettings:
+        raise NotImplementedError
+
+    @property
+    def tb_dir(self) -> Path:
+        """Where TensorBoard scalars go."""
+        return self.run_dir / "tb"
+
+    def train_step(self) -> float:
+        raise NotImplementedError
+
+    def extra_losses(self) -> dict[str, float]:
+        """Further losses of the last step, logged as ``<prefix>/<name>_loss``."""
+        return {}
+
+    def save(self) -> None:
+        raise NotImplementedError
+
+    def resume(self) -> bool:
+        raise NotImplementedError
+
+    def train(self, *, resume: bool = True) -> TrainSummary:
+        """Train until ``settings.steps``, checkpointing every ``ckpt_every`` steps and at the end."""
+        if resume:
+            self.resume()
+        settings = self.settings
+        start = self.step
+        writer = summary_writer(self.tb_dir)
+        loss = float("nan")
+        t0 = time.perf_counter()
+        bar = tqdm(
+            total=settings.steps, initial=start, desc=self.log_prefix, disable=not settings.progress, unit="step"
+        )
+        running, n_running = 0.0, 0
+        running_extra: dict[str, float] = {}
+        while self.step < settings.steps:
+            loss = self.train_step()
+            running, n_running = running + loss, n_running + 1
+            for name, value in self.extra_losses().items():
+                running_extra[name] = running_extra.get(name, 0.0) + value
+            bar.update(1)
+            if self.step % settings.log_every == 0 or self.step == settings.steps:
+                bar.set_postfix(loss=f"{running / n_running:.4f}")
+                if writer is not None:
+                    writer.add_scalar(f"{self.log_prefix}/loss", running / n_running, self.step)
+                    writer.add_scalar(f"{self.log_prefix}/lr", self.optimizer.param_groups[0]["lr"], self.step)
+                    writer.add_scalar("perf/steps_per_s", bar.format_dict.get("rate") or 0.0, self.step)
+                    for name, total in running_extra.items():
+                        writer.add_scalar(f"{self.log_prefix}/{name}_loss", total / n_running, self.step)
+                running, n_running = 0.0, 0
+                running_extra = {}
+            if self.step % settings.ckpt_every == 0:
+                self.save()
+        bar.close()
+        self.save()
+        if writer is not None:
+            writer.close()
+        wall = time.perf_counter() - t0
+        done = self.step - start
+        return TrainSummary(
+            checkpoint=self.checkpoint_path,
+            steps=self.step,
+            resumed_from=start,
+            final_loss=loss,
+            wall_time_s=wall,
+            steps_per_s=done / wall if wall > 0 else 0.0,
+        )
+
+
+def summary_writer(path: Path) -> Any:
+    """A TensorBoard writer, or None (with a warning) if tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # pragma: no cover - tensorboard is a core dependency
+        log.warning("tensorboard is not installed; no scalars are written")
+        return None
+    return SummaryWriter(log_dir=str(path))

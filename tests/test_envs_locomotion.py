@@ -1,0 +1,200 @@
+"""Locomotion tasks, lockstep batch and the SB3 dataset collector on tiny budgets."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from diffplan_envs.collect_locomotion import (
+    AgentPipeline,
+    AgentRecipe,
+    collect_locomotion_datasets,
+    collect_with_policy,
+    episode_returns,
+    truncate,
+)
+from diffplan_envs.locomotion import (
+    ROBOTS,
+    LocomotionBatch,
+    get_locomotion_task,
+    is_locomotion_task,
+    make_locomotion_env,
+)
+from hydra import compose, initialize_config_dir
+
+from diffplan.cli.collect import run_collect
+from diffplan.config import as_config, register_configs
+from diffplan.data.hdf5 import load_hdf5, read_metadata, reference_scores
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_PPO = {"n_steps": 64, "batch_size": 64, "n_epochs": 1}
+
+
+def tiny_recipe(**overrides: object) -> AgentRecipe:
+    base = AgentRecipe(algo="ppo", n_envs=2, algo_kwargs=dict(TINY_PPO), medium_score=-1e9, eval_every=128,
+                       eval_episodes=2, seed=0)
+    return replace(base, **overrides)  # type: ignore[arg-type]
+
+
+def uniform_policy(seed: int):  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    return lambda obs: rng.uniform(-1, 1, size=(len(obs), 3))
+
+
+def test_task_names() -> None:
+    task = get_locomotion_task("walker2d-medium-replay")
+    assert task.robot.env_id == "Walker2d-v5" and task.level == "medium-replay" and task.obs_dim == 17
+    assert is_locomotion_task("hopper-medium-expert") and not is_locomotion_task("pointmaze-umaze")
+    with pytest.raises(ValueError, match="robot in .*level in"):
+        get_locomotion_task("ant-medium")
+    env = make_locomotion_env("hopper")
+    assert env.observation_space.shape == (11,) and env.action_space.shape == (3,)
+    env.close()
+
+
+def test_hopper_file_semantics(tmp_path: Path) -> None:
+    """Terminals only on falls, timeouts on the time limit, next_observations and qpos consistent."""
+    robot = replace(ROBOTS["hopper"], episode_steps=40)
+    path = collect_with_policy(robot, uniform_policy(0), tmp_path / "hopper-random.hdf5", n_steps=500, seed=3,
+                               n_envs=4, metadata={"robot": "hopper", "level": "random"}, progress=False)
+    with h5py.File(path) as f:
+        data = {key: f[key][()] for key in ("observations", "next_observations", "terminals", "timeouts",
+                                           "infos/qpos", "infos/qvel", "rewards")}
+    assert data["observations"].shape == (500, 11) and data["infos/qpos"].shape == (500, 6)
+    assert not (data["terminals"] & data["timeouts"]).any()
+    assert data["terminals"].any(), "uniform random actions make the hopper fall within 40 steps sometimes"
+    ends = np.flatnonzero(data["terminals"] | data["timeouts"])
+    assert ends[-1] == 499
+    within = np.ones(500, dtype=bool)
+    within[ends] = False
+    np.testing.assert_allclose(data["next_observations"][:-1][within[:-1]], data["observations"][1:][within[:-1]],
+                               atol=1e-6)
+    # Hopper's observation is qpos without the root x, then the clipped qvel.
+    np.testing.assert_allclose(data["observations"][:, :5], data["infos/qpos"][:, 1:], atol=1e-5)
+    lengths = np.diff(np.r_[-1, ends])
+    assert lengths.max() <= 40
+    # Episodes that reached the 40-step limit without falling are timeouts, not terminals.
+    timeout_ends = np.flatnonzero(data["timeouts"])
+    assert all(lengths[list(ends).index(e)] == 40 or e == 499 for e in timeout_ends)
+    episodes = load_hdf5(path)
+    assert episodes.obs_dim == 11 and episodes.act_dim == 3 and len(episodes.rewards) == 500
+    meta = read_metadata(path)
+    assert meta["dataset_stats"]["n_steps"] == 500
+    assert meta["ref_scores"]["method"] == "d4rl" and reference_scores(path)["max"] == pytest.approx(3234.3)
+    np.testing.assert_allclose(meta["dataset_stats"]["mean_return"], episode_returns(data).mean())
+
+
+def test_collection_resumes_identically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    robot = replace(ROBOTS["halfcheetah"], episode_steps=30)
+    kwargs = {"n_steps": 300, "seed": 1, "n_envs": 2, "metadata": {"robot": "halfcheetah"}, "progress": False,
+              "groups_per_chunk": 2}
+    policy = lambda obs: np.tanh(obs[:, :6])  # noqa: E731 - deterministic policy, seeded env resets
+    full = collect_with_policy(robot, policy, tmp_path / "full.hdf5", **kwargs)  # type: ignore[arg-type]
+
+    import diffplan_envs.collect_locomotion as module
+
+    original = module.rollout_episodes
+    calls = {"n": 0}
+
+    def interrupted(*args: object, **kw: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "rollout_episodes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        collect_with_policy(robot, policy, tmp_path / "resumed.hdf5", **kwargs)  # type: ignore[arg-type]
+    assert len(list((tmp_path / "resumed.hdf5.partial").glob("chunk_*.npz"))) == 2
+    monkeypatch.setattr(module, "rollout_episodes", original)
+    resumed = collect_with_policy(robot, policy, tmp_path / "resumed.hdf5", **kwargs)  # type: ignore[arg-type]
+    with h5py.File(full) as a, h5py.File(resumed) as b:
+        for key in ("observations", "actions", "rewards", "terminals", "timeouts", "infos/qpos"):
+            np.testing.assert_array_equal(a[key][()], b[key][()])
+        assert a["timeouts"][()].sum() == 10 and not a["terminals"][()].any()
+    assert not (tmp_path / "resumed.hdf5.partial").exists()
+
+
+def test_truncate_marks_cut_episode() -> None:
+    data = {"rewards": np.ones(5), "terminals": np.zeros(5, bool), "timeouts": np.array([0, 0, 1, 0, 0], bool)}
+    out = truncate(data, 4)
+    assert out["timeouts"].tolist() == [False, False, True, True]
+    assert data["timeouts"][3] == 0  # input untouched
+
+
+def test_agent_pipeline_levels_and_resume(tmp_path: Path) -> None:
+    recipe = tiny_recipe(expert_steps=384)
+    paths = collect_locomotion_datasets(
+        ROBOTS["hopper"], ["random", "medium", "medium-replay", "medium-expert"], recipe=recipe,
+        agent_dir=tmp_path / "agent", data_dir=tmp_path, n_steps=400, n_envs=4, progress=False,
+    )
+    for level in ("random", "medium", "medium-replay", "expert", "medium-expert"):
+        assert (tmp_path / f"hopper-{level}.hdf5").exists()
+    state = json.loads((tmp_path / "agent" / "state.json").read_text())
+    assert state["snapshots"]["medium"]["steps"] == 128 and state["snapshots"]["expert"]["steps"] >= 384
+    replay = load_hdf5(paths["medium-replay"])
+    assert 0 < len(replay.rewards) <= 128
+    assert len(load_hdf5(paths["medium-expert"]).rewards) == 800
+    meta = read_metadata(paths["medium"])
+    assert meta["agent"]["recipe"]["algo"] == "ppo" and meta["policy"]["steps"] == 128
+    # A second call finds everything done and trains nothing more.
+    mtime = (tmp_path / "agent" / "latest.zip").stat().st_mtime
+    collect_locomotion_datasets(ROBOTS["hopper"], ["medium"], recipe=recipe, agent_dir=tmp_path / "agent",
+                                data_dir=tmp_path, n_steps=400, n_envs=4, progress=False)
+    assert (tmp_path / "agent" / "latest.zip").stat().st_mtime == mtime
+    # A changed recipe is refused, naming the setting.
+    with pytest.raises(ValueError, match=r"changed: \['n_envs'\]"):
+        AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_steps=384, n_envs=3), tmp_path / "agent")
+
+
+def test_agent_pipeline_resumes_training(tmp_path: Path) -> None:
+    recipe = tiny_recipe(medium_score=1e9, medium_max_steps=256)
+    pipeline = AgentPipeline(ROBOTS["walker2d"], recipe, tmp_path, progress=False)
+    pipeline.run(until="random")
+    assert pipeline.has_snapshot("random") and not pipeline.has_snapshot("medium")
+    state = AgentPipeline(ROBOTS["walker2d"], recipe, tmp_path, progress=False).run(until="medium")
+    assert state.snapshots["medium"]["steps"] == 256 and not state.snapshots["medium"]["reached_target"]
+    assert [e["steps"] for e in state.evals] == [128, 256]
+
+
+def test_batch_steps_and_terminates() -> None:
+    batch = LocomotionBatch("hopper-medium", 3)
+    obs, goals = batch.reset([0, 1, 2])
+    assert obs.shape == (3, 11) and goals.shape == (3, 0)
+    again = LocomotionBatch("hopper-medium", 3).reset([0, 1, 2])[0]
+    np.testing.assert_array_equal(obs, again)
+    active = np.array([True, False, True])
+    result = batch.step(np.zeros((3, 3)), active)
+    assert result.reward[1] == 0 and result.reward[0] != 0 and (result.errors == "").all()
+    terminated = False
+    for _ in range(200):  # full-force actions make the hopper fall
+        result = batch.step(np.ones((3, 3)))
+        terminated |= bool(result.terminated.any())
+    assert terminated
+    bad = batch.step(np.full((3, 3), np.nan))
+    assert bad.obs.shape == (3, 11)
+    batch.close()
+
+
+def test_collect_command_locomotion(tmp_path: Path) -> None:
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = as_config(compose("config", overrides=[
+            "task=hopper-medium", f"task.dataset={tmp_path / 'hopper-medium.hdf5'}", "collect.n_steps=300",
+            "collect.progress=false", "collect.n_envs=3", f"collect.agent_dir={tmp_path / 'agents'}",
+            "collect.agents.hopper.n_envs=2", "collect.agents.hopper.eval_every=128",
+            "collect.agents.hopper.eval_episodes=1", "collect.agents.hopper.medium_score=-1000",
+            "collect.agents.hopper.algo_kwargs.n_steps=64", "collect.agents.hopper.algo_kwargs.batch_size=64",
+            "collect.agents.hopper.algo_kwargs.n_epochs=1",
+        ]))
+    path = run_collect(cfg)
+    assert path == tmp_path / "hopper-medium.hdf5" and len(load_hdf5(path).rewards) == 300
+    assert (tmp_path / "agents" / "hopper" / "medium.zip").exists()
+    bad = cfg.copy() if hasattr(cfg, "copy") else cfg
+    bad.collect.levels = ["mediocre"]
+    with pytest.raises(ValueError, match="unknown level"):
+        run_collect(bad)
