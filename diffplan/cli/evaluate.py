@@ -119,7 +119,7 @@ def _evaluate_locomotion(cfg: Config) -> Path:
         if needs_value:
             value_path = Path(cfg.guidance.value_checkpoint)
             info["value"] = {"path": str(value_path.resolve()), "sha256": file_sha256(value_path)}
-    _, path = _run(cfg, policy, lambda n: LocomotionBatch(task, n), trained, info)
+    _, path = _run(cfg, policy, lambda n: LocomotionBatch(task, n), trained, info, has_success=False)
     return path
 
 
@@ -129,8 +129,13 @@ def _run(
     make_env: Callable[[int], BatchEnv],
     trained_config: dict[str, Any],
     checkpoint: dict[str, Any],
+    *,
+    has_success: bool = True,
 ) -> tuple[EvaluationOutput, Path]:
-    """Evaluate ``policy`` with the eval settings, write results.json, log the summary."""
+    """Evaluate ``policy`` with the eval settings, write results.json, log the summary.
+
+    ``has_success=False`` (locomotion: scored by return only) writes ``success_rate: null``.
+    """
     device = select_device(cfg.eval.device)
     ref = reference_scores(cfg.task.dataset)
     output = evaluate(
@@ -156,13 +161,16 @@ def _run(
         n_episodes_per_seed=cfg.eval.n_episodes,
         reference_scores=ref,
     )
+    if not has_success:
+        results["success_rate"] = None
     path = write_json(Path(cfg.eval.out_dir) / "results.json", results)
     score = results["normalized_score"]
+    success = "n/a" if results["success_rate"] is None else f"{results['success_rate']:.2f}"
     log.info(
-        "%s: normalized score %.1f +- %.1f (%s reference scores) over %d episodes (%d failed), success %.2f, "
+        "%s: normalized score %.1f +- %.1f (%s reference scores) over %d episodes (%d failed), success %s, "
         "%.3f s per plan -> %s",
         cfg.task.name, score["mean"], score["stderr"], ref.get("method", "dataset"), results["n_episodes"],
-        results["n_failed"], results["success_rate"], results["plan_time_s"]["mean"], path,
+        results["n_failed"], success, results["plan_time_s"]["mean"], path,
     )
     return output, path
 
