@@ -9,6 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 from diffplan_envs.collect_locomotion import (
     AgentPipeline,
     AgentRecipe,
@@ -119,6 +120,27 @@ def test_collection_resumes_identically(tmp_path: Path, monkeypatch: pytest.Monk
     assert not (tmp_path / "resumed.hdf5.partial").exists()
 
 
+def test_rollouts_leave_the_global_torch_rng_alone() -> None:
+    """Rollouts seed torch's global RNG per group (SB3 samples actions from it) but must restore the
+    caller's state: AgentPipeline evaluates between training chunks, and reseeding there would
+    restart the agent's exploration noise from the same state after every evaluation."""
+    from diffplan_envs.collect_locomotion import rollout_episodes
+
+    robot = replace(ROBOTS["hopper"], episode_steps=5)
+
+    def torch_policy(obs: np.ndarray) -> np.ndarray:
+        return torch.rand(len(obs), 3, dtype=torch.float64).numpy() * 2 - 1
+
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    first = rollout_episodes(robot, torch_policy, n_episodes=3, first_seed=0, n_envs=2, action_seed=7)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(999)  # the rollouts' own seeding makes them independent of the caller's state
+    again = rollout_episodes(robot, torch_policy, n_episodes=3, first_seed=0, n_envs=2, action_seed=7)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a["actions"], b["actions"])
+
+
 def test_truncate_marks_cut_episode() -> None:
     data = {"rewards": np.ones(5), "terminals": np.zeros(5, bool), "timeouts": np.array([0, 0, 1, 0, 0], bool)}
     out = truncate(data, 4)
@@ -151,11 +173,34 @@ def test_agent_pipeline_levels_and_resume(tmp_path: Path) -> None:
         AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_steps=384, n_envs=3), tmp_path / "agent")
 
 
+def test_expert_snapshot_when_medium_comes_after_the_expert_budget(tmp_path: Path) -> None:
+    """Medium taken at 256 steps (medium_max_steps) with expert_steps 128 already passed: the expert
+    snapshot must still be written (the pipeline used to stop with phase done and no expert, and
+    collecting the expert level then failed with KeyError: 'expert')."""
+    recipe = tiny_recipe(medium_score=1e9, medium_max_steps=256, expert_steps=128)
+    paths = collect_locomotion_datasets(ROBOTS["hopper"], ["expert"], recipe=recipe, agent_dir=tmp_path / "agent",
+                                        data_dir=tmp_path, n_steps=100, n_envs=2, progress=False)
+    assert paths["expert"].exists()
+    state = json.loads((tmp_path / "agent" / "state.json").read_text())
+    assert state["snapshots"]["medium"]["steps"] == 256 and state["snapshots"]["expert"]["steps"] == 256
+    assert state["phase"] == "done"
+
+
 def test_agent_pipeline_resumes_training(tmp_path: Path) -> None:
     recipe = tiny_recipe(medium_score=1e9, medium_max_steps=256)
     pipeline = AgentPipeline(ROBOTS["walker2d"], recipe, tmp_path, progress=False)
     pipeline.run(until="random")
     assert pipeline.has_snapshot("random") and not pipeline.has_snapshot("medium")
+    # The medium target may move while it is still ahead (here: a lower one, reached at once).
+    lowered = replace(recipe, medium_score=-1e9)
+    state = AgentPipeline(ROBOTS["walker2d"], lowered, tmp_path, progress=False).run(until="medium")
+    assert state.snapshots["medium"]["steps"] == 128 and state.snapshots["medium"]["reached_target"]
+    with pytest.raises(ValueError, match=r"changed: \['medium_score'\]"):
+        AgentPipeline(ROBOTS["walker2d"], recipe, tmp_path)
+
+
+def test_agent_pipeline_budget_stop(tmp_path: Path) -> None:
+    recipe = tiny_recipe(medium_score=1e9, medium_max_steps=256)
     state = AgentPipeline(ROBOTS["walker2d"], recipe, tmp_path, progress=False).run(until="medium")
     assert state.snapshots["medium"]["steps"] == 256 and not state.snapshots["medium"]["reached_target"]
     assert [e["steps"] for e in state.evals] == [128, 256]

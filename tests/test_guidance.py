@@ -401,3 +401,42 @@ def test_value_policy_warm_starts_from_the_shifted_previous_plan(model: TrainedM
     strided.model.config.task.stride = 2
     with pytest.raises(ValueError, match="task.stride=1"):
         ValuePolicy(strided, PlannerConfig())
+
+
+def test_value_planner_honours_return_condition_and_inverse_dynamics(model: TrainedModel) -> None:
+    """A Decision Diffuser checkpoint (planner=dd) in the locomotion evaluator: the value planner
+    must guide towards planner.return_target and execute the inverse-dynamics actions, as
+    GoalPlanner does, instead of silently sampling unconditionally with the diffused actions."""
+    from diffplan.config import ActionSource, ModelConfig
+    from diffplan.models.inverse_dynamics import InverseDynamics, plan_actions
+
+    torch.manual_seed(0)
+    unet = TemporalUnet(transition_dim=LAYOUT.transition_dim, horizon=PH, dim=8, dim_mults=(1, 2),
+                        return_condition=True).eval()
+    assert unet.null_condition is not None
+    with torch.no_grad():
+        unet.null_condition.normal_()
+    seen: list[object] = []
+    original_forward = unet.forward
+
+    def forward(x: Tensor, levels: Tensor, condition: Tensor | None = None, drop: Tensor | None = None) -> Tensor:
+        seen.append(condition)
+        return original_forward(x, levels, condition, drop)
+
+    unet.forward = forward  # type: ignore[method-assign]
+    head = InverseDynamics(LAYOUT.obs_dim, LAYOUT.act_dim, (16,)).eval()
+    dd = dataclasses.replace(model, denoiser=unet, config=Config(model=ModelConfig(return_condition=True)),
+                             inverse_dynamics=head)
+    planner = _planner(dd, ConstantGuide(), k=1, kind=GuidanceKind.none, return_target=0.7,
+                       guidance_weight=1.2, action_source=ActionSource.inverse_dynamics)
+    plan = planner.plan(STARTS, torch.Generator().manual_seed(0))
+    assert seen and all(isinstance(c, Tensor) and torch.allclose(c, torch.full_like(c, 0.7)) for c in seen)
+    assert plan.normalized is not None
+    with torch.no_grad():
+        expected = plan_actions(head, plan.normalized[..., LAYOUT.obs])
+    torch.testing.assert_close(plan.normalized[..., LAYOUT.act], expected)
+    raw = dd.normalizer.unnormalize(plan.normalized)
+    torch.testing.assert_close(plan.actions, raw[..., LAYOUT.act])
+    # Without the head the setting is refused, naming the fix.
+    with pytest.raises(ValueError, match="model.inverse_dynamics=true"):
+        _planner(model, ConstantGuide(), k=1, kind=GuidanceKind.none, action_source=ActionSource.inverse_dynamics)

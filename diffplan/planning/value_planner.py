@@ -4,7 +4,11 @@
 samples K candidates per environment for N environments in one guided sampler call of
 N x K trajectories (the value function's gradient steers every denoising step, see
 :class:`diffplan.guidance.Guidance`), scores the finished candidates with the guide's value
-at level 0 and returns the best one per environment.
+at level 0 and returns the best one per environment. As in
+:class:`diffplan.planning.planner.GoalPlanner`, a return-conditioned model
+(``model.return_condition``) is sampled with classifier-free guidance towards
+``planner.return_target`` and ``planner.action_source = inverse_dynamics`` replaces the
+plan's actions by the inverse-dynamics head's (Decision Diffuser, ``planner=dd``).
 
 :class:`ValuePolicy` executes the planned actions in closed loop: it replans every
 ``planner.replan_every`` steps (1 = every step, as Diffuser does) and executes the plan's
@@ -24,10 +28,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffplan.config import DiffusionConfig, GuidanceConfig, GuidanceKind, PlannerConfig
+from diffplan.config import ActionSource, DiffusionConfig, GuidanceConfig, GuidanceKind, PlannerConfig
+from diffplan.diffusion.cfg import ClassifierFreeGuidance
 from diffplan.diffusion.conditioning import goal_constraints
+from diffplan.diffusion.sampler import Denoiser
 from diffplan.diffusion.warm_start import warm_start
 from diffplan.guidance import Guidance, Guide, ValueGuide
+from diffplan.models.inverse_dynamics import plan_actions
 from diffplan.planning.planner import Plan, planning_sampler
 from diffplan.planning.policy import PlanRecord, RecedingHorizonPolicy
 from diffplan.training.checkpoint import TrainedModel
@@ -93,6 +100,12 @@ class ValuePlanner:
                 f"planner.warm_start_steps must be in [1, planner.warm_start_level={planner.warm_start_level}], "
                 f"got {planner.warm_start_steps}"
             )
+        self.action_source = ActionSource(planner.action_source)
+        if self.action_source is ActionSource.inverse_dynamics and model.inverse_dynamics is None:
+            raise ValueError(
+                f"planner.action_source=inverse_dynamics needs a checkpoint trained with model.inverse_dynamics=true; "
+                f"{model.path} has no inverse-dynamics head (use planner.action_source=diffused)"
+            )
         self.model = model
         self.guide = guide
         self.cfg = planner
@@ -144,8 +157,13 @@ class ValuePlanner:
                 steps=self.cfg.warm_start_steps,
                 generator=generator,
             )
+        denoiser: Denoiser = self.model.denoiser
+        if self.model.config.model.return_condition:
+            # As GoalPlanner: classifier-free guidance towards planner.return_target.
+            target = torch.full((n * k,), float(self.cfg.return_target), device=self.device)
+            denoiser = ClassifierFreeGuidance(self.model.denoiser, target, self.cfg.guidance_weight)
         x = self.sampler.sample(
-            self.model.denoiser,
+            denoiser,
             (n * k, horizon, layout.transition_dim),
             matrix,
             constraints=constraints,
@@ -154,6 +172,10 @@ class ValuePlanner:
             x_init=x_init,
             guidance=self.guidance,
         )
+        if self.action_source is ActionSource.inverse_dynamics:
+            assert self.model.inverse_dynamics is not None
+            x = x.clone()
+            x[..., layout.act] = plan_actions(self.model.inverse_dynamics, x[..., layout.obs])
         values = self.guide.objective(x, torch.zeros(n * k, horizon, device=self.device)).view(n, k)
         finite = torch.isfinite(x).all(dim=(1, 2)).view(n, k) & torch.isfinite(values)
         chosen = torch.where(finite, values, torch.full_like(values, -torch.inf)).argmax(dim=1)

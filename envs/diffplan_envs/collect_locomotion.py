@@ -215,8 +215,12 @@ class AgentPipeline:
         saved = json.loads(path.read_text())
         recipe = saved.pop("recipe", None) or {}
         current = _jsonable(asdict(self.recipe))
-        # expert_steps only says where training stops: it may grow between runs.
-        changed = sorted(k for k in current if k != "expert_steps" and recipe.get(k) != current[k])
+        # Stopping points may move while they are still ahead: expert_steps always, the medium
+        # target until the medium snapshot is taken.
+        movable = {"expert_steps"}
+        if "medium" not in saved.get("snapshots", {}):
+            movable |= {"medium_score", "medium_max_steps"}
+        changed = sorted(k for k in current if k not in movable and recipe.get(k) != current[k])
         if recipe and changed:
             raise ValueError(
                 f"{path} was written with a different agent recipe (changed: {changed}); restore the "
@@ -346,7 +350,9 @@ class AgentPipeline:
             self._save_model(model, venv, "medium")
             self.state.snapshots["medium"] = {"steps": steps, "eval_return": mean_return, "eval_score": score,
                                               "reached_target": reached}
-            self.state.phase = "expert" if self.recipe.expert_steps > steps else "done"
+            # Past an expert budget already (medium reached late, or medium_max_steps >= expert_steps):
+            # the expert snapshot is taken just below, at this step, instead of ending without one.
+            self.state.phase = "expert" if self.recipe.expert_steps > 0 else "done"
         if self.state.phase == "expert" and steps >= self.recipe.expert_steps:
             self._save_model(model, venv, "expert")
             self.state.snapshots["expert"] = {"steps": steps, "eval_return": mean_return, "eval_score": score}
@@ -431,7 +437,17 @@ def rollout_episodes(
 def _rollout_group(
     robot: Robot, policy: Callable[[np.ndarray], np.ndarray], ids: range, first_seed: int, action_seed: int
 ) -> list[dict[str, np.ndarray]]:
-    torch.manual_seed(action_seed * 1_000_003 + ids.start)
+    # SB3 policies sample from torch's global RNG: seed it for this group, and restore the caller's
+    # state afterwards, so an evaluation inside AgentPipeline.run does not reset the agent's
+    # training RNG to the same state after every evaluation.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(action_seed * 1_000_003 + ids.start)
+        return _rollout_group_seeded(robot, policy, ids, first_seed)
+
+
+def _rollout_group_seeded(
+    robot: Robot, policy: Callable[[np.ndarray], np.ndarray], ids: range, first_seed: int
+) -> list[dict[str, np.ndarray]]:
     envs = [TransitionRecorder(make_locomotion_env(robot)) for _ in ids]
     obs = np.stack([env.reset(seed=first_seed + i)[0] for env, i in zip(envs, ids, strict=True)])
     active = np.ones(len(envs), dtype=bool)
