@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from diffplan_envs.collect_locomotion import collect_with_policy
+from diffplan_envs.locomotion import ROBOTS
 from hydra import compose, initialize_config_dir
 
 from diffplan.cli.evaluate import run_evaluate
@@ -19,8 +21,6 @@ from diffplan.cli.train_bc import run_train_bc
 from diffplan.cli.train_value import run_train_value
 from diffplan.config import Config, as_config, register_configs
 from diffplan.training.checkpoint import CheckpointError
-from diffplan_envs.collect_locomotion import collect_with_policy
-from diffplan_envs.locomotion import ROBOTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
