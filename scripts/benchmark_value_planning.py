@@ -10,7 +10,7 @@ Presets:
   reference implementation needs 2.2 s for on a 2-core CPU (REFERENCE.md).
 - ``ours-cold``: the CPU-sized networks of ``+experiment=locomotion`` at 64 candidates,
   DDIM over 10 of the 20 levels, every plan from noise.
-- ``ours-warm``: the same, warm-started from the previous plan (re-noised to level 4, 2 steps).
+- ``ours-warm``: the same, warm-started from the previous plan (re-noised to level 6, 3 steps).
 - ``ours-eval``: exactly what the evaluations ran (8 candidates, warm start).
 
     python scripts/benchmark_value_planning.py --device cpu --out results/benchmarks/value-planning-cpu.json
@@ -50,7 +50,7 @@ PRESETS: dict[str, list[str]] = {
     "ours-cold (dim16 (1,2,4) nets, K=64, DDIM 10, cold start)": [
         *BASE, "planner.n_candidates=64", "planner.warm_start_level=0",
     ],
-    "ours-warm (same, warm start: re-noise to level 4, 2 steps)": [*BASE, "planner.n_candidates=64"],
+    "ours-warm (same, warm start: re-noise to level 6, 3 steps)": [*BASE, "planner.n_candidates=64"],
     "ours-eval (+experiment=locomotion as evaluated: K=8, warm start)": [*BASE],
 }
 

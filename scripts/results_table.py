@@ -1,6 +1,7 @@
-"""Print the README's results table from the evaluator JSON files under results/.
+"""Print the README's results tables from the evaluator JSON files under results/.
 
-    python scripts/results_table.py results/*.json
+    python scripts/results_table.py results/pointmaze-*.json
+    python scripts/results_table.py --locomotion results/locomotion/*.json
 """
 
 from __future__ import annotations
@@ -26,7 +27,35 @@ def row(path: Path) -> str:
     )
 
 
+def locomotion_row(path: Path) -> str:
+    r = json.loads(path.read_text())
+    cfg, trained = r["config"], r["trained_config"]
+    score = r["normalized_score"]
+    if cfg["eval"]["policy"] == "bc":
+        policy = "BC (MLP 256-256)"
+        training = f"{r['checkpoint']['step']} steps"
+    else:
+        guidance = cfg["guidance"]
+        planner = cfg["planner"]
+        kind = f"value guidance {guidance['scale']:g}" if guidance["kind"] == "value" else "unguided"
+        policy = f"diffusion, {kind}, K={planner['n_candidates']}"
+        model = trained["model"]
+        training = f"dim {model['dim']} {tuple(model['dim_mults'])}, {r['checkpoint']['step']} steps"
+    return (
+        f"| {r['task']} | {policy} | {training} | {len(r['seeds'])} x {r['n_episodes_per_seed']} | "
+        f"**{score['mean']:.1f} ± {score['stderr']:.1f}** | {r['plan_time_s']['mean']:.3f} | "
+        f"[{path.name}]({path.as_posix()}) |"
+    )
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--locomotion"]:
+        print("| dataset | policy | model, training | seeds x episodes | D4RL normalized score (mean ± s.e.) "
+              "| s per plan | results file |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for name in sys.argv[2:]:
+            print(locomotion_row(Path(name)))
+        return
     print("| task | tokens x stride | model, training | execution | seeds x episodes | normalized score "
           "(mean ± s.e.) | success | s per plan | results file |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
