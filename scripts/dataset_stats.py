@@ -1,0 +1,57 @@
+"""Summarize collected datasets from their metadata: size, episodes, mean return and score.
+
+    python scripts/dataset_stats.py data/hopper-medium.hdf5 ... --out results/datasets/locomotion.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from diffplan.data.hdf5 import read_metadata
+
+
+def summary(path: Path) -> dict[str, object]:
+    meta = read_metadata(path)
+    stats = meta.get("dataset_stats", {})
+    policy = meta.get("policy", {})
+    agent = meta.get("agent", {})
+    return {
+        "file": path.name,
+        "task": meta.get("task"),
+        "n_steps": stats.get("n_steps"),
+        "n_episodes": stats.get("n_episodes"),
+        "n_terminals": stats.get("n_terminals"),
+        "n_timeouts": stats.get("n_timeouts"),
+        "mean_return": stats.get("mean_return"),
+        "mean_normalized_score": stats.get("mean_normalized_score"),
+        "ref_scores": meta.get("ref_scores"),
+        "policy": policy,
+        "agent_algo": agent.get("recipe", {}).get("algo"),
+        "agent_evals": agent.get("evals"),
+        "created": meta.get("created"),
+        "package_versions": meta.get("package_versions"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    rows = [summary(path) for path in args.files]
+    print("| dataset | steps | episodes | mean return | D4RL normalized | agent steps at snapshot |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        policy = row["policy"] if isinstance(row["policy"], dict) else {}
+        print(f"| {row['task']} | {row['n_steps']:,} | {row['n_episodes']:,} | {row['mean_return']:.1f} | "
+              f"**{row['mean_normalized_score']:.1f}** | {policy.get('steps', 0):,} |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=1) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
