@@ -201,8 +201,22 @@ class BCConfig:
 
 @dataclass
 class AgentConfig:
-    """The stable-baselines3 agent that generates a locomotion robot's datasets (see
-    ``diffplan_envs.collect_locomotion.AgentRecipe`` for the meaning of each field)."""
+    """How the stable-baselines3 agent that generates a locomotion robot's datasets is trained
+    (all budgets in environment steps; ``diffplan_envs.collect_locomotion.AgentRecipe``).
+
+    Attributes:
+        algo: a stable-baselines3 algorithm name (``ppo``, ``sac``, ``td3``, ``a2c``).
+        n_envs: parallel training environments (PPO/A2C collect from all of them).
+        normalize_obs: wrap training in ``VecNormalize`` (observations; rewards too for
+            on-policy algorithms); the statistics are frozen and stored with each snapshot.
+        algo_kwargs: keyword arguments of the SB3 algorithm (``policy_kwargs`` included).
+        medium_score: D4RL-normalized evaluated score at which the medium policy is taken.
+        medium_max_steps: if the score is never reached, the medium policy is taken here.
+        expert_steps: total training steps of the expert policy (0: no expert).
+        eval_every: steps between evaluations and checkpoints.
+        eval_episodes: episodes per evaluation (stochastic policy, as collected).
+        seed: agent and evaluation seed.
+    """
 
     algo: str = "ppo"
     n_envs: int = 8

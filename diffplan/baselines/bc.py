@@ -31,6 +31,7 @@ from diffplan.data.episodes import Episodes
 from diffplan.data.normalizer import MIN_STD
 from diffplan.planning.policy import PlanRecord
 from diffplan.training.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from diffplan.training.loop import TrainSummary
 from diffplan.utils import select_device, set_threads
 
 log = logging.getLogger(__name__)
@@ -104,16 +105,8 @@ def observation_stats(observations: np.ndarray) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(data.mean(axis=0)).float(), torch.from_numpy(data.std(axis=0)).float()
 
 
-@dataclass
-class BCSummary:
-    """What a BC training run did."""
-
-    checkpoint: Path
-    steps: int
-    resumed_from: int
-    final_loss: float
-    wall_time_s: float
-    steps_per_s: float
+#: What a BC training run did (the same record as the diffusion and value trainers').
+BCSummary = TrainSummary
 
 
 class BCTrainer:
@@ -271,16 +264,7 @@ class BCTrainer:
                 self.save()
         bar.close()
         self.save()
-        wall = time.perf_counter() - t0
-        done = self.step - start
-        return BCSummary(
-            checkpoint=self.checkpoint_path,
-            steps=self.step,
-            resumed_from=start,
-            final_loss=loss,
-            wall_time_s=wall,
-            steps_per_s=done / wall if wall > 0 else 0.0,
-        )
+        return TrainSummary.since(self.checkpoint_path, self.step, start, loss, t0)
 
 
 def _load_bc_payload(path: Path, map_location: str | torch.device) -> dict[str, Any]:

@@ -81,6 +81,24 @@ def planning_sampler(model: TrainedModel, diffusion: DiffusionConfig) -> tuple[S
     )
 
 
+def check_planner(model: TrainedModel, planner: PlannerConfig) -> ActionSource:
+    """Validate the planner settings every planner shares against the model; returns the action source.
+
+    Raises:
+        ValueError: ``planner.n_candidates < 1``, or inverse-dynamics actions asked of a
+            checkpoint that has no inverse-dynamics head.
+    """
+    if planner.n_candidates < 1:
+        raise ValueError(f"planner.n_candidates must be >= 1, got {planner.n_candidates}")
+    source = ActionSource(planner.action_source)
+    if source is ActionSource.inverse_dynamics and model.inverse_dynamics is None:
+        raise ValueError(
+            f"planner.action_source=inverse_dynamics needs a checkpoint trained with model.inverse_dynamics=true; "
+            f"{model.path} has no inverse-dynamics head (use planner.action_source=diffused)"
+        )
+    return source
+
+
 class GoalPlanner:
     """Plans from the current state to a goal by inpainting both into the trajectory.
 
@@ -101,14 +119,7 @@ class GoalPlanner:
         goal_dims: list[int],
         device: torch.device | str = "cpu",
     ) -> None:
-        if planner.n_candidates < 1:
-            raise ValueError(f"planner.n_candidates must be >= 1, got {planner.n_candidates}")
-        self.action_source = ActionSource(planner.action_source)
-        if self.action_source is ActionSource.inverse_dynamics and model.inverse_dynamics is None:
-            raise ValueError(
-                f"planner.action_source=inverse_dynamics needs a checkpoint trained with model.inverse_dynamics=true; "
-                f"{model.path} has no inverse-dynamics head (use planner.action_source=diffused)"
-            )
+        self.action_source = check_planner(model, planner)
         self.model = model
         self.cfg = planner
         self.goal_dims = list(goal_dims)

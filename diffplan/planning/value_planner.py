@@ -35,7 +35,7 @@ from diffplan.diffusion.sampler import Denoiser
 from diffplan.diffusion.warm_start import warm_start
 from diffplan.guidance import Guidance, Guide, ValueGuide
 from diffplan.models.inverse_dynamics import plan_actions
-from diffplan.planning.planner import Plan, planning_sampler
+from diffplan.planning.planner import Plan, check_planner, planning_sampler
 from diffplan.planning.policy import PlanRecord, RecedingHorizonPolicy
 from diffplan.training.checkpoint import TrainedModel
 from diffplan.training.value_trainer import load_value_model
@@ -87,8 +87,7 @@ class ValuePlanner:
         guidance: GuidanceConfig,
         device: torch.device | str = "cpu",
     ) -> None:
-        if planner.n_candidates < 1:
-            raise ValueError(f"planner.n_candidates must be >= 1, got {planner.n_candidates}")
+        self.action_source = check_planner(model, planner)
         n_timesteps = model.schedule.n_timesteps
         if not 0 <= planner.warm_start_level <= n_timesteps:
             raise ValueError(
@@ -99,12 +98,6 @@ class ValuePlanner:
             raise ValueError(
                 f"planner.warm_start_steps must be in [1, planner.warm_start_level={planner.warm_start_level}], "
                 f"got {planner.warm_start_steps}"
-            )
-        self.action_source = ActionSource(planner.action_source)
-        if self.action_source is ActionSource.inverse_dynamics and model.inverse_dynamics is None:
-            raise ValueError(
-                f"planner.action_source=inverse_dynamics needs a checkpoint trained with model.inverse_dynamics=true; "
-                f"{model.path} has no inverse-dynamics head (use planner.action_source=diffused)"
             )
         self.model = model
         self.guide = guide

@@ -50,6 +50,13 @@ class TrainSummary:
     wall_time_s: float
     steps_per_s: float
 
+    @classmethod
+    def since(cls, checkpoint: Path, step: int, start: int, final_loss: float, t0: float) -> TrainSummary:
+        """The summary of a run that went from step ``start`` to ``step``, started at ``perf_counter() = t0``."""
+        wall = time.perf_counter() - t0
+        return cls(checkpoint=checkpoint, steps=step, resumed_from=start, final_loss=final_loss, wall_time_s=wall,
+                   steps_per_s=(step - start) / wall if wall > 0 else 0.0)
+
 
 def check_intervals(settings: LoopSettings, section: str) -> None:
     """Raise unless steps, batch size and the checkpoint and log intervals are positive."""
@@ -224,16 +231,7 @@ class TrainingLoop:
         self.save()
         if writer is not None:
             writer.close()
-        wall = time.perf_counter() - t0
-        done = self.step - start
-        return TrainSummary(
-            checkpoint=self.checkpoint_path,
-            steps=self.step,
-            resumed_from=start,
-            final_loss=loss,
-            wall_time_s=wall,
-            steps_per_s=done / wall if wall > 0 else 0.0,
-        )
+        return TrainSummary.since(self.checkpoint_path, self.step, start, loss, t0)
 
 
 def summary_writer(path: Path) -> Any:

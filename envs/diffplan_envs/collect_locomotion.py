@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from diffplan.config import AgentConfig
 from diffplan_envs.locomotion import LEVELS, Robot, make_locomotion_env, mujoco_state
 from diffplan_envs.reference_scores import normalized_score
 
@@ -51,34 +52,8 @@ _ARRAY_KEYS = ("observations", "actions", "rewards", "next_observations", "termi
                "infos/qpos", "infos/qvel")
 
 
-@dataclass
-class AgentRecipe:
-    """How the data-generating agent is trained (all budgets in environment steps).
-
-    Attributes:
-        algo: a stable-baselines3 algorithm name (``ppo``, ``sac``, ``td3``, ``a2c``).
-        n_envs: parallel training environments (PPO/A2C collect from all of them).
-        normalize_obs: wrap training in ``VecNormalize`` (observations; rewards too for
-            on-policy algorithms); the statistics are frozen and stored with each snapshot.
-        algo_kwargs: keyword arguments of the SB3 algorithm (``policy_kwargs`` included).
-        medium_score: D4RL-normalized evaluated score at which the medium policy is taken.
-        medium_max_steps: if the score is never reached, the medium policy is taken here.
-        expert_steps: total training steps of the expert policy (0: no expert).
-        eval_every: steps between evaluations and checkpoints.
-        eval_episodes: episodes per evaluation (stochastic policy, as collected).
-        seed: agent and evaluation seed.
-    """
-
-    algo: str = "ppo"
-    n_envs: int = 8
-    normalize_obs: bool = True
-    algo_kwargs: dict[str, Any] = field(default_factory=dict)
-    medium_score: float = 45.0
-    medium_max_steps: int = 3_000_000
-    expert_steps: int = 0
-    eval_every: int = 50_000
-    eval_episodes: int = 10
-    seed: int = 0
+#: How the data-generating agent is trained: the ``collect.agents.<robot>`` config section.
+AgentRecipe = AgentConfig
 
 
 # ----------------------------------------------------------------------------- recording
