@@ -38,7 +38,9 @@ def locomotion_row(path: Path) -> str:
         guidance = cfg["guidance"]
         planner = cfg["planner"]
         kind = f"value guidance {guidance['scale']:g}" if guidance["kind"] == "value" else "unguided"
-        policy = f"diffusion, {kind}, K={planner['n_candidates']}"
+        start = (f"warm {planner['warm_start_level']}/{planner['warm_start_steps']}" if planner["warm_start_level"]
+                 else f"cold {cfg['diffusion']['sampling_steps']}")
+        policy = f"diffusion, {kind}, K={planner['n_candidates']}, replan {planner['replan_every']}, {start}"
         model = trained["model"]
         training = f"dim {model['dim']} {tuple(model['dim_mults'])}, {r['checkpoint']['step']} steps"
     return (
