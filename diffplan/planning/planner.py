@@ -81,6 +81,15 @@ def planning_sampler(model: TrainedModel, diffusion: DiffusionConfig) -> tuple[S
     )
 
 
+def planning_denoiser(model: TrainedModel, planner: PlannerConfig, batch: int, device: torch.device) -> Denoiser:
+    """The model's denoiser, wrapped in classifier-free guidance towards ``planner.return_target``
+    (weight ``planner.guidance_weight``) when the model is return-conditioned."""
+    if not model.config.model.return_condition:
+        return model.denoiser
+    target = torch.full((batch,), float(planner.return_target), device=device)
+    return ClassifierFreeGuidance(model.denoiser, target, planner.guidance_weight)
+
+
 def check_planner(model: TrainedModel, planner: PlannerConfig) -> ActionSource:
     """Validate the planner settings every planner shares against the model; returns the action source.
 
@@ -138,12 +147,8 @@ class GoalPlanner:
         constraints = goal_constraints(
             layout, self.model.normalizer, horizon, observations, goals, self.goal_dims
         ).repeat_interleave(k)
-        denoiser: Denoiser = self.model.denoiser
-        if self.model.config.model.return_condition:
-            target = torch.full((n * k,), float(self.cfg.return_target), device=self.device)
-            denoiser = ClassifierFreeGuidance(self.model.denoiser, target, self.cfg.guidance_weight)
         x = self.sampler.sample(
-            denoiser,
+            planning_denoiser(self.model, self.cfg, n * k, self.device),
             (n * k, horizon, layout.transition_dim),
             self.matrix,
             constraints=constraints,

@@ -29,13 +29,11 @@ import torch
 from torch import Tensor
 
 from diffplan.config import ActionSource, DiffusionConfig, GuidanceConfig, GuidanceKind, PlannerConfig
-from diffplan.diffusion.cfg import ClassifierFreeGuidance
 from diffplan.diffusion.conditioning import goal_constraints
-from diffplan.diffusion.sampler import Denoiser
 from diffplan.diffusion.warm_start import warm_start
 from diffplan.guidance import Guidance, Guide, ValueGuide
 from diffplan.models.inverse_dynamics import plan_actions
-from diffplan.planning.planner import Plan, check_planner, planning_sampler
+from diffplan.planning.planner import Plan, check_planner, planning_denoiser, planning_sampler
 from diffplan.planning.policy import PlanRecord, RecedingHorizonPolicy
 from diffplan.training.checkpoint import TrainedModel
 from diffplan.training.value_trainer import load_value_model
@@ -150,13 +148,8 @@ class ValuePlanner:
                 steps=self.cfg.warm_start_steps,
                 generator=generator,
             )
-        denoiser: Denoiser = self.model.denoiser
-        if self.model.config.model.return_condition:
-            # As GoalPlanner: classifier-free guidance towards planner.return_target.
-            target = torch.full((n * k,), float(self.cfg.return_target), device=self.device)
-            denoiser = ClassifierFreeGuidance(self.model.denoiser, target, self.cfg.guidance_weight)
         x = self.sampler.sample(
-            denoiser,
+            planning_denoiser(self.model, self.cfg, n * k, self.device),
             (n * k, horizon, layout.transition_dim),
             matrix,
             constraints=constraints,
