@@ -1,0 +1,57 @@
+"""Paired difference of normalized scores between two policies evaluated on the same episodes.
+
+Episodes are matched by their reset seed (the same seeds give the same start states), pooled
+over any number of results files per side. Prints mean, standard error and a 95% percentile
+bootstrap interval of the per-episode difference A - B, and writes them as JSON.
+
+    python scripts/paired_difference.py --a results/locomotion/hopper-medium-value-1.0*.json \\
+        --b results/locomotion/hopper-medium-unguided*.json --out results/locomotion/paired-hopper-medium.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def scores_by_reset_seed(paths: list[Path]) -> dict[int, float]:
+    scores: dict[int, float] = {}
+    for path in paths:
+        for episode in json.loads(path.read_text())["episodes"]:
+            scores[int(episode["reset_seed"])] = float(episode["normalized_score"])
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--a", type=Path, nargs="+", required=True)
+    parser.add_argument("--b", type=Path, nargs="+", required=True)
+    parser.add_argument("--n-bootstrap", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    a, b = scores_by_reset_seed(args.a), scores_by_reset_seed(args.b)
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise SystemExit("the two sides share no reset seed: evaluate them with the same eval.seeds and n_episodes")
+    diff = np.array([a[k] - b[k] for k in common])
+    rng = np.random.default_rng(args.seed)
+    boot = rng.choice(diff, size=(args.n_bootstrap, len(diff)), replace=True).mean(axis=1)
+    result = {
+        "a": [str(p) for p in args.a], "b": [str(p) for p in args.b], "n_pairs": len(common),
+        "mean_a": float(np.mean([a[k] for k in common])), "mean_b": float(np.mean([b[k] for k in common])),
+        "mean_difference": float(diff.mean()), "stderr": float(diff.std(ddof=1) / np.sqrt(len(diff))),
+        "bootstrap_95ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+        "n_bootstrap": args.n_bootstrap, "seed": args.seed,
+    }
+    print(json.dumps(result, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
