@@ -243,3 +243,20 @@ def test_collect_command_locomotion(tmp_path: Path) -> None:
     bad.collect.levels = ["mediocre"]
     with pytest.raises(ValueError, match="unknown level"):
         run_collect(bad)
+
+
+def test_bad_agent_settings_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="algo='dqn' is not supported"):
+        AgentPipeline(ROBOTS["hopper"], tiny_recipe(algo="dqn"), tmp_path, progress=False).run(until="random")
+    bad_act = tiny_recipe(algo_kwargs={**TINY_PPO, "policy_kwargs": {"activation_fn": "swish"}})
+    with pytest.raises(ValueError, match="activation_fn='swish'"):
+        AgentPipeline(ROBOTS["hopper"], bad_act, tmp_path / "act", progress=False).run(until="random")
+    with pytest.raises(ValueError, match="expert_steps > 0"):
+        collect_locomotion_datasets(ROBOTS["hopper"], ["expert"], recipe=tiny_recipe(), agent_dir=tmp_path / "e",
+                                    data_dir=tmp_path, progress=False)
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = as_config(compose("config", overrides=["task=hopper-medium", f"task.dataset={tmp_path / 'h.hdf5'}"]))
+    del cfg.collect.agents["hopper"]
+    with pytest.raises(ValueError, match="collect.agents has no recipe for robot 'hopper'"):
+        run_collect(cfg)
