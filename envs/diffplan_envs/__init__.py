@@ -1,7 +1,17 @@
-"""PointMaze environments, data controller, dataset collector and reference scores for diffplan."""
+"""PointMaze and MuJoCo locomotion environments, data collectors and reference scores for diffplan."""
 
 from diffplan_envs.collect_maze import MazeRecipe, collect_maze_dataset
 from diffplan_envs.controller import WaypointController, noisy_action, q_iteration_next_cells
+from diffplan_envs.locomotion import (
+    LEVELS,
+    ROBOTS,
+    LocomotionBatch,
+    LocomotionTask,
+    Robot,
+    get_locomotion_task,
+    is_locomotion_task,
+    make_locomotion_env,
+)
 from diffplan_envs.maze import (
     GOAL_RADIUS,
     MAZE_TASKS,
@@ -22,6 +32,14 @@ from diffplan_envs.reference_scores import (
 )
 
 __all__ = [
+    "LEVELS",
+    "ROBOTS",
+    "LocomotionBatch",
+    "LocomotionTask",
+    "Robot",
+    "get_locomotion_task",
+    "is_locomotion_task",
+    "make_locomotion_env",
     "D4RL_REF_SCORES",
     "GOAL_RADIUS",
     "MAZE_TASKS",

@@ -42,7 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffplan.config import AgentConfig
-from diffplan_envs.locomotion import LEVELS, Robot, make_locomotion_env, mujoco_state
+from diffplan_envs.locomotion import LEVELS, ROBOTS, Robot, make_locomotion_env, mujoco_state
 from diffplan_envs.reference_scores import normalized_score
 
 logger = logging.getLogger(__name__)
@@ -516,16 +516,12 @@ def write_dataset(path: Path, data: dict[str, np.ndarray], metadata: dict[str, A
     from diffplan.data.hdf5 import write_hdf5
 
     returns = episode_returns(data)
-    full = returns  # every episode ends at a terminal or a timeout
-    robot = metadata["robot"]
-    from diffplan_envs.locomotion import ROBOTS
-
-    ref = ROBOTS[robot].ref_scores
+    ref = ROBOTS[metadata["robot"]].ref_scores  # every episode ends at a terminal or a timeout
     stats = {
         "n_steps": len(data["rewards"]),
         "n_episodes": len(returns),
-        "mean_return": float(np.mean(full)) if len(full) else float("nan"),
-        "mean_normalized_score": float(np.mean(normalized_score(full, *ref))) if len(full) else float("nan"),
+        "mean_return": float(np.mean(returns)) if len(returns) else float("nan"),
+        "mean_normalized_score": float(np.mean(normalized_score(returns, *ref))) if len(returns) else float("nan"),
         "n_terminals": int(data["terminals"].sum()),
         "n_timeouts": int(data["timeouts"].sum()),
     }
