@@ -106,3 +106,9 @@ def test_demo_console_command(tmp_path: Path) -> None:
     assert "normalized score" in report and "paths.png" in report
     assert (run / "eval" / "results.json").exists()
     assert (run / "pointmaze-umaze-3000.hdf5").exists()
+
+
+def test_bc_policy_on_a_maze_is_refused(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, ["eval.policy=bc"])
+    with pytest.raises(ValueError, match="eval.policy=bc is for locomotion tasks"):
+        run_evaluate(cfg)
