@@ -137,6 +137,8 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0
     progress: bool = True
+    # Wall-clock budget of one invocation (minutes): stop early with a checkpoint; rerun to go on.
+    max_minutes: float | None = None
 
 
 @dataclass
@@ -263,6 +265,8 @@ class ValueConfig:
     device: str = "auto"
     threads: int = 0
     progress: bool = True
+    # Wall-clock budget of one invocation (minutes): stop early with a checkpoint; rerun to go on.
+    max_minutes: float | None = None
 
 
 @dataclass

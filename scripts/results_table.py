@@ -43,6 +43,11 @@ def locomotion_row(path: Path) -> str:
         policy = f"diffusion, {kind}, K={planner['n_candidates']}, replan {planner['replan_every']}, {start}"
         model = trained["model"]
         training = f"dim {model['dim']} {tuple(model['dim_mults'])}, {r['checkpoint']['step']} steps"
+        if trained["train"]["batch_size"] != 32:
+            training += f" x batch {trained['train']['batch_size']}"
+    gpu = r.get("hardware", {}).get("gpu")
+    if gpu:
+        training += f" ({gpu.removeprefix('NVIDIA ')})"
     return (
         f"| {r['task']} | {policy} | {training} | {len(r['seeds'])} x {r['n_episodes_per_seed']} | "
         f"**{score['mean']:.1f} ± {score['stderr']:.1f}** | {r['plan_time_s']['mean']:.3f} | "

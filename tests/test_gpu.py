@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffplan.config import Config, DiffusionConfig, PlannerConfig
+from diffplan.config import Config, DiffusionConfig, GuidanceConfig, GuidanceKind, PlannerConfig, ValueConfig
 from diffplan.data import LimitsNormalizer, TrajectoryLayout
 from diffplan.diffusion.loss import diffusion_loss
 from diffplan.diffusion.schedule import NoiseSchedule
+from diffplan.guidance import ValueGuide
 from diffplan.models.unet import TemporalUnet
+from diffplan.models.value import build_value_net
 from diffplan.planning.planner import GoalPlanner
+from diffplan.planning.value_planner import ValuePlanner
 from diffplan.training.checkpoint import TrainedModel
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -50,3 +53,27 @@ def test_cuda_training_step_runs() -> None:
     loss = diffusion_loss(denoiser, model.schedule, x0, levels, torch.randn_like(x0))
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def value_plans(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A value-guided cold plan, then a warm-started one, for 3 environments (first actions)."""
+    model = _model(device)
+    torch.manual_seed(0)
+    value = build_value_net(ValueConfig(dim=8, dim_mults=[1, 2]), transition_dim=6, horizon=16).eval().to(device)
+    planner = ValuePlanner(
+        model, ValueGuide(value), planner=PlannerConfig(mode="actions", n_candidates=4, warm_start_level=4,
+                                                       warm_start_steps=2),
+        diffusion=DiffusionConfig(n_timesteps=10, sampling_steps=5),
+        guidance=GuidanceConfig(kind=GuidanceKind.value, scale=1.0), device=device,
+    )
+    generator = torch.Generator(device=device).manual_seed(0)
+    observations = torch.tensor([[0.5, -1.0, 0.1, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, -0.5, 0.5]])
+    cold = planner.plan(observations, generator)
+    warm = planner.plan(observations, generator, previous=cold.normalized, shift=1)
+    return cold.actions[:, 0].cpu(), warm.actions[:, 0].cpu()
+
+
+def test_cuda_value_guided_planning_with_warm_start() -> None:
+    cold, warm = value_plans("cuda")
+    assert cold.shape == warm.shape == (3, 2)
+    assert torch.isfinite(cold).all() and torch.isfinite(warm).all()

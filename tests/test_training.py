@@ -14,6 +14,7 @@ from diffplan.data import Episodes, TrajectoryLayout, load_hdf5, write_hdf5
 from diffplan.diffusion.loss import diffusion_loss
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.training import checkpoint as checkpoint_module
+from diffplan.training import loop as loop_module
 from diffplan.training.checkpoint import CheckpointError, load_checkpoint, load_trained_model
 from diffplan.training.trainer import Trainer, loss_weights, update_ema
 
@@ -84,6 +85,31 @@ def test_resume_is_bit_identical(straight_run: Trainer, episodes: Episodes, tmp_
     fresh = Trainer(_config(6), episodes, tmp_path / "fresh", {})
     assert not all(torch.equal(a, b) for a, b in zip(fresh.model.state_dict().values(),
                                                       straight_run.model.state_dict().values(), strict=True))
+
+
+def test_max_minutes_stops_with_a_checkpoint_and_the_same_command_resumes(
+    straight_run: Trainer, episodes: Episodes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = iter(range(0, 10_000, 20))  # every reading of the clock is 20 s after the last
+    monkeypatch.setattr(loop_module.time, "perf_counter", lambda: float(next(clock)))
+    cfg = _config(6)
+    cfg.train.max_minutes = 1.0
+    first = Trainer(cfg, episodes, tmp_path, {"path": "tiny.hdf5"})
+    summary = first.train()
+    assert summary.steps == 2 and load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
+    monkeypatch.undo()
+    cfg.train.max_minutes = None
+    second = Trainer(cfg, episodes, tmp_path, {"path": "tiny.hdf5"})
+    assert second.train().resumed_from == 2
+    expected, got = _tensors(straight_run), _tensors(second)
+    assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
+
+
+def test_max_minutes_must_be_positive(episodes: Episodes, tmp_path: Path) -> None:
+    cfg = _config(6)
+    cfg.train.max_minutes = 0.0
+    with pytest.raises(ValueError, match=r"train\.max_minutes must be > 0"):
+        Trainer(cfg, episodes, tmp_path, {})
 
 
 def test_checkpoint_contents(straight_run: Trainer) -> None:

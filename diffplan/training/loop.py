@@ -37,6 +37,7 @@ class LoopSettings(Protocol):
     ckpt_every: int
     log_every: int
     progress: bool
+    max_minutes: float | None
 
 
 @dataclass
@@ -63,6 +64,10 @@ def check_intervals(settings: LoopSettings, section: str) -> None:
     for key in ("steps", "batch_size", "ckpt_every", "log_every"):
         if getattr(settings, key) < 1:
             raise ValueError(f"{section}.{key} must be >= 1, got {getattr(settings, key)}")
+    if settings.max_minutes is not None and not settings.max_minutes > 0:
+        raise ValueError(
+            f"{section}.max_minutes must be > 0 minutes (or null for no limit), got {settings.max_minutes}"
+        )
 
 
 @torch.no_grad()
@@ -196,7 +201,11 @@ class TrainingLoop:
         raise NotImplementedError
 
     def train(self, *, resume: bool = True) -> TrainSummary:
-        """Train until ``settings.steps``, checkpointing every ``ckpt_every`` steps and at the end."""
+        """Train until ``settings.steps``, checkpointing every ``ckpt_every`` steps and at the end.
+
+        With ``settings.max_minutes`` set, stop after that much wall-clock time (checkpointing as
+        at the end); the same call with ``resume=True`` goes on from there.
+        """
         if resume:
             self.resume()
         settings = self.settings
@@ -209,7 +218,12 @@ class TrainingLoop:
         )
         running, n_running = 0.0, 0
         running_extra: dict[str, float] = {}
+        deadline = t0 + 60.0 * settings.max_minutes if settings.max_minutes is not None else float("inf")
         while self.step < settings.steps:
+            if time.perf_counter() >= deadline:
+                log.info("%s: stopping at step %d of %d (max_minutes=%s); rerun to resume",
+                         self.log_prefix, self.step, settings.steps, settings.max_minutes)
+                break
             loss = self.train_step()
             running, n_running = running + loss, n_running + 1
             for name, value in self.extra_losses().items():
