@@ -1,7 +1,7 @@
 """Structured configs: typed dataclasses registered in Hydra's ConfigStore.
 
 Each config group under ``conf/`` (task, model, diffusion, planner, train, eval, collect,
-bc) is validated against one of these schemas, so a bad override fails early with its full key
+bc, offline) is validated against one of these schemas, so a bad override fails early with its full key
 and, for choices, the allowed values (enums).
 """
 
@@ -17,7 +17,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from diffplan.data.normalizer import NormalizerKind
 from diffplan.diffusion.sampler import SamplerKind
 from diffplan.diffusion.schedule import PredictionType, ScheduleKind
-from diffplan.guidance.base import GuideTarget
+from diffplan.guidance.base import GuidanceSchedule, GuideTarget
 
 
 class ModelKind(StrEnum):
@@ -51,13 +51,26 @@ class GuidanceKind(StrEnum):
 
     none = "none"
     value = "value"
+    # Policy-guided diffusion (Jackson et al. 2024): the target policy's action log-likelihood.
+    policy = "policy"
+    # Both: value gradient weighted by guidance.scale plus policy gradient by guidance.policy_scale.
+    value_policy = "value_policy"
 
 
 class EvalPolicy(StrEnum):
-    """What ``diffplan-evaluate`` runs: the diffusion planner, or the behaviour-cloning baseline."""
+    """What ``diffplan-evaluate`` runs: the diffusion planner, the behaviour-cloning baseline, or
+    the offline RL agent of ``offline.run_dir`` (TD3+BC or IQL)."""
 
     planner = "planner"
     bc = "bc"
+    offline = "offline"
+
+
+class OfflineAlgo(StrEnum):
+    """Offline RL algorithm of ``diffplan-train-offline``."""
+
+    td3bc = "td3bc"
+    iql = "iql"
 
 
 class Selection(StrEnum):
@@ -133,6 +146,12 @@ class TrainConfig:
     pad: bool = False
     # Probability per sample of replacing the return condition by the null one (model.return_condition).
     cond_dropout: float = 0.25
+    # Reward and terminal-flag channels after the actions (synthetic experience needs them),
+    # and their loss weights on every token (observations and actions weigh 1).
+    model_rewards: bool = False
+    model_terminals: bool = False
+    reward_weight: float = 1.0
+    terminal_weight: float = 1.0
     seed: int = 0
     device: str = "auto"
     threads: int = 0
@@ -181,6 +200,27 @@ class EvalConfig:
 
 
 @dataclass
+class GenerateConfig:
+    """Synthetic experience (``diffplan-generate``): M trajectories of L transitions from dataset
+    start states, sampled by the model of ``eval.checkpoint`` under ``guidance``."""
+
+    n_trajectories: int = 1000
+    # Transitions per trajectory (L + 1 tokens; at most the model's horizon minus one).
+    length: int = 16
+    batch_size: int = 256
+    seed: int = 0
+    # A terminal channel above this ends the trajectory (models trained with train.model_terminals).
+    terminal_threshold: float = 0.5
+    out: str = "${run_dir}/synthetic/${task.name}.hdf5"
+    # After writing: dynamics error (locomotion) and the target policy's log-likelihood -> <out>.metrics.json
+    metrics: bool = True
+    metrics_transitions: int = 5000
+    device: str = "auto"
+    threads: int = 0
+    progress: bool = True
+
+
+@dataclass
 class BCConfig:
     """Behaviour cloning baseline (``diffplan-train-bc``)."""
 
@@ -199,6 +239,58 @@ class BCConfig:
     threads: int = 0
     progress: bool = True
     run_dir: str = "${run_dir}/bc"
+
+
+@dataclass
+class OfflineConfig:
+    """Offline RL agent (``diffplan-train-offline``): TD3+BC or IQL on the task's dataset, optionally
+    mixed with a synthetic dataset (policy-guided diffusion). Defaults are TD3+BC's (Fujimoto & Gu
+    2021); ``conf/offline/iql.yaml`` sets CORL's IQL locomotion defaults."""
+
+    algo: OfflineAlgo = OfflineAlgo.td3bc
+    # Actor, critic and value MLP hidden widths (ReLU).
+    hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
+    steps: int = 1_000_000
+    batch_size: int = 256
+    lr: float = 3e-4
+    discount: float = 0.99
+    # Polyak rate of the target networks.
+    tau: float = 0.005
+    # Actions lie in [-max_action, max_action] (all dimensions).
+    max_action: float = 1.0
+    # Observations normalized by the real dataset's mean and std (+ 1e-3), stored in the checkpoint.
+    normalize_states: bool = True
+    # Rewards scaled by reward_scale / (max episode return - min episode return) of the real dataset (IQL).
+    normalize_reward: bool = False
+    reward_scale: float = 1000.0
+    # Cosine decay of the actor's learning rate to 0 over offline.steps (IQL).
+    actor_cosine: bool = False
+    # TD3+BC.
+    alpha: float = 2.5
+    policy_noise: float = 0.2
+    noise_clip: float = 0.5
+    policy_freq: int = 2
+    # IQL.
+    expectile: float = 0.7
+    temperature: float = 3.0
+    adv_max: float = 100.0
+    # Standard deviation of the Gaussian around TD3+BC's deterministic action in log_prob.
+    std: float = 0.1
+    # Synthetic transitions: a dataset file (D4RL layout) or null; the share of each batch drawn
+    # from them (0 = real only, 1 = synthetic only; PGD: 240 of 256 = 0.9375); regenerate the
+    # synthetic set with the current agent as target policy every this many updates (0 = never).
+    synthetic: str | None = None
+    synthetic_ratio: float = 0.0
+    regenerate_every: int = 0
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    progress: bool = True
+    # Wall-clock budget of one invocation (minutes): stop early with a checkpoint; rerun to go on.
+    max_minutes: float | None = None
+    ckpt_every: int = 5000
+    log_every: int = 1000
+    run_dir: str = "${run_dir}/offline-${offline.algo}"
 
 
 @dataclass
@@ -271,7 +363,7 @@ class ValueConfig:
 
 @dataclass
 class GuidanceConfig:
-    """Guided sampling at planning time (Diffuser's value guidance)."""
+    """Guided sampling: Diffuser's value guidance and/or policy guidance (PGD)."""
 
     kind: GuidanceKind = GuidanceKind.none
     scale: float = 0.1
@@ -281,6 +373,18 @@ class GuidanceConfig:
     scale_grad_by_std: bool = True
     apply_to: GuideTarget = GuideTarget.x_t
     value_checkpoint: str = "${value.run_dir}/checkpoint.pt"
+    # Policy guidance (kind policy / value_policy, diffplan.guidance.build_guidance): the target
+    # policy "<kind>:<path>" (diffplan.policies.load_target_policy; kinds sb3-sac, sb3-td3, bc, offline),
+    # its step size, the std of deterministic policies (env action units) and an optional
+    # VecNormalize pickle for SB3 agents (null: <stem>_vecnorm.pkl next to the zip if present).
+    policy: str | None = None
+    policy_scale: float = 1.0
+    policy_std: float = 0.1
+    policy_vecnormalize: str | None = None
+    # Step size over the denoising steps, per token: constant | linear | cosine | pgd.
+    schedule: GuidanceSchedule = GuidanceSchedule.constant
+    # Rescale the policy gradient per sample to unit RMS per action entry (diffplan.guidance.PolicyGuide).
+    normalize_grad: bool = False
 
 
 @dataclass
@@ -311,6 +415,8 @@ class Config:
     value: ValueConfig = field(default_factory=ValueConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     bc: BCConfig = field(default_factory=BCConfig)
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
     run_dir: str = "runs/${task.name}"
 
 
@@ -328,6 +434,7 @@ def register_configs() -> None:
     store.store(group="value", name="value_schema", node=ValueConfig)
     store.store(group="guidance", name="guidance_schema", node=GuidanceConfig)
     store.store(group="bc", name="bc_schema", node=BCConfig)
+    store.store(group="offline", name="offline_schema", node=OfflineConfig)
 
 
 def to_container(cfg: DictConfig | Config) -> dict[str, Any]:

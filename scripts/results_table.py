@@ -55,7 +55,30 @@ def locomotion_row(path: Path) -> str:
     )
 
 
+def synthetic_row(path: Path) -> str:
+    """One row of the policy-guidance table from a ``diffplan-generate`` metrics JSON."""
+    r = json.loads(path.read_text())
+    g = r["config"]["guidance"]
+    dyn, lp = r["dynamics_error"], r["policy_log_prob"]
+    coefficient = g["policy_scale"] if g["kind"] != "none" else 0.0
+    return (
+        f"| {r['task']} | {coefficient:g} | {g['schedule']}, {g['apply_to']}, {g['n_guide_steps']} steps"
+        f"{', normalized' if g['normalize_grad'] else ''} "
+        f"| {r['n_trajectories']} x {r['config']['generate']['length']} "
+        f"| **{lp['generated_mean']:.2f} ± {lp['generated_stderr']:.2f}** | {lp['dataset_mean']:.2f} "
+        f"| **{dyn['next_obs_mse']:.3f}** | {dyn['reward_mse']:.3f} | [{path.name}]({path.as_posix()}) |"
+    )
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--synthetic"]:
+        print("| dataset | policy coefficient | schedule, target, guide steps | trajectories x length "
+              "| target log-likelihood of generated actions (mean ± s.e.) | of dataset actions "
+              "| dynamics error (next obs) | reward error | results file |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for name in sys.argv[2:]:
+            print(synthetic_row(Path(name)))
+        return
     if sys.argv[1:2] == ["--locomotion"]:
         print("| dataset | policy | model, training | seeds x episodes | D4RL normalized score (mean ± s.e.) "
               "| s per plan | results file |")

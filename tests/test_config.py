@@ -14,7 +14,7 @@ from diffplan.config import Config, as_config, register_configs, to_container
 from diffplan.diffusion.schedule import PredictionType
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("task", "model", "diffusion", "planner", "train", "eval", "collect", "bc", "value", "guidance")
+GROUPS = ("task", "model", "diffusion", "planner", "train", "eval", "collect", "bc", "offline", "value", "guidance")
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
 
 

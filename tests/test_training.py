@@ -214,6 +214,26 @@ def test_missing_garbage_and_foreign_checkpoints(tmp_path: Path) -> None:
 
 
 # -- pieces of the training step -------------------------------------------------------------
+def test_reward_and_terminal_channels_are_trained_and_weighted(episodes: Episodes, tmp_path: Path) -> None:
+    cfg = _config(2)
+    cfg.train.model_rewards, cfg.train.model_terminals = True, True
+    cfg.train.reward_weight, cfg.train.terminal_weight = 3.0, 0.5
+    trainer = Trainer(cfg, episodes, tmp_path, {})
+    assert trainer.layout == TrajectoryLayout(OBS_DIM, ACT_DIM, reward=True, terminal=True)
+    assert trainer.weights[:, OBS_DIM + ACT_DIM].tolist() == [3.0] * 16
+    assert trainer.weights[:, OBS_DIM + ACT_DIM + 1].tolist() == [0.5] * 16
+    assert trainer.weights[1:, :OBS_DIM + ACT_DIM].eq(1.0).all()
+    # The reward channel of the training table holds the dataset's rewards (normalized).
+    raw = trainer.normalizer.unnormalize(trainer.windows.table[: episodes.n_transitions])
+    np.testing.assert_allclose(raw[:, OBS_DIM + ACT_DIM].numpy(), episodes.rewards, atol=1e-5)
+    trainer.train()
+    model = load_trained_model(tmp_path / "checkpoint.pt", expected_layout=TrajectoryLayout(OBS_DIM, ACT_DIM))
+    assert model.layout.transition_dim == OBS_DIM + ACT_DIM + 2
+    changed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, reward_weight=1.0, steps=4))
+    with pytest.raises(CheckpointError, match="train.reward_weight"):
+        Trainer(changed, episodes, tmp_path, {}).train()
+
+
 def test_loss_weights_and_ema_update() -> None:
     layout = TrajectoryLayout(obs_dim=2, act_dim=1)
     weights = loss_weights(layout, 3, 10.0)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -354,18 +354,29 @@ def load_bc_model(
     )
 
 
+class ActionNetwork(Protocol):
+    """A deterministic policy network: raw observations (N, obs_dim) -> actions (N, act_dim).
+
+    :class:`BCNetwork` and the offline agents of :mod:`diffplan.agents` are ones.
+    """
+
+    act_dim: int
+
+    def __call__(self, observations: Tensor) -> Tensor: ...
+
+
 @dataclass
 class BCPolicy:
     """Batched closed-loop BC policy with :class:`~diffplan.planning.policy.PlanningPolicy`'s interface.
 
     Args:
-        network: the trained network.
+        network: the trained network (any :class:`ActionNetwork`, e.g. an offline RL agent).
         device: where inference runs.
         record_times: append a :class:`PlanRecord` per call (its time, no planned states), so
             the evaluator reports inference times like plan times.
     """
 
-    network: BCNetwork
+    network: ActionNetwork
     device: torch.device | str = "cpu"
     record_times: bool = True
     records: list[PlanRecord] = field(default_factory=list)

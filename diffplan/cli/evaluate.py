@@ -4,7 +4,8 @@ Mazes: the goal-inpainting planner with a tracker (``planner.mode``). Locomotion
 (``<robot>-<level>`` tasks): ``eval.policy=planner`` plans with the diffusion model,
 value-guided (``guidance=value``) or not (``guidance=none``; candidates are still ranked by
 the value function when ``planner.n_candidates > 1``), and executes the plan's actions;
-``eval.policy=bc`` runs the behaviour-cloning baseline of ``bc.run_dir``.
+``eval.policy=bc`` runs the behaviour-cloning baseline of ``bc.run_dir``, ``eval.policy=offline`` the
+offline RL agent (TD3+BC or IQL, deterministic actions) of ``offline.run_dir``.
 """
 
 from __future__ import annotations
@@ -100,6 +101,18 @@ def _evaluate_locomotion(cfg: Config) -> Path:
         policy = BCPolicy(bc.network, device=device)
         trained: dict[str, Any] = {"bc": to_container(cfg)["bc"], "task": {"name": bc.task}}
         info = {"path": str(checkpoint.resolve()), "sha256": file_sha256(checkpoint), "step": bc.step}
+    elif EvalPolicy(cfg.eval.policy) is EvalPolicy.offline:
+        from diffplan.agents import load_offline_agent
+        from diffplan.agents.trainer import config_dict
+        from diffplan.baselines.bc import BCPolicy
+
+        checkpoint = Path(cfg.offline.run_dir) / "checkpoint.pt"
+        agent = load_offline_agent(checkpoint, device=device, expected_task=cfg.task.name,
+                                   expected_obs_dim=task.obs_dim, expected_act_dim=task.act_dim)
+        policy = BCPolicy(agent.agent, device=device)
+        trained = {"offline": config_dict(agent.config), "task": {"name": agent.task},
+                   "synthetic": agent.synthetic}
+        info = {"path": str(checkpoint.resolve()), "sha256": file_sha256(checkpoint), "step": agent.step}
     else:
         from diffplan.planning.value_planner import ValuePlanner, ValuePolicy, value_guide
 

@@ -252,8 +252,10 @@ class Sampler:
 
         ``guidance.n_guide_steps`` times, the guided tensor moves by ``scale * g``, where g is
         the guide's gradient, times the step's :meth:`posterior_variance` if
-        ``scale_grad_by_std``, and zero for inpainted entries, for tokens whose level does not
-        change in this row and for tokens at level ``<= t_stopgrad``.
+        ``scale_grad_by_std``, times the schedule's per-token coefficient
+        (:meth:`Guidance.coefficient`, none for ``constant``), and zero for inpainted entries,
+        for tokens whose level does not change in this row, for tokens at level
+        ``<= t_stopgrad`` and for tokens whose coefficient is 0.
 
         - ``apply_to = x_t`` (Diffuser): the guide sees the noisy sample at ``model_level``
           (what the denoiser sees); the denoiser then runs on the moved sample.
@@ -265,8 +267,13 @@ class Sampler:
         free = ((level_from > guidance.t_stopgrad) & (level_to != level_from)).unsqueeze(-1).expand_as(x)
         if constraints is not None:
             free = free & ~constraints.mask
+        coefficient = guidance.coefficient(level_from, level_to, self.schedule.n_timesteps)
+        if coefficient is not None:
+            free = free & (coefficient != 0)
         guided = bool(free.any())
         variance = self.posterior_variance(level_from, level_to) if guidance.scale_grad_by_std else None
+        if coefficient is not None:
+            variance = coefficient if variance is None else variance * coefficient
         if guidance.apply_to is GuideTarget.x_t:
             if guided:
                 x = _follow_gradient(guidance, x, normalized, free, variance)
@@ -285,7 +292,8 @@ class Sampler:
 
 def _follow_gradient(guidance: Guidance, x: Tensor, levels: Tensor, free: Tensor, variance: Tensor | None) -> Tensor:
     """``guidance.n_guide_steps`` steps of ``x += scale * g`` with g the guide's gradient at
-    (x, levels (B, H) in [0, 1]), times ``variance`` (B, H, 1) if given, zero where not ``free``."""
+    (x, levels (B, H) in [0, 1]), times ``variance`` (B, H, 1) if given (the posterior variance
+    and/or the schedule's coefficient), zero where not ``free``."""
     for _ in range(guidance.n_guide_steps):
         grad = guidance.guide.gradient(x, levels).gradient
         if variance is not None:

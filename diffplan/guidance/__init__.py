@@ -1,9 +1,40 @@
-"""Guides that steer denoising: a protocol, the sampler-facing settings, the value guide.
+"""Guides that steer denoising: a protocol, the sampler-facing settings and schedules, the
+value guide, the policy guide (PGD), weighted sums of guides, and :func:`build_guidance`.
 
-Kept free of :mod:`diffplan.config` imports (the config imports :class:`GuideTarget`).
+Kept free of :mod:`diffplan.config` imports at module level (the config imports
+:class:`GuideTarget` and :class:`GuidanceSchedule`).
 """
 
-from diffplan.guidance.base import ConstantGuide, Guidance, Guide, GuideOutput, GuideTarget
+from diffplan.guidance.base import (
+    PGD_SINE_WEIGHT,
+    ConstantGuide,
+    Guidance,
+    GuidanceSchedule,
+    Guide,
+    GuideOutput,
+    GuideTarget,
+    parse_schedule,
+    schedule_coefficient,
+)
+from diffplan.guidance.build import build_guidance, policy_guide
+from diffplan.guidance.composite import CompositeGuide
+from diffplan.guidance.policy import PolicyGuide, rms_normalize
 from diffplan.guidance.value import ValueGuide
 
-__all__ = ["ConstantGuide", "Guidance", "Guide", "GuideOutput", "GuideTarget", "ValueGuide"]
+__all__ = [
+    "PGD_SINE_WEIGHT",
+    "CompositeGuide",
+    "ConstantGuide",
+    "Guidance",
+    "GuidanceSchedule",
+    "Guide",
+    "GuideOutput",
+    "GuideTarget",
+    "PolicyGuide",
+    "ValueGuide",
+    "build_guidance",
+    "parse_schedule",
+    "policy_guide",
+    "rms_normalize",
+    "schedule_coefficient",
+]

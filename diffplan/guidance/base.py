@@ -4,11 +4,13 @@ A guide looks at the current normalized sample x (B, H, D) together with its per
 levels (B, H), normalized to [0, 1] like the denoiser's input, and returns the gradient of
 its objective with respect to x (same shape) and the objective per sample (B,) for ranking
 candidates. :class:`Guidance` bundles a guide with its strength and schedule over the
-denoising steps; :meth:`diffplan.diffusion.sampler.Sampler.sample` applies it.
+denoising steps (:class:`GuidanceSchedule`, :func:`schedule_coefficient`);
+:meth:`diffplan.diffusion.sampler.Sampler.sample` applies it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import NamedTuple, Protocol
@@ -27,6 +29,67 @@ class GuideTarget(StrEnum):
 
     x_t = "x_t"
     x0 = "x0"
+
+
+class GuidanceSchedule(StrEnum):
+    """How the guidance step size varies over the denoising steps (per token).
+
+    With ``u = level_from / T`` (the level a token is denoised from; 1 at the first step of a
+    full-sequence sampler, ``1 / S`` at its last) the step size is ``scale * c``:
+
+    - ``constant``: c = 1 (the default; the sampler then multiplies by nothing at all).
+    - ``linear``: c = u, decaying linearly to 0 as the level goes to 0.
+    - ``cosine``: c = (1 - cos(pi u)) / 2, cosine-annealed from 1 at level T to 0 at level 0.
+    - ``pgd``: policy-guided diffusion's schedule (Jackson et al. 2024, official code's
+      ``denoise_step``): ``c = u + PGD_SINE_WEIGHT * sin(pi * level_to / T)`` and exactly 0 on
+      a token's final step (``level_to = 0``). The official code writes it per step index i
+      of S: ``1 - i / S + 0.3 sin(pi (i + 1) / S)``, zero on the last step; on evenly spaced
+      levels ``1 - i / S = level_from / T`` and ``sin(pi (i + 1) / S) = sin(pi level_to / T)``,
+      so both agree, and the level form carries over to per-token (Diffusion Forcing) rows.
+    """
+
+    constant = "constant"
+    linear = "linear"
+    cosine = "cosine"
+    pgd = "pgd"
+
+
+#: Weight of the sine bump of the ``pgd`` schedule (the official code's ``policy_guidance_cosine_coeff``
+#: default); 0 gives ``c = level_from / T`` with no guidance on the final step.
+PGD_SINE_WEIGHT = 0.3
+
+
+def parse_schedule(kind: GuidanceSchedule | str) -> GuidanceSchedule:
+    """``kind`` as a :class:`GuidanceSchedule`.
+
+    Raises:
+        ValueError: ``kind`` names no schedule (the message lists the allowed ones).
+    """
+    try:
+        return GuidanceSchedule(kind)
+    except ValueError:
+        allowed = [k.value for k in GuidanceSchedule]
+        raise ValueError(f"guidance.schedule must be one of {allowed}, got {kind!r}") from None
+
+
+def schedule_coefficient(
+    kind: GuidanceSchedule | str, level_from: Tensor, level_to: Tensor, n_timesteps: int
+) -> Tensor:
+    """The schedule's multiplier c (float32, shape of ``level_from``, e.g. (B, H)) of the guidance
+    step taken while each token goes from ``level_from`` to ``level_to`` (integer levels in
+    [0, ``n_timesteps``]); see :class:`GuidanceSchedule`. Computed in float64."""
+    kind = parse_schedule(kind)
+    u = level_from.to(torch.float64) / n_timesteps
+    if kind is GuidanceSchedule.constant:
+        c = torch.ones_like(u)
+    elif kind is GuidanceSchedule.linear:
+        c = u
+    elif kind is GuidanceSchedule.cosine:
+        c = (1 - torch.cos(math.pi * u)) / 2
+    else:
+        v = level_to.to(torch.float64) / n_timesteps
+        c = torch.where(level_to > 0, u + PGD_SINE_WEIGHT * torch.sin(math.pi * v), torch.zeros_like(u))
+    return c.float()
 
 
 class GuideOutput(NamedTuple):
@@ -67,10 +130,11 @@ class Guidance:
     """A guide and how the sampler applies it (Diffuser's ``n_guided_steps`` loop).
 
     At every row of the scheduling matrix, ``n_guide_steps`` times: take the guide's gradient,
-    multiply it by the posterior variance of the step if ``scale_grad_by_std``, zero it for
-    inpainted entries, for tokens whose level does not change in this row and for tokens at
-    level ``<= t_stopgrad`` (the last ``t_stopgrad`` levels run unguided), and add
-    ``scale`` times it to the guided tensor (``apply_to``).
+    multiply it by the posterior variance of the step if ``scale_grad_by_std`` and by the
+    schedule's per-token coefficient (:class:`GuidanceSchedule`), zero it for inpainted
+    entries, for tokens whose level does not change in this row and for tokens at level
+    ``<= t_stopgrad`` (the last ``t_stopgrad`` levels run unguided), and add ``scale`` times
+    it to the guided tensor (``apply_to``).
 
     Args:
         guide: the objective.
@@ -79,6 +143,8 @@ class Guidance:
         t_stopgrad: no guidance for tokens whose level is at most this (>= 0).
         scale_grad_by_std: multiply the gradient by the step's posterior variance.
         apply_to: guide the noisy sample or the x0 estimate.
+        schedule: how the step size varies over the denoising steps (``constant`` is the
+            unscheduled sampler, bit for bit).
     """
 
     guide: Guide
@@ -87,6 +153,7 @@ class Guidance:
     t_stopgrad: int = 2
     scale_grad_by_std: bool = True
     apply_to: GuideTarget = GuideTarget.x_t
+    schedule: GuidanceSchedule = GuidanceSchedule.constant
 
     def __post_init__(self) -> None:
         if self.n_guide_steps < 1:
@@ -94,3 +161,11 @@ class Guidance:
         if self.t_stopgrad < 0:
             raise ValueError(f"guidance.t_stopgrad must be >= 0, got {self.t_stopgrad}")
         object.__setattr__(self, "apply_to", GuideTarget(self.apply_to))
+        object.__setattr__(self, "schedule", parse_schedule(self.schedule))
+
+    def coefficient(self, level_from: Tensor, level_to: Tensor, n_timesteps: int) -> Tensor | None:
+        """The schedule's multiplier (B, H, 1) for a row from ``level_from`` to ``level_to`` (both
+        (B, H)), or None for the ``constant`` schedule (nothing to multiply)."""
+        if self.schedule is GuidanceSchedule.constant:
+            return None
+        return schedule_coefficient(self.schedule, level_from, level_to, n_timesteps).unsqueeze(-1)

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffplan.config import ActionSource, DiffusionConfig, GuidanceConfig, GuidanceKind, PlannerConfig
+from diffplan.config import ActionSource, DiffusionConfig, GuidanceConfig, PlannerConfig
 from diffplan.diffusion.conditioning import goal_constraints
 from diffplan.diffusion.warm_start import warm_start
-from diffplan.guidance import Guidance, Guide, ValueGuide
+from diffplan.guidance import Guidance, Guide, ValueGuide, build_guidance
 from diffplan.models.inverse_dynamics import plan_actions
 from diffplan.planning.planner import Plan, check_planner, planning_denoiser, planning_sampler
 from diffplan.planning.policy import PlanRecord, RecedingHorizonPolicy
@@ -102,16 +102,8 @@ class ValuePlanner:
         self.cfg = planner
         self.device = torch.device(device)
         self.sampler, self.matrix = planning_sampler(model, diffusion)
-        self.guidance: Guidance | None = None
-        if GuidanceKind(guidance.kind) is GuidanceKind.value:
-            self.guidance = Guidance(
-                guide,
-                scale=guidance.scale,
-                n_guide_steps=guidance.n_guide_steps,
-                t_stopgrad=guidance.t_stopgrad,
-                scale_grad_by_std=guidance.scale_grad_by_std,
-                apply_to=guidance.apply_to,
-            )
+        # Value, policy or both (guidance.kind); the value guide always ranks the candidates.
+        self.guidance: Guidance | None = build_guidance(guidance, model, self.device, value_guide=guide)
 
     @torch.no_grad()
     def plan(

@@ -107,7 +107,9 @@ def load_trained_model(
             f"checkpoint {path} was trained on task {cfg.task.name!r}, not {expected_task!r}; "
             "pass the checkpoint of this task or change task="
         )
-    if expected_layout is not None and layout != expected_layout:
+    # Reward and terminal channels are extra outputs: a model with them still plans the task.
+    if expected_layout is not None and (layout.obs_dim, layout.act_dim) != (expected_layout.obs_dim,
+                                                                            expected_layout.act_dim):
         raise CheckpointError(
             f"checkpoint {path} has layout {layout.to_dict()} but the task needs {expected_layout.to_dict()}"
         )

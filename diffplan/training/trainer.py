@@ -65,19 +65,26 @@ RESUME_KEYS: dict[str, tuple[str, ...] | None] = {
     "model": None,
     "task": ("name", "horizon", "stride", "continuous_stream", "goal_obs_dims", "return_scale", "return_discount"),
     "diffusion": ("n_timesteps", "schedule", "prediction", "normalizer", "clean_condition_tokens"),
-    "train": ("condition_start", "condition_goal", "pad", "action_weight", "cond_dropout"),
+    "train": ("condition_start", "condition_goal", "pad", "action_weight", "cond_dropout", "model_rewards",
+              "model_terminals", "reward_weight", "terminal_weight"),
 }
 
 
-def layout_for(episodes: Episodes) -> TrajectoryLayout:
-    """States and actions of the dataset, in the project's channel order."""
-    return TrajectoryLayout(obs_dim=episodes.obs_dim, act_dim=episodes.act_dim)
+def layout_for(episodes: Episodes, *, rewards: bool = False, terminals: bool = False) -> TrajectoryLayout:
+    """States and actions of the dataset (and optionally rewards and terminal flags), in the project's order."""
+    return TrajectoryLayout(obs_dim=episodes.obs_dim, act_dim=episodes.act_dim, reward=rewards, terminal=terminals)
 
 
-def loss_weights(layout: TrajectoryLayout, horizon: int, action_weight: float) -> torch.Tensor:
-    """(H, D) weights: 1 everywhere, ``action_weight`` on the first token's actions (Diffuser)."""
+def loss_weights(
+    layout: TrajectoryLayout, horizon: int, action_weight: float, *, reward_weight: float = 1.0,
+    terminal_weight: float = 1.0,
+) -> torch.Tensor:
+    """(H, D) weights: 1 on observations and actions, ``action_weight`` on the first token's actions
+    (Diffuser), ``reward_weight`` / ``terminal_weight`` on every token's reward / terminal channel."""
     weights = torch.ones(horizon, layout.transition_dim)
     weights[0, layout.act] = action_weight
+    weights[:, layout.rew] = reward_weight
+    weights[:, layout.term] = terminal_weight
     return weights
 
 
@@ -103,7 +110,7 @@ class Trainer(TrainingLoop):
         if cfg.task.continuous_stream:
             # One uninterrupted recording: windows may cross goal changes (not env resets).
             episodes = episodes.joined()
-        self.layout = layout_for(episodes)
+        self.layout = layout_for(episodes, rewards=cfg.train.model_rewards, terminals=cfg.train.model_terminals)
         self.normalizer_kind = NormalizerKind(cfg.diffusion.normalizer).value
         self.normalizer = fit_normalizer(self.normalizer_kind, episodes.transitions(self.layout))
         self.windows = WindowSampler(
@@ -146,7 +153,10 @@ class Trainer(TrainingLoop):
         self.condition_mask = conditioning_mask(
             self.layout, self.horizon, start=cfg.train.condition_start, goal_dims=goal_dims
         ).to(self.device)
-        self.weights = loss_weights(self.layout, self.horizon, cfg.train.action_weight).to(self.device)
+        self.weights = loss_weights(
+            self.layout, self.horizon, cfg.train.action_weight, reward_weight=cfg.train.reward_weight,
+            terminal_weight=cfg.train.terminal_weight,
+        ).to(self.device)
         self.step = 0
 
     @property

@@ -1,0 +1,196 @@
+"""``diffplan-generate``: synthetic experience from the diffusion model, in the D4RL file layout.
+
+Example (policy-guided, Policy-Guided Diffusion)::
+
+    diffplan-generate +experiment=locomotion task=hopper-medium train.model_rewards=true \\
+        guidance=policy guidance.policy=bc:runs/hopper-medium/bc/checkpoint.pt guidance.policy_scale=0.1 \\
+        generate.n_trajectories=2000 generate.out=runs/hopper-medium/synthetic/bc-0.1.hdf5
+
+samples ``generate.n_trajectories`` trajectories of ``generate.length`` transitions from start
+states drawn from ``task.dataset`` with the model of ``eval.checkpoint``, writes them to
+``generate.out`` (any D4RL reader, and ``diffplan.data.load_episodes``, reads it back), and
+with ``generate.metrics`` writes ``<out>.metrics.json``: the dynamics error of the generated
+transitions against the simulator and the target policy's mean log-likelihood of the
+generated actions (and of the dataset's, for reference). Chunks are saved in
+``<out>.partial/`` as they finish: an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffplan.cli.common import hydra_entry
+from diffplan.config import Config, GuidanceKind, to_container
+from diffplan.data.episodes import Episodes
+from diffplan.data.hdf5 import write_hdf5
+from diffplan.data.loading import load_episodes
+from diffplan.diffusion.sampler import Sampler
+from diffplan.guidance.base import Guidance
+from diffplan.planning.planner import planning_sampler
+from diffplan.policies.base import TargetPolicy
+from diffplan.synthetic import GenerationSpec, clear_partial, generate
+from diffplan.training.checkpoint import TrainedModel, load_trained_model
+from diffplan.utils import file_sha256, hardware_info, select_device, set_threads
+
+log = logging.getLogger(__name__)
+
+
+def build_generation_guidance(cfg: Config, model: TrainedModel, device: torch.device) -> Guidance | None:
+    """The guidance of ``cfg.guidance`` for generation (None for ``guidance=none``)."""
+    if GuidanceKind(cfg.guidance.kind) is GuidanceKind.none:
+        return None
+    from diffplan.guidance import build_guidance
+    from diffplan.planning.value_planner import value_guide
+
+    kind = GuidanceKind(cfg.guidance.kind)
+    uses_value = kind in (GuidanceKind.value, GuidanceKind.value_policy)
+    value = value_guide(model, cfg.guidance, device) if uses_value else None
+    return build_guidance(cfg.guidance, model, device, value_guide=value)
+
+
+def _metrics(cfg: Config, model: TrainedModel, data: dict[str, np.ndarray], episodes: Any) -> dict[str, Any]:
+    """Dynamics error (locomotion tasks) and target-policy log-likelihoods on a subsample."""
+    rng = np.random.default_rng(cfg.generate.seed)
+    n = len(data["observations"])
+    idx = np.sort(rng.choice(n, size=min(n, cfg.generate.metrics_transitions), replace=False))
+    out: dict[str, Any] = {"n_transitions_scored": int(len(idx))}
+    from diffplan_envs import is_locomotion_task
+
+    if is_locomotion_task(cfg.task.name):
+        from diffplan_envs.dynamics import dynamics_error
+
+        error = dynamics_error(
+            cfg.task.name, data["observations"][idx], data["actions"][idx], data["next_observations"][idx],
+            obs_variance=episodes.observations.var(axis=0), rewards=data["rewards"][idx],
+            reward_variance=float(episodes.rewards.var()),
+        )
+        out["dynamics_error"] = error.to_dict()
+    if cfg.guidance.policy:
+        from diffplan.policies import load_target_policy
+
+        policy = load_target_policy(cfg.guidance.policy, std=cfg.guidance.policy_std)
+        real = rng.choice(episodes.n_transitions, size=len(idx), replace=False)
+        with torch.no_grad():
+            generated = policy.log_prob(torch.as_tensor(data["observations"][idx]),
+                                        torch.as_tensor(data["actions"][idx]))
+            dataset = policy.log_prob(torch.as_tensor(episodes.observations[real]),
+                                      torch.as_tensor(episodes.actions[real]))
+        out["policy_log_prob"] = {"policy": cfg.guidance.policy, "std": cfg.guidance.policy_std,
+                                  "generated_mean": float(generated.mean()),
+                                  "generated_stderr": float(generated.std() / np.sqrt(len(generated))),
+                                  "dataset_mean": float(dataset.mean())}
+    return out
+
+
+@dataclass
+class GenerationSetup:
+    """Everything a generation run needs, built from the config."""
+
+    model: TrainedModel
+    sampler: Sampler
+    matrix: torch.Tensor
+    episodes: Episodes
+    spec: GenerationSpec
+    device: torch.device
+
+
+def generation_setup(cfg: Config) -> GenerationSetup:
+    """Load the dataset and the model of ``eval.checkpoint``; check ``generate.*`` against them."""
+    gc = cfg.generate
+    set_threads(gc.threads)
+    device = select_device(gc.device)
+    episodes = load_episodes(cfg.task.dataset)
+    model = load_trained_model(cfg.eval.checkpoint, device=device, use_ema=cfg.eval.use_ema,
+                               expected_task=cfg.task.name)
+    spec = GenerationSpec(n_trajectories=gc.n_trajectories, length=gc.length, batch_size=gc.batch_size,
+                          seed=gc.seed, terminal_threshold=gc.terminal_threshold,
+                          action_low=float(episodes.actions.min()), action_high=float(episodes.actions.max()))
+    spec.check(model)
+    sampler, matrix = planning_sampler(model, cfg.diffusion)
+    return GenerationSetup(model, sampler, matrix.to(device), episodes, spec, device)
+
+
+def policy_guided_regenerator(cfg: Config) -> Callable[[TargetPolicy, int], dict[str, np.ndarray]]:
+    """Policy-Guided Diffusion's loop: ``regenerate(policy, step)`` samples a fresh synthetic set
+    (``generate.*``) guided towards ``policy`` (the agent being trained) with ``guidance.*``
+    (``guidance.kind`` must be ``policy``; ``guidance.policy`` is not read). Each call's seed is
+    ``generate.seed + step``, so a resumed run regenerates the same data."""
+    if GuidanceKind(cfg.guidance.kind) is not GuidanceKind.policy:
+        raise ValueError(
+            f"regenerating synthetic data with the agent as target needs guidance=policy, got guidance.kind="
+            f"{cfg.guidance.kind}; add guidance=policy (and guidance.policy_scale=...)"
+        )
+    from diffplan.guidance import build_guidance
+
+    setup = generation_setup(cfg)
+
+    def regenerate(policy: TargetPolicy, step: int) -> dict[str, np.ndarray]:
+        guidance = build_guidance(cfg.guidance, setup.model, setup.device, policy=policy)
+        spec = dataclasses.replace(setup.spec, seed=cfg.generate.seed + step)
+        return generate(setup.model, setup.sampler, setup.matrix, setup.episodes.observations, spec,
+                        guidance=guidance, device=setup.device)
+
+    return regenerate
+
+
+def run_generate(cfg: Config) -> Path:
+    """Generate, write ``generate.out`` (and its metrics JSON); returns the dataset path."""
+    gc = cfg.generate
+    setup = generation_setup(cfg)
+    model, sampler, matrix, episodes, spec, device = (setup.model, setup.sampler, setup.matrix, setup.episodes,
+                                                      setup.spec, setup.device)
+    guidance = build_generation_guidance(cfg, model, device)
+    out = Path(gc.out)
+    partial = out.with_name(out.name + ".partial")
+    resolved = to_container(cfg)
+    checkpoint = {"path": str(Path(cfg.eval.checkpoint).resolve()), "sha256": file_sha256(cfg.eval.checkpoint),
+                  "step": model.step}
+    fingerprint = {"checkpoint": checkpoint["sha256"], "diffusion": resolved["diffusion"],
+                   "guidance": resolved["guidance"], "spec": spec.__dict__, "dataset": file_sha256(cfg.task.dataset)}
+
+    def progress(chunks: Any, total: int) -> Any:
+        return tqdm(chunks, total=total, desc="generate", unit="batch", disable=not gc.progress)
+
+    start = time.perf_counter()
+    data = generate(model, sampler, matrix, episodes.observations, spec, guidance=guidance,
+                    device=device, partial_dir=partial, fingerprint=fingerprint, progress=progress)
+    wall = time.perf_counter() - start
+    metadata = {
+        **{k: v for k, v in episodes.metadata.items() if k in ("ref_scores", "task", "env_id", "robot", "level")},
+        "synthetic": True, "source_dataset": {"path": str(Path(cfg.task.dataset).resolve()),
+                                              "sha256": fingerprint["dataset"]},
+        "checkpoint": checkpoint, "guidance": resolved["guidance"], "diffusion": resolved["diffusion"],
+        "spec": spec.__dict__, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_time_s": wall,
+    }
+    write_hdf5(out, data, metadata)
+    clear_partial(partial)
+    n = len(data["observations"])
+    log.info("generated %d trajectories, %d transitions (%d terminals) in %.1f s -> %s",
+             spec.n_trajectories, n, int(data["terminals"].sum()), wall, out)
+    if gc.metrics:
+        report = {"task": cfg.task.name, "kind": "synthetic-experience", "dataset": str(out),
+                  "dataset_sha256": file_sha256(out), "n_trajectories": spec.n_trajectories,
+                  "n_transitions": n, "terminal_fraction": float(data["terminals"].mean()),
+                  "reward_mean": float(data["rewards"].mean()), "dataset_reward_mean": float(episodes.rewards.mean()),
+                  "wall_time_s": wall, "hardware": hardware_info(), "config": resolved,
+                  "checkpoint": checkpoint, **_metrics(cfg, model, data, episodes)}
+        metrics_path = out.with_name(out.stem + ".metrics.json")
+        metrics_path.write_text(json.dumps(report, indent=1, default=str))
+        log.info("metrics: %s", json.dumps({k: report[k] for k in report if k in ("dynamics_error",
+                                                                                    "policy_log_prob")},
+                                            default=str)[:400])
+    return out
+
+
+main = hydra_entry(run_generate)

@@ -1,0 +1,103 @@
+"""Build the sampler's :class:`Guidance` from the ``guidance`` config group.
+
+Step sizes: the value gradient always moves by ``guidance.scale`` and the policy gradient
+by ``guidance.policy_scale``. ``kind = value`` and ``kind = policy`` are a single guide with
+that scale; ``kind = value_policy`` is a :class:`CompositeGuide` with weights
+(``scale``, ``policy_scale``) under a Guidance of scale 1. Every other setting
+(``n_guide_steps``, ``t_stopgrad``, ``scale_grad_by_std``, ``apply_to``, ``schedule``) is
+shared; ``normalize_grad`` applies to the policy gradient only.
+
+Config types are imported for type checking only: :mod:`diffplan.config` imports
+:mod:`diffplan.guidance.base`, so this package must not import it at module level.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from diffplan.guidance.base import Guidance, Guide
+from diffplan.guidance.composite import CompositeGuide
+from diffplan.guidance.policy import PolicyGuide
+
+if TYPE_CHECKING:
+    from diffplan.config import GuidanceConfig
+    from diffplan.policies.base import TargetPolicy
+    from diffplan.training.checkpoint import TrainedModel
+
+
+def policy_guide(
+    cfg: GuidanceConfig, model: TrainedModel, device: torch.device | str = "cpu", policy: TargetPolicy | None = None
+) -> PolicyGuide:
+    """The :class:`PolicyGuide` of ``guidance.policy`` (loaded with ``policy_std`` and
+    ``policy_vecnormalize``) on ``model``'s layout and normalizer, moved to ``device``; a given
+    ``policy`` (e.g. the offline agent being trained, Policy-Guided Diffusion's loop) replaces
+    the loaded one.
+
+    Raises:
+        ValueError: ``guidance.policy`` is unset, or the policy cannot be loaded or does not fit
+            the model's observation and action sizes.
+    """
+    from diffplan.policies.loading import load_target_policy, policy_kinds
+
+    if policy is not None:
+        return PolicyGuide(policy, model.layout, model.normalizer, normalize_grad=cfg.normalize_grad)
+    if not cfg.policy:
+        raise ValueError(
+            f"guidance.kind={cfg.kind} needs guidance.policy='<kind>:<path>' (kinds: {', '.join(policy_kinds())}), "
+            "e.g. guidance.policy=sb3-sac:data/agents/hopper/medium.zip"
+        )
+    policy = load_target_policy(cfg.policy, std=cfg.policy_std, vecnormalize=cfg.policy_vecnormalize)
+    if isinstance(policy, nn.Module):
+        policy.to(device)
+    return PolicyGuide(policy, model.layout, model.normalizer, normalize_grad=cfg.normalize_grad)
+
+
+def build_guidance(
+    cfg: GuidanceConfig,
+    model: TrainedModel,
+    device: torch.device | str = "cpu",
+    value_guide: Guide | None = None,
+    policy: TargetPolicy | None = None,
+) -> Guidance | None:
+    """The guidance ``cfg.kind`` asks for, or None for ``none`` (unguided sampling).
+
+    Args:
+        cfg: the ``guidance`` settings.
+        model: the diffusion model (its layout and normalizer feed the policy guide).
+        device: where the policy runs.
+        value_guide: the value guide (e.g. :func:`diffplan.planning.value_planner.value_guide`),
+            required by ``value`` and ``value_policy``.
+        policy: the target policy of ``policy`` and ``value_policy`` (None: load ``guidance.policy``).
+
+    Raises:
+        ValueError: a value kind without ``value_guide``, or a policy kind without a usable
+            ``guidance.policy``.
+    """
+    from diffplan.config import GuidanceKind
+
+    kind = GuidanceKind(cfg.kind)
+    if kind is GuidanceKind.none:
+        return None
+    if kind in (GuidanceKind.value, GuidanceKind.value_policy) and value_guide is None:
+        raise ValueError(
+            f"guidance.kind={kind.value} needs a value guide (a value function trained with diffplan-train-value, "
+            "guidance.value_checkpoint); pass value_guide"
+        )
+    settings: dict[str, Any] = dict(
+        n_guide_steps=cfg.n_guide_steps,
+        t_stopgrad=cfg.t_stopgrad,
+        scale_grad_by_std=cfg.scale_grad_by_std,
+        apply_to=cfg.apply_to,
+        schedule=cfg.schedule,
+    )
+    if kind is GuidanceKind.value:
+        assert value_guide is not None
+        return Guidance(value_guide, scale=cfg.scale, **settings)
+    guide = policy_guide(cfg, model, device, policy)
+    if kind is GuidanceKind.policy:
+        return Guidance(guide, scale=cfg.policy_scale, **settings)
+    assert value_guide is not None
+    return Guidance(CompositeGuide([(value_guide, cfg.scale), (guide, cfg.policy_scale)]), scale=1.0, **settings)

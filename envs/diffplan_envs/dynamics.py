@@ -1,0 +1,139 @@
+"""How physically consistent generated transitions are: replay them in MuJoCo.
+
+Hopper, Walker2d and HalfCheetah observations are ``qpos[1:]`` (everything but the root x
+position, which the dynamics do not depend on) followed by ``qvel`` (Hopper and Walker2d clip
+it to [-10, 10] in the observation). :func:`set_state_from_observation` puts the simulator in
+the state an observation describes, with the root at x = 0; :func:`replay_transitions` then
+applies each generated action for one environment step and returns what the simulator says
+the next observation and reward are. :func:`dynamics_error` compares those with the generated
+ones, per dimension normalized by a reference variance (the dataset's), so that 0 means the
+generated transition is exactly what the simulator does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium
+import numpy as np
+
+from diffplan_envs.locomotion import get_locomotion_task, make_locomotion_env
+
+
+def set_state_from_observation(env: gymnasium.Env, observation: np.ndarray) -> None:
+    """Set ``env``'s MuJoCo state to the one ``observation`` describes (root x = 0).
+
+    Raises:
+        ValueError: the observation's size is not nq - 1 + nv for this env.
+    """
+    unwrapped = env.unwrapped
+    nq, nv = unwrapped.model.nq, unwrapped.model.nv  # type: ignore[attr-defined]
+    observation = np.asarray(observation, dtype=np.float64)
+    if observation.shape != (nq - 1 + nv,):
+        raise ValueError(
+            f"observation of shape {observation.shape} does not describe {env.spec.id if env.spec else env}: "
+            f"it needs nq - 1 + nv = {nq - 1 + nv} entries (qpos without the root x, then qvel)"
+        )
+    qpos = np.concatenate([[0.0], observation[: nq - 1]])
+    qvel = observation[nq - 1:]
+    unwrapped.set_state(qpos, qvel)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What the simulator did from each generated (observation, action).
+
+    Attributes:
+        next_observations: (T, obs_dim) the simulator's next observations.
+        rewards: (T,) the simulator's rewards.
+        terminated: (T,) whether the simulator's termination condition fired (falls).
+    """
+
+    next_observations: np.ndarray
+    rewards: np.ndarray
+    terminated: np.ndarray
+
+
+def replay_transitions(task: str, observations: np.ndarray, actions: np.ndarray) -> Replay:
+    """Step the simulator once from each of ``observations`` (T, obs_dim) with ``actions`` (T, act_dim).
+
+    ``task`` names a locomotion task (e.g. ``hopper-medium``); actions are clipped to the
+    action box as the environment itself does.
+    """
+    robot = get_locomotion_task(task).robot
+    env = make_locomotion_env(robot)
+    try:
+        env.reset(seed=0)
+        unwrapped = env.unwrapped
+        low, high = env.action_space.low, env.action_space.high  # type: ignore[attr-defined]
+        n = observations.shape[0]
+        next_obs = np.empty((n, observations.shape[1]), dtype=np.float64)
+        rewards = np.empty(n, dtype=np.float64)
+        terminated = np.zeros(n, dtype=bool)
+        for i in range(n):
+            set_state_from_observation(env, observations[i])
+            obs, reward, term, _, _ = unwrapped.step(np.clip(actions[i], low, high))  # type: ignore[attr-defined]
+            next_obs[i], rewards[i], terminated[i] = obs, reward, term
+    finally:
+        env.close()
+    return Replay(next_obs, rewards, terminated)
+
+
+@dataclass(frozen=True)
+class DynamicsError:
+    """Mean squared errors of generated transitions against the simulator.
+
+    Attributes:
+        next_obs_mse: mean over transitions and dimensions of (generated - simulated)^2 / var_d.
+        next_obs_mse_per_dim: (obs_dim,) the same per dimension.
+        reward_mse: mean of (generated - simulated reward)^2 / var_r (None without rewards).
+        n_transitions: how many transitions were replayed.
+    """
+
+    next_obs_mse: float
+    next_obs_mse_per_dim: np.ndarray
+    reward_mse: float | None
+    n_transitions: int
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready summary."""
+        return {"next_obs_mse": self.next_obs_mse, "next_obs_mse_per_dim": self.next_obs_mse_per_dim.tolist(),
+                "reward_mse": self.reward_mse, "n_transitions": self.n_transitions}
+
+
+def dynamics_error(
+    task: str,
+    observations: np.ndarray,
+    actions: np.ndarray,
+    next_observations: np.ndarray,
+    *,
+    obs_variance: np.ndarray,
+    rewards: np.ndarray | None = None,
+    reward_variance: float | None = None,
+) -> DynamicsError:
+    """Normalized squared error of generated transitions against one simulator step each.
+
+    Args:
+        task: a locomotion task name (its robot's simulator replays the transitions).
+        observations, actions, next_observations: (T, ...) the generated transitions.
+        obs_variance: (obs_dim,) per-dimension reference variance (e.g. the dataset's
+            observation variance); dimensions with zero variance count with variance 1.
+        rewards, reward_variance: the generated rewards and their reference variance, to
+            score the reward channel too.
+
+    Raises:
+        ValueError: shapes disagree.
+    """
+    if not (observations.shape == next_observations.shape and len(actions) == len(observations)):
+        raise ValueError(
+            f"observations {observations.shape}, actions {actions.shape} and next_observations "
+            f"{next_observations.shape} must describe the same transitions"
+        )
+    replay = replay_transitions(task, observations, actions)
+    variance = np.where(np.asarray(obs_variance) > 0, obs_variance, 1.0)
+    per_dim = ((next_observations - replay.next_observations) ** 2 / variance).mean(axis=0)
+    reward_mse = None
+    if rewards is not None:
+        scale = reward_variance if reward_variance else 1.0
+        reward_mse = float(((rewards - replay.rewards) ** 2).mean() / scale)
+    return DynamicsError(float(per_dim.mean()), per_dim, reward_mse, len(observations))
