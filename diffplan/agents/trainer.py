@@ -45,7 +45,13 @@ from diffplan.agents.td3bc import TD3BCAgent
 from diffplan.baselines.bc import observation_stats
 from diffplan.config import OfflineAlgo, OfflineConfig
 from diffplan.policies.base import TargetPolicy
-from diffplan.training.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from diffplan.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    check_identity,
+    load_checkpoint,
+    save_checkpoint,
+)
 from diffplan.training.loop import (
     LoopSettings,
     TrainingLoop,
@@ -405,13 +411,8 @@ def load_offline_agent(
     path = Path(path)
     payload = _load_offline_payload(path, device)
     task = payload["task"]
-    expected = {"name": expected_task, "obs_dim": expected_obs_dim, "act_dim": expected_act_dim}
-    for key, value in expected.items():
-        if value is not None and task[key] != value:
-            raise CheckpointError(
-                f"offline checkpoint {path} was trained with task.{key}={task[key]!r}, but {value!r} is expected; "
-                "pass the checkpoint trained for this task"
-            )
+    check_identity("offline checkpoint", path, {f"task.{key}": value for key, value in task.items()},
+                   {"task.name": expected_task, "task.obs_dim": expected_obs_dim, "task.act_dim": expected_act_dim})
     saved = json.loads(payload.get("dataset", "{}")).get("sha256")
     if saved and expected_dataset_sha256 and saved != expected_dataset_sha256:
         raise CheckpointError(

@@ -30,7 +30,13 @@ from diffplan.config import BCConfig
 from diffplan.data.episodes import Episodes
 from diffplan.data.normalizer import MIN_STD
 from diffplan.planning.policy import PlanRecord
-from diffplan.training.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from diffplan.training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    check_identity,
+    load_checkpoint,
+    save_checkpoint,
+)
 from diffplan.training.loop import TrainSummary
 from diffplan.utils import select_device, set_threads
 
@@ -329,13 +335,8 @@ def load_bc_model(
     path = Path(path)
     payload = _load_bc_payload(path, device)
     identity = _identity_of(payload)
-    expected = {"task.name": expected_task, "obs_dim": expected_obs_dim, "act_dim": expected_act_dim}
-    for key, value in expected.items():
-        if value is not None and identity[key] != value:
-            raise CheckpointError(
-                f"BC checkpoint {path} was trained with {key}={identity[key]!r}, but {value!r} is expected; "
-                "pass the checkpoint trained for this task"
-            )
+    check_identity("BC checkpoint", path, identity,
+                   {"task.name": expected_task, "obs_dim": expected_obs_dim, "act_dim": expected_act_dim})
     _check_dataset(path, payload, expected_dataset_sha256, None)
     network = BCNetwork(
         identity["obs_dim"], identity["act_dim"], identity["bc.hidden_sizes"],

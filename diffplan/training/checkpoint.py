@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,3 +178,22 @@ def checkpoint_payload(
     if inverse_dynamics is not None:
         payload["inverse_dynamics"] = inverse_dynamics
     return payload
+
+
+def check_identity(label: str, path: Path, actual: Mapping[str, Any], expected: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint whose identity differs from what the caller expects.
+
+    Args:
+        label: what the checkpoint is, e.g. ``"BC checkpoint"``.
+        actual: the checkpoint's values by key (e.g. ``{"task.name": ..., "obs_dim": ...}``).
+        expected: the expected values by the same keys; None skips a key.
+
+    Raises:
+        CheckpointError: naming the first differing key, both values and the fix.
+    """
+    for key, value in expected.items():
+        if value is not None and actual[key] != value:
+            raise CheckpointError(
+                f"{label} {path} was trained with {key}={actual[key]!r}, but {value!r} is expected; "
+                "pass the checkpoint trained for this task"
+            )
