@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 
 def row(path: Path) -> str:
@@ -70,7 +73,44 @@ def synthetic_row(path: Path) -> str:
     )
 
 
+def offline_rows(paths: list[Path]) -> list[str]:
+    """One row per (task, data variant) over training seeds: the mean of each trained agent's
+    score, the standard error across agents, and the files behind it."""
+    groups: dict[tuple[str, str], list[tuple[dict[str, Any], Path]]] = {}
+    for path in paths:
+        r = json.loads(path.read_text())
+        off = r["config"]["offline"]
+        if not off["synthetic_ratio"]:
+            variant = "real only"
+        else:
+            guided = r["config"]["guidance"]["kind"] != "none" and r["config"]["guidance"]["policy_scale"] > 0
+            variant = (f"real + {'policy-guided' if guided else 'unguided'} synthetic "
+                       f"({off['synthetic_ratio']:g} of each batch, regenerated every {off['regenerate_every']})")
+            if guided:
+                variant += f", coefficient {r['config']['guidance']['policy_scale']:g}"
+        groups.setdefault((r["task"], variant), []).append((r, path))
+    rows = []
+    for (task, variant), runs in groups.items():
+        scores = np.array([r["normalized_score"]["mean"] for r, _ in runs])
+        stderr = scores.std(ddof=1) / np.sqrt(len(scores)) if len(scores) > 1 else float("nan")
+        first = runs[0][0]
+        files = ", ".join(f"[{p.name}]({p.as_posix()})" for _, p in runs)
+        rows.append(
+            f"| {task} | {first['config']['offline']['algo']} | {variant} | {first['checkpoint']['step']} "
+            f"| {len(runs)} x {first['n_episodes']} | **{scores.mean():.1f} ± {stderr:.1f}** "
+            f"| {' / '.join(f'{x:.1f}' for x in scores)} | {files} |"
+        )
+    return rows
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--offline"]:
+        print("| dataset | agent | training data | updates | agents x episodes | D4RL normalized score "
+              "(mean ± s.e. over agents) | per agent | results files |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for line in offline_rows([Path(name) for name in sys.argv[2:]]):
+            print(line)
+        return
     if sys.argv[1:2] == ["--synthetic"]:
         print("| dataset | policy coefficient | schedule, target, guide steps | trajectories x length "
               "| target log-likelihood of generated actions (mean ± s.e.) | of dataset actions "

@@ -152,3 +152,26 @@ def test_offline_agent_trains_on_data_regenerated_towards_itself(reward_model: t
     cfg.guidance.kind = "value"  # type: ignore[assignment]
     with pytest.raises(ValueError, match="needs guidance=policy"):
         run_train_offline(dataclasses.replace(cfg, offline=dataclasses.replace(cfg.offline, run_dir=str(folder / "x"))))
+
+
+def test_the_first_regenerated_set_is_unguided(reward_model: tuple[TrainedModel, Path]) -> None:
+    """At update 0 the agent is untrained: its set is sampled unguided; later sets follow the agent."""
+    from diffplan.cli.generate import generation_setup, policy_guided_regenerator
+    from diffplan.policies import LinearGaussianPolicy
+
+    _, folder = reward_model
+    cfg = tiny_locomotion_config(folder, ["train.model_rewards=true", "train.model_terminals=true", "guidance=policy",
+                                          "guidance.policy_scale=0.05", "generate.n_trajectories=3",
+                                          "generate.length=5", "generate.seed=7"])
+    regenerate = policy_guided_regenerator(cfg)
+    target = LinearGaussianPolicy(torch.zeros(3, 11), torch.full((3,), 0.9), std=0.1)
+    setup = generation_setup(cfg)
+    unguided = generate(setup.model, setup.sampler, setup.matrix, setup.episodes.observations, setup.spec)
+    first = regenerate(target, 0)
+    np.testing.assert_array_equal(first["actions"], unguided["actions"])
+    later = regenerate(target, 0 + 0)  # same step, same data: deterministic
+    np.testing.assert_array_equal(later["actions"], first["actions"])
+    guided = regenerate(target, 5)
+    plain = generate(setup.model, setup.sampler, setup.matrix, setup.episodes.observations,
+                     dataclasses.replace(setup.spec, seed=12))
+    assert guided["actions"].mean() > plain["actions"].mean()

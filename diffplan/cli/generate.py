@@ -125,7 +125,9 @@ def policy_guided_regenerator(cfg: Config) -> Callable[[TargetPolicy, int], dict
     """Policy-Guided Diffusion's loop: ``regenerate(policy, step)`` samples a fresh synthetic set
     (``generate.*``) guided towards ``policy`` (the agent being trained) with ``guidance.*``
     (``guidance.kind`` must be ``policy``; ``guidance.policy`` is not read). Each call's seed is
-    ``generate.seed + step``, so a resumed run regenerates the same data."""
+    ``generate.seed + step``, so a resumed run regenerates the same data. The set of step 0 is
+    sampled unguided: the agent is untrained then, and guiding towards a random policy fills the
+    first U updates with its actions (on hopper-medium that cost TD3+BC half its score)."""
     if GuidanceKind(cfg.guidance.kind) is not GuidanceKind.policy:
         raise ValueError(
             f"regenerating synthetic data with the agent as target needs guidance=policy, got guidance.kind="
@@ -136,7 +138,7 @@ def policy_guided_regenerator(cfg: Config) -> Callable[[TargetPolicy, int], dict
     setup = generation_setup(cfg)
 
     def regenerate(policy: TargetPolicy, step: int) -> dict[str, np.ndarray]:
-        guidance = build_guidance(cfg.guidance, setup.model, setup.device, policy=policy)
+        guidance = build_guidance(cfg.guidance, setup.model, setup.device, policy=policy) if step > 0 else None
         spec = dataclasses.replace(setup.spec, seed=cfg.generate.seed + step)
         return generate(setup.model, setup.sampler, setup.matrix, setup.episodes.observations, spec,
                         guidance=guidance, device=setup.device)
