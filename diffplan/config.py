@@ -15,7 +15,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from diffplan.data.normalizer import NormalizerKind
-from diffplan.diffusion.sampler import SamplerKind
+from diffplan.diffusion.levels import LevelWeighting, NoiseMode
+from diffplan.diffusion.sampler import SamplerKind, ScheduleMatrixKind
 from diffplan.diffusion.schedule import PredictionType, ScheduleKind
 from diffplan.guidance.base import GuidanceSchedule, GuideTarget
 
@@ -127,6 +128,11 @@ class DiffusionConfig:
     # Mark tokens with inpainted entries as clean (level 0) in the denoiser's input, in
     # training and sampling alike (the checkpoint's setting is used at planning time).
     clean_condition_tokens: bool = False
+    # Planning-time scheduling matrix (diffplan.diffusion.sampler.scheduling_matrix): full_sequence,
+    # or Diffusion Forcing's per-token autoregressive | pyramid | trapezoid (for models trained with
+    # train.noise_mode=independent or mixture); uncertainty: rows between consecutive tokens' starts.
+    schedule_matrix: ScheduleMatrixKind = ScheduleMatrixKind.full_sequence
+    uncertainty: int = 1
 
 
 @dataclass
@@ -152,6 +158,12 @@ class TrainConfig:
     model_terminals: bool = False
     reward_weight: float = 1.0
     terminal_weight: float = 1.0
+    # Training noise levels (diffplan.diffusion.levels): full_sequence (one per window), independent
+    # (one per token, Diffusion Forcing) or mixture (independent windows with probability noise_mixture_p);
+    # per-token loss weight by level: none or min_snr (Min-SNR-5, Hang et al. 2023).
+    noise_mode: NoiseMode = NoiseMode.full_sequence
+    noise_mixture_p: float = 0.5
+    level_weighting: LevelWeighting = LevelWeighting.none
     seed: int = 0
     device: str = "auto"
     threads: int = 0

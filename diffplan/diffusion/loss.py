@@ -1,8 +1,9 @@
 """The denoising loss, with per-token noise levels and masked entries.
 
-:func:`full_sequence_levels` and :func:`noisy_input` are the forward-process half of a
-training step, shared with the value function's training
-(:mod:`diffplan.training.value_trainer`) so both see exactly what the sampler produces.
+:func:`full_sequence_levels` (or :func:`diffplan.diffusion.levels.training_levels` for the
+other noise modes) and :func:`noisy_input` are the forward-process half of a training step,
+shared with the value function's training (:mod:`diffplan.training.value_trainer`) so both
+see exactly what the sampler produces.
 """
 
 from __future__ import annotations
@@ -10,19 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffplan.diffusion.levels import LevelWeighting, level_loss_weights
+from diffplan.diffusion.levels import full_sequence_levels as full_sequence_levels  # re-exported
 from diffplan.diffusion.sampler import Denoiser
 from diffplan.diffusion.schedule import NoiseSchedule
-
-
-def full_sequence_levels(
-    size: int, horizon: int, n_timesteps: int, generator: torch.Generator, *, low: int = 1
-) -> Tensor:
-    """Integer levels (size, horizon): one level per window, uniform in [low, T], shared by its tokens.
-
-    Full-sequence diffusion; draws ``size`` integers from ``generator`` (on the CPU).
-    """
-    levels = torch.randint(low, n_timesteps + 1, (size, 1), generator=generator)
-    return levels.expand(size, horizon)
 
 
 def noisy_input(
@@ -60,8 +52,15 @@ def diffusion_loss(
     valid: Tensor | None = None,
     weights: Tensor | None = None,
     clean_condition_tokens: bool = False,
+    level_weighting: LevelWeighting | str = LevelWeighting.none,
 ) -> Tensor:
     """Weighted mean squared error of the denoiser's prediction.
+
+    ``sum(w_token * w_entry * error * keep) / sum(keep)``, where ``keep`` drops conditioned
+    entries and invalid tokens, ``w_entry`` is ``weights`` (1 if None) and ``w_token`` the
+    level weight of each token (:func:`diffplan.diffusion.levels.level_loss_weights`, 1 for
+    ``none``); the denominator counts kept entries, so weights scale the loss, as in
+    Min-SNR's weighted mean.
 
     Args:
         x0: clean normalized trajectories (B, H, D).
@@ -73,6 +72,8 @@ def diffusion_loss(
         weights: per-entry loss weights broadcastable to (B, H, D) (e.g. first-action weight).
         clean_condition_tokens: feed level 0 to the denoiser for tokens with a given entry
             (the sampler must do the same).
+        level_weighting: per-token weight by noise level (``none`` or ``min_snr``), from
+            ``levels`` (the drawn levels, not the ones the denoiser is told).
     """
     x_t, model_levels = noisy_input(
         schedule, x0, noise, levels, condition_mask=condition_mask, clean_condition_tokens=clean_condition_tokens
@@ -86,5 +87,8 @@ def diffusion_loss(
     error = (output - schedule.target(x0, noise, levels)) ** 2
     if weights is not None:
         error = error * weights
+    token_weights = level_loss_weights(schedule, levels, level_weighting)
+    if token_weights is not None:
+        error = error * token_weights.unsqueeze(-1)
     keep_f = keep.to(error.dtype)
     return (error * keep_f).sum() / keep_f.sum().clamp(min=1.0)

@@ -2,7 +2,9 @@
 
 A scheduling matrix has shape (S + 1, H): row ``i`` holds the noise level of every token
 after ``i`` sampling iterations; row 0 is where sampling starts and row S must be all zeros.
-Full-sequence diffusion uses rows whose H entries are equal. The sampler walks the rows,
+Full-sequence diffusion uses rows whose H entries are equal; :func:`scheduling_matrix` also
+builds Diffusion Forcing's per-token matrices (autoregressive, pyramid, trapezoid), which
+need a model trained with per-token levels (``train.noise_mode``). The sampler walks the rows,
 calls the denoiser once per row, and applies one DDIM update per token from its level in
 row ``i`` to its level in row ``i + 1`` (tokens whose level does not change are left as
 they are). DDPM is the DDIM update with ``eta = 1`` over every integer level.
@@ -80,6 +82,88 @@ def full_sequence_matrix(n_timesteps: int, sampling_steps: int, horizon: int) ->
         )
     levels = torch.linspace(n_timesteps, 0, sampling_steps + 1, dtype=torch.float64).round().long()
     return levels.unsqueeze(1).expand(sampling_steps + 1, horizon).contiguous()
+
+
+class ScheduleMatrixKind(StrEnum):
+    """Named scheduling matrices (:func:`scheduling_matrix`)."""
+
+    full_sequence = "full_sequence"
+    autoregressive = "autoregressive"
+    pyramid = "pyramid"
+    trapezoid = "trapezoid"
+
+
+def scheduling_matrix(
+    kind: ScheduleMatrixKind | str,
+    *,
+    n_timesteps: int,
+    sampling_steps: int,
+    horizon: int,
+    uncertainty: int = 1,
+) -> Tensor:
+    """Scheduling matrix (rows, H) of integer levels by name: row 0 all T, last row all 0.
+
+    Every token follows the same trajectory of levels as in :func:`full_sequence_matrix`
+    (``sampling_steps`` evenly spaced levels from T to 0, so DDIM with fewer steps than
+    levels works), delayed by ``offset_t`` rows: token t's level at row m is
+    ``full_sequence_level[clamp(m - offset_t, 0, S)]``; the matrix has
+    ``S + max(offset) + 1`` rows. Tokens not started yet stay at T, finished ones at 0, and
+    the sampler leaves a token unchanged in a row where its level does not change.
+
+    Kinds (Diffusion Forcing, Chen et al. 2024):
+
+    - ``full_sequence``: offset 0 for every token; exactly :func:`full_sequence_matrix`.
+    - ``pyramid``: ``offset_t = uncertainty * t``, each token starts ``uncertainty`` rows
+      after the previous one, so nearer tokens are always at most as noisy as farther ones
+      (S + uncertainty (H - 1) + 1 rows).
+    - ``autoregressive``: the pyramid with ``uncertainty = S``: token t is denoised fully,
+      in S rows, before token t + 1 starts (S H + 1 rows).
+    - ``trapezoid``: the pyramid from both ends towards the middle,
+      ``offset_t = uncertainty * min(t, H - 1 - t)``: the first and last tokens are
+      denoised first (useful when both ends are inpainted, start and goal).
+
+    Args:
+        kind: one of :class:`ScheduleMatrixKind`.
+        n_timesteps: T.
+        sampling_steps: S, rows per token, in [1, T].
+        horizon: H, the number of tokens (columns), >= 1.
+        uncertainty: rows between the starts of consecutive tokens (``pyramid``,
+            ``trapezoid``), an integer >= 1; ignored by the other kinds.
+
+    Raises:
+        ValueError: an unknown kind, a bad ``uncertainty`` or ``sampling_steps``, a horizon < 1.
+    """
+    try:
+        kind = ScheduleMatrixKind(kind)
+    except ValueError:
+        allowed = ", ".join(k.value for k in ScheduleMatrixKind)
+        raise ValueError(
+            f"unknown scheduling matrix kind {kind!r}; set diffusion.schedule_matrix to one of {allowed}"
+        ) from None
+    if horizon < 1:
+        raise ValueError(f"scheduling matrix {kind.value!r} needs a horizon >= 1, got {horizon}")
+    if kind is ScheduleMatrixKind.full_sequence:
+        return full_sequence_matrix(n_timesteps, sampling_steps, horizon)
+    levels = full_sequence_matrix(n_timesteps, sampling_steps, 1)[:, 0]  # (S + 1,), validates the steps
+    tokens = torch.arange(horizon)
+    if kind is ScheduleMatrixKind.autoregressive:
+        offsets = tokens * sampling_steps
+    else:
+        if isinstance(uncertainty, bool) or not isinstance(uncertainty, int) or uncertainty < 1:
+            raise ValueError(
+                f"scheduling matrix {kind.value!r} needs an integer uncertainty >= 1 (rows between the starts of "
+                f"consecutive tokens), got {uncertainty!r}; set diffusion.uncertainty to 1 or more, or use "
+                "diffusion.schedule_matrix=full_sequence"
+            )
+        if kind is ScheduleMatrixKind.pyramid:
+            offsets = tokens * uncertainty
+        else:
+            offsets = torch.minimum(tokens, horizon - 1 - tokens) * uncertainty
+    rows = sampling_steps + int(offsets.max()) + 1
+    index = (torch.arange(rows).unsqueeze(1) - offsets.unsqueeze(0)).clamp(0, sampling_steps)
+    matrix = levels[index]
+    validate_matrix(matrix, n_timesteps)
+    return matrix
 
 
 def validate_matrix(matrix: Tensor, n_timesteps: int) -> None:
@@ -320,8 +404,11 @@ def make_sampler(
     eta: float = 0.0,
     clip_denoised: float | None = None,
     clean_condition_tokens: bool = False,
+    matrix: ScheduleMatrixKind | str = ScheduleMatrixKind.full_sequence,
+    uncertainty: int = 1,
 ) -> tuple[Sampler, Tensor]:
-    """A sampler and its full-sequence matrix over ``sampling_steps`` evenly spaced levels.
+    """A sampler and its scheduling matrix (:func:`scheduling_matrix` of kind ``matrix``, by
+    default full-sequence) over ``sampling_steps`` evenly spaced levels per token.
 
     DDPM is ancestral sampling, the DDIM update with ``eta = 1`` (``eta`` is ignored); with
     ``sampling_steps = T`` it visits every level (Ho et al. 2020). DDIM uses the given ``eta``.
@@ -329,4 +416,10 @@ def make_sampler(
     if SamplerKind(kind) is SamplerKind.ddpm:
         eta = 1.0
     sampler = Sampler(schedule, eta=eta, clip_denoised=clip_denoised, clean_condition_tokens=clean_condition_tokens)
-    return sampler, full_sequence_matrix(schedule.n_timesteps, sampling_steps, horizon)
+    return sampler, scheduling_matrix(
+        matrix,
+        n_timesteps=schedule.n_timesteps,
+        sampling_steps=sampling_steps,
+        horizon=horizon,
+        uncertainty=uncertainty,
+    )

@@ -15,6 +15,7 @@ Diffuser) instead of the diffused action channels.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -24,9 +25,12 @@ from torch import Tensor
 from diffplan.config import ActionSource, DiffusionConfig, PlannerConfig, Selection
 from diffplan.diffusion.cfg import ClassifierFreeGuidance
 from diffplan.diffusion.conditioning import goal_constraints
-from diffplan.diffusion.sampler import Denoiser, Sampler, check_clip, make_sampler
+from diffplan.diffusion.levels import NoiseMode
+from diffplan.diffusion.sampler import Denoiser, Sampler, ScheduleMatrixKind, check_clip, make_sampler
 from diffplan.models.inverse_dynamics import plan_actions
 from diffplan.training.checkpoint import TrainedModel
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,9 +70,19 @@ def select_candidates(observations: Tensor, selection: Selection) -> Tensor:
 
 
 def planning_sampler(model: TrainedModel, diffusion: DiffusionConfig) -> tuple[Sampler, Tensor]:
-    """The sampler of the planning-time settings ``diffusion`` for ``model``, and its
-    full-sequence scheduling matrix; clean-condition tokens follow the checkpoint."""
+    """The sampler of the planning-time settings ``diffusion`` for ``model``, and its scheduling
+    matrix (``diffusion.schedule_matrix``, ``diffusion.uncertainty``; full-sequence by default,
+    see :func:`diffplan.diffusion.sampler.scheduling_matrix`); clean-condition tokens follow
+    the checkpoint."""
     check_clip(model.config.diffusion.normalizer.value, diffusion.clip_denoised)
+    kind = ScheduleMatrixKind(diffusion.schedule_matrix)
+    trained_full_sequence = NoiseMode(model.config.train.noise_mode) is NoiseMode.full_sequence
+    if kind is not ScheduleMatrixKind.full_sequence and trained_full_sequence:
+        log.warning(
+            "diffusion.schedule_matrix=%s gives tokens different levels, but %s was trained with one level per window "
+            "(train.noise_mode=full_sequence); train with train.noise_mode=independent or mixture for it",
+            kind.value, model.path,
+        )
     return make_sampler(
         model.schedule,
         diffusion.sampler,
@@ -78,6 +92,8 @@ def planning_sampler(model: TrainedModel, diffusion: DiffusionConfig) -> tuple[S
         clip_denoised=diffusion.clip_denoised,
         # A training-time choice: taken from the checkpoint, not from the planning config.
         clean_condition_tokens=model.config.diffusion.clean_condition_tokens,
+        matrix=diffusion.schedule_matrix,
+        uncertainty=diffusion.uncertainty,
     )
 
 

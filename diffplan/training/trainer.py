@@ -5,6 +5,9 @@ take an AdamW step with warmup and gradient clipping, update the EMA, log, check
 Every random draw comes from one ``torch.Generator`` whose state is saved in the
 checkpoint, so ``resume`` continues bit-identically on the same machine.
 
+Noise levels are drawn by ``train.noise_mode`` (full-sequence by default, or per token as in
+Diffusion Forcing) and each token's loss may be weighted by its level (``train.level_weighting``).
+
 Options: ``model.return_condition`` feeds each window's normalized return-to-go (at its
 first token) to the denoiser, replaced by the null condition with probability
 ``train.cond_dropout`` per sample (classifier-free guidance); ``model.inverse_dynamics``
@@ -30,7 +33,8 @@ from diffplan.data.normalizer import NormalizerKind, fit_normalizer
 from diffplan.data.returns import normalized_returns_to_go
 from diffplan.data.windows import TrajectoryBatch, WindowSampler
 from diffplan.diffusion.conditioning import conditioning_mask
-from diffplan.diffusion.loss import diffusion_loss, full_sequence_levels
+from diffplan.diffusion.levels import NoiseMode, check_mixture_p, training_levels
+from diffplan.diffusion.loss import diffusion_loss
 from diffplan.diffusion.sampler import Denoiser, check_clip
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.models.factory import build_denoiser, build_inverse_dynamics
@@ -66,7 +70,8 @@ RESUME_KEYS: dict[str, tuple[str, ...] | None] = {
     "task": ("name", "horizon", "stride", "continuous_stream", "goal_obs_dims", "return_scale", "return_discount"),
     "diffusion": ("n_timesteps", "schedule", "prediction", "normalizer", "clean_condition_tokens"),
     "train": ("condition_start", "condition_goal", "pad", "action_weight", "cond_dropout", "model_rewards",
-              "model_terminals", "reward_weight", "terminal_weight"),
+              "model_terminals", "reward_weight", "terminal_weight", "noise_mode", "noise_mixture_p",
+              "level_weighting"),
 }
 
 
@@ -107,6 +112,8 @@ class Trainer(TrainingLoop):
         set_threads(cfg.train.threads)
         self.device = select_device(cfg.train.device)
         self.horizon = cfg.task.horizon
+        if NoiseMode(cfg.train.noise_mode) is NoiseMode.mixture:
+            check_mixture_p(cfg.train.noise_mixture_p)
         if cfg.task.continuous_stream:
             # One uninterrupted recording: windows may cross goal changes (not env resets).
             episodes = episodes.joined()
@@ -226,8 +233,11 @@ class Trainer(TrainingLoop):
         batch = self.windows.sample(tc.batch_size, self.generator)
         x0 = batch.x.to(self.device)
         size, horizon = x0.shape[:2]
-        # Full-sequence diffusion: one level per window, shared by its H tokens.
-        levels = full_sequence_levels(size, horizon, self.schedule.n_timesteps, self.generator).to(self.device)
+        # Full-sequence diffusion (one level per window, shared by its H tokens) by default;
+        # per-token levels (Diffusion Forcing) with train.noise_mode=independent or mixture.
+        levels = training_levels(
+            tc.noise_mode, size, horizon, self.schedule.n_timesteps, self.generator, mixture_p=tc.noise_mixture_p
+        ).to(self.device)
         noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
         denoiser: Denoiser = self.model
         if self.returns is not None:
@@ -245,6 +255,7 @@ class Trainer(TrainingLoop):
             valid=batch.valid.to(self.device),
             weights=self.weights,
             clean_condition_tokens=self.cfg.diffusion.clean_condition_tokens,
+            level_weighting=tc.level_weighting,
         )
         lr = warmup_lr(tc.lr, self.step, tc.warmup_steps)
         optimizer_step(self.model, self.optimizer, loss, lr=lr, grad_clip=tc.grad_clip)

@@ -1,0 +1,135 @@
+"""Training noise levels per token, and per-token loss weights by level.
+
+Noise modes (``train.noise_mode``), all integer levels (B, H) in ``[low, T]``:
+
+- ``full_sequence``: one level per window, shared by its H tokens (full-sequence
+  diffusion, Janner et al. 2022); what the sampler's full-sequence matrix denoises.
+- ``independent``: an independent uniform level per token (Diffusion Forcing, Chen et al.
+  2024), so the denoiser learns every mix of noise levels along the window, which
+  per-token scheduling matrices (pyramid, autoregressive, trapezoid) need at sampling time.
+- ``mixture``: per window, ``independent`` with probability p, else ``full_sequence``.
+
+Level weighting (``train.level_weighting``) multiplies each token's squared error by a
+weight of its level: ``none``, or ``min_snr``, Min-SNR-gamma with gamma = 5 (Hang et al.
+2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"): the loss expressed on
+x0 is weighted by ``min(SNR_k, 5)`` with ``SNR_k = abar_k / (1 - abar_k)``; for the other
+prediction types the same weighting becomes ``min(SNR, 5) / SNR`` (epsilon) and
+``min(SNR, 5) / (SNR + 1)`` (v), since their squared errors are SNR and SNR + 1 times the
+x0 error.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import torch
+from torch import Tensor
+
+from diffplan.diffusion.schedule import NoiseSchedule, PredictionType
+
+#: gamma of Min-SNR-gamma weighting (the paper's recommended value).
+MIN_SNR_GAMMA = 5.0
+
+
+class NoiseMode(StrEnum):
+    """How training draws the noise level of each token of a window."""
+
+    full_sequence = "full_sequence"
+    independent = "independent"
+    mixture = "mixture"
+
+
+class LevelWeighting(StrEnum):
+    """Per-token loss weight as a function of the token's noise level."""
+
+    none = "none"
+    min_snr = "min_snr"
+
+
+def full_sequence_levels(
+    size: int, horizon: int, n_timesteps: int, generator: torch.Generator, *, low: int = 1
+) -> Tensor:
+    """Integer levels (size, horizon): one level per window, uniform in [low, T], shared by its tokens.
+
+    Full-sequence diffusion; draws ``size`` integers from ``generator`` (on the CPU).
+    """
+    levels = torch.randint(low, n_timesteps + 1, (size, 1), generator=generator)
+    return levels.expand(size, horizon)
+
+
+def independent_levels(
+    size: int, horizon: int, n_timesteps: int, generator: torch.Generator, *, low: int = 1
+) -> Tensor:
+    """Integer levels (size, horizon): an independent uniform level in [low, T] per token.
+
+    Diffusion Forcing's training noise; draws ``size * horizon`` integers from ``generator``.
+    """
+    return torch.randint(low, n_timesteps + 1, (size, horizon), generator=generator)
+
+
+def training_levels(
+    mode: NoiseMode | str,
+    size: int,
+    horizon: int,
+    n_timesteps: int,
+    generator: torch.Generator,
+    *,
+    mixture_p: float = 0.5,
+    low: int = 1,
+) -> Tensor:
+    """Integer noise levels (size, horizon) in [low, T] for a training batch, by ``mode``.
+
+    Args:
+        mode: ``full_sequence`` (exactly :func:`full_sequence_levels`, the same draws),
+            ``independent`` (:func:`independent_levels`) or ``mixture`` (per window,
+            independent with probability ``mixture_p``, else one shared level).
+        size, horizon: the batch shape (B, H).
+        n_timesteps: T.
+        generator: the source of every draw (CPU). ``mixture`` always draws B shared
+            levels, then B x H independent levels, then B uniforms, whatever they select.
+        mixture_p: probability of an independent window in ``mixture`` mode, in [0, 1].
+        low: smallest level drawn.
+
+    Raises:
+        ValueError: an unknown mode, or ``mixture_p`` outside [0, 1] in ``mixture`` mode.
+    """
+    try:
+        mode = NoiseMode(mode)
+    except ValueError:
+        allowed = ", ".join(m.value for m in NoiseMode)
+        raise ValueError(f"unknown noise mode {mode!r}; set train.noise_mode to one of {allowed}") from None
+    if mode is NoiseMode.full_sequence:
+        return full_sequence_levels(size, horizon, n_timesteps, generator, low=low)
+    if mode is NoiseMode.independent:
+        return independent_levels(size, horizon, n_timesteps, generator, low=low)
+    check_mixture_p(mixture_p)
+    shared = full_sequence_levels(size, horizon, n_timesteps, generator, low=low)
+    independent = independent_levels(size, horizon, n_timesteps, generator, low=low)
+    pick_independent = torch.rand(size, generator=generator) < mixture_p
+    return torch.where(pick_independent.unsqueeze(1), independent, shared)
+
+
+def check_mixture_p(mixture_p: float) -> None:
+    """Refuse a mixture probability outside [0, 1] (naming ``train.noise_mixture_p``)."""
+    if not 0.0 <= mixture_p <= 1.0:
+        raise ValueError(f"train.noise_mixture_p must be in [0, 1], got {mixture_p}")
+
+
+def level_loss_weights(schedule: NoiseSchedule, levels: Tensor, weighting: LevelWeighting | str) -> Tensor | None:
+    """Per-token loss weights (B, H) of integer ``levels`` (B, H); None for ``none``.
+
+    ``min_snr``: ``min(SNR, gamma)`` for x0 prediction, ``min(SNR, gamma) / SNR`` for epsilon,
+    ``min(SNR, gamma) / (SNR + 1)`` for v, with gamma = :data:`MIN_SNR_GAMMA` and
+    ``SNR = abar / (1 - abar)`` of the schedule (see the module docstring).
+    """
+    weighting = LevelWeighting(weighting)
+    if weighting is LevelWeighting.none:
+        return None
+    abar = schedule.alphas_cumprod[levels.long()]
+    snr = abar / (1 - abar).clamp(min=1e-12)
+    weights = snr.clamp(max=MIN_SNR_GAMMA)
+    if schedule.prediction is PredictionType.epsilon:
+        weights = weights / snr.clamp(min=1e-12)
+    elif schedule.prediction is PredictionType.v:
+        weights = weights / (snr + 1)
+    return weights
