@@ -23,6 +23,8 @@ from diffplan.guidance.base import GuidanceSchedule, GuideTarget
 
 class ModelKind(StrEnum):
     unet = "unet"
+    # diffplan.models.transformer.TrajectoryTransformer (d_model, n_layers, n_heads, causal, frame_stack).
+    transformer = "transformer"
 
 
 class ExecutionMode(StrEnum):
@@ -108,6 +110,12 @@ class ModelConfig:
     dim: int = 32
     dim_mults: list[int] = field(default_factory=lambda: [1, 4, 8])
     kernel_size: int = 5
+    # name=transformer only: token width, blocks, heads, causal attention, timesteps per token.
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    causal: bool = True
+    frame_stack: int = 1
     # Condition on the normalized return-to-go (classifier-free guidance, Decision Diffuser).
     return_condition: bool = False
     # Train an inverse-dynamics head (s_t, s_t+1) -> a_t alongside the denoiser.

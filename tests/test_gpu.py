@@ -13,6 +13,7 @@ from diffplan.data import LimitsNormalizer, TrajectoryLayout
 from diffplan.diffusion.loss import diffusion_loss
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.guidance import ValueGuide
+from diffplan.models.transformer import TrajectoryTransformer
 from diffplan.models.unet import TemporalUnet
 from diffplan.models.value import build_value_net
 from diffplan.planning.planner import GoalPlanner
@@ -77,3 +78,19 @@ def test_cuda_value_guided_planning_with_warm_start() -> None:
     cold, warm = value_plans("cuda")
     assert cold.shape == warm.shape == (3, 2)
     assert torch.isfinite(cold).all() and torch.isfinite(warm).all()
+
+
+def test_cuda_transformer_matches_cpu_and_trains() -> None:
+    torch.manual_seed(0)
+    net = TrajectoryTransformer(transition_dim=6, horizon=16, d_model=32, n_layers=2, n_heads=4, frame_stack=2).eval()
+    x, levels = torch.randn(2, 16, 6), torch.rand(2, 16)
+    with torch.no_grad():
+        expected = net(x, levels)
+        got = net.to("cuda")(x.cuda(), levels.cuda())
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-4)
+    denoiser = net.train()
+    schedule = NoiseSchedule(10).to("cuda")
+    x0 = torch.randn(4, 16, 6, device="cuda")
+    loss = diffusion_loss(denoiser, schedule, x0, torch.randint(1, 11, (4, 16), device="cuda"), torch.randn_like(x0))
+    loss.backward()
+    assert torch.isfinite(loss)

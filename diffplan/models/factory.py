@@ -6,6 +6,7 @@ from torch import nn
 
 from diffplan.config import ModelConfig, ModelKind
 from diffplan.models.inverse_dynamics import InverseDynamics
+from diffplan.models.transformer import TrajectoryTransformer
 from diffplan.models.unet import TemporalUnet
 
 
@@ -18,6 +19,17 @@ def build_denoiser(cfg: ModelConfig, *, transition_dim: int, horizon: int) -> nn
             dim=cfg.dim,
             dim_mults=tuple(cfg.dim_mults),
             kernel_size=cfg.kernel_size,
+            return_condition=cfg.return_condition,
+        )
+    if ModelKind(cfg.name) is ModelKind.transformer:
+        return TrajectoryTransformer(
+            transition_dim=transition_dim,
+            horizon=horizon,
+            d_model=cfg.d_model,
+            n_layers=cfg.n_layers,
+            n_heads=cfg.n_heads,
+            causal=cfg.causal,
+            frame_stack=cfg.frame_stack,
             return_condition=cfg.return_condition,
         )
     raise ValueError(f"unknown model {cfg.name!r}; allowed: {[k.value for k in ModelKind]}")
