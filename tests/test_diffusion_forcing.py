@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_fixtures import random_walk_episodes
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 from torch import Tensor
@@ -398,20 +399,7 @@ OBS_DIM, ACT_DIM = 4, 2
 
 @pytest.fixture(scope="module")
 def episodes() -> Episodes:
-    rng = np.random.default_rng(0)
-    n_rows = 90
-    actions = rng.uniform(-1, 1, (n_rows, ACT_DIM)).astype(np.float32)
-    velocity = np.cumsum(actions, axis=0) * 0.1
-    position = np.cumsum(velocity, axis=0) * 0.1
-    timeouts = np.zeros(n_rows, dtype=bool)
-    timeouts[[29, 59, 89]] = True
-    return Episodes.from_arrays(
-        observations=np.concatenate([position, velocity], axis=1).astype(np.float32),
-        actions=actions,
-        rewards=rng.uniform(0, 1, n_rows).astype(np.float32),
-        terminals=np.zeros(n_rows, dtype=bool),
-        timeouts=timeouts,
-    )
+    return random_walk_episodes()
 
 
 def _config(steps: int, *, noise_mode: str = "independent", level_weighting: str = "min_snr") -> Config:

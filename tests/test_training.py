@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_fixtures import random_walk_episodes
 
 from diffplan.config import Config, DiffusionConfig, ModelConfig, TaskConfig, TrainConfig
 from diffplan.data import Episodes, TrajectoryLayout, load_hdf5, write_hdf5
@@ -24,20 +25,7 @@ OBS_DIM, ACT_DIM = 4, 2
 @pytest.fixture(scope="module")
 def episodes(tmp_path_factory: pytest.TempPathFactory) -> Episodes:
     """Three 30-step episodes of a smooth random walk, through an HDF5 round trip."""
-    rng = np.random.default_rng(0)
-    n_rows = 90
-    actions = rng.uniform(-1, 1, (n_rows, ACT_DIM)).astype(np.float32)
-    velocity = np.cumsum(actions, axis=0) * 0.1
-    position = np.cumsum(velocity, axis=0) * 0.1
-    timeouts = np.zeros(n_rows, dtype=bool)
-    timeouts[[29, 59, 89]] = True
-    data = Episodes.from_arrays(
-        observations=np.concatenate([position, velocity], axis=1).astype(np.float32),
-        actions=actions,
-        rewards=rng.uniform(0, 1, n_rows).astype(np.float32),
-        terminals=np.zeros(n_rows, dtype=bool),
-        timeouts=timeouts,
-    )
+    data = random_walk_episodes()
     path = write_hdf5(tmp_path_factory.mktemp("data") / "tiny.hdf5", data, {"task": "tiny"})
     return load_hdf5(path)
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffplan.models.unet import make_level_embedding
+from diffplan.models.unet import embed_condition, make_level_embedding
 
 
 def sinusoidal_positions(length: int, dim: int, *, device: torch.device | None = None) -> Tensor:
@@ -179,14 +179,6 @@ class TrajectoryTransformer(nn.Module):
         return out.reshape(batch, horizon, channels)
 
     def _condition(self, condition: Tensor | None, drop: Tensor | None, batch: int) -> Tensor:
-        """(B, d_model) condition embedding: the MLP of the scalar, or the null embedding where dropped."""
+        """(B, d_model) condition embedding (see :func:`diffplan.models.unet.embed_condition`)."""
         assert self.condition_embedding is not None and self.null_condition is not None
-        null = self.null_condition.expand(batch, -1)
-        if condition is None:
-            return null
-        if condition.shape != (batch,):
-            raise ValueError(f"condition must have shape ({batch},), got {tuple(condition.shape)}")
-        embedded = self.condition_embedding(condition.to(null.dtype).unsqueeze(-1))  # (B, d)
-        if drop is None:
-            return embedded
-        return torch.where(drop.to(torch.bool).unsqueeze(-1), null, embedded)
+        return embed_condition(self.condition_embedding, self.null_condition, condition, drop, batch)

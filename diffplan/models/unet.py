@@ -240,17 +240,29 @@ class TemporalUnet(nn.Module):
         return self.final(h).transpose(1, 2)  # (B, H, D)
 
     def _condition(self, condition: Tensor | None, drop: Tensor | None, batch: int) -> Tensor:
-        """(B, E) condition embedding: the MLP of the scalar, or the null embedding where dropped."""
+        """(B, E) condition embedding (see :func:`embed_condition`)."""
         assert self.condition_embedding is not None and self.null_condition is not None
-        null = self.null_condition.expand(batch, -1)
-        if condition is None:
-            return null
-        if condition.shape != (batch,):
-            raise ValueError(f"condition must have shape ({batch},), got {tuple(condition.shape)}")
-        embedded = self.condition_embedding(condition.to(null.dtype).unsqueeze(-1))  # (B, E)
-        if drop is None:
-            return embedded
-        return torch.where(drop.to(torch.bool).unsqueeze(-1), null, embedded)
+        return embed_condition(self.condition_embedding, self.null_condition, condition, drop, batch)
+
+
+def embed_condition(
+    mlp: nn.Module, null_condition: Tensor, condition: Tensor | None, drop: Tensor | None, batch: int
+) -> Tensor:
+    """(B, E) embedding of a scalar condition (B,): ``mlp`` of it, or the learned ``null_condition``
+    (E,) where ``drop`` is set or no condition is given (classifier-free guidance's null input).
+
+    Raises:
+        ValueError: ``condition`` is not of shape (B,).
+    """
+    null = null_condition.expand(batch, -1)
+    if condition is None:
+        return null
+    if condition.shape != (batch,):
+        raise ValueError(f"condition must have shape ({batch},), got {tuple(condition.shape)}")
+    embedded = mlp(condition.to(null.dtype).unsqueeze(-1))  # (B, E)
+    if drop is None:
+        return embedded
+    return torch.where(drop.to(torch.bool).unsqueeze(-1), null, embedded)
 
 
 def check_horizon(horizon: int, factor: int) -> None:
