@@ -81,6 +81,8 @@ def test_generation_refuses_a_model_without_rewards_or_too_long_trajectories(
     model, _ = reward_model
     with pytest.raises(ValueError, match=r"generate.length=8 .* horizon 8"):
         GenerationSpec(n_trajectories=1, length=8).check(model)
+    with pytest.raises(ValueError, match=r"generate.n_trajectories must be >= 1, got 0"):
+        GenerationSpec(n_trajectories=0, length=4).check(model)
     no_rewards = TrainedModel(model.denoiser, model.schedule, model.normalizer, TrajectoryLayout(11, 3),
                               model.config, model.horizon, 0, Path("plain.pt"))
     with pytest.raises(ValueError, match="train.model_rewards=true"):
