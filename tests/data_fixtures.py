@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from diffplan.data import Episodes
 
@@ -25,3 +26,12 @@ def random_walk_episodes() -> Episodes:
         terminals=np.zeros(n_rows, dtype=bool),
         timeouts=timeouts,
     )
+
+
+def training_state(trainer: object) -> dict[str, torch.Tensor]:
+    """Every tensor of a trainer's state (model, EMA, optimizer), by name, to compare runs bit for bit."""
+    out = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}  # type: ignore[attr-defined]
+    out.update({f"ema.{k}": v for k, v in trainer.ema.state_dict().items()})  # type: ignore[attr-defined]
+    for index, state in trainer.optimizer.state_dict()["state"].items():  # type: ignore[attr-defined]
+        out.update({f"opt.{index}.{k}": v for k, v in state.items()})
+    return out

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_fixtures import random_walk_episodes
+from data_fixtures import random_walk_episodes, training_state
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 from torch import Tensor
@@ -413,12 +413,6 @@ def _config(steps: int, *, noise_mode: str = "independent", level_weighting: str
     )
 
 
-def _tensors(trainer: Trainer) -> dict[str, Tensor]:
-    out = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
-    out.update({f"ema.{k}": v for k, v in trainer.ema.state_dict().items()})
-    for index, state in trainer.optimizer.state_dict()["state"].items():
-        out.update({f"opt.{index}.{k}": v for k, v in state.items()})
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -436,7 +430,7 @@ def test_independent_training_resumes_bit_identically(independent_run: Trainer, 
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
     second = Trainer(_config(6), episodes, tmp_path, {"path": "tiny.hdf5"})
     assert second.train(resume=True).resumed_from == 3
-    expected, got = _tensors(independent_run), _tensors(second)
+    expected, got = training_state(independent_run), training_state(second)
     assert expected.keys() == got.keys()
     assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
     assert torch.equal(independent_run.generator.get_state(), second.generator.get_state())

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_fixtures import random_walk_episodes
+from data_fixtures import random_walk_episodes, training_state
 
 from diffplan.config import Config, DiffusionConfig, ModelConfig, TaskConfig, TrainConfig
 from diffplan.data import Episodes, TrajectoryLayout, load_hdf5, write_hdf5
@@ -40,12 +40,6 @@ def _config(steps: int, *, ckpt_every: int = 1000, dim: int = 8) -> Config:
     )
 
 
-def _tensors(trainer: Trainer) -> dict[str, torch.Tensor]:
-    out = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
-    out.update({f"ema.{k}": v for k, v in trainer.ema.state_dict().items()})
-    for index, state in trainer.optimizer.state_dict()["state"].items():
-        out.update({f"opt.{index}.{k}": v for k, v in state.items()})
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +58,7 @@ def test_resume_is_bit_identical(straight_run: Trainer, episodes: Episodes, tmp_
     second = Trainer(_config(6), episodes, tmp_path, {"path": "tiny.hdf5"})
     summary = second.train(resume=True)
     assert summary.resumed_from == 3 and summary.steps == 6
-    expected, got = _tensors(straight_run), _tensors(second)
+    expected, got = training_state(straight_run), training_state(second)
     assert expected.keys() == got.keys()
     different = [k for k in expected if not torch.equal(expected[k], got[k])]
     assert different == []
@@ -89,7 +83,7 @@ def test_max_minutes_stops_with_a_checkpoint_and_the_same_command_resumes(
     cfg.train.max_minutes = None
     second = Trainer(cfg, episodes, tmp_path, {"path": "tiny.hdf5"})
     assert second.train().resumed_from == 2
-    expected, got = _tensors(straight_run), _tensors(second)
+    expected, got = training_state(straight_run), training_state(second)
     assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
 
 

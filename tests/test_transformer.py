@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_fixtures import random_walk_episodes
+from data_fixtures import random_walk_episodes, training_state
 from torch import Tensor
 
 from diffplan.config import Config, DiffusionConfig, ModelConfig, ModelKind, TaskConfig, TrainConfig
@@ -185,12 +185,6 @@ def _config(steps: int) -> Config:
     )
 
 
-def _tensors(trainer: Trainer) -> dict[str, Tensor]:
-    out = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
-    out.update({f"ema.{k}": v for k, v in trainer.ema.state_dict().items()})
-    for index, state in trainer.optimizer.state_dict()["state"].items():
-        out.update({f"opt.{index}.{k}": v for k, v in state.items()})
-    return out
 
 
 def test_trainer_saves_reloads_and_resumes_bit_identically(episodes: Episodes, tmp_path: Path) -> None:
@@ -212,7 +206,7 @@ def test_trainer_saves_reloads_and_resumes_bit_identically(episodes: Episodes, t
     second = Trainer(_config(3), episodes, tmp_path / "b", {"path": "tiny.hdf5"})
     resumed = second.train(resume=True)
     assert resumed.resumed_from == 2 and resumed.steps == 3
-    expected, got = _tensors(straight), _tensors(second)
+    expected, got = training_state(straight), training_state(second)
     assert expected.keys() == got.keys()
     for key in expected:
         assert torch.equal(expected[key], got[key]), key

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_fixtures import training_state
 
 from diffplan.cli.train_value import run_train_value
 from diffplan.config import Config, DiffusionConfig, ModelConfig, TaskConfig, TrainConfig, ValueConfig
@@ -158,12 +159,6 @@ def _value_config(steps: int, **overrides: object) -> ValueConfig:
     return ValueConfig(**settings)  # type: ignore[arg-type]
 
 
-def _tensors(trainer: ValueTrainer) -> dict[str, torch.Tensor]:
-    out = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
-    out.update({f"ema.{k}": v for k, v in trainer.ema.state_dict().items()})
-    for index, state in trainer.optimizer.state_dict()["state"].items():
-        out.update({f"opt.{index}.{k}": v for k, v in state.items()})
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +186,7 @@ def test_value_resume_is_bit_identical(straight: ValueTrainer, data: Episodes, d
     second = ValueTrainer(_value_config(6), diffusion, data, {"path": "tiny.hdf5"}, run_dir=tmp_path)
     summary = second.train()
     assert summary.resumed_from == 3 and summary.steps == 6
-    expected, got = _tensors(straight), _tensors(second)
+    expected, got = training_state(straight), training_state(second)
     assert expected.keys() == got.keys()
     assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
     assert torch.equal(straight.generator.get_state(), second.generator.get_state())
