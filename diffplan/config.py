@@ -405,6 +405,9 @@ class GuidanceConfig:
     schedule: GuidanceSchedule = GuidanceSchedule.constant
     # Rescale the policy gradient per sample to unit RMS per action entry (diffplan.guidance.PolicyGuide).
     normalize_grad: bool = False
+    # Monte Carlo guidance (diffplan.guidance.monte_carlo.wrap_monte_carlo): average the guide's gradient
+    # over this many re-noised samples of the noisier future tokens; 1 = plain guidance.
+    mc_samples: int = 1
 
 
 @dataclass

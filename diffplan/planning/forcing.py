@@ -1,0 +1,230 @@
+"""Model-predictive control with Diffusion Forcing (Chen et al. 2024): sliding-window plans
+with clean history.
+
+Each plan is one window of the model's horizon H. Its first ``h`` tokens are *history*:
+tokens already executed (state and action), written into the sample exactly (inpainting,
+:class:`~diffplan.diffusion.sampler.Constraints`) and kept at level 0 for the whole
+scheduling matrix (their columns are zero, :func:`history_matrix`), so the sampler never
+changes them and the denoiser always sees them as clean. Token ``h`` is the *current* token:
+its observation channels are inpainted with the current state (like
+:class:`~diffplan.planning.planner.GoalPlanner`'s first token) and its action is generated.
+Tokens ``h .. H - 1`` are generated along the chosen matrix (``diffusion.schedule_matrix``,
+``diffusion.uncertainty``; for a pyramid, nearer tokens are never noisier than farther ones).
+
+:meth:`ForcingPlanner.rollout` generates a trajectory longer than the horizon: after each
+plan the first ``execute`` generated tokens are appended to the trajectory (they become
+history), the state of the token after them is the next current state, and the window
+slides so that its history is the last ``min(n_history, executed)`` trajectory tokens.
+Executed tokens are never changed by later plans.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from diffplan.config import DiffusionConfig, PlannerConfig
+from diffplan.diffusion.sampler import Constraints, ScheduleMatrixKind, scheduling_matrix
+from diffplan.guidance.base import Guidance
+from diffplan.planning.planner import planning_denoiser, planning_sampler
+from diffplan.training.checkpoint import TrainedModel
+
+
+def history_matrix(
+    kind: ScheduleMatrixKind | str,
+    n_history: int,
+    *,
+    n_timesteps: int,
+    sampling_steps: int,
+    horizon: int,
+    uncertainty: int = 1,
+) -> Tensor:
+    """Scheduling matrix (rows, ``horizon``) for a window whose first ``n_history`` tokens are clean.
+
+    The first ``n_history`` columns are 0 in every row (history: level 0 throughout, never
+    updated); the remaining ``horizon - n_history`` columns are
+    :func:`~diffplan.diffusion.sampler.scheduling_matrix` of ``kind`` over that many tokens
+    (so the pyramid starts at the first token after the history).
+
+    Raises:
+        ValueError: ``n_history`` outside [0, horizon - 1] (at least one token must be
+            generated), or what :func:`scheduling_matrix` raises.
+    """
+    if not 0 <= n_history < horizon:
+        raise ValueError(f"n_history must be in [0, horizon - 1 = {horizon - 1}], got {n_history}")
+    future = scheduling_matrix(
+        kind, n_timesteps=n_timesteps, sampling_steps=sampling_steps, horizon=horizon - n_history,
+        uncertainty=uncertainty,
+    )
+    history = future.new_zeros(future.shape[0], n_history)
+    return torch.cat([history, future], dim=1)
+
+
+@dataclass
+class ForcingRollout:
+    """A generated trajectory and the windows that produced it.
+
+    Attributes:
+        trajectory: (B, n_steps, D) raw units; token 0's observation is the start state.
+        normalized: (B, n_steps, D) the same in normalized units (exactly what was sampled).
+        windows: per plan, the sampled window (B, H, D), normalized.
+        offsets: per plan, the trajectory index of the window's first token.
+        n_history: per plan, how many history tokens the window held.
+        plan_times_s: per plan, the sampler's wall time.
+    """
+
+    trajectory: Tensor
+    normalized: Tensor
+    windows: list[Tensor] = field(default_factory=list, repr=False)
+    offsets: list[int] = field(default_factory=list)
+    n_history: list[int] = field(default_factory=list)
+    plan_times_s: list[float] = field(default_factory=list)
+
+
+class ForcingPlanner:
+    """Diffusion Forcing MPC: plans windows of the model's horizon conditioned on clean history.
+
+    Args:
+        model: a trained model (ideally trained with per-token levels, ``train.noise_mode``
+            ``independent`` or ``mixture``, and a causal or bidirectional denoiser).
+        diffusion: planning-time sampler settings; ``schedule_matrix`` and ``uncertainty``
+            choose the matrix over the generated tokens.
+        execute: generated tokens executed (appended to the trajectory) per plan, >= 1.
+        n_history: most history tokens per window; None: ``horizon - 1 - execute`` (the
+            most that still leaves the token after the executed ones in the window).
+            ``n_history + execute`` must be at most ``horizon - 1``.
+        planner: return target and guidance weight for return-conditioned models (only
+            those fields are read); None: the defaults.
+        guidance: optional guidance for every plan (history and inpainted entries are never
+            moved by it).
+        device: where sampling runs.
+    """
+
+    def __init__(
+        self,
+        model: TrainedModel,
+        *,
+        diffusion: DiffusionConfig,
+        execute: int,
+        n_history: int | None = None,
+        planner: PlannerConfig | None = None,
+        guidance: Guidance | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        horizon = model.horizon
+        if execute < 1:
+            raise ValueError(f"execute must be >= 1, got {execute}")
+        if n_history is None:
+            n_history = horizon - 1 - execute
+        if n_history < 0 or n_history + execute > horizon - 1:
+            raise ValueError(
+                f"need n_history >= 0 and n_history + execute <= horizon - 1 = {horizon - 1} (the window must hold "
+                f"the history, the executed tokens and the next state), got n_history={n_history}, execute={execute}"
+            )
+        self.model = model
+        self.diffusion = diffusion
+        self.execute = int(execute)
+        self.n_history = int(n_history)
+        self.planner_cfg = planner if planner is not None else PlannerConfig()
+        self.guidance = guidance
+        self.device = torch.device(device)
+        self.sampler, _ = planning_sampler(model, diffusion)
+        self._matrices: dict[int, Tensor] = {}
+
+    def matrix(self, n_history: int) -> Tensor:
+        """The scheduling matrix (rows, H) of a window with ``n_history`` history tokens (cached)."""
+        if n_history not in self._matrices:
+            self._matrices[n_history] = history_matrix(
+                self.diffusion.schedule_matrix,
+                n_history,
+                n_timesteps=self.model.schedule.n_timesteps,
+                sampling_steps=self.diffusion.sampling_steps,
+                horizon=self.model.horizon,
+                uncertainty=self.diffusion.uncertainty,
+            )
+        return self._matrices[n_history]
+
+    def constraints(self, history: Tensor, current: Tensor) -> Constraints:
+        """Inpainting of one window: ``history`` (B, h, D) on every channel of tokens 0..h-1 and
+        ``current`` (B, obs_dim) on the observation channels of token h; both normalized."""
+        layout, horizon = self.model.layout, self.model.horizon
+        batch, n_hist = history.shape[0], history.shape[1]
+        mask = torch.zeros(batch, horizon, layout.transition_dim, dtype=torch.bool, device=self.device)
+        values = torch.zeros(batch, horizon, layout.transition_dim, device=self.device)
+        mask[:, :n_hist] = True
+        values[:, :n_hist] = history.to(self.device, torch.float32)
+        mask[:, n_hist, layout.obs] = True
+        values[:, n_hist, layout.obs] = current.to(self.device, torch.float32)
+        return Constraints(mask, values)
+
+    @torch.no_grad()
+    def plan_normalized(self, history: Tensor, current: Tensor, generator: torch.Generator) -> Tensor:
+        """One window (B, H, D), normalized: history (B, h, D) with h <= ``n_history`` and
+        the current state (B, obs_dim), both normalized. Tokens 0..h-1 equal ``history``
+        exactly; token h's observation equals ``current``."""
+        n_hist = history.shape[1]
+        if n_hist > self.n_history:
+            raise ValueError(f"got {n_hist} history tokens, the planner holds at most {self.n_history}")
+        batch = history.shape[0]
+        shape = (batch, self.model.horizon, self.model.layout.transition_dim)
+        return self.sampler.sample(
+            planning_denoiser(self.model, self.planner_cfg, batch, self.device),
+            shape,
+            self.matrix(n_hist),
+            constraints=self.constraints(history, current),
+            generator=generator,
+            device=self.device,
+            guidance=self.guidance,
+        )
+
+    @torch.no_grad()
+    def plan(self, observations: Tensor, history: Tensor | None, generator: torch.Generator) -> Tensor:
+        """One window (B, H, D) in raw units from the current ``observations`` (B, obs_dim) and
+        the executed ``history`` (B, h, D) (None or h = 0: no history), raw units."""
+        layout, normalizer = self.model.layout, self.model.normalizer
+        batch = observations.shape[0]
+        if history is None:
+            history = torch.zeros(batch, 0, layout.transition_dim)
+        history = history.to(self.device, torch.float32)
+        raw_current = torch.zeros(batch, 1, layout.transition_dim, device=self.device)
+        raw_current[:, 0, layout.obs] = observations.to(self.device, torch.float32)
+        current = normalizer.normalize(raw_current)[:, 0, layout.obs]
+        norm_history = normalizer.normalize(history) if history.shape[1] else history
+        return normalizer.unnormalize(self.plan_normalized(norm_history, current, generator))
+
+    @torch.no_grad()
+    def rollout(self, start_obs: Tensor, n_steps: int, generator: torch.Generator) -> ForcingRollout:
+        """Generate ``n_steps`` tokens (B, n_steps, D) from ``start_obs`` (B, obs_dim), raw units,
+        by sliding the window ``execute`` tokens per plan (the model acts as its own simulator:
+        the next current state is the planned state after the executed tokens).
+
+        Raises:
+            ValueError: ``n_steps < 1``.
+        """
+        if n_steps < 1:
+            raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+        layout, normalizer = self.model.layout, self.model.normalizer
+        batch = start_obs.shape[0]
+        raw_start = torch.zeros(batch, 1, layout.transition_dim, device=self.device)
+        raw_start[:, 0, layout.obs] = start_obs.to(self.device, torch.float32)
+        current = normalizer.normalize(raw_start)[:, 0, layout.obs]
+        executed = torch.zeros(batch, 0, layout.transition_dim, device=self.device)
+        result = ForcingRollout(trajectory=executed, normalized=executed)
+        while executed.shape[1] < n_steps:
+            n_hist = min(self.n_history, executed.shape[1])
+            history = executed[:, executed.shape[1] - n_hist:]
+            start = time.perf_counter()
+            window = self.plan_normalized(history, current, generator)
+            result.plan_times_s.append(time.perf_counter() - start)
+            result.windows.append(window)
+            result.offsets.append(executed.shape[1] - n_hist)
+            result.n_history.append(n_hist)
+            take = min(self.execute, n_steps - executed.shape[1])
+            executed = torch.cat([executed, window[:, n_hist:n_hist + take]], dim=1)
+            current = window[:, n_hist + take, layout.obs]
+        result.normalized = executed
+        result.trajectory = normalizer.unnormalize(executed)
+        return result
