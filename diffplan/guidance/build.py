@@ -93,11 +93,24 @@ def build_guidance(
         apply_to=cfg.apply_to,
         schedule=cfg.schedule,
     )
+    if cfg.mc_samples < 1:
+        raise ValueError(f"guidance.mc_samples must be >= 1 (1: plain guidance), got {cfg.mc_samples}")
     if kind is GuidanceKind.value:
         assert value_guide is not None
-        return Guidance(value_guide, scale=cfg.scale, **settings)
+        return _monte_carlo(cfg, model, Guidance(value_guide, scale=cfg.scale, **settings))
     guide = policy_guide(cfg, model, device, policy)
     if kind is GuidanceKind.policy:
-        return Guidance(guide, scale=cfg.policy_scale, **settings)
+        return _monte_carlo(cfg, model, Guidance(guide, scale=cfg.policy_scale, **settings))
     assert value_guide is not None
-    return Guidance(CompositeGuide([(value_guide, cfg.scale), (guide, cfg.policy_scale)]), scale=1.0, **settings)
+    composite = CompositeGuide([(value_guide, cfg.scale), (guide, cfg.policy_scale)])
+    return _monte_carlo(cfg, model, Guidance(composite, scale=1.0, **settings))
+
+
+def _monte_carlo(cfg: GuidanceConfig, model: TrainedModel, guidance: Guidance) -> Guidance:
+    """``guidance`` averaged over ``guidance.mc_samples`` re-noised futures (Diffusion Forcing's
+    Monte Carlo guidance, :mod:`diffplan.guidance.monte_carlo`); unchanged for 1 sample."""
+    if cfg.mc_samples == 1:
+        return guidance
+    from diffplan.guidance.monte_carlo import wrap_monte_carlo  # imports the sampler: not at module level
+
+    return wrap_monte_carlo(guidance, cfg.mc_samples, denoiser=model.denoiser, schedule=model.schedule)
