@@ -17,25 +17,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from diffplan.models.mlp import mlp as shared_mlp
+
 #: Added to the observation standard deviation (TD3+BC's and CORL's epsilon).
 STD_EPS = 1e-3
 
 
 def mlp(in_dim: int, out_dim: int, hidden_sizes: Sequence[int], output: nn.Module | None = None) -> nn.Sequential:
-    """Linear layers with ReLU between them; ``output`` (e.g. ``nn.Tanh()``) after the last one."""
-    if in_dim < 1 or out_dim < 1:
-        raise ValueError(f"an MLP needs input and output sizes >= 1, got {in_dim} and {out_dim}")
-    if any(width < 1 for width in hidden_sizes):
-        raise ValueError(f"offline.hidden_sizes must be >= 1, got {list(hidden_sizes)}")
-    layers: list[nn.Module] = []
-    width = in_dim
-    for hidden in hidden_sizes:
-        layers += [nn.Linear(width, hidden), nn.ReLU()]
-        width = hidden
-    layers.append(nn.Linear(width, out_dim))
-    if output is not None:
-        layers.append(output)
-    return nn.Sequential(*layers)
+    """:func:`diffplan.models.mlp.mlp` with errors naming ``offline.hidden_sizes``."""
+    return shared_mlp(in_dim, out_dim, hidden_sizes, output, setting="offline.hidden_sizes")
 
 
 class TwinQ(nn.Module):

@@ -29,6 +29,7 @@ from diffplan import __version__
 from diffplan.config import BCConfig
 from diffplan.data.episodes import Episodes
 from diffplan.data.normalizer import MIN_STD
+from diffplan.models.mlp import mlp
 from diffplan.planning.policy import PlanRecord
 from diffplan.training.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -78,8 +79,6 @@ class BCNetwork(nn.Module):
         super().__init__()
         if obs_dim < 1 or act_dim < 1:
             raise ValueError(f"BC needs obs_dim >= 1 and act_dim >= 1, got {obs_dim} and {act_dim}")
-        if any(width < 1 for width in hidden_sizes):
-            raise ValueError(f"bc.hidden_sizes must be >= 1, got {list(hidden_sizes)}")
         if not action_high > action_low:
             raise ValueError(f"bc.action_high ({action_high}) must exceed bc.action_low ({action_low})")
         self.obs_dim, self.act_dim, self.hidden_sizes = obs_dim, act_dim, list(hidden_sizes)
@@ -90,13 +89,7 @@ class BCNetwork(nn.Module):
         self.register_buffer("obs_std", std.clone().float())
         self.register_buffer("action_low", torch.full((act_dim,), float(action_low)))
         self.register_buffer("action_high", torch.full((act_dim,), float(action_high)))
-        layers: list[nn.Module] = []
-        width = obs_dim
-        for hidden in hidden_sizes:
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
-            width = hidden
-        layers.append(nn.Linear(width, act_dim))
-        self.net = nn.Sequential(*layers)
+        self.net = mlp(obs_dim, act_dim, hidden_sizes, setting="bc.hidden_sizes")
 
     def forward(self, observations: Tensor) -> Tensor:
         """Raw observations (..., obs_dim) -> actions (..., act_dim) inside the action box."""
