@@ -32,6 +32,9 @@ class ExecutionMode(StrEnum):
 
     tracker = "tracker"
     actions = "actions"
+    # Diffusion Forcing MPC (diffplan.planning.forcing): plan a window after the executed history,
+    # run planner.execute of its own actions, replan.
+    forcing = "forcing"
 
 
 class Tracking(StrEnum):
@@ -58,6 +61,8 @@ class GuidanceKind(StrEnum):
     policy = "policy"
     # Both: value gradient weighted by guidance.scale plus policy gradient by guidance.policy_scale.
     value_policy = "value_policy"
+    # Goal reaching (mazes): minus the mean distance of the planned positions to the goal.
+    goal = "goal"
 
 
 class EvalPolicy(StrEnum):
@@ -140,7 +145,7 @@ class DiffusionConfig:
     # or Diffusion Forcing's per-token autoregressive | pyramid | trapezoid (for models trained with
     # train.noise_mode=independent or mixture); uncertainty: rows between consecutive tokens' starts.
     schedule_matrix: ScheduleMatrixKind = ScheduleMatrixKind.full_sequence
-    uncertainty: int = 1
+    uncertainty: float = 1.0
 
 
 @dataclass
@@ -203,6 +208,11 @@ class PlannerConfig:
     return_target: float = 0.9
     guidance_weight: float = 1.2
     action_source: ActionSource = ActionSource.diffused
+    # mode=forcing (Diffusion Forcing MPC): environment steps executed per plan, and the most
+    # executed steps kept as clean history in the window (null: as many as fit, horizon - 1 - execute).
+    # With a frame-stacked transformer both must be multiples of model.frame_stack.
+    execute: int = 8
+    n_history: int | None = None
 
 
 @dataclass
@@ -217,6 +227,9 @@ class EvalConfig:
     device: str = "auto"
     plots: bool = True
     progress: bool = True
+    # Write episodes.npz next to results.json: every episode's executed observations (and, on the
+    # mazes, its plans), for diffplan-report's path plots and renders (diffplan.evaluation.episodes).
+    save_episodes: bool = False
 
 
 @dataclass
@@ -408,6 +421,11 @@ class GuidanceConfig:
     # Monte Carlo guidance (diffplan.guidance.monte_carlo.wrap_monte_carlo): average the guide's gradient
     # over this many re-noised samples of the noisier future tokens; 1 = plain guidance.
     mc_samples: int = 1
+    # Evaluate the guide on the denoiser's x0 estimate and differentiate through the denoiser
+    # (diffplan.guidance.denoised.DenoisedGuide; Diffusion Forcing's guidance): with apply_to=x_t
+    # the gradient reaches every token the estimate depends on (with a causal model, nearer tokens
+    # are steered by what their future predicts).
+    through_denoiser: bool = False
 
 
 @dataclass

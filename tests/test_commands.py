@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -18,6 +19,7 @@ from diffplan.cli.evaluate import run_evaluate
 from diffplan.cli.train import run_train
 from diffplan.config import Config, as_config, register_configs
 from diffplan.data.errors import DatasetError
+from diffplan.evaluation.episodes import load_episodes
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -75,6 +77,22 @@ def test_collect_train_evaluate(tmp_path: Path) -> None:
     assert all(len(ep["reason"]) == 0 for ep in results["episodes"])
     assert results["plan_time_s"]["n_plans"] == len(results["plan_time_s"]["per_plan"]) > 0
     assert (results_path.parent / "paths.png").stat().st_size > 1000
+    assert not (results_path.parent / "episodes.npz").exists()  # eval.save_episodes is opt-in
+
+    # eval.save_episodes=true: every episode's observations and plans next to results.json.
+    cfg.eval.save_episodes = True
+    cfg.eval.out_dir = str(tmp_path / "eval-saved")
+    saved_results = run_evaluate(cfg)
+    saved = load_episodes(saved_results.parent / "episodes.npz")
+    episodes = json.loads(saved_results.read_text())["episodes"]
+    assert len(saved) == 6
+    assert [(int(s), int(r)) for s, r in zip(saved.seed, saved.reset_seed, strict=True)] == [
+        (e["seed"], e["reset_seed"]) for e in episodes]
+    assert list(saved.lengths) == [e["length"] for e in episodes]
+    assert saved.observations.shape == (6, cfg.task.episode_steps + 1, 4) and saved.goals.shape == (6, 2)
+    assert saved.plans.shape[0] > 0 and set(saved.plan_episode.tolist()) == set(range(6))
+    trace = saved.trace(5)
+    assert trace.plans and np.isfinite(trace.observations).all()
 
     # Training further resumes from the checkpoint instead of starting over.
     cfg.train.steps = 6

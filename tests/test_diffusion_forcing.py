@@ -161,14 +161,32 @@ def test_matrix_properties(kind: str, n_timesteps: int, steps: int, horizon: int
         assert (((matrix > 0) & (matrix < n_timesteps)).sum(dim=1) <= 1).all()
 
 
+def test_fractional_uncertainty_starts_several_tokens_per_row() -> None:
+    # Diffusion Forcing's uncertainty_scale < 1: offset_t = floor(0.5 t) -> 0, 0, 1, 1, 2.
+    matrix = scheduling_matrix("pyramid", n_timesteps=2, sampling_steps=2, horizon=5, uncertainty=0.5)
+    expected = torch.tensor([
+        [2, 2, 2, 2, 2],
+        [1, 1, 2, 2, 2],
+        [0, 0, 1, 1, 2],
+        [0, 0, 0, 0, 1],
+        [0, 0, 0, 0, 0],
+    ])
+    assert torch.equal(matrix, expected)
+    # Integer uncertainties are unchanged by the float path.
+    assert torch.equal(
+        scheduling_matrix("pyramid", n_timesteps=4, sampling_steps=4, horizon=3, uncertainty=2.0),
+        scheduling_matrix("pyramid", n_timesteps=4, sampling_steps=4, horizon=3, uncertainty=2),
+    )
+
+
 def test_scheduling_matrix_errors() -> None:
     with pytest.raises(ValueError, match=r"unknown scheduling matrix kind 'zigzag'; set diffusion.schedule_matrix "
                                          r"to one of full_sequence, autoregressive, pyramid, trapezoid"):
         scheduling_matrix("zigzag", n_timesteps=4, sampling_steps=4, horizon=3)
     for kind in ("pyramid", "trapezoid"):
-        for bad in (0, -1, 1.5, True):
-            with pytest.raises(ValueError, match=rf"'{kind}' needs an integer uncertainty >= 1 .*got {bad!r}; "
-                                                 r"set diffusion.uncertainty to 1 or more"):
+        for bad in (0, -1, float("nan"), True):
+            with pytest.raises(ValueError, match=rf"'{kind}' needs an uncertainty > 0 .*got {bad!r}; "
+                                                 r"set diffusion.uncertainty to e.g. 1 or 0.5"):
                 scheduling_matrix(kind, n_timesteps=4, sampling_steps=4, horizon=3, uncertainty=bad)  # type: ignore[arg-type]
     # Kinds that ignore uncertainty accept anything there.
     scheduling_matrix("autoregressive", n_timesteps=4, sampling_steps=4, horizon=3, uncertainty=0)

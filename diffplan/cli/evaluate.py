@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from diffplan.cli.common import hydra_entry
-from diffplan.config import Config, EvalPolicy, GuidanceKind, to_container
+from diffplan.config import Config, EvalPolicy, ExecutionMode, GuidanceKind, to_container
 from diffplan.data.hdf5 import reference_scores
 from diffplan.data.layout import TrajectoryLayout
 from diffplan.evaluation.evaluator import BatchEnv, EvaluationOutput, Policy, evaluate
@@ -62,16 +62,20 @@ def _evaluate_maze(cfg: Config) -> Path:
     task = get_maze_task(cfg.task.name)
     device = select_device(cfg.eval.device)
     model = _load_model(cfg, task.obs_dim, task.act_dim)
-    planner = GoalPlanner(
-        model, planner=cfg.planner, diffusion=cfg.diffusion, goal_dims=cfg.task.goal_obs_dims, device=device
-    )
-    policy = PlanningPolicy(
-        planner,
-        cfg.planner,
-        position_dims=cfg.task.goal_obs_dims,
-        velocity_dims=cfg.task.velocity_obs_dims,
-        stride=model.config.task.stride,
-    )
+    policy: Policy
+    if ExecutionMode(cfg.planner.mode) is ExecutionMode.forcing:
+        policy = _forcing_policy(cfg, model, device)
+    else:
+        planner = GoalPlanner(
+            model, planner=cfg.planner, diffusion=cfg.diffusion, goal_dims=cfg.task.goal_obs_dims, device=device
+        )
+        policy = PlanningPolicy(
+            planner,
+            cfg.planner,
+            position_dims=cfg.task.goal_obs_dims,
+            velocity_dims=cfg.task.velocity_obs_dims,
+            stride=model.config.task.stride,
+        )
     output, path = _run(cfg, policy, lambda n: MazeBatch(task, n), to_container(model.config),
                         _model_checkpoint_info(cfg, model))
     if cfg.eval.plots and output.traces:
@@ -86,10 +90,40 @@ def _evaluate_maze(cfg: Config) -> Path:
     return path
 
 
+def _forcing_policy(cfg: Config, model: TrainedModel, device: Any) -> Policy:
+    """Diffusion Forcing MPC (``planner.mode=forcing``) with goal guidance (``guidance=goal``) or none."""
+    from diffplan.guidance import GoalGuide, build_guidance
+    from diffplan.planning.forcing import ForcingPlanner
+    from diffplan.planning.forcing_policy import ForcingPolicy
+
+    kind = GuidanceKind(cfg.guidance.kind)
+    if kind not in (GuidanceKind.goal, GuidanceKind.none):
+        raise ValueError(f"planner.mode=forcing on a maze takes guidance=goal or guidance=none, got {kind.value}")
+    if model.config.task.stride != 1:
+        raise ValueError(
+            f"planner.mode=forcing executes the plan's own actions and needs a model trained with task.stride=1; "
+            f"{model.path} has stride {model.config.task.stride}"
+        )
+    goal_guide = GoalGuide(model.layout, model.normalizer, list(cfg.task.goal_obs_dims))
+    guidance = build_guidance(
+        cfg.guidance, model, device, goal_guide=goal_guide, clip_denoised=cfg.diffusion.clip_denoised
+    )
+    planner = ForcingPlanner(
+        model, diffusion=cfg.diffusion, execute=cfg.planner.execute, n_history=cfg.planner.n_history,
+        planner=cfg.planner, guidance=guidance, device=device,
+    )
+    return ForcingPolicy(planner, goal_guide=goal_guide if guidance is not None else None)
+
+
 def _evaluate_locomotion(cfg: Config) -> Path:
     from diffplan_envs.locomotion import LocomotionBatch, get_locomotion_task
 
     task = get_locomotion_task(cfg.task.name)
+    if ExecutionMode(cfg.planner.mode) is ExecutionMode.forcing:
+        raise ValueError(
+            "planner.mode=forcing is wired for the mazes (goal guidance); locomotion tasks plan with "
+            "planner=value or planner=actions (diffplan.planning.forcing.ForcingPlanner is usable from Python)"
+        )
     device = select_device(cfg.eval.device)
     policy: Policy
     if EvalPolicy(cfg.eval.policy) is EvalPolicy.bc:
@@ -148,9 +182,15 @@ def _run(
     """Evaluate ``policy`` with the eval settings, write results.json, log the summary.
 
     ``has_success=False`` (locomotion: scored by return only) writes ``success_rate: null``.
+    ``eval.save_episodes`` also writes episodes.npz (every episode's executed observations; the
+    plans too, except on locomotion tasks, which replan every step) next to results.json.
     """
+    from diffplan_envs.locomotion import is_locomotion_task
+
     device = select_device(cfg.eval.device)
     ref = reference_scores(cfg.task.dataset)
+    save_episodes = bool(cfg.eval.save_episodes)
+    n_plot_traces = 6
     output = evaluate(
         policy,
         make_env,
@@ -161,6 +201,8 @@ def _run(
         ref_min=float(ref["min"]),
         ref_max=float(ref["max"]),
         device=device,
+        n_traces=cfg.eval.n_episodes * len(cfg.eval.seeds) if save_episodes else n_plot_traces,
+        trace_plans=not (save_episodes and is_locomotion_task(cfg.task.name)),
         progress=cfg.eval.progress,
     )
     results = build_results(
@@ -177,6 +219,16 @@ def _run(
     if not has_success:
         results["success_rate"] = None
     path = write_json(Path(cfg.eval.out_dir) / "results.json", results)
+    if save_episodes:
+        import dataclasses
+
+        from diffplan.evaluation.episodes import EPISODES_FILE
+        from diffplan.evaluation.episodes import save_episodes as write_episodes
+
+        saved = write_episodes(path.parent / EPISODES_FILE, output.traces,
+                               include_plans=not is_locomotion_task(cfg.task.name))
+        log.info("%d episodes' observations -> %s", len(output.traces), saved)
+        output = dataclasses.replace(output, traces=output.traces[:n_plot_traces])  # paths.png keeps 6 panels
     score = results["normalized_score"]
     success = "n/a" if results["success_rate"] is None else f"{results['success_rate']:.2f}"
     log.info(

@@ -20,6 +20,7 @@ never for inpainted entries; without guidance the sampler is exactly the unguide
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -99,7 +100,7 @@ def scheduling_matrix(
     n_timesteps: int,
     sampling_steps: int,
     horizon: int,
-    uncertainty: int = 1,
+    uncertainty: float = 1,
 ) -> Tensor:
     """Scheduling matrix (rows, H) of integer levels by name: row 0 all T, last row all 0.
 
@@ -113,13 +114,14 @@ def scheduling_matrix(
     Kinds (Diffusion Forcing, Chen et al. 2024):
 
     - ``full_sequence``: offset 0 for every token; exactly :func:`full_sequence_matrix`.
-    - ``pyramid``: ``offset_t = uncertainty * t``, each token starts ``uncertainty`` rows
-      after the previous one, so nearer tokens are always at most as noisy as farther ones
-      (S + uncertainty (H - 1) + 1 rows).
+    - ``pyramid``: ``offset_t = floor(uncertainty * t)``, each token starts ``uncertainty``
+      rows after the previous one (a fraction: several tokens per row, as Diffusion Forcing's
+      ``uncertainty_scale``), so nearer tokens are always at most as noisy as farther ones
+      (S + floor(uncertainty (H - 1)) + 1 rows).
     - ``autoregressive``: the pyramid with ``uncertainty = S``: token t is denoised fully,
       in S rows, before token t + 1 starts (S H + 1 rows).
     - ``trapezoid``: the pyramid from both ends towards the middle,
-      ``offset_t = uncertainty * min(t, H - 1 - t)``: the first and last tokens are
+      ``offset_t = floor(uncertainty * min(t, H - 1 - t))``: the first and last tokens are
       denoised first (useful when both ends are inpainted, start and goal).
 
     Args:
@@ -128,7 +130,8 @@ def scheduling_matrix(
         sampling_steps: S, rows per token, in [1, T].
         horizon: H, the number of tokens (columns), >= 1.
         uncertainty: rows between the starts of consecutive tokens (``pyramid``,
-            ``trapezoid``), an integer >= 1; ignored by the other kinds.
+            ``trapezoid``), a number > 0 (below 1: several tokens start in the same row);
+            ignored by the other kinds.
 
     Raises:
         ValueError: an unknown kind, a bad ``uncertainty`` or ``sampling_steps``, a horizon < 1.
@@ -149,16 +152,19 @@ def scheduling_matrix(
     if kind is ScheduleMatrixKind.autoregressive:
         offsets = tokens * sampling_steps
     else:
-        if isinstance(uncertainty, bool) or not isinstance(uncertainty, int) or uncertainty < 1:
+        if (
+            isinstance(uncertainty, bool)
+            or not isinstance(uncertainty, (int, float))
+            or not math.isfinite(uncertainty)
+            or uncertainty <= 0
+        ):
             raise ValueError(
-                f"scheduling matrix {kind.value!r} needs an integer uncertainty >= 1 (rows between the starts of "
-                f"consecutive tokens), got {uncertainty!r}; set diffusion.uncertainty to 1 or more, or use "
+                f"scheduling matrix {kind.value!r} needs an uncertainty > 0 (rows between the starts of "
+                f"consecutive tokens), got {uncertainty!r}; set diffusion.uncertainty to e.g. 1 or 0.5, or use "
                 "diffusion.schedule_matrix=full_sequence"
             )
-        if kind is ScheduleMatrixKind.pyramid:
-            offsets = tokens * uncertainty
-        else:
-            offsets = torch.minimum(tokens, horizon - 1 - tokens) * uncertainty
+        steps = tokens if kind is ScheduleMatrixKind.pyramid else torch.minimum(tokens, horizon - 1 - tokens)
+        offsets = torch.floor(steps.double() * float(uncertainty) + 1e-9).long()
     rows = sampling_steps + int(offsets.max()) + 1
     index = (torch.arange(rows).unsqueeze(1) - offsets.unsqueeze(0)).clamp(0, sampling_steps)
     matrix = levels[index]
@@ -405,7 +411,7 @@ def make_sampler(
     clip_denoised: float | None = None,
     clean_condition_tokens: bool = False,
     matrix: ScheduleMatrixKind | str = ScheduleMatrixKind.full_sequence,
-    uncertainty: int = 1,
+    uncertainty: float = 1,
 ) -> tuple[Sampler, Tensor]:
     """A sampler and its scheduling matrix (:func:`scheduling_matrix` of kind ``matrix``, by
     default full-sequence) over ``sampling_steps`` evenly spaced levels per token.

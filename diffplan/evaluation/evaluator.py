@@ -73,6 +73,7 @@ class EpisodeTrace:
     goal: np.ndarray
     observations: np.ndarray  # (T + 1, obs_dim)
     plans: list[np.ndarray] = field(default_factory=list)  # each (H, obs_dim)
+    reset_seed: int = -1  # the environment's reset seed (-1: unknown)
 
 
 @dataclass
@@ -139,15 +140,19 @@ def evaluate(
     ref_max: float,
     device: torch.device | str = "cpu",
     n_traces: int = 6,
+    trace_plans: bool = True,
     action_low: float = -1.0,
     action_high: float = 1.0,
     progress: bool = True,
+    reset_seed_of: Callable[[int, int], int] | None = None,
 ) -> EvaluationOutput:
     """Run ``n_episodes`` episodes for each seed, ``n_envs`` at a time.
 
-    Episode ``j`` of seed ``s`` resets its environment with seed ``s * 1_000_003 + j`` and
-    the planner draws from a generator seeded with ``s``: the same seeds give the same
-    episodes and the same plans.
+    Episode ``j`` of seed ``s`` resets its environment with seed ``s * 1_000_003 + j`` (or
+    ``reset_seed_of(s, j)`` when given: a batched guidance sweep gives every cell's episodes
+    the start states of a sequential evaluation) and the planner draws from a generator
+    seeded with ``s``: the same seeds give the same episodes and the same plans. The first ``n_traces`` episodes keep their executed
+    observations (and, with ``trace_plans``, their plans) in ``EvaluationOutput.traces``.
     """
     if n_episodes < 1 or n_envs < 1:
         raise ValueError(f"eval.n_episodes and eval.n_envs must be >= 1, got {n_episodes} and {n_envs}")
@@ -165,7 +170,10 @@ def evaluate(
         for first in range(0, n_episodes, n_envs):
             count = min(n_envs, n_episodes - first)
             episode_ids = list(range(first, first + count))
-            reset_seeds = [int(seed) * 1_000_003 + j for j in episode_ids]
+            if reset_seed_of is None:
+                reset_seeds = [int(seed) * 1_000_003 + j for j in episode_ids]
+            else:
+                reset_seeds = [int(reset_seed_of(int(seed), j)) for j in episode_ids]
             policy.reset(count)  # plan records and times belong to this batch only
             try:
                 if env is None or env.n_envs != count:
@@ -199,7 +207,8 @@ def evaluate(
                             episode=j,
                             goal=goals[i],
                             observations=observations[: lengths[i] + 1, i],
-                            plans=_plans_of(policy.records, i),
+                            plans=_plans_of(policy.records, i) if trace_plans else [],
+                            reset_seed=reset_seeds[i],
                         )
                     )
             plan_times.extend(r.time_s for r in policy.records)

@@ -13,6 +13,22 @@ from diffplan.utils import atomic_path, git_revision, hardware_info
 
 RESULTS_FORMAT = 1
 
+#: Distributions whose versions results.json records (``packages``) and the report shows.
+TRACKED_PACKAGES = ("diffplan", "torch", "numpy", "gymnasium", "gymnasium-robotics", "mujoco")
+
+
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
+    """Installed version of each distribution in ``names`` ("not installed" when absent)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
 
 def build_results(
     output: EvaluationOutput,
@@ -39,6 +55,7 @@ def build_results(
         "diffplan_version": __version__,
         "git_revision": git_revision(),
         "hardware": hardware_info(),
+        "packages": package_versions(),
         "config": config,
         "trained_config": trained_config,
         "dataset": dataset,

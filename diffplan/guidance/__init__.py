@@ -18,6 +18,7 @@ from diffplan.guidance.base import (
 )
 from diffplan.guidance.build import build_guidance, policy_guide
 from diffplan.guidance.composite import CompositeGuide
+from diffplan.guidance.goal import GoalGuide
 from diffplan.guidance.policy import PolicyGuide, rms_normalize
 from diffplan.guidance.value import ValueGuide
 
@@ -30,6 +31,7 @@ __all__ = [
     "Guide",
     "GuideOutput",
     "GuideTarget",
+    "GoalGuide",
     "PolicyGuide",
     "ValueGuide",
     "build_guidance",

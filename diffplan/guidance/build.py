@@ -61,6 +61,8 @@ def build_guidance(
     device: torch.device | str = "cpu",
     value_guide: Guide | None = None,
     policy: TargetPolicy | None = None,
+    goal_guide: Guide | None = None,
+    clip_denoised: float | None = None,
 ) -> Guidance | None:
     """The guidance ``cfg.kind`` asks for, or None for ``none`` (unguided sampling).
 
@@ -71,10 +73,13 @@ def build_guidance(
         value_guide: the value guide (e.g. :func:`diffplan.planning.value_planner.value_guide`),
             required by ``value`` and ``value_policy``.
         policy: the target policy of ``policy`` and ``value_policy`` (None: load ``guidance.policy``).
+        goal_guide: the goal guide (:class:`~diffplan.guidance.goal.GoalGuide`), required by ``goal``.
+        clip_denoised: the sampler's x0 clipping (``diffusion.clip_denoised``), applied to the x0
+            estimates of ``through_denoiser`` and Monte Carlo guidance.
 
     Raises:
-        ValueError: a value kind without ``value_guide``, or a policy kind without a usable
-            ``guidance.policy``.
+        ValueError: a value kind without ``value_guide``, ``goal`` without ``goal_guide``, or a
+            policy kind without a usable ``guidance.policy``.
     """
     from diffplan.config import GuidanceKind
 
@@ -95,22 +100,37 @@ def build_guidance(
     )
     if cfg.mc_samples < 1:
         raise ValueError(f"guidance.mc_samples must be >= 1 (1: plain guidance), got {cfg.mc_samples}")
+    if kind is GuidanceKind.goal and goal_guide is None:
+        raise ValueError("guidance.kind=goal needs a goal guide (diffplan.guidance.goal.GoalGuide); pass goal_guide")
+    guide: Guide
     if kind is GuidanceKind.value:
         assert value_guide is not None
-        return _monte_carlo(cfg, model, Guidance(value_guide, scale=cfg.scale, **settings))
-    guide = policy_guide(cfg, model, device, policy)
-    if kind is GuidanceKind.policy:
-        return _monte_carlo(cfg, model, Guidance(guide, scale=cfg.policy_scale, **settings))
-    assert value_guide is not None
-    composite = CompositeGuide([(value_guide, cfg.scale), (guide, cfg.policy_scale)])
-    return _monte_carlo(cfg, model, Guidance(composite, scale=1.0, **settings))
+        guide, scale = value_guide, cfg.scale
+    elif kind is GuidanceKind.goal:
+        assert goal_guide is not None
+        guide, scale = goal_guide, cfg.scale
+    elif kind is GuidanceKind.policy:
+        guide, scale = policy_guide(cfg, model, device, policy), cfg.policy_scale
+    else:
+        assert value_guide is not None
+        guide = CompositeGuide([(value_guide, cfg.scale), (policy_guide(cfg, model, device, policy), cfg.policy_scale)])
+        scale = 1.0
+    if cfg.through_denoiser:
+        from diffplan.guidance.denoised import DenoisedGuide
+
+        guide = DenoisedGuide(guide, model.denoiser, model.schedule, clip_denoised=clip_denoised)
+    return _monte_carlo(cfg, model, Guidance(guide, scale=scale, **settings), clip_denoised)
 
 
-def _monte_carlo(cfg: GuidanceConfig, model: TrainedModel, guidance: Guidance) -> Guidance:
+def _monte_carlo(
+    cfg: GuidanceConfig, model: TrainedModel, guidance: Guidance, clip_denoised: float | None = None
+) -> Guidance:
     """``guidance`` averaged over ``guidance.mc_samples`` re-noised futures (Diffusion Forcing's
     Monte Carlo guidance, :mod:`diffplan.guidance.monte_carlo`); unchanged for 1 sample."""
     if cfg.mc_samples == 1:
         return guidance
     from diffplan.guidance.monte_carlo import wrap_monte_carlo  # imports the sampler: not at module level
 
-    return wrap_monte_carlo(guidance, cfg.mc_samples, denoiser=model.denoiser, schedule=model.schedule)
+    return wrap_monte_carlo(
+        guidance, cfg.mc_samples, denoiser=model.denoiser, schedule=model.schedule, clip_denoised=clip_denoised
+    )

@@ -40,27 +40,43 @@ def history_matrix(
     n_timesteps: int,
     sampling_steps: int,
     horizon: int,
-    uncertainty: int = 1,
+    uncertainty: float = 1,
+    group: int = 1,
 ) -> Tensor:
     """Scheduling matrix (rows, ``horizon``) for a window whose first ``n_history`` tokens are clean.
 
     The first ``n_history`` columns are 0 in every row (history: level 0 throughout, never
     updated); the remaining ``horizon - n_history`` columns are
     :func:`~diffplan.diffusion.sampler.scheduling_matrix` of ``kind`` over that many tokens
-    (so the pyramid starts at the first token after the history).
+    (so the pyramid starts at the first token after the history). With ``group = k > 1``
+    (a transformer stacking k timesteps per token, ``model.frame_stack``) the matrix is built
+    over groups of k timesteps and each group's column is repeated k times: the timesteps of
+    one token share their level, and a pyramid steps once per token, not once per timestep.
 
     Raises:
         ValueError: ``n_history`` outside [0, horizon - 1] (at least one token must be
-            generated), or what :func:`scheduling_matrix` raises.
+            generated), ``horizon`` or ``n_history`` not a multiple of ``group``, or what
+            :func:`scheduling_matrix` raises.
     """
     if not 0 <= n_history < horizon:
         raise ValueError(f"n_history must be in [0, horizon - 1 = {horizon - 1}], got {n_history}")
+    if group < 1 or horizon % group or n_history % group:
+        raise ValueError(
+            f"the horizon ({horizon}) and the history length ({n_history}) must be multiples of the "
+            f"timesteps per token (model.frame_stack = {group})"
+        )
     future = scheduling_matrix(
-        kind, n_timesteps=n_timesteps, sampling_steps=sampling_steps, horizon=horizon - n_history,
+        kind, n_timesteps=n_timesteps, sampling_steps=sampling_steps, horizon=(horizon - n_history) // group,
         uncertainty=uncertainty,
-    )
+    ).repeat_interleave(group, dim=1)
     history = future.new_zeros(future.shape[0], n_history)
     return torch.cat([history, future], dim=1)
+
+
+def model_frame_stack(model: TrainedModel) -> int:
+    """Timesteps per token of ``model``: ``model.frame_stack`` for the transformer, else 1."""
+    cfg = model.config.model
+    return int(cfg.frame_stack) if cfg.name == "transformer" else 1
 
 
 @dataclass
@@ -94,13 +110,17 @@ class ForcingPlanner:
             choose the matrix over the generated tokens.
         execute: generated tokens executed (appended to the trajectory) per plan, >= 1.
         n_history: most history tokens per window; None: ``horizon - 1 - execute`` (the
-            most that still leaves the token after the executed ones in the window).
-            ``n_history + execute`` must be at most ``horizon - 1``.
+            most that still leaves the token after the executed ones in the window), rounded
+            down to a multiple of the model's ``frame_stack``. ``n_history + execute`` must be
+            at most ``horizon - 1``; with a frame-stacked transformer both must be multiples of
+            its ``frame_stack`` (windows then start on token boundaries).
         planner: return target and guidance weight for return-conditioned models (only
             those fields are read); None: the defaults.
         guidance: optional guidance for every plan (history and inpainted entries are never
             moved by it).
         device: where sampling runs.
+        horizon: tokens per window (None: the model's training horizon). Other lengths need a
+            denoiser that accepts them (the transformer: any multiple of its ``frame_stack``).
     """
 
     def __init__(
@@ -113,17 +133,28 @@ class ForcingPlanner:
         planner: PlannerConfig | None = None,
         guidance: Guidance | None = None,
         device: torch.device | str = "cpu",
+        horizon: int | None = None,
     ) -> None:
-        horizon = model.horizon
+        horizon = int(horizon) if horizon is not None else model.horizon
+        if horizon < 2:
+            raise ValueError(f"the planning window must hold at least 2 tokens, got horizon={horizon}")
         if execute < 1:
             raise ValueError(f"execute must be >= 1, got {execute}")
+        group = model_frame_stack(model)
         if n_history is None:
-            n_history = horizon - 1 - execute
+            n_history = (horizon - 1 - execute) // group * group
         if n_history < 0 or n_history + execute > horizon - 1:
             raise ValueError(
                 f"need n_history >= 0 and n_history + execute <= horizon - 1 = {horizon - 1} (the window must hold "
                 f"the history, the executed tokens and the next state), got n_history={n_history}, execute={execute}"
             )
+        if execute % group or n_history % group:
+            raise ValueError(
+                f"with model.frame_stack={group}, planner.execute ({execute}) and planner.n_history ({n_history}) "
+                f"must be multiples of {group}"
+            )
+        self.group = group
+        self.horizon = horizon
         self.model = model
         self.diffusion = diffusion
         self.execute = int(execute)
@@ -142,15 +173,16 @@ class ForcingPlanner:
                 n_history,
                 n_timesteps=self.model.schedule.n_timesteps,
                 sampling_steps=self.diffusion.sampling_steps,
-                horizon=self.model.horizon,
+                horizon=self.horizon,
                 uncertainty=self.diffusion.uncertainty,
+                group=self.group,
             )
         return self._matrices[n_history]
 
     def constraints(self, history: Tensor, current: Tensor) -> Constraints:
         """Inpainting of one window: ``history`` (B, h, D) on every channel of tokens 0..h-1 and
         ``current`` (B, obs_dim) on the observation channels of token h; both normalized."""
-        layout, horizon = self.model.layout, self.model.horizon
+        layout, horizon = self.model.layout, self.horizon
         batch, n_hist = history.shape[0], history.shape[1]
         mask = torch.zeros(batch, horizon, layout.transition_dim, dtype=torch.bool, device=self.device)
         values = torch.zeros(batch, horizon, layout.transition_dim, device=self.device)
@@ -169,7 +201,7 @@ class ForcingPlanner:
         if n_hist > self.n_history:
             raise ValueError(f"got {n_hist} history tokens, the planner holds at most {self.n_history}")
         batch = history.shape[0]
-        shape = (batch, self.model.horizon, self.model.layout.transition_dim)
+        shape = (batch, self.horizon, self.model.layout.transition_dim)
         return self.sampler.sample(
             planning_denoiser(self.model, self.planner_cfg, batch, self.device),
             shape,

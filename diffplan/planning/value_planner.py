@@ -103,7 +103,9 @@ class ValuePlanner:
         self.device = torch.device(device)
         self.sampler, self.matrix = planning_sampler(model, diffusion)
         # Value, policy or both (guidance.kind); the value guide always ranks the candidates.
-        self.guidance: Guidance | None = build_guidance(guidance, model, self.device, value_guide=guide)
+        self.guidance: Guidance | None = build_guidance(
+            guidance, model, self.device, value_guide=guide, clip_denoised=diffusion.clip_denoised
+        )
 
     @torch.no_grad()
     def plan(

@@ -57,9 +57,16 @@ class Replay:
 def replay_transitions(task: str, observations: np.ndarray, actions: np.ndarray) -> Replay:
     """Step the simulator once from each of ``observations`` (T, obs_dim) with ``actions`` (T, act_dim).
 
-    ``task`` names a locomotion task (e.g. ``hopper-medium``); actions are clipped to the
-    action box as the environment itself does.
+    ``task`` names a locomotion task (e.g. ``hopper-medium``) or a maze (``pointmaze-*``:
+    the point mass's state is the observation itself, position then velocity, and the
+    maze's own step applies the action and its velocity clip; rewards are 0, since the
+    maze's reward needs a goal); actions are clipped to the action box as the environment
+    itself does.
     """
+    from diffplan_envs.locomotion import is_locomotion_task
+
+    if not is_locomotion_task(task):
+        return _replay_maze(task, observations, actions)
     robot = get_locomotion_task(task).robot
     env = make_locomotion_env(robot)
     try:
@@ -77,6 +84,30 @@ def replay_transitions(task: str, observations: np.ndarray, actions: np.ndarray)
     finally:
         env.close()
     return Replay(next_obs, rewards, terminated)
+
+
+def _replay_maze(task: str, observations: np.ndarray, actions: np.ndarray) -> Replay:
+    """:func:`replay_transitions` for a PointMaze task (observation = qpos (x, y), qvel)."""
+    from diffplan_envs.maze import get_maze_task, make_maze_env
+
+    maze = get_maze_task(task)
+    env = make_maze_env(maze)
+    try:
+        env.reset(seed=0)
+        point = env.unwrapped.point_env  # type: ignore[attr-defined]
+        low, high = env.action_space.low, env.action_space.high  # type: ignore[attr-defined]
+        if observations.ndim != 2 or observations.shape[1] != maze.obs_dim:
+            raise ValueError(
+                f"{task} observations must be (T, {maze.obs_dim}) (x, y, vx, vy), got {observations.shape}"
+            )
+        n = observations.shape[0]
+        next_obs = np.empty((n, maze.obs_dim), dtype=np.float64)
+        for i in range(n):
+            point.set_state(observations[i, :2].astype(np.float64), observations[i, 2:4].astype(np.float64))
+            next_obs[i] = point.step(np.clip(actions[i], low, high))[0]
+    finally:
+        env.close()
+    return Replay(next_obs, np.zeros(n), np.zeros(n, dtype=bool))
 
 
 @dataclass(frozen=True)
@@ -114,7 +145,7 @@ def dynamics_error(
     """Normalized squared error of generated transitions against one simulator step each.
 
     Args:
-        task: a locomotion task name (its robot's simulator replays the transitions).
+        task: a locomotion or maze task name (its simulator replays the transitions).
         observations, actions, next_observations: (T, ...) the generated transitions.
         obs_variance: (obs_dim,) per-dimension reference variance (e.g. the dataset's
             observation variance); dimensions with zero variance count with variance 1.

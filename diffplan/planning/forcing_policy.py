@@ -1,0 +1,107 @@
+"""Closed-loop Diffusion Forcing MPC for N environments stepped in lockstep.
+
+Every ``execute`` environment steps the policy plans one window per active environment with
+:class:`~diffplan.planning.forcing.ForcingPlanner`: the last ``min(n_history, steps so far)``
+*real* transitions (the observed states and the actions executed in them) are the window's
+clean history, the current observation is inpainted after them, and the planner diffuses
+the rest along its scheduling matrix (guided, e.g. towards each environment's goal). The
+next ``execute`` planned actions are run as they are; then the policy replans. All
+environments start together, so they share the history length and plan in one batch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from diffplan.guidance.goal import GoalGuide
+from diffplan.planning.forcing import ForcingPlanner
+from diffplan.planning.policy import PlanRecord
+
+
+@dataclass
+class ForcingPolicy:
+    """Batched policy around a :class:`ForcingPlanner` (``planner.mode=forcing``).
+
+    Args:
+        planner: the Diffusion Forcing planner (its ``execute`` and ``n_history``).
+        goal_guide: the goal guide inside the planner's guidance, if any; it gets the active
+            environments' goals before each plan.
+        action_low / action_high: the action box; history holds the executed (clipped) actions.
+    """
+
+    planner: ForcingPlanner
+    goal_guide: GoalGuide | None = None
+    action_low: float = -1.0
+    action_high: float = 1.0
+    records: list[PlanRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._observations: list[np.ndarray] = []
+        self._actions: list[np.ndarray] = []
+        self._planned: np.ndarray | None = None
+        self._planned_at = -1
+
+    def reset(self, n_envs: int) -> None:
+        """Forget history and plans; the next :meth:`act` plans for every environment."""
+        self._observations, self._actions = [], []
+        self._planned, self._planned_at = None, -1
+        self.records = []
+
+    def _history(self, index: np.ndarray, step: int) -> torch.Tensor:
+        """(n, h, D) raw: the last h = min(n_history, step) real transitions of envs ``index``."""
+        layout = self.planner.model.layout
+        n_hist = min(self.planner.n_history, step)
+        history = torch.zeros(len(index), n_hist, layout.transition_dim)
+        if n_hist:
+            obs = np.stack(self._observations[step - n_hist:step], axis=1)[index]
+            act = np.stack(self._actions[step - n_hist:step], axis=1)[index]
+            history[..., layout.obs] = torch.as_tensor(obs, dtype=torch.float32)
+            history[..., layout.act] = torch.as_tensor(act, dtype=torch.float32)
+        return history
+
+    def _plan(
+        self, step: int, observations: np.ndarray, goals: np.ndarray, active: np.ndarray, generator: torch.Generator
+    ) -> np.ndarray:
+        """Plan for the active environments; returns the (N,) bool of non-finite plans."""
+        layout, execute = self.planner.model.layout, self.planner.execute
+        n = len(observations)
+        index = np.flatnonzero(active)
+        history = self._history(index, step)
+        if self.goal_guide is not None:
+            self.goal_guide.set_goals(torch.as_tensor(goals[index], dtype=torch.float32))
+        start = time.perf_counter()
+        window = self.planner.plan(torch.as_tensor(observations[index], dtype=torch.float32), history, generator)
+        elapsed = time.perf_counter() - start
+        window = window.cpu()
+        n_hist = history.shape[1]
+        if self._planned is None:
+            self._planned = np.zeros((n, execute, layout.act_dim))
+        self._planned[index] = window[:, n_hist:n_hist + execute, layout.act].double().numpy()
+        self._planned_at = step
+        future = window[:, n_hist:]
+        self.records.append(PlanRecord(step, index, future[..., layout.obs].numpy(), elapsed))
+        bad = np.zeros(n, dtype=bool)
+        bad[index] = ~torch.isfinite(future).flatten(1).all(dim=1).numpy()
+        return bad
+
+    def act(
+        self, step: int, observations: np.ndarray, goals: np.ndarray, active: np.ndarray, generator: torch.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Actions (N, act_dim) for step ``step`` and the (N,) bool of non-finite plans."""
+        if step != len(self._actions):
+            raise RuntimeError(
+                f"ForcingPolicy.act called for step {step} after {len(self._actions)} steps; reset first"
+            )
+        bad = np.zeros(len(observations), dtype=bool)
+        if self._planned is None or step - self._planned_at >= self.planner.execute:
+            bad = self._plan(step, observations, goals, active, generator)
+        assert self._planned is not None
+        actions = self._planned[:, step - self._planned_at]
+        executed = np.clip(np.nan_to_num(actions), self.action_low, self.action_high)
+        self._observations.append(np.asarray(observations, dtype=np.float64).copy())
+        self._actions.append(executed)
+        return actions, bad

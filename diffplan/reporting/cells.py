@@ -1,0 +1,393 @@
+"""Evaluation results grouped into sweep cells: (task, guidance kind, strength).
+
+A *cell* is one setting of a sweep. Its identity comes from the results file's optional
+top-level ``"cell"`` object (``{"task", "kind", "strength", "label"}``, written by sweep
+commands) or, when absent, from the resolved config (:func:`derive_cell`). Files of the same
+task and label are pooled into one cell when they come from the same checkpoint and hold
+different episodes (e.g. the same setting evaluated on more seeds later); otherwise each such
+file becomes its own cell, its label suffixed with the file name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffplan.evaluation.episodes import EPISODES_FILE
+
+EPISODE_KEYS = ("seed", "episode", "reset_seed", "episode_return", "normalized_score", "success", "length", "failed")
+"""Keys every entry of results.json's ``episodes`` list must have."""
+
+REFERENCE_POLICIES = ("bc", "offline")
+"""``eval.policy`` values that are baselines of their own rather than guided planners."""
+
+
+class ResultsError(ValueError):
+    """A results file is missing something the report needs; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class CellId:
+    """Which sweep cell a results file belongs to.
+
+    Attributes:
+        task: the task name (e.g. ``hopper-medium``).
+        kind: the guidance kind (``none``, ``value``, ``policy``, ``goal``, ``cfg``, ...).
+        strength: the guidance strength (0 for ``none``).
+        label: the cell's display name, unique within a task (``"value=0.3"``).
+    """
+
+    task: str
+    kind: str
+    strength: float
+    label: str
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One evaluation episode, with the file it came from."""
+
+    seed: int
+    episode: int
+    reset_seed: int
+    episode_return: float
+    normalized_score: float
+    success: bool
+    length: int
+    failed: bool
+    reason: str
+    source: Path
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """(seed, reset_seed): the same key means the same start state."""
+        return (self.seed, self.reset_seed)
+
+
+@dataclass
+class ResultsFile:
+    """One evaluator results.json, validated.
+
+    Attributes:
+        path: where it was read from.
+        data: the parsed JSON.
+        cell: its cell (from ``data["cell"]`` or derived from the config).
+        episodes: its episodes.
+        episodes_npz: ``episodes.npz`` next to it, if that exists.
+    """
+
+    path: Path
+    data: dict[str, Any]
+    cell: CellId
+    episodes: list[Episode]
+    episodes_npz: Path | None = None
+
+    @property
+    def checkpoint_sha256(self) -> str | None:
+        checkpoint = self.data.get("checkpoint")
+        return checkpoint.get("sha256") if isinstance(checkpoint, dict) else None
+
+    @property
+    def plan_times(self) -> list[float]:
+        plan = self.data.get("plan_time_s")
+        return [float(t) for t in plan.get("per_plan", [])] if isinstance(plan, dict) else []
+
+    @property
+    def has_success(self) -> bool:
+        """False where the evaluator wrote ``success_rate: null`` (locomotion)."""
+        return self.data.get("success_rate", 0.0) is not None
+
+
+@dataclass
+class Cell:
+    """Every episode of one sweep cell, pooled over its results files."""
+
+    id: CellId
+    files: list[ResultsFile] = field(default_factory=list)
+
+    @property
+    def task(self) -> str:
+        return self.id.task
+
+    @property
+    def label(self) -> str:
+        return self.id.label
+
+    @property
+    def kind(self) -> str:
+        return self.id.kind
+
+    @property
+    def strength(self) -> float:
+        return self.id.strength
+
+    @property
+    def episodes(self) -> list[Episode]:
+        return [e for f in self.files for e in f.episodes]
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({e.seed for e in self.episodes})
+
+    @property
+    def plan_times(self) -> list[float]:
+        return [t for f in self.files for t in f.plan_times]
+
+    @property
+    def has_success(self) -> bool:
+        return all(f.has_success for f in self.files)
+
+    def metric(self, key: str) -> tuple[float, float] | None:
+        """(mean, stderr) of an optional per-cell metric (``dynamics_error``, ``target_log_likelihood``),
+        averaged over the cell's files that carry it (stderr NaN when unknown); None when none does."""
+        values = [v for f in self.files if (v := read_metric(f.data, key, f.path)) is not None]
+        if not values:
+            return None
+        mean = sum(v[0] for v in values) / len(values)
+        errs = [v[1] for v in values]
+        stderr = math.sqrt(sum(e * e for e in errs)) / len(errs) if not any(math.isnan(e) for e in errs) else math.nan
+        return mean, stderr
+
+
+def _fail(path: Path, key: str, problem: str, fix: str) -> ResultsError:
+    return ResultsError(f"{path}: {problem} key {key!r}; {fix}")
+
+
+_FIX_EVALUATE = "results files are written by diffplan-evaluate (rerun it, or fix the file)"
+
+
+def _need(data: dict[str, Any], key: str, path: Path, where: str = "") -> Any:
+    if key not in data:
+        raise _fail(path, f"{where}{key}", "missing", _FIX_EVALUATE)
+    return data[key]
+
+
+def read_metric(data: dict[str, Any], key: str, path: Path | str = "<results>") -> tuple[float, float] | None:
+    """An optional scalar metric of a results file as (mean, stderr); None when absent.
+
+    Accepted forms: a number; ``{"mean", "stderr"?}``; the generation-metrics forms of
+    ``diffplan-generate`` (``dynamics_error: {"next_obs_mse"}``, ``{"generated_mean",
+    "generated_stderr"}``).
+
+    Raises:
+        ResultsError: the key holds something else.
+    """
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value), math.nan
+    if isinstance(value, dict):
+        for mean_key, err_key in (("mean", "stderr"), ("generated_mean", "generated_stderr"), ("next_obs_mse", "")):
+            if isinstance(value.get(mean_key), int | float):
+                err = value.get(err_key)
+                return float(value[mean_key]), float(err) if isinstance(err, int | float) else math.nan
+    raise ResultsError(f"{path}: key {key!r} must be a number or {{'mean': ..., 'stderr': ...}}, got {value!r}")
+
+
+def _format_strength(strength: float) -> str:
+    return f"{strength:g}"
+
+
+def derive_cell(data: dict[str, Any], path: Path | str = "<results>") -> CellId:
+    """The sweep cell of a results file.
+
+    With a top-level ``"cell"`` object, its ``task`` (default: the file's task), ``kind``,
+    ``strength`` and ``label`` (default ``"kind=strength"``) are used as they are. Otherwise,
+    from the resolved config:
+
+    - ``eval.policy=bc`` or ``offline``: kind ``bc`` / ``offline``, strength 0 (baselines);
+    - kind = ``guidance.kind`` (``none`` when the config has no guidance section); when it is
+      ``none`` and the trained model is return-conditioned (``trained_config.model.
+      return_condition``) with ``planner.guidance_weight`` set and != 1, kind ``cfg``
+      (classifier-free guidance);
+    - strength: ``guidance.policy_scale`` for ``policy``, ``planner.guidance_weight`` for
+      ``cfg``, 0 for ``none``, ``guidance.scale`` otherwise (``value``, ``goal``,
+      ``value_policy``; the latter's label also names its policy scale);
+    - ``guidance.mc_samples`` > 1 (Monte Carlo guidance) makes the kind ``<kind>+mc<N>``.
+
+    Raises:
+        ResultsError: a missing ``task``/``config`` or a malformed ``cell``, naming the file and key.
+    """
+    path = Path(path)
+    task = data.get("task")
+    cell = data.get("cell")
+    if cell is not None:
+        if not isinstance(cell, dict):
+            raise _fail(path, "cell", "malformed", "it must be an object {task, kind, strength, label}")
+        kind = _need(cell, "kind", path, "cell.")
+        strength = _need(cell, "strength", path, "cell.")
+        if not isinstance(strength, int | float) or isinstance(strength, bool):
+            raise _fail(path, "cell.strength", "non-numeric", f"it must be a number, got {strength!r}")
+        task = cell.get("task", task)
+        if not isinstance(task, str):
+            raise _fail(path, "task", "missing", _FIX_EVALUATE)
+        label = cell.get("label") or f"{kind}={_format_strength(float(strength))}"
+        return CellId(task, str(kind), float(strength), str(label))
+    if not isinstance(task, str):
+        raise _fail(path, "task", "missing", _FIX_EVALUATE)
+    config = _need(data, "config", path)
+    if not isinstance(config, dict):
+        raise _fail(path, "config", "malformed", "it must be the resolved config (an object)")
+    policy = str((config.get("eval") or {}).get("policy", "planner"))
+    if policy in REFERENCE_POLICIES:
+        return CellId(task, policy, 0.0, policy)
+    guidance = config.get("guidance") or {}
+    planner = config.get("planner") or {}
+    model = (data.get("trained_config") or {}).get("model") or {}
+    kind = str(guidance.get("kind", "none"))
+    weight = planner.get("guidance_weight")
+    extra = ""
+    if kind == "none" and model.get("return_condition") and weight is not None and float(weight) != 1.0:
+        kind, strength = "cfg", float(weight)
+    elif kind == "none":
+        strength = 0.0
+    elif kind == "policy":
+        strength = float(_need(guidance, "policy_scale", path, "config.guidance."))
+    else:
+        strength = float(_need(guidance, "scale", path, "config.guidance."))
+        if kind == "value_policy":
+            extra = f",policy={_format_strength(float(guidance.get('policy_scale', 1.0)))}"
+    mc = int(guidance.get("mc_samples", 1) or 1)
+    if mc > 1:
+        kind = f"{kind}+mc{mc}"
+    return CellId(task, kind, strength, f"{kind}={_format_strength(strength)}{extra}")
+
+
+def _episode(raw: Any, index: int, path: Path) -> Episode:
+    if not isinstance(raw, dict):
+        raise _fail(path, f"episodes[{index}]", "malformed", "each episode must be an object")
+    for key in EPISODE_KEYS:
+        _need(raw, key, path, f"episodes[{index}].")
+    try:
+        return Episode(
+            seed=int(raw["seed"]), episode=int(raw["episode"]), reset_seed=int(raw["reset_seed"]),
+            episode_return=float(raw["episode_return"]), normalized_score=float(raw["normalized_score"]),
+            success=bool(raw["success"]), length=int(raw["length"]), failed=bool(raw["failed"]),
+            reason=str(raw.get("reason", "")), source=path,
+        )
+    except (TypeError, ValueError) as e:
+        raise _fail(path, f"episodes[{index}]", "malformed value under", f"{e}") from e
+
+
+def parse_results(data: Any, path: str | Path) -> ResultsFile:
+    """Validate parsed results JSON and wrap it (see :func:`load_results`)."""
+    path = Path(path)
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: not a results object (got {type(data).__name__}); {_FIX_EVALUATE}")
+    raw = _need(data, "episodes", path)
+    if not isinstance(raw, list) or not raw:
+        raise _fail(path, "episodes", "empty or malformed", "it must be a non-empty list of episode records")
+    cell = derive_cell(data, path)
+    episodes = [_episode(e, i, path) for i, e in enumerate(raw)]
+    keys = [e.key for e in episodes]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})[:5]
+        raise _fail(path, "episodes", "repeated (seed, reset_seed) under", f"episodes {dup} appear twice")
+    npz = path.parent / EPISODES_FILE if path.name == "results.json" else path.with_suffix(".episodes.npz")
+    return ResultsFile(path, data, cell, episodes, npz if npz.exists() else None)
+
+
+def load_results(path: str | Path) -> ResultsFile:
+    """Read and validate one results.json.
+
+    ``episodes.npz`` is looked up next to a file named results.json, or as
+    ``<stem>.episodes.npz`` beside any other name.
+
+    Raises:
+        ResultsError: unreadable JSON, or a missing/malformed key (named with the file).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise ResultsError(f"{path}: no such file; pass results.json files or directories holding them") from e
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{path}: not valid JSON ({e}); {_FIX_EVALUATE}") from e
+    return parse_results(data, path)
+
+
+def find_results(inputs: Iterable[str | Path]) -> list[Path]:
+    """Expand files and directories into results files.
+
+    Files are taken as given. Directories are searched recursively for ``results.json`` and
+    for other ``*.json`` files holding a top-level ``"episodes"`` key (other JSON is skipped).
+
+    Raises:
+        ResultsError: an input does not exist, or nothing was found.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        if item.is_file():
+            found.append(item)
+        elif item.is_dir():
+            for candidate in sorted(item.rglob("*.json")):
+                if candidate.name == "results.json" or _has_episodes(candidate):
+                    found.append(candidate)
+        else:
+            raise ResultsError(f"{item}: no such file or directory; pass results.json files or directories")
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    if not unique:
+        raise ResultsError(f"no results files under {[str(i) for i in inputs]}: directories are searched for "
+                           "results.json and *.json files with an 'episodes' key (diffplan-evaluate writes them)")
+    return unique
+
+
+def _has_episodes(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "episodes" in data
+
+
+def group_cells(files: Sequence[ResultsFile]) -> tuple[list[Cell], list[str]]:
+    """Pool files into cells, per task sorted by (kind, strength, label); returns (cells, notes).
+
+    Files sharing a task and label are pooled when they share the checkpoint (sha256) and
+    hold disjoint (seed, reset_seed) episodes. Files that cannot be pooled keep separate
+    cells labelled ``"<label> [<file>]"``; each such split is explained in the notes.
+    """
+    groups: dict[tuple[str, str], list[ResultsFile]] = {}
+    for f in files:
+        groups.setdefault((f.cell.task, f.cell.label), []).append(f)
+    cells: list[Cell] = []
+    notes: list[str] = []
+    for (task, label), members in groups.items():
+        shas = {m.checkpoint_sha256 for m in members}
+        keys = [k for m in members for k in {e.key for e in m.episodes}]
+        if len(members) == 1 or (len(shas) == 1 and len(keys) == len(set(keys))):
+            cells.append(Cell(members[0].cell, list(members)))
+            continue
+        why = "different checkpoints" if len(shas) > 1 else "the same episodes (seed, reset_seed)"
+        notes.append(f"{task}: {len(members)} files labelled {label!r} hold {why}, so they are reported as "
+                     "separate cells (give each a distinct \"cell\": {\"label\": ...} to name them)")
+        names = _short_names([m.path for m in members])
+        for member, name in zip(members, names, strict=True):
+            cell = CellId(task, member.cell.kind, member.cell.strength, f"{label} [{name}]")
+            cells.append(Cell(cell, [member]))
+    cells.sort(key=lambda c: (c.task, c.kind != "none", c.kind, c.strength, c.label))
+    return cells, notes
+
+
+def _short_names(paths: list[Path]) -> list[str]:
+    """The shortest path suffixes that tell ``paths`` apart (``eval-a/results.json`` -> ``eval-a``)."""
+    for depth in range(1, 6):
+        names = ["/".join(_parts(p)[-depth:]) for p in paths]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]
+
+
+def _parts(path: Path) -> list[str]:
+    parts = list(path.parts)
+    if parts[-1] == "results.json":
+        parts = parts[:-1]
+    else:
+        parts[-1] = path.stem
+    return parts

@@ -1,0 +1,216 @@
+"""Diffusion Forcing MPC in closed loop: goal guidance, guidance through the denoiser, the
+batched ForcingPolicy, ``planner.mode=forcing`` in the evaluator, and dynamics consistency."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor
+
+from diffplan.config import DiffusionConfig
+from diffplan.data import LimitsNormalizer, TrajectoryLayout
+from diffplan.diffusion.schedule import NoiseSchedule
+from diffplan.evaluation.consistency import trajectory_consistency
+from diffplan.guidance.denoised import DenoisedGuide
+from diffplan.guidance.goal import GoalGuide
+from diffplan.planning.forcing import ForcingPlanner, history_matrix
+from diffplan.planning.forcing_policy import ForcingPolicy
+from tests.test_commands import tiny_config
+from tests.test_forcing import _model
+
+LAYOUT = TrajectoryLayout(obs_dim=4, act_dim=2)
+
+
+def _normalizer() -> LimitsNormalizer:
+    return LimitsNormalizer(torch.tensor([-2.0, -2.0, -1, -1, -1, -1]), torch.tensor([2.0, 2.0, 1, 1, 1, 1]))
+
+
+# -- goal guide ----------------------------------------------------------------------------------
+def test_goal_guide_is_minus_mean_distance_in_raw_units() -> None:
+    normalizer = _normalizer()
+    guide = GoalGuide(LAYOUT, normalizer, [0, 1])
+    raw = torch.zeros(2, 3, 6)
+    raw[0, :, 0] = torch.tensor([0.0, 1.0, 2.0])  # x positions; goal (2, 0): distances 2, 1, 0
+    raw[1, :, 1] = torch.tensor([1.0, 1.0, 1.0])  # goal (0, -1): distances 2, 2, 2
+    guide.set_goals(torch.tensor([[2.0, 0.0], [0.0, -1.0]]))
+    x = normalizer.normalize(raw)
+    value = guide.objective(x, torch.zeros(2, 3))
+    assert torch.allclose(value, torch.tensor([-1.0, -2.0]))
+    out = guide.gradient(x, torch.zeros(2, 3))
+    assert torch.allclose(out.value, value)
+    # Only position channels move; each token's gradient points at the goal with norm
+    # (1/H) * d raw / d normalized (= 2 here), except the token sitting on the goal.
+    assert (out.gradient[..., 2:] == 0).all()
+    assert torch.allclose(out.gradient[0, 0, :2], torch.tensor([2 / 3, 0.0]))
+    assert torch.allclose(out.gradient[1, :, 1], torch.full((3,), -2 / 3))
+    # A step along the gradient brings the plan closer to the goal.
+    assert (guide.objective(x + 0.1 * out.gradient, torch.zeros(2, 3)) > value).all()
+
+
+def test_goal_guide_candidates_share_their_env_goal_and_errors_name_the_fix() -> None:
+    guide = GoalGuide(LAYOUT, _normalizer(), [0, 1])
+    with pytest.raises(RuntimeError, match="set_goals must be called"):
+        guide.objective(torch.zeros(2, 3, 6), torch.zeros(2, 3))
+    guide.set_goals(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
+    distance = guide.distance(torch.zeros(4, 3, 6))  # 2 candidates per env, contiguous
+    assert torch.allclose(distance, torch.ones(4, 3))
+    with pytest.raises(ValueError, match="not a whole multiple of the 2 goals"):
+        guide.distance(torch.zeros(3, 3, 6))
+    with pytest.raises(ValueError, match=r"goals must be \(N, 2\)"):
+        guide.set_goals(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="task.goal_obs_dims"):
+        GoalGuide(LAYOUT, _normalizer(), [])
+    with pytest.raises(ValueError, match=r"task.goal_obs_dims \[7\] are outside"):
+        GoalGuide(LAYOUT, _normalizer(), [0, 7])
+
+
+# -- guidance through the denoiser --------------------------------------------------------------------
+class CausalSum(torch.nn.Module):
+    """An x0-predicting 'denoiser' whose estimate of token t is the running sum of tokens 0..t."""
+
+    def forward(self, x: Tensor, levels: Tensor) -> Tensor:
+        return x.cumsum(dim=1)
+
+
+class LastTokenGuide:
+    """v(x) = sum of the last token's channels: its plain gradient touches the last token only."""
+
+    def objective(self, x: Tensor, levels: Tensor) -> Tensor:
+        return x[:, -1].sum(dim=-1)
+
+    def gradient(self, x: Tensor, levels: Tensor):  # type: ignore[no-untyped-def]
+        from diffplan.guidance.base import GuideOutput
+
+        grad = torch.zeros_like(x)
+        grad[:, -1] = 1.0
+        return GuideOutput(grad, self.objective(x, levels))
+
+
+def test_denoised_guide_steers_earlier_tokens_through_a_causal_denoiser() -> None:
+    schedule = NoiseSchedule(10, prediction="x0")
+    guide = DenoisedGuide(LastTokenGuide(), CausalSum(), schedule)
+    x = torch.randn(2, 4, 3)
+    levels = torch.full((2, 4), 0.5)
+    out = guide.gradient(x, levels)
+    # d sum(cumsum(x)[-1]) / d x = 1 for every token: the far objective reaches the near tokens.
+    assert torch.allclose(out.gradient, torch.ones_like(x))
+    assert torch.allclose(out.value, x.sum(dim=(1, 2)))
+    plain = LastTokenGuide().gradient(x, levels).gradient
+    assert (plain[:, :-1] == 0).all()
+    # Tokens at level 0 are their own estimate (clean history): the gradient there is the guide's own.
+    levels[:, 0] = 0.0
+    out = guide.gradient(x, levels)
+    assert torch.allclose(out.gradient[:, 0], torch.ones(2, 3))
+    assert torch.allclose(guide.objective(x, levels), out.value)
+
+
+# -- frame-stacked matrices ------------------------------------------------------------------------
+def test_history_matrix_groups_timesteps_of_one_token() -> None:
+    matrix = history_matrix("pyramid", 2, n_timesteps=4, sampling_steps=2, horizon=8, uncertainty=1, group=2)
+    # 3 future tokens of 2 timesteps: offsets 0, 1, 2 rows; history columns stay 0.
+    expected_token_levels = torch.tensor([[4, 4, 4], [2, 4, 4], [0, 2, 4], [0, 0, 2], [0, 0, 0]])
+    assert torch.equal(matrix[:, 2:], expected_token_levels.repeat_interleave(2, dim=1))
+    assert (matrix[:, :2] == 0).all()
+    with pytest.raises(ValueError, match=r"multiples of the timesteps per token \(model.frame_stack = 2\)"):
+        history_matrix("pyramid", 1, n_timesteps=4, sampling_steps=2, horizon=8, group=2)
+
+
+# -- the closed-loop policy ---------------------------------------------------------------------------
+def test_forcing_policy_feeds_the_real_history_and_runs_planned_actions() -> None:
+    model = _model("transformer")
+    planner = ForcingPlanner(model, diffusion=DiffusionConfig(sampling_steps=2, schedule_matrix="pyramid",
+                                                              n_timesteps=10, clip_denoised=None),
+                             execute=2, n_history=3)
+    seen: list[Tensor] = []
+    original = planner.plan
+
+    def spy(observations: Tensor, history: Tensor | None, generator: torch.Generator) -> Tensor:
+        assert history is not None
+        seen.append(history.clone())
+        return original(observations, history, generator)
+
+    planner.plan = spy  # type: ignore[method-assign]
+    policy = ForcingPolicy(planner)
+    policy.reset(3)
+    generator = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    observations, executed = [], []
+    active = np.array([True, True, False])
+    for step in range(6):
+        obs = rng.normal(size=(3, 4))
+        actions, bad = policy.act(step, obs, np.zeros((3, 2)), active, generator)
+        assert actions.shape == (3, 2) and not bad.any()
+        observations.append(obs)
+        executed.append(np.clip(actions, -1, 1))
+    assert [h.shape[1] for h in seen] == [0, 2, 3]  # replans at steps 0, 2, 4; history capped at 3
+    last = seen[-1]
+    assert last.shape[0] == 2  # the inactive env is not planned for
+    for k, t in enumerate(range(1, 4)):
+        assert np.allclose(last[:, k, :4].numpy(), observations[t][:2], atol=1e-6)
+        assert np.allclose(last[:, k, 4:].numpy(), executed[t][:2], atol=1e-6)
+    assert [r.step for r in policy.records] == [0, 2, 4]
+    with pytest.raises(RuntimeError, match="reset first"):
+        policy.act(9, np.zeros((3, 4)), np.zeros((3, 2)), active, generator)
+
+
+def test_evaluator_runs_forcing_mpc_with_goal_guidance(tmp_path: Path) -> None:
+    from diffplan.cli.collect import run_collect
+    from diffplan.cli.evaluate import run_evaluate
+    from diffplan.cli.train import run_train
+
+    extra = ["model=transformer", "model.d_model=16", "model.n_layers=1", "model.n_heads=2", "model.frame_stack=2",
+             "task.stride=1", "task.horizon=16", "train.noise_mode=independent", "train.condition_goal=false",
+             "planner=forcing", "planner.execute=4", "planner.n_history=4", "guidance=goal", "guidance.scale=10",
+             "guidance.mc_samples=2", "diffusion.schedule_matrix=pyramid", "diffusion.uncertainty=0.5",
+             "task.episode_steps=12", "eval.plots=false"]
+    cfg = tiny_config(tmp_path, extra)
+    run_collect(cfg)
+    run_train(cfg)
+    path = run_evaluate(cfg)
+    results = json.loads(path.read_text())
+    assert results["n_episodes"] == 6 and results["n_failed"] == 0
+    assert results["config"]["planner"]["mode"] == "forcing" and results["config"]["guidance"]["kind"] == "goal"
+    # 2 seeds x 2 batches of environments (2 + 1 episodes), 3 plans of 4 steps per 12-step batch.
+    assert results["plan_time_s"]["n_plans"] == 2 * 2 * 3
+    # Same seeds, same results.
+    again = json.loads(run_evaluate(cfg).read_text())
+    assert again["episode_returns"] == results["episode_returns"]
+
+    strided = tiny_config(tmp_path, extra + ["task.stride=2", f"run_dir={tmp_path / 'strided'}"])
+    run_train(strided)
+    with pytest.raises(ValueError, match="needs a model trained with task.stride=1"):
+        run_evaluate(strided)
+    wrong = tiny_config(tmp_path, extra[:-7] + ["guidance=value"])
+    with pytest.raises(ValueError, match="takes guidance=goal or guidance=none, got value"):
+        run_evaluate(wrong)
+
+
+# -- dynamics consistency ---------------------------------------------------------------------------
+def test_real_maze_transitions_are_consistent_and_corrupted_ones_are_not() -> None:
+    from diffplan_envs.maze import get_maze_task, make_maze_env
+
+    env = make_maze_env(get_maze_task("pointmaze-umaze"))
+    rng = np.random.default_rng(0)
+    obs = env.reset(seed=0)[0]["observation"]
+    rows = []
+    for _ in range(40):
+        action = rng.uniform(-1, 1, size=2)
+        rows.append(np.concatenate([obs, action]))
+        obs = env.step(action)[0]["observation"]
+    env.close()
+    trajectory = np.stack(rows)[None]
+    variance = np.ones(4)
+    clean = trajectory_consistency("pointmaze-umaze", trajectory, LAYOUT, variance)
+    assert clean.errors.shape == (1, 39) and clean.errors.max() < 1e-12
+    corrupted = trajectory.copy()
+    corrupted[0, 20:, 0] += 0.1  # a jump in x between tokens 19 and 20
+    bad = trajectory_consistency("pointmaze-umaze", corrupted, LAYOUT, variance)
+    assert bad.errors[0, 19] > 1e-3 and bad.errors[0, :19].max() < 1e-12
+    summary = bad.summary(20)
+    assert summary["n_transitions"] == 39 and len(summary["segment_means"]) == 2  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="trajectories must be"):
+        trajectory_consistency("pointmaze-umaze", trajectory[0], LAYOUT, variance)
