@@ -1,8 +1,8 @@
 """Structured configs: typed dataclasses registered in Hydra's ConfigStore.
 
 Each config group under ``conf/`` (task, model, diffusion, planner, train, eval, collect,
-bc, offline) is validated against one of these schemas, so a bad override fails early with its full key
-and, for choices, the allowed values (enums).
+bc, offline, value, guidance, sweep) is validated against one of these schemas, so a bad
+override fails early with its full key and, for choices, the allowed values (enums).
 """
 
 from __future__ import annotations
@@ -445,6 +445,41 @@ class CollectConfig:
 
 
 @dataclass
+class SweepCellConfig:
+    """One entry of ``sweep.cells``: a guidance kind evaluated at each of its strengths.
+
+    ``kind`` is one of ``none`` (unguided; no strengths, or ``[0]``), ``goal`` and ``value``
+    (strength = ``guidance.scale``), ``policy`` (``guidance.policy_scale``), ``value_policy``
+    (``guidance.scale``; the policy term keeps ``guidance.policy_scale``) and ``cfg``
+    (``planner.guidance_weight`` of return-conditioned models, unguided otherwise). It is a
+    string, not an enum, so that a wrong kind is reported by ``diffplan-sweep`` with the fix
+    (:mod:`diffplan.sweep.grid`). ``mc_samples`` sets ``guidance.mc_samples`` for these cells
+    (null: the guidance config's).
+    """
+
+    kind: str = "none"
+    strengths: list[float] = field(default_factory=list)
+    mc_samples: int | None = None
+
+
+@dataclass
+class SweepConfig:
+    """A guidance sweep (``diffplan-sweep``): every cell of ``cells`` x ``eval.seeds`` x
+    ``eval.n_episodes``, each cell written to ``<out_dir>/<label>/results.json``.
+
+    ``batched`` evaluates the cells that differ only in guidance kind and strength as one batch
+    of environments per seed (per-environment strengths); ``cells_index`` runs only that cell of
+    the expanded grid (the order ``diffplan-sweep`` logs; one job per cell in a Hydra multirun).
+    """
+
+    name: str = "${task.name}"
+    out_dir: str = "runs/sweeps/${sweep.name}"
+    cells: list[SweepCellConfig] = field(default_factory=list)
+    batched: bool = False
+    cells_index: int | None = None
+
+
+@dataclass
 class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -458,6 +493,7 @@ class Config:
     bc: BCConfig = field(default_factory=BCConfig)
     offline: OfflineConfig = field(default_factory=OfflineConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     run_dir: str = "runs/${task.name}"
 
 
@@ -476,6 +512,7 @@ def register_configs() -> None:
     store.store(group="guidance", name="guidance_schema", node=GuidanceConfig)
     store.store(group="bc", name="bc_schema", node=BCConfig)
     store.store(group="offline", name="offline_schema", node=OfflineConfig)
+    store.store(group="sweep", name="sweep_schema", node=SweepConfig)
 
 
 def to_container(cfg: DictConfig | Config) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def main() -> None:
             planner = ForcingPlanner(model, diffusion=diffusion, execute=args.execute, n_history=args.n_history)
             trajectory = planner.rollout(start, length, generator).trajectory
         else:
-            planner = ForcingPlanner(model, diffusion=diffusion, execute=1, n_history=0, horizon=length)
+            planner = ForcingPlanner(model, diffusion=diffusion, execute=args.execute, n_history=0, horizon=length)
             trajectory = planner.plan(start, None, generator)
         elapsed = time.perf_counter() - began
         consistency = trajectory_consistency(args.task, trajectory.cpu().double().numpy(), model.layout, variance)

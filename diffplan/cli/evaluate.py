@@ -6,12 +6,20 @@ value-guided (``guidance=value``) or not (``guidance=none``; candidates are stil
 the value function when ``planner.n_candidates > 1``), and executes the plan's actions;
 ``eval.policy=bc`` runs the behaviour-cloning baseline of ``bc.run_dir``, ``eval.policy=offline`` the
 offline RL agent (TD3+BC or IQL, deterministic actions) of ``offline.run_dir``.
+
+Programmatic use (``diffplan-sweep``): :func:`evaluate_config` evaluates a Config into a chosen
+folder and adds top-level keys to its results.json; :func:`prepare_evaluation`,
+:func:`run_episodes` and :func:`write_evaluation` are its three stages, so a batched sweep
+can build one policy with per-environment guidance strengths, run it once and write one
+results.json per cell exactly as a sequential evaluation does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +27,9 @@ from diffplan.cli.common import hydra_entry
 from diffplan.config import Config, EvalPolicy, ExecutionMode, GuidanceKind, to_container
 from diffplan.data.hdf5 import reference_scores
 from diffplan.data.layout import TrajectoryLayout
-from diffplan.evaluation.evaluator import BatchEnv, EvaluationOutput, Policy, evaluate
+from diffplan.evaluation.evaluator import BatchEnv, EpisodeTrace, EvaluationOutput, Policy, evaluate
 from diffplan.evaluation.results import build_results, write_json
+from diffplan.guidance.per_env import EnvStrengths
 from diffplan.planning.planner import GoalPlanner
 from diffplan.planning.policy import PlanningPolicy
 from diffplan.reporting.maze_plot import plot_maze_paths
@@ -29,14 +38,60 @@ from diffplan.utils import file_sha256, select_device
 
 log = logging.getLogger(__name__)
 
+#: Episodes drawn in paths.png (mazes).
+N_PLOT_TRACES = 6
+
+
+@dataclass
+class EvaluationSetup:
+    """What evaluating a config runs and records.
+
+    Attributes:
+        policy: the batched policy.
+        make_env: builds a batch of n environments of the task.
+        trained_config: the checkpoint's resolved config (results.json ``trained_config``).
+        checkpoint: path, sha256 and step of what is evaluated (results.json ``checkpoint``).
+        has_success: False for tasks scored by return only (locomotion: ``success_rate: null``).
+        plot_paths: draws episode traces into a file (mazes' paths.png), or None.
+    """
+
+    policy: Policy
+    make_env: Callable[[int], BatchEnv]
+    trained_config: dict[str, Any]
+    checkpoint: dict[str, Any]
+    has_success: bool = True
+    plot_paths: Callable[[list[EpisodeTrace], Path], None] | None = None
+
 
 def run_evaluate(cfg: Config) -> Path:
     """Evaluate ``eval.checkpoint`` (or the BC baseline) on ``task``; returns the path of results.json."""
+    return evaluate_config(cfg)
+
+
+def evaluate_config(cfg: Config, out_dir: str | Path | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Evaluate ``cfg`` and write results.json (and paths.png, episodes.npz) into ``out_dir``
+    (default ``eval.out_dir``; the config written is the one with ``eval.out_dir = out_dir``),
+    with the top-level keys of ``extra`` added (e.g. a sweep's ``"cell"``); returns its path."""
+    if out_dir is not None:
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, out_dir=str(out_dir)))
+    setup = prepare_evaluation(cfg)
+    output = run_episodes(cfg, setup)
+    return write_evaluation(cfg, setup, output, extra=extra)
+
+
+def prepare_evaluation(cfg: Config, strengths: EnvStrengths | None = None) -> EvaluationSetup:
+    """Load what ``cfg`` evaluates and build its policy; ``strengths`` (a batched guidance sweep)
+    gives the planner per-environment guidance strengths, one row per environment of the batch.
+
+    Raises:
+        ValueError: ``strengths`` for a policy that plans without guidance strengths (the BC and
+            offline baselines, ``planner.mode=forcing``), or a bad setting.
+    """
     from diffplan_envs.locomotion import is_locomotion_task
 
     if is_locomotion_task(cfg.task.name):
-        return _evaluate_locomotion(cfg)
-    return _evaluate_maze(cfg)
+        return _locomotion_setup(cfg, strengths)
+    return _maze_setup(cfg, strengths)
 
 
 def _load_model(cfg: Config, obs_dim: int, act_dim: int) -> TrainedModel:
@@ -54,8 +109,8 @@ def _model_checkpoint_info(cfg: Config, model: TrainedModel) -> dict[str, Any]:
             "ema": cfg.eval.use_ema}
 
 
-def _evaluate_maze(cfg: Config) -> Path:
-    from diffplan_envs import MazeBatch, get_maze_task
+def _maze_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
+    from diffplan_envs import MazeBatch, get_maze_task, maze_geometry
 
     if EvalPolicy(cfg.eval.policy) is not EvalPolicy.planner:
         raise ValueError(f"eval.policy={cfg.eval.policy} is for locomotion tasks; mazes use eval.policy=planner")
@@ -64,10 +119,14 @@ def _evaluate_maze(cfg: Config) -> Path:
     model = _load_model(cfg, task.obs_dim, task.act_dim)
     policy: Policy
     if ExecutionMode(cfg.planner.mode) is ExecutionMode.forcing:
+        if strengths is not None:
+            raise ValueError("planner.mode=forcing takes no per-environment guidance strengths; "
+                             "evaluate its sweep cells with sweep.batched=false")
         policy = _forcing_policy(cfg, model, device)
     else:
         planner = GoalPlanner(
-            model, planner=cfg.planner, diffusion=cfg.diffusion, goal_dims=cfg.task.goal_obs_dims, device=device
+            model, planner=cfg.planner, diffusion=cfg.diffusion, goal_dims=cfg.task.goal_obs_dims, device=device,
+            guidance=cfg.guidance,
         )
         policy = PlanningPolicy(
             planner,
@@ -75,19 +134,15 @@ def _evaluate_maze(cfg: Config) -> Path:
             position_dims=cfg.task.goal_obs_dims,
             velocity_dims=cfg.task.velocity_obs_dims,
             stride=model.config.task.stride,
+            strengths=strengths,
         )
-    output, path = _run(cfg, policy, lambda n: MazeBatch(task, n), to_container(model.config),
-                        _model_checkpoint_info(cfg, model))
-    if cfg.eval.plots and output.traces:
-        from diffplan_envs import maze_geometry
 
-        plot_maze_paths(
-            output.traces,
-            maze_geometry(task).wall_rectangles(),
-            Path(cfg.eval.out_dir) / "paths.png",
-            title=f"{cfg.task.name}: planned (dashed) vs executed (solid)",
-        )
-    return path
+    def plot(traces: list[EpisodeTrace], path: Path) -> None:
+        plot_maze_paths(traces, maze_geometry(task).wall_rectangles(), path,
+                        title=f"{cfg.task.name}: planned (dashed) vs executed (solid)")
+
+    return EvaluationSetup(policy, lambda n: MazeBatch(task, n), to_container(model.config),
+                           _model_checkpoint_info(cfg, model), plot_paths=plot)
 
 
 def _forcing_policy(cfg: Config, model: TrainedModel, device: Any) -> Policy:
@@ -115,7 +170,7 @@ def _forcing_policy(cfg: Config, model: TrainedModel, device: Any) -> Policy:
     return ForcingPolicy(planner, goal_guide=goal_guide if guidance is not None else None)
 
 
-def _evaluate_locomotion(cfg: Config) -> Path:
+def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
     from diffplan_envs.locomotion import LocomotionBatch, get_locomotion_task
 
     task = get_locomotion_task(cfg.task.name)
@@ -126,6 +181,8 @@ def _evaluate_locomotion(cfg: Config) -> Path:
         )
     device = select_device(cfg.eval.device)
     policy: Policy
+    if strengths is not None and EvalPolicy(cfg.eval.policy) is not EvalPolicy.planner:
+        raise ValueError(f"eval.policy={cfg.eval.policy} takes no guidance strengths; sweeps need eval.policy=planner")
     if EvalPolicy(cfg.eval.policy) is EvalPolicy.bc:
         from diffplan.baselines.bc import BCPolicy, load_bc_model
 
@@ -151,7 +208,8 @@ def _evaluate_locomotion(cfg: Config) -> Path:
         from diffplan.planning.value_planner import ValuePlanner, ValuePolicy, value_guide
 
         model = _load_model(cfg, task.obs_dim, task.act_dim)
-        needs_value = GuidanceKind(cfg.guidance.kind) is GuidanceKind.value or cfg.planner.n_candidates > 1
+        kind = GuidanceKind(cfg.guidance.kind)
+        needs_value = kind in (GuidanceKind.value, GuidanceKind.value_policy) or cfg.planner.n_candidates > 1
         if needs_value:
             guide: Any = value_guide(model, cfg.guidance, device)
         else:
@@ -160,75 +218,94 @@ def _evaluate_locomotion(cfg: Config) -> Path:
             guide = ConstantGuide()
         planner = ValuePlanner(model, guide, planner=cfg.planner, diffusion=cfg.diffusion, guidance=cfg.guidance,
                                device=device)
-        policy = ValuePolicy(planner, cfg.planner)
+        policy = ValuePolicy(planner, cfg.planner, strengths=strengths)
         trained = to_container(model.config)
         info = _model_checkpoint_info(cfg, model)
         if needs_value:
             value_path = Path(cfg.guidance.value_checkpoint)
             info["value"] = {"path": str(value_path.resolve()), "sha256": file_sha256(value_path)}
-    _, path = _run(cfg, policy, lambda n: LocomotionBatch(task, n), trained, info, has_success=False)
-    return path
+    return EvaluationSetup(policy, lambda n: LocomotionBatch(task, n), trained, info, has_success=False)
 
 
-def _run(
+def run_episodes(
     cfg: Config,
-    policy: Policy,
-    make_env: Callable[[int], BatchEnv],
-    trained_config: dict[str, Any],
-    checkpoint: dict[str, Any],
+    setup: EvaluationSetup,
     *,
-    has_success: bool = True,
-) -> tuple[EvaluationOutput, Path]:
-    """Evaluate ``policy`` with the eval settings, write results.json, log the summary.
+    n_episodes: int | None = None,
+    n_envs: int | None = None,
+    reset_seed_of: Callable[[int, int], int] | None = None,
+    n_traces: int | None = None,
+) -> EvaluationOutput:
+    """Run ``setup``'s policy over ``eval.seeds`` x ``eval.n_episodes`` episodes, ``eval.n_envs`` at
+    a time. A batched sweep overrides the episode and environment counts, the reset seeds
+    (:func:`diffplan.evaluation.evaluator.evaluate`) and the number of episodes traced.
 
-    ``has_success=False`` (locomotion: scored by return only) writes ``success_rate: null``.
-    ``eval.save_episodes`` also writes episodes.npz (every episode's executed observations; the
-    plans too, except on locomotion tasks, which replan every step) next to results.json.
+    The first ``N_PLOT_TRACES`` episodes are traced for paths.png, every episode with
+    ``eval.save_episodes`` (their plans too, except on locomotion tasks, which replan every step).
     """
     from diffplan_envs.locomotion import is_locomotion_task
 
-    device = select_device(cfg.eval.device)
     ref = reference_scores(cfg.task.dataset)
     save_episodes = bool(cfg.eval.save_episodes)
-    n_plot_traces = 6
-    output = evaluate(
-        policy,
-        make_env,
-        n_episodes=cfg.eval.n_episodes,
-        n_envs=cfg.eval.n_envs,
+    n_episodes = cfg.eval.n_episodes if n_episodes is None else n_episodes
+    if n_traces is None:
+        n_traces = n_episodes * len(cfg.eval.seeds) if save_episodes else N_PLOT_TRACES
+    return evaluate(
+        setup.policy,
+        setup.make_env,
+        n_episodes=n_episodes,
+        n_envs=cfg.eval.n_envs if n_envs is None else n_envs,
         seeds=list(cfg.eval.seeds),
         episode_steps=cfg.task.episode_steps,
         ref_min=float(ref["min"]),
         ref_max=float(ref["max"]),
-        device=device,
-        n_traces=cfg.eval.n_episodes * len(cfg.eval.seeds) if save_episodes else n_plot_traces,
+        device=select_device(cfg.eval.device),
+        n_traces=n_traces,
         trace_plans=not (save_episodes and is_locomotion_task(cfg.task.name)),
         progress=cfg.eval.progress,
+        reset_seed_of=reset_seed_of,
     )
+
+
+def write_evaluation(
+    cfg: Config, setup: EvaluationSetup, output: EvaluationOutput, *, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write ``output`` as ``eval.out_dir``/results.json (plus paths.png with ``eval.plots`` on
+    mazes, episodes.npz with ``eval.save_episodes``), log the summary; returns the path.
+
+    ``setup.has_success=False`` (locomotion: scored by return only) writes ``success_rate: null``;
+    ``extra`` adds top-level keys (a sweep's ``"cell"`` and ``"batched"``). ``eval.save_episodes``
+    writes every traced episode's executed observations (and, except on locomotion tasks, which
+    replan every step, its plans) to episodes.npz next to results.json.
+    """
+    from diffplan_envs.locomotion import is_locomotion_task
+
+    ref = reference_scores(cfg.task.dataset)
     results = build_results(
         output,
         task=cfg.task.name,
         config=to_container(cfg),
-        trained_config=trained_config,
+        trained_config=setup.trained_config,
         dataset={"path": str(Path(cfg.task.dataset).resolve()), "sha256": file_sha256(cfg.task.dataset)},
-        checkpoint=checkpoint,
+        checkpoint=setup.checkpoint,
         seeds=list(cfg.eval.seeds),
         n_episodes_per_seed=cfg.eval.n_episodes,
         reference_scores=ref,
     )
-    if not has_success:
+    if not setup.has_success:
         results["success_rate"] = None
+    if extra:
+        results.update(extra)
     path = write_json(Path(cfg.eval.out_dir) / "results.json", results)
-    if save_episodes:
-        import dataclasses
-
+    if cfg.eval.save_episodes:
         from diffplan.evaluation.episodes import EPISODES_FILE
         from diffplan.evaluation.episodes import save_episodes as write_episodes
 
         saved = write_episodes(path.parent / EPISODES_FILE, output.traces,
                                include_plans=not is_locomotion_task(cfg.task.name))
         log.info("%d episodes' observations -> %s", len(output.traces), saved)
-        output = dataclasses.replace(output, traces=output.traces[:n_plot_traces])  # paths.png keeps 6 panels
+    if cfg.eval.plots and output.traces and setup.plot_paths is not None:
+        setup.plot_paths(output.traces[:N_PLOT_TRACES], path.parent / "paths.png")  # 6 panels
     score = results["normalized_score"]
     success = "n/a" if results["success_rate"] is None else f"{results['success_rate']:.2f}"
     log.info(
@@ -237,7 +314,7 @@ def _run(
         cfg.task.name, score["mean"], score["stderr"], ref.get("method", "dataset"), results["n_episodes"],
         results["n_failed"], success, results["plan_time_s"]["mean"], path,
     )
-    return output, path
+    return path
 
 
 main = hydra_entry(run_evaluate)

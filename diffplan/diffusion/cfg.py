@@ -35,15 +35,26 @@ class ClassifierFreeGuidance:
         model: a network called as ``model(x, levels, condition, drop)`` (a
             :class:`~diffplan.models.unet.TemporalUnet` built with ``return_condition``).
         condition: (B,) the normalized condition of every sample (e.g. the target return).
-        weight: w, the guidance weight.
+        weight: w, the guidance weight: a float, or a per-sample tensor (B,) (guidance sweeps
+            evaluate several weights in one batch); per sample the result is bit-identical
+            to the float weight's.
     """
 
-    def __init__(self, model: nn.Module, condition: Tensor, weight: float) -> None:
+    def __init__(self, model: nn.Module, condition: Tensor, weight: float | Tensor) -> None:
         if condition.dim() != 1:
             raise ValueError(f"condition must have shape (B,), got {tuple(condition.shape)}")
         self.model = model
         self.condition = condition
-        self.weight = float(weight)
+        self.weight: float | Tensor
+        if isinstance(weight, Tensor):
+            if weight.shape != condition.shape:
+                raise ValueError(
+                    f"a per-sample guidance weight must have the condition's shape {tuple(condition.shape)}, "
+                    f"got {tuple(weight.shape)}"
+                )
+            self.weight = weight.float()
+        else:
+            self.weight = float(weight)
 
     def __call__(self, x: Tensor, levels: Tensor) -> Tensor:
         """x (B, H, D), levels (B, H) in [0, 1] -> guided output (B, H, D)."""
@@ -58,4 +69,6 @@ class ClassifierFreeGuidance:
         )
         cond, uncond = output[:batch], output[batch:]
         # lerp(uncond, cond, w) = uncond + w (cond - uncond); exact at w = 0 and w = 1.
+        if isinstance(self.weight, Tensor):
+            return torch.lerp(uncond, cond, self.weight.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1))))
         return torch.lerp(uncond, cond, self.weight)

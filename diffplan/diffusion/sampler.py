@@ -345,7 +345,9 @@ class Sampler:
         ``scale_grad_by_std``, times the schedule's per-token coefficient
         (:meth:`Guidance.coefficient`, none for ``constant``), and zero for inpainted entries,
         for tokens whose level does not change in this row, for tokens at level
-        ``<= t_stopgrad`` and for tokens whose coefficient is 0.
+        ``<= t_stopgrad``, for tokens whose coefficient is 0 and, with a per-sample scale
+        (B,) (:attr:`Guidance.scale` as a tensor, broadcast as (B, 1, 1)), for samples whose
+        scale is 0: those samples follow exactly the unguided updates.
 
         - ``apply_to = x_t`` (Diffuser): the guide sees the noisy sample at ``model_level``
           (what the denoiser sees); the denoiser then runs on the moved sample.
@@ -360,35 +362,49 @@ class Sampler:
         coefficient = guidance.coefficient(level_from, level_to, self.schedule.n_timesteps)
         if coefficient is not None:
             free = free & (coefficient != 0)
+        sample_scale = guidance.sample_scale(x)
+        if sample_scale is not None:
+            free = free & (sample_scale != 0).view(-1, 1, 1)
         guided = bool(free.any())
         variance = self.posterior_variance(level_from, level_to) if guidance.scale_grad_by_std else None
         if coefficient is not None:
             variance = coefficient if variance is None else variance * coefficient
         if guidance.apply_to is GuideTarget.x_t:
             if guided:
-                x = _follow_gradient(guidance, x, normalized, free, variance)
+                x = _follow_gradient(guidance, x, normalized, free, variance, sample_scale)
             x, _ = self.step(x, denoiser(x, normalized), level_from, level_to, generator)
             return x
         x0 = self.estimate_x0(x, denoiser(x, normalized), level_from)
         if guided:
             if constraints is not None:
                 x0 = constraints.apply(x0)
-            x0 = _follow_gradient(guidance, x0, torch.zeros_like(normalized), free, variance)
+            x0 = _follow_gradient(guidance, x0, torch.zeros_like(normalized), free, variance, sample_scale)
             if self.clip_denoised is not None:
                 x0 = x0.clamp(-self.clip_denoised, self.clip_denoised)
         x, _ = self.update(x, x0, level_from, level_to, generator)
         return x
 
 
-def _follow_gradient(guidance: Guidance, x: Tensor, levels: Tensor, free: Tensor, variance: Tensor | None) -> Tensor:
+def _follow_gradient(
+    guidance: Guidance,
+    x: Tensor,
+    levels: Tensor,
+    free: Tensor,
+    variance: Tensor | None,
+    sample_scale: Tensor | None = None,
+) -> Tensor:
     """``guidance.n_guide_steps`` steps of ``x += scale * g`` with g the guide's gradient at
     (x, levels (B, H) in [0, 1]), times ``variance`` (B, H, 1) if given (the posterior variance
-    and/or the schedule's coefficient), zero where not ``free``."""
+    and/or the schedule's coefficient), zero where not ``free``. ``sample_scale`` (B,) replaces
+    the float ``guidance.scale`` by one step size per sample (broadcast as (B, 1, 1)); the
+    arithmetic per sample is the float's, so a sample's update is bit-identical to a run with
+    its scale as a float."""
+    scale: float | Tensor = guidance.scale if sample_scale is None else sample_scale.view(-1, 1, 1)
     for _ in range(guidance.n_guide_steps):
         grad = guidance.guide.gradient(x, levels).gradient
         if variance is not None:
             grad = grad * variance
-        x = x + guidance.scale * torch.where(free, grad, torch.zeros_like(grad))
+        x = x + scale * torch.where(free, grad, torch.zeros_like(grad))
     return x
 
 

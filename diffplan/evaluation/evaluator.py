@@ -151,8 +151,9 @@ def evaluate(
     Episode ``j`` of seed ``s`` resets its environment with seed ``s * 1_000_003 + j`` (or
     ``reset_seed_of(s, j)`` when given: a batched guidance sweep gives every cell's episodes
     the start states of a sequential evaluation) and the planner draws from a generator
-    seeded with ``s``: the same seeds give the same episodes and the same plans. The first ``n_traces`` episodes keep their executed
-    observations (and, with ``trace_plans``, their plans) in ``EvaluationOutput.traces``.
+    seeded with ``s``: the same seeds give the same episodes and the same plans. The first
+    ``n_traces`` episodes keep their executed observations (and, with ``trace_plans``, their
+    plans) in ``EvaluationOutput.traces``.
     """
     if n_episodes < 1 or n_envs < 1:
         raise ValueError(f"eval.n_episodes and eval.n_envs must be >= 1, got {n_episodes} and {n_envs}")

@@ -19,6 +19,7 @@ from diffplan.guidance.base import (
 from diffplan.guidance.build import build_guidance, policy_guide
 from diffplan.guidance.composite import CompositeGuide
 from diffplan.guidance.goal import GoalGuide
+from diffplan.guidance.per_env import EnvStrengths
 from diffplan.guidance.policy import PolicyGuide, rms_normalize
 from diffplan.guidance.value import ValueGuide
 
@@ -26,6 +27,7 @@ __all__ = [
     "PGD_SINE_WEIGHT",
     "CompositeGuide",
     "ConstantGuide",
+    "EnvStrengths",
     "Guidance",
     "GuidanceSchedule",
     "Guide",

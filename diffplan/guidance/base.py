@@ -138,7 +138,11 @@ class Guidance:
 
     Args:
         guide: the objective.
-        scale: step size of each gradient step (0 reproduces unguided sampling exactly).
+        scale: step size of each gradient step (0 reproduces unguided sampling exactly); a
+            float, or a per-sample tensor (B,) of a batch of B samples (broadcast as (B, 1, 1);
+            guidance sweeps evaluate several strengths in one batch, see
+            :class:`diffplan.guidance.per_env.EnvStrengths`). Samples whose scale is 0 are
+            left exactly unguided (their gradient is not added at all).
         n_guide_steps: gradient steps per denoising row (>= 1).
         t_stopgrad: no guidance for tokens whose level is at most this (>= 0).
         scale_grad_by_std: multiply the gradient by the step's posterior variance.
@@ -148,7 +152,7 @@ class Guidance:
     """
 
     guide: Guide
-    scale: float = 0.1
+    scale: float | Tensor = 0.1
     n_guide_steps: int = 2
     t_stopgrad: int = 2
     scale_grad_by_std: bool = True
@@ -162,6 +166,27 @@ class Guidance:
             raise ValueError(f"guidance.t_stopgrad must be >= 0, got {self.t_stopgrad}")
         object.__setattr__(self, "apply_to", GuideTarget(self.apply_to))
         object.__setattr__(self, "schedule", parse_schedule(self.schedule))
+        if isinstance(self.scale, Tensor) and (self.scale.dim() != 1 or not self.scale.is_floating_point()):
+            raise ValueError(
+                f"a per-sample guidance scale must be a float tensor of shape (B,), got {self.scale.dtype} "
+                f"{tuple(self.scale.shape)}"
+            )
+
+    def sample_scale(self, x: Tensor) -> Tensor | None:
+        """The per-sample scale (B,) on x's device and dtype for a batch x (B, ...), or None when
+        ``scale`` is a float.
+
+        Raises:
+            ValueError: the per-sample scale has another length than the batch.
+        """
+        if not isinstance(self.scale, Tensor):
+            return None
+        if self.scale.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"the per-sample guidance scale has {self.scale.shape[0]} entries but the batch has {x.shape[0]} "
+                "samples; repeat per-environment scales like the environments (candidates: repeat_interleave)"
+            )
+        return self.scale.to(x.device, x.dtype)
 
     def coefficient(self, level_from: Tensor, level_to: Tensor, n_timesteps: int) -> Tensor | None:
         """The schedule's multiplier (B, H, 1) for a row from ``level_from`` to ``level_to`` (both

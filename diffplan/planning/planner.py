@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from diffplan.config import ActionSource, DiffusionConfig, PlannerConfig, Selection
+from diffplan.config import ActionSource, DiffusionConfig, GuidanceConfig, GuidanceKind, PlannerConfig, Selection
 from diffplan.diffusion.cfg import ClassifierFreeGuidance
 from diffplan.diffusion.conditioning import goal_constraints
 from diffplan.diffusion.levels import NoiseMode
 from diffplan.diffusion.sampler import Denoiser, Sampler, ScheduleMatrixKind, check_clip, make_sampler
+from diffplan.guidance import EnvStrengths, GoalGuide, Guidance, build_guidance
 from diffplan.models.inverse_dynamics import plan_actions
 from diffplan.training.checkpoint import TrainedModel
 
@@ -97,13 +98,25 @@ def planning_sampler(model: TrainedModel, diffusion: DiffusionConfig) -> tuple[S
     )
 
 
-def planning_denoiser(model: TrainedModel, planner: PlannerConfig, batch: int, device: torch.device) -> Denoiser:
+def planning_denoiser(
+    model: TrainedModel, planner: PlannerConfig, batch: int, device: torch.device, weight: Tensor | None = None
+) -> Denoiser:
     """The model's denoiser, wrapped in classifier-free guidance towards ``planner.return_target``
-    (weight ``planner.guidance_weight``) when the model is return-conditioned."""
+    (weight ``planner.guidance_weight``, or the per-sample weights ``weight`` (batch,) of a
+    batched guidance sweep) when the model is return-conditioned.
+
+    Raises:
+        ValueError: per-sample weights for a model that is not return-conditioned.
+    """
     if not model.config.model.return_condition:
+        if weight is not None:
+            raise ValueError(
+                f"classifier-free guidance weights (sweep kind=cfg, planner.guidance_weight) need a model trained "
+                f"with model.return_condition=true; {model.path} is not return-conditioned"
+            )
         return model.denoiser
     target = torch.full((batch,), float(planner.return_target), device=device)
-    return ClassifierFreeGuidance(model.denoiser, target, planner.guidance_weight)
+    return ClassifierFreeGuidance(model.denoiser, target, planner.guidance_weight if weight is None else weight)
 
 
 def check_planner(model: TrainedModel, planner: PlannerConfig) -> ActionSource:
@@ -127,12 +140,22 @@ def check_planner(model: TrainedModel, planner: PlannerConfig) -> ActionSource:
 class GoalPlanner:
     """Plans from the current state to a goal by inpainting both into the trajectory.
 
+    With ``guidance.kind = goal`` the sampler is also steered by goal guidance
+    (:class:`~diffplan.guidance.goal.GoalGuide`: minus the mean distance of the planned
+    positions to each environment's goal, set before every plan), built by
+    :func:`~diffplan.guidance.build.build_guidance` with the ``guidance`` settings (scale,
+    steps, ``through_denoiser``, ``mc_samples``); ``none`` (or no ``guidance``) plans unguided.
+
     Args:
         model: a trained model (denoiser, schedule, normalizer, layout).
         planner: K candidates and the selection rule.
         diffusion: sampler kind, steps, eta and clipping used at planning time.
         goal_dims: observation channels that hold the goal (e.g. x, y).
         device: where sampling runs.
+        guidance: the ``guidance`` settings (kind ``none`` or ``goal``), or None (unguided).
+
+    Raises:
+        ValueError: a guidance kind other than ``none`` or ``goal``.
     """
 
     def __init__(
@@ -143,6 +166,7 @@ class GoalPlanner:
         diffusion: DiffusionConfig,
         goal_dims: list[int],
         device: torch.device | str = "cpu",
+        guidance: GuidanceConfig | None = None,
     ) -> None:
         self.action_source = check_planner(model, planner)
         self.model = model
@@ -150,10 +174,30 @@ class GoalPlanner:
         self.goal_dims = list(goal_dims)
         self.device = torch.device(device)
         self.sampler, self.matrix = planning_sampler(model, diffusion)
+        self.goal_guide: GoalGuide | None = None
+        self.guidance: Guidance | None = None
+        kind = GuidanceKind.none if guidance is None else GuidanceKind(guidance.kind)
+        if kind not in (GuidanceKind.none, GuidanceKind.goal):
+            raise ValueError(
+                f"the maze goal planner takes guidance=goal or guidance=none, got guidance.kind={kind.value} "
+                "(value and policy guidance are for locomotion tasks, planner=value)"
+            )
+        if guidance is not None and kind is GuidanceKind.goal:
+            self.goal_guide = GoalGuide(model.layout, model.normalizer, self.goal_dims)
+            self.guidance = build_guidance(
+                guidance, model, self.device, goal_guide=self.goal_guide, clip_denoised=diffusion.clip_denoised
+            )
 
     @torch.no_grad()
-    def plan(self, observations: Tensor, goals: Tensor, generator: torch.Generator) -> Plan:
-        """Plans for N environments: observations (N, obs_dim), goals (N, goal_dim), raw units."""
+    def plan(
+        self, observations: Tensor, goals: Tensor, generator: torch.Generator, *, strengths: EnvStrengths | None = None
+    ) -> Plan:
+        """Plans for N environments: observations (N, obs_dim), goals (N, goal_dim), raw units.
+
+        ``strengths``: per-environment guidance strengths of these N environments (a batched
+        guidance sweep, :class:`~diffplan.guidance.per_env.EnvStrengths`), repeated over the K
+        candidates of each environment like the environments themselves.
+        """
         layout, horizon = self.model.layout, self.model.horizon
         k = self.cfg.n_candidates
         n = observations.shape[0]
@@ -163,13 +207,22 @@ class GoalPlanner:
         constraints = goal_constraints(
             layout, self.model.normalizer, horizon, observations, goals, self.goal_dims
         ).repeat_interleave(k)
+        guidance, cfg_weight = self.guidance, None
+        if strengths is not None:
+            if len(strengths) != n:
+                raise ValueError(f"strengths cover {len(strengths)} environments but {n} are planned for")
+            per_sample = strengths.repeat_interleave(k)
+            guidance, cfg_weight = per_sample.apply(guidance), per_sample.cfg_weight
+        if self.goal_guide is not None:
+            self.goal_guide.set_goals(goals)
         x = self.sampler.sample(
-            planning_denoiser(self.model, self.cfg, n * k, self.device),
+            planning_denoiser(self.model, self.cfg, n * k, self.device, cfg_weight),
             (n * k, horizon, layout.transition_dim),
             self.matrix,
             constraints=constraints,
             generator=generator,
             device=self.device,
+            guidance=guidance,
         )
         if self.action_source is ActionSource.inverse_dynamics:
             assert self.model.inverse_dynamics is not None

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from diffplan.config import ExecutionMode, PlannerConfig, Tracking
+from diffplan.guidance.per_env import EnvStrengths
 from diffplan.planning.planner import GoalPlanner, Plan
 
 
@@ -35,6 +36,20 @@ class PlanRecord:
     env_index: np.ndarray
     observations: np.ndarray  # (n, H, obs_dim)
     time_s: float
+
+
+def check_strengths(strengths: EnvStrengths | None, n_envs: int) -> None:
+    """Per-environment strengths must cover exactly the batch's environments.
+
+    Raises:
+        ValueError: they cover another number of environments (e.g. eval.n_envs smaller than the
+            batch the strengths were made for).
+    """
+    if strengths is not None and len(strengths) != n_envs:
+        raise ValueError(
+            f"per-environment guidance strengths cover {len(strengths)} environments but the batch has {n_envs}; "
+            "a batched sweep evaluates every episode of its cells in one batch per seed"
+        )
 
 
 class RecedingHorizonPolicy:
@@ -129,6 +144,9 @@ class PlanningPolicy(RecedingHorizonPolicy):
         cfg: execution mode, replanning interval and tracker gains.
         position_dims / velocity_dims: observation channels the tracker uses.
         stride: environment steps between plan tokens (the model's ``task.stride``).
+        strengths: per-environment guidance strengths of a batched guidance sweep (one row per
+            environment of the batch), handed to the planner for the environments it plans
+            for; None plans with the planner's own guidance.
     """
 
     planner: GoalPlanner
@@ -137,6 +155,7 @@ class PlanningPolicy(RecedingHorizonPolicy):
     velocity_dims: list[int]
     stride: int = 1
     records: list[PlanRecord] = field(default_factory=list)
+    strengths: EnvStrengths | None = None
 
     def __post_init__(self) -> None:
         if self.cfg.replan_on_stall < 0:
@@ -163,6 +182,7 @@ class PlanningPolicy(RecedingHorizonPolicy):
 
     def reset(self, n_envs: int) -> None:
         """Forget plans; the next :meth:`act` plans for every environment."""
+        check_strengths(self.strengths, n_envs)
         super().reset(n_envs)
         self._progress = np.zeros(n_envs, dtype=np.int64)
         self._stalled = np.zeros(n_envs, dtype=np.int64)
@@ -176,8 +196,10 @@ class PlanningPolicy(RecedingHorizonPolicy):
     def _plan(
         self, index: np.ndarray, observations: np.ndarray, goals: np.ndarray, generator: torch.Generator
     ) -> list[tuple[np.ndarray, Plan]]:
-        plan = self.planner.plan(torch.as_tensor(observations[index]), torch.as_tensor(goals[index]), generator)
-        return [(index, plan)]
+        obs, goal = torch.as_tensor(observations[index]), torch.as_tensor(goals[index])
+        if self.strengths is None:
+            return [(index, self.planner.plan(obs, goal, generator))]
+        return [(index, self.planner.plan(obs, goal, generator, strengths=self.strengths.select(index)))]
 
     def _pursuit_index(self, positions: np.ndarray) -> np.ndarray:
         """(N,) plan index to steer to: ``lookahead`` tokens past the closest plan point

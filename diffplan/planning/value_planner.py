@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,10 +32,10 @@ from torch import Tensor
 from diffplan.config import ActionSource, DiffusionConfig, GuidanceConfig, PlannerConfig
 from diffplan.diffusion.conditioning import goal_constraints
 from diffplan.diffusion.warm_start import warm_start
-from diffplan.guidance import Guidance, Guide, ValueGuide, build_guidance
+from diffplan.guidance import EnvStrengths, Guidance, Guide, ValueGuide, build_guidance
 from diffplan.models.inverse_dynamics import plan_actions
 from diffplan.planning.planner import Plan, check_planner, planning_denoiser, planning_sampler
-from diffplan.planning.policy import PlanRecord, RecedingHorizonPolicy
+from diffplan.planning.policy import PlanRecord, RecedingHorizonPolicy, check_strengths
 from diffplan.training.checkpoint import TrainedModel
 from diffplan.training.value_trainer import load_value_model
 
@@ -115,6 +116,7 @@ class ValuePlanner:
         *,
         previous: Tensor | None = None,
         shift: int = 0,
+        strengths: EnvStrengths | None = None,
     ) -> ValuePlan:
         """Plans for N environments from ``observations`` (N, obs_dim), raw units.
 
@@ -123,6 +125,11 @@ class ValuePlanner:
             previous: (N, H, D) each environment's previous normalized plan, to warm-start
                 from (used when ``planner.warm_start_level > 0``); None samples from noise.
             shift: environment steps executed since ``previous`` was planned.
+            strengths: per-environment guidance strengths of these N environments (a batched
+                guidance sweep, :class:`~diffplan.guidance.per_env.EnvStrengths`), repeated
+                over each environment's K candidates the way the environments are
+                (``repeat_interleave``: candidates of an environment contiguous). Candidates are
+                still ranked by the value guide alone.
         """
         layout, horizon = self.model.layout, self.model.horizon
         k = self.cfg.n_candidates
@@ -142,15 +149,21 @@ class ValuePlanner:
                 steps=self.cfg.warm_start_steps,
                 generator=generator,
             )
+        guidance, cfg_weight = self.guidance, None
+        if strengths is not None:
+            if len(strengths) != n:
+                raise ValueError(f"strengths cover {len(strengths)} environments but {n} are planned for")
+            per_sample = strengths.repeat_interleave(k)
+            guidance, cfg_weight = per_sample.apply(guidance), per_sample.cfg_weight
         x = self.sampler.sample(
-            planning_denoiser(self.model, self.cfg, n * k, self.device),
+            planning_denoiser(self.model, self.cfg, n * k, self.device, cfg_weight),
             (n * k, horizon, layout.transition_dim),
             matrix,
             constraints=constraints,
             generator=generator,
             device=self.device,
             x_init=x_init,
-            guidance=self.guidance,
+            guidance=guidance,
         )
         if self.action_source is ActionSource.inverse_dynamics:
             assert self.model.inverse_dynamics is not None
@@ -193,11 +206,14 @@ class ValuePolicy(RecedingHorizonPolicy):
     Args:
         planner: the value planner (its model must have ``task.stride = 1``).
         cfg: the replanning interval (``replan_every``).
+        strengths: per-environment guidance strengths of a batched guidance sweep (one row per
+            environment), handed to the planner for the environments of each planner call.
     """
 
     planner: ValuePlanner
     cfg: PlannerConfig
     records: list[PlanRecord] = field(default_factory=list)
+    strengths: EnvStrengths | None = None
 
     def __post_init__(self) -> None:
         self._check_replan_every()
@@ -213,6 +229,7 @@ class ValuePolicy(RecedingHorizonPolicy):
 
     def reset(self, n_envs: int) -> None:
         """Forget plans; the next :meth:`act` plans for every environment from noise."""
+        check_strengths(self.strengths, n_envs)
         super().reset(n_envs)
         self._normalized = None
 
@@ -233,12 +250,13 @@ class ValuePolicy(RecedingHorizonPolicy):
         plans: list[tuple[np.ndarray, Plan]] = []
         for group, shift in groups:
             obs = torch.as_tensor(observations[group])
+            extra: dict[str, Any] = {} if self.strengths is None else {"strengths": self.strengths.select(group)}
             if shift is None:
-                plans.append((group, self.planner.plan(obs, generator)))
+                plans.append((group, self.planner.plan(obs, generator, **extra)))
             else:
                 assert self._normalized is not None
                 previous = self._normalized[torch.as_tensor(group)]
-                plans.append((group, self.planner.plan(obs, generator, previous=previous, shift=shift)))
+                plans.append((group, self.planner.plan(obs, generator, previous=previous, shift=shift, **extra)))
         return plans
 
     def _store(self, index: np.ndarray, plan: Plan) -> None:
