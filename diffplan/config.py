@@ -213,6 +213,9 @@ class PlannerConfig:
     # With a frame-stacked transformer both must be multiples of model.frame_stack.
     execute: int = 8
     n_history: int | None = None
+    # mode=forcing: follow the planned states with the PD tracker (p_gain, d_gain; the task's
+    # position/velocity dims) instead of running the planned actions (Diffusion Forcing's protocol).
+    forcing_tracker: bool = False
 
 
 @dataclass

@@ -157,6 +157,24 @@ def test_forcing_policy_feeds_the_real_history_and_runs_planned_actions() -> Non
         policy.act(9, np.zeros((3, 4)), np.zeros((3, 2)), active, generator)
 
 
+def test_forcing_policy_with_a_tracker_steers_to_the_planned_states() -> None:
+    from diffplan.planning.forcing_policy import PDTracker
+
+    model = _model("transformer")
+    planner = ForcingPlanner(model, diffusion=DiffusionConfig(sampling_steps=2, n_timesteps=10, clip_denoised=None),
+                             execute=2, n_history=2)
+    tracker = PDTracker([0, 1], [2, 3], p_gain=2.0, d_gain=0.5)
+    policy = ForcingPolicy(planner, tracker=tracker)
+    policy.reset(2)
+    generator = torch.Generator().manual_seed(0)
+    obs = np.random.default_rng(0).normal(size=(2, 4))
+    actions, _ = policy.act(0, obs, np.zeros((2, 2)), np.ones(2, dtype=bool), generator)
+    window = planner.plan(torch.as_tensor(obs, dtype=torch.float32), None, torch.Generator().manual_seed(0))
+    target = window[:, 1, :4].double().numpy()  # planned state 1 step after the current one
+    expected = 2.0 * (target[:, :2] - obs[:, :2]) + 0.5 * (target[:, 2:] - obs[:, 2:])
+    assert np.allclose(actions, expected, atol=1e-5)
+
+
 def test_evaluator_runs_forcing_mpc_with_goal_guidance(tmp_path: Path) -> None:
     from diffplan.cli.collect import run_collect
     from diffplan.cli.evaluate import run_evaluate

@@ -167,7 +167,13 @@ def _forcing_policy(cfg: Config, model: TrainedModel, device: Any) -> Policy:
         model, diffusion=cfg.diffusion, execute=cfg.planner.execute, n_history=cfg.planner.n_history,
         planner=cfg.planner, guidance=guidance, device=device,
     )
-    return ForcingPolicy(planner, goal_guide=goal_guide if guidance is not None else None)
+    tracker = None
+    if cfg.planner.forcing_tracker:
+        from diffplan.planning.forcing_policy import PDTracker
+
+        tracker = PDTracker(list(cfg.task.goal_obs_dims), list(cfg.task.velocity_obs_dims), cfg.planner.p_gain,
+                            cfg.planner.d_gain)
+    return ForcingPolicy(planner, goal_guide=goal_guide if guidance is not None else None, tracker=tracker)
 
 
 def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:

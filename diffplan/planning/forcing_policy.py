@@ -5,7 +5,8 @@ Every ``execute`` environment steps the policy plans one window per active envir
 *real* transitions (the observed states and the actions executed in them) are the window's
 clean history, the current observation is inpainted after them, and the planner diffuses
 the rest along its scheduling matrix (guided, e.g. towards each environment's goal). The
-next ``execute`` planned actions are run as they are; then the policy replans. All
+next ``execute`` planned actions are run as they are (or, with a :class:`PDTracker`, a PD
+controller steers towards the next planned states instead); then the policy replans. All
 environments start together, so they share the history length and plan in one batch.
 """
 
@@ -22,6 +23,25 @@ from diffplan.planning.forcing import ForcingPlanner
 from diffplan.planning.policy import PlanRecord
 
 
+@dataclass(frozen=True)
+class PDTracker:
+    """Follow planned states instead of running planned actions (``planner.forcing_tracker``):
+    the action ``k`` steps after a plan is ``p_gain (pos_{k+1} - pos) + d_gain (vel_{k+1} - vel)``
+    towards planned state k + 1 (Diffuser's maze tracker, time-indexed)."""
+
+    position_dims: list[int]
+    velocity_dims: list[int]
+    p_gain: float = 1.0
+    d_gain: float = 1.0
+
+    def actions(self, targets: np.ndarray, observations: np.ndarray) -> np.ndarray:
+        """(N, act_dim) from target states (N, obs_dim) and observations (N, obs_dim)."""
+        pos, vel = self.position_dims, self.velocity_dims
+        return self.p_gain * (targets[:, pos] - observations[:, pos]) + self.d_gain * (
+            targets[:, vel] - observations[:, vel]
+        )
+
+
 @dataclass
 class ForcingPolicy:
     """Batched policy around a :class:`ForcingPlanner` (``planner.mode=forcing``).
@@ -31,10 +51,13 @@ class ForcingPolicy:
         goal_guide: the goal guide inside the planner's guidance, if any; it gets the active
             environments' goals before each plan.
         action_low / action_high: the action box; history holds the executed (clipped) actions.
+        tracker: follow the planned states with this PD tracker instead of running the planned
+            actions (None: the plan's own actions, Diffusion Forcing's protocol).
     """
 
     planner: ForcingPlanner
     goal_guide: GoalGuide | None = None
+    tracker: PDTracker | None = None
     action_low: float = -1.0
     action_high: float = 1.0
     records: list[PlanRecord] = field(default_factory=list)
@@ -43,12 +66,13 @@ class ForcingPolicy:
         self._observations: list[np.ndarray] = []
         self._actions: list[np.ndarray] = []
         self._planned: np.ndarray | None = None
+        self._targets: np.ndarray | None = None
         self._planned_at = -1
 
     def reset(self, n_envs: int) -> None:
         """Forget history and plans; the next :meth:`act` plans for every environment."""
         self._observations, self._actions = [], []
-        self._planned, self._planned_at = None, -1
+        self._planned, self._targets, self._planned_at = None, None, -1
         self.records = []
 
     def _history(self, index: np.ndarray, step: int) -> torch.Tensor:
@@ -78,9 +102,11 @@ class ForcingPolicy:
         elapsed = time.perf_counter() - start
         window = window.cpu()
         n_hist = history.shape[1]
-        if self._planned is None:
+        if self._planned is None or self._targets is None:
             self._planned = np.zeros((n, execute, layout.act_dim))
+            self._targets = np.zeros((n, execute, layout.obs_dim))
         self._planned[index] = window[:, n_hist:n_hist + execute, layout.act].double().numpy()
+        self._targets[index] = window[:, n_hist + 1:n_hist + execute + 1, layout.obs].double().numpy()
         self._planned_at = step
         future = window[:, n_hist:]
         self.records.append(PlanRecord(step, index, future[..., layout.obs].numpy(), elapsed))
@@ -99,8 +125,11 @@ class ForcingPolicy:
         bad = np.zeros(len(observations), dtype=bool)
         if self._planned is None or step - self._planned_at >= self.planner.execute:
             bad = self._plan(step, observations, goals, active, generator)
-        assert self._planned is not None
-        actions = self._planned[:, step - self._planned_at]
+        assert self._planned is not None and self._targets is not None
+        if self.tracker is not None:
+            actions = self.tracker.actions(self._targets[:, step - self._planned_at], np.asarray(observations))
+        else:
+            actions = self._planned[:, step - self._planned_at]
         executed = np.clip(np.nan_to_num(actions), self.action_low, self.action_high)
         self._observations.append(np.asarray(observations, dtype=np.float64).copy())
         self._actions.append(executed)
