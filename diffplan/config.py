@@ -480,6 +480,10 @@ class SweepConfig:
     cells: list[SweepCellConfig] = field(default_factory=list)
     batched: bool = False
     cells_index: int | None = None
+    # After the sweep, write diffplan-report's report of every results file under out_dir into this
+    # folder (null: no report; a one-cell job of a multirun never writes one).
+    report: str | None = None
+    report_title: str = "diffplan guidance sweep: ${task.name}"
 
 
 @dataclass

@@ -455,6 +455,17 @@ def test_sequential_sweep_writes_cells_resumes_and_refuses_a_changed_config(
     assert [p.stat().st_mtime_ns for p in paths] == mtimes
 
 
+def test_sweep_report_option_writes_the_report_of_all_cells(trained: Path, sequential: list[Path]) -> None:
+    # Resuming the finished grid with sweep.report set evaluates nothing and writes the report.
+    report = trained / "seq-report"
+    run_sweep(_sweep_config(trained, "seq", GRID, [f"sweep.report={report}", "sweep.report_title=tiny"]))
+    html = (report / "report.html").read_text()
+    assert "goal=0.5" in html and "goal=3" in html and "<h1>tiny</h1>" in html
+    assert (report / "report.md").exists()
+    rows = (report / "episodes.csv").read_text().strip().splitlines()
+    assert len(rows) - 1 >= 4  # header + 2 cells x 2 episodes (plus cells added by other tests)
+
+
 def test_batched_sweep_writes_the_sequential_format(trained: Path, sequential: list[Path]) -> None:
     batched = run_sweep(_sweep_config(trained, "bat", GRID, ["sweep.batched=true"]))
     for seq_path, bat_path in zip(sequential, batched, strict=True):

@@ -51,7 +51,10 @@ STRENGTH_KEYS = {
 
 #: Config keys (prefixes) that do not decide whether a finished cell is still valid: where the
 #: sweep is written and which cells it lists (adding a cell keeps the others), and the progress bar.
-RESUME_IGNORED = ("sweep.name", "sweep.out_dir", "sweep.cells", "sweep.cells_index", "eval.progress")
+RESUME_IGNORED = (
+    "sweep.name", "sweep.out_dir", "sweep.cells", "sweep.cells_index", "sweep.report", "sweep.report_title",
+    "eval.progress",
+)
 
 RESULTS_FILE = "results.json"
 

@@ -74,4 +74,9 @@ def run_sweep(cfg: Config) -> list[Path]:
             evaluate_config(p.cfg, extra={"cell": p.key})
     log.info("sweep %s: %d cells evaluated, %d already done -> %s", cfg.sweep.name, len(todo),
              len(selected) - len(todo), cfg.sweep.out_dir)
+    if cfg.sweep.report and index is None:
+        from diffplan.reporting.report import build_report
+
+        report = build_report([cfg.sweep.out_dir], cfg.sweep.report, title=cfg.sweep.report_title)
+        log.info("report of %s -> %s", cfg.sweep.out_dir, report.html)
     return [p.results_path for p in selected]
