@@ -102,7 +102,8 @@ def task_media(task: TaskSummary, images_dir: Path, *, render: bool = True) -> T
         media.notes.append(f"no renderer for task {task.task!r} (PointMaze and locomotion tasks are rendered)")
     else:
         jobs = [RenderJob(task.task, str(saved.path), row, str(images_dir / f"{base}-{tag}.gif"),
-                          width=240 if saved.goals.shape[1] else 320)
+                          # Locomotion: a moving textured floor; smaller and shorter keeps each GIF ~0.2 MB.
+                          **({} if saved.goals.shape[1] else {"width": 200, "height": 136, "max_frames": 40}))
                 for tag, _, saved, row in rows]
         outcome = render_gifs(jobs)
         for (tag, _, _, _), written in zip(rows, outcome.written, strict=True):

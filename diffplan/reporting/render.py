@@ -224,12 +224,15 @@ def render_frames(job: RenderJob, observations: np.ndarray, goal: np.ndarray) ->
 
 
 def write_gif(frames: list[np.ndarray], path: str | Path, frame_seconds: float) -> Path:
-    """Write RGB frames (H, W, 3) uint8 as a looping GIF (at least 20 ms per frame)."""
+    """Write RGB frames (H, W, 3) uint8 as a looping GIF (at least 20 ms per frame), every frame
+    on one 48-colour palette taken from the middle frame (textured floors otherwise cost megabytes)."""
     from PIL import Image
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames]
+    rgb = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames]
+    palette = rgb[len(rgb) // 2].quantize(colors=48, method=Image.Quantize.MEDIANCUT)
+    images = [image.quantize(palette=palette, dither=Image.Dither.NONE) for image in rgb]
     duration = max(20, int(round(1000 * frame_seconds / 10)) * 10)
     images[0].save(path, save_all=True, append_images=images[1:], duration=duration, loop=0, optimize=True)
     return path
