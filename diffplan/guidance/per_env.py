@@ -119,6 +119,24 @@ class EnvStrengths:
         return replace(guidance, guide=guide, scale=guidance.scale if self.scale is None else self.scale)
 
 
+def for_candidates(
+    guidance: Guidance | None, strengths: EnvStrengths | None, n_envs: int, n_candidates: int
+) -> tuple[Guidance | None, Tensor | None]:
+    """The guidance and classifier-free weight (or None) of a planner call for ``n_envs``
+    environments with ``n_candidates`` contiguous candidates each: ``strengths`` (None: the
+    guidance as it is) repeated over each environment's candidates.
+
+    Raises:
+        ValueError: ``strengths`` does not cover exactly ``n_envs`` environments.
+    """
+    if strengths is None:
+        return guidance, None
+    if len(strengths) != n_envs:
+        raise ValueError(f"strengths cover {len(strengths)} environments but {n_envs} are planned for")
+    per_sample = strengths.repeat_interleave(n_candidates)
+    return per_sample.apply(guidance), per_sample.cfg_weight
+
+
 def _with_sample_weights(guide: Guide, weights: list[Tensor]) -> Guide:
     """``guide`` with its CompositeGuide's weights replaced by per-sample ones; wrappers that hold
     an inner ``guide`` (Monte Carlo, through-the-denoiser) are shallow-copied around it, so their

@@ -28,6 +28,7 @@ from diffplan.diffusion.conditioning import goal_constraints
 from diffplan.diffusion.levels import NoiseMode
 from diffplan.diffusion.sampler import Denoiser, Sampler, ScheduleMatrixKind, check_clip, make_sampler
 from diffplan.guidance import EnvStrengths, GoalGuide, Guidance, build_guidance
+from diffplan.guidance.per_env import for_candidates
 from diffplan.models.inverse_dynamics import plan_actions
 from diffplan.training.checkpoint import TrainedModel
 
@@ -207,12 +208,7 @@ class GoalPlanner:
         constraints = goal_constraints(
             layout, self.model.normalizer, horizon, observations, goals, self.goal_dims
         ).repeat_interleave(k)
-        guidance, cfg_weight = self.guidance, None
-        if strengths is not None:
-            if len(strengths) != n:
-                raise ValueError(f"strengths cover {len(strengths)} environments but {n} are planned for")
-            per_sample = strengths.repeat_interleave(k)
-            guidance, cfg_weight = per_sample.apply(guidance), per_sample.cfg_weight
+        guidance, cfg_weight = for_candidates(self.guidance, strengths, n, k)
         if self.goal_guide is not None:
             self.goal_guide.set_goals(goals)
         x = self.sampler.sample(

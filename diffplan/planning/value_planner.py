@@ -33,6 +33,7 @@ from diffplan.config import ActionSource, DiffusionConfig, GuidanceConfig, Plann
 from diffplan.diffusion.conditioning import goal_constraints
 from diffplan.diffusion.warm_start import warm_start
 from diffplan.guidance import EnvStrengths, Guidance, Guide, ValueGuide, build_guidance
+from diffplan.guidance.per_env import for_candidates
 from diffplan.models.inverse_dynamics import plan_actions
 from diffplan.planning.planner import Plan, check_planner, planning_denoiser, planning_sampler
 from diffplan.planning.policy import PlanRecord, RecedingHorizonPolicy, check_strengths
@@ -149,12 +150,7 @@ class ValuePlanner:
                 steps=self.cfg.warm_start_steps,
                 generator=generator,
             )
-        guidance, cfg_weight = self.guidance, None
-        if strengths is not None:
-            if len(strengths) != n:
-                raise ValueError(f"strengths cover {len(strengths)} environments but {n} are planned for")
-            per_sample = strengths.repeat_interleave(k)
-            guidance, cfg_weight = per_sample.apply(guidance), per_sample.cfg_weight
+        guidance, cfg_weight = for_candidates(self.guidance, strengths, n, k)
         x = self.sampler.sample(
             planning_denoiser(self.model, self.cfg, n * k, self.device, cfg_weight),
             (n * k, horizon, layout.transition_dim),
