@@ -232,3 +232,12 @@ def test_real_maze_transitions_are_consistent_and_corrupted_ones_are_not() -> No
     assert summary["n_transitions"] == 39 and len(summary["segment_means"]) == 2  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="trajectories must be"):
         trajectory_consistency("pointmaze-umaze", trajectory[0], LAYOUT, variance)
+
+
+def test_forcing_mpc_on_locomotion_is_refused_with_the_alternatives(tmp_path: Path) -> None:
+    from diffplan.cli.evaluate import run_evaluate
+
+    cfg = tiny_config(tmp_path, ["task=hopper-medium", "planner=forcing"])
+    with pytest.raises(ValueError, match="planner.mode=forcing is wired for the mazes .*planner=value or "
+                                         "planner=actions"):
+        run_evaluate(cfg)
