@@ -377,6 +377,13 @@ class ValueConfig:
     # Targets: discounted return to the episode end; a true terminal adds the penalty (Diffuser).
     discount: float = 0.997
     termination_penalty: float = -100.0
+    # Goal-conditioned value (mazes, diffplan.training.value_targets.goal_reward_targets): the network
+    # also reads a goal (the task's goal_obs_dims) and predicts the discounted number of the window's
+    # tokens within goal_radius of it. Goals are relabelled: a position of the window itself with
+    # probability goal_window_prob, else a position drawn from the whole dataset.
+    goal_conditioned: bool = False
+    goal_radius: float = 0.45
+    goal_window_prob: float = 0.5
     dim: int = 32
     dim_mults: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     kernel_size: int = 5

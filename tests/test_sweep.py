@@ -341,9 +341,9 @@ def test_goal_guidance_in_the_goal_planner_pulls_plans_to_the_goal(model: Traine
         return float((positions - GOALS[:, None, None, :]).norm(dim=-1).mean())
 
     assert distance([0.5] * 3) < distance([0.0] * 3) - 0.5
-    with pytest.raises(ValueError, match="maze goal planner takes guidance=goal or guidance=none, got "
-                                         "guidance.kind=value"):
-        _goal_planner(model, GuidanceKind.value)
+    with pytest.raises(ValueError, match="maze goal planner takes guidance=goal, guidance=value .* or "
+                                         "guidance=none, got guidance.kind=policy"):
+        _goal_planner(model, GuidanceKind.policy)
 
 
 class LinearValue:

@@ -109,6 +109,11 @@ def _model_checkpoint_info(cfg: Config, model: TrainedModel) -> dict[str, Any]:
             "ema": cfg.eval.use_ema}
 
 
+def _value_checkpoint_info(cfg: Config) -> dict[str, Any]:
+    value_path = Path(cfg.guidance.value_checkpoint)
+    return {"path": str(value_path.resolve()), "sha256": file_sha256(value_path)}
+
+
 def _maze_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
     from diffplan_envs import MazeBatch, get_maze_task, maze_geometry
 
@@ -141,8 +146,10 @@ def _maze_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
         plot_maze_paths(traces, maze_geometry(task).wall_rectangles(), path,
                         title=f"{cfg.task.name}: planned (dashed) vs executed (solid)")
 
-    return EvaluationSetup(policy, lambda n: MazeBatch(task, n), to_container(model.config),
-                           _model_checkpoint_info(cfg, model), plot_paths=plot)
+    info = _model_checkpoint_info(cfg, model)
+    if GuidanceKind(cfg.guidance.kind) is GuidanceKind.value:
+        info["value"] = _value_checkpoint_info(cfg)
+    return EvaluationSetup(policy, lambda n: MazeBatch(task, n), to_container(model.config), info, plot_paths=plot)
 
 
 def _forcing_policy(cfg: Config, model: TrainedModel, device: Any) -> Policy:
@@ -228,8 +235,7 @@ def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> Evaluation
         trained = to_container(model.config)
         info = _model_checkpoint_info(cfg, model)
         if needs_value:
-            value_path = Path(cfg.guidance.value_checkpoint)
-            info["value"] = {"path": str(value_path.resolve()), "sha256": file_sha256(value_path)}
+            info["value"] = _value_checkpoint_info(cfg)
     return EvaluationSetup(policy, lambda n: LocomotionBatch(task, n), trained, info, has_success=False)
 
 

@@ -46,6 +46,16 @@ class Normalizer(nn.Module):
         """Same as :meth:`normalize`."""
         return self.normalize(x)
 
+    def normalize_channels(self, values: Tensor, channels: list[int]) -> Tensor:
+        """Raw (..., C) values of the channels ``channels`` -> normalized (..., C).
+
+        Normalizers act channel by channel, so the other channels (zeros here) do not matter;
+        e.g. a goal (B, 2) in the units of the position channels.
+        """
+        full = values.new_zeros(*values.shape[:-1], self.dim)
+        full[..., channels] = values
+        return self.normalize(full)[..., channels]
+
 
 class GaussianNormalizer(Normalizer):
     """``(x - mean) / std`` per channel; constant channels (std < MIN_STD) use std 1.

@@ -21,7 +21,7 @@ from diffplan.guidance.composite import CompositeGuide
 from diffplan.guidance.goal import GoalGuide
 from diffplan.guidance.per_env import EnvStrengths
 from diffplan.guidance.policy import PolicyGuide, rms_normalize
-from diffplan.guidance.value import ValueGuide
+from diffplan.guidance.value import GoalValueGuide, ValueGuide
 
 __all__ = [
     "PGD_SINE_WEIGHT",
@@ -34,6 +34,7 @@ __all__ = [
     "GuideOutput",
     "GuideTarget",
     "GoalGuide",
+    "GoalValueGuide",
     "PolicyGuide",
     "ValueGuide",
     "build_guidance",

@@ -20,7 +20,48 @@ from diffplan.data.normalizer import Normalizer
 from diffplan.guidance.base import GuideOutput
 
 
-class GoalGuide:
+def position_channels(layout: TrajectoryLayout, goal_dims: list[int], what: str) -> list[int]:
+    """The trajectory channels of the observation entries ``goal_dims`` (``task.goal_obs_dims``).
+
+    Raises:
+        ValueError: no entries, or entries outside the observation; ``what`` names the feature.
+    """
+    if not goal_dims:
+        raise ValueError(f"{what} needs the position channels (task.goal_obs_dims), got an empty list; "
+                         "it is for goal-reaching tasks (pointmaze-*)")
+    bad = [d for d in goal_dims if not 0 <= d < layout.obs_dim]
+    if bad:
+        raise ValueError(f"task.goal_obs_dims {bad} are outside the observation (obs_dim {layout.obs_dim})")
+    return [layout.obs.start + int(d) for d in goal_dims]
+
+
+class GoalTargets:
+    """The per-environment goals (N, G) of a goal-conditioned guide, raw units.
+
+    :meth:`set_goals` takes one goal per environment; :meth:`goals_for` lays them out for a batch
+    of ``B = N * K`` samples (K contiguous candidates per environment).
+    """
+
+    goal_size: int
+    goals: Tensor | None = None
+
+    def set_goals(self, goals: Tensor) -> None:
+        """The goals (N, G) of the next plans, raw units."""
+        if goals.ndim != 2 or goals.shape[1] != self.goal_size:
+            raise ValueError(f"goals must be (N, {self.goal_size}), got {tuple(goals.shape)}")
+        self.goals = goals.detach().float()
+
+    def goals_for(self, batch: int, device: torch.device) -> Tensor:
+        """(B, G) the goal of every sample of a batch of ``batch``, raw units."""
+        if self.goals is None:
+            raise RuntimeError(f"{type(self).__name__}.set_goals must be called before planning")
+        n = self.goals.shape[0]
+        if batch % n:
+            raise ValueError(f"a batch of {batch} samples is not a whole multiple of the {n} goals set")
+        return self.goals.to(device).repeat_interleave(batch // n, dim=0)
+
+
+class GoalGuide(GoalTargets):
     """Minus the mean distance of planned positions to the goal (raw units).
 
     Args:
@@ -37,35 +78,17 @@ class GoalGuide:
         goal_dims: list[int],
         weights: Tensor | None = None,
     ) -> None:
-        if not goal_dims:
-            raise ValueError("goal guidance needs the position channels (task.goal_obs_dims), got an empty list")
-        bad = [d for d in goal_dims if not 0 <= d < layout.obs_dim]
-        if bad:
-            raise ValueError(f"task.goal_obs_dims {bad} are outside the observation (obs_dim {layout.obs_dim})")
         self.layout = layout
         self.normalizer = normalizer
-        self.channels = [layout.obs.start + d for d in goal_dims]
+        self.channels = position_channels(layout, goal_dims, "goal guidance")
         self.weights = weights
-        self.goals: Tensor | None = None
-
-    def set_goals(self, goals: Tensor) -> None:
-        """The goals (N, len(goal_dims)) of the next plans, raw units."""
-        if goals.ndim != 2 or goals.shape[1] != len(self.channels):
-            raise ValueError(f"goals must be (N, {len(self.channels)}), got {tuple(goals.shape)}")
-        self.goals = goals.detach().float()
-
-    def _goals_for(self, batch: int, device: torch.device) -> Tensor:
-        if self.goals is None:
-            raise RuntimeError("GoalGuide.set_goals must be called before planning")
-        n = self.goals.shape[0]
-        if batch % n:
-            raise ValueError(f"a batch of {batch} samples is not a whole multiple of the {n} goals set")
-        return self.goals.to(device).repeat_interleave(batch // n, dim=0)
+        self.goal_size = len(self.channels)
+        self.goals = None
 
     def distance(self, x: Tensor) -> Tensor:
         """(B, H) distance of each token's position to its sample's goal, raw units."""
         raw = self.normalizer.unnormalize(x)[..., self.channels]
-        goals = self._goals_for(x.shape[0], x.device)
+        goals = self.goals_for(x.shape[0], x.device)
         return torch.linalg.vector_norm(raw - goals[:, None, :], dim=-1)
 
     def _value(self, x: Tensor) -> Tensor:

@@ -10,6 +10,10 @@ level embedding (B, H / f, E) are flattened into an MLP head. The head predicts 
 *standardized* value; the target mean and standard deviation of the training set are
 buffers of the module (they travel in its state dict), and :meth:`ValueNet.forward` returns
 values on the raw return scale.
+
+A goal-conditioned network (``goal_dim > 0``, the mazes) also reads a goal (B, G), normalized
+like the position channels it refers to, appended to every token as G constant channels: the
+first convolution can then compare each token's position with the goal.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class ValueNet(nn.Module):
         dim: base channel width (a multiple of 8, GroupNorm with 8 groups).
         dim_mults: channel multipliers per resolution; each but the last halves the horizon.
         kernel_size: temporal convolution width.
+        goal_dim: G, goal channels appended to every token (0: no goal input).
     """
 
     target_mean: Tensor
@@ -48,6 +53,7 @@ class ValueNet(nn.Module):
         dim: int = 32,
         dim_mults: Sequence[int] = (1, 2, 4, 8),
         kernel_size: int = 5,
+        goal_dim: int = 0,
     ) -> None:
         super().__init__()
         if dim % 8:
@@ -56,8 +62,11 @@ class ValueNet(nn.Module):
             raise ValueError("value.dim_mults must hold at least one multiplier")
         self.transition_dim = transition_dim
         self.horizon = horizon
+        if goal_dim < 0:
+            raise ValueError(f"goal_dim must be >= 0, got {goal_dim}")
+        self.goal_dim = goal_dim
         self.level_embedding = make_level_embedding(dim)
-        self.downs = DownPath(transition_dim, dim, dim_mults, dim, kernel_size)
+        self.downs = DownPath(transition_dim + goal_dim, dim, dim_mults, dim, kernel_size)
         check_horizon(horizon, self.downs.downsample_factor)
         tokens = horizon // self.downs.downsample_factor
         fc_dim = (self.downs.out_channels + dim) * tokens
@@ -72,12 +81,13 @@ class ValueNet(nn.Module):
         self.target_mean.fill_(float(mean))
         self.target_std.fill_(float(std))
 
-    def standardized(self, x: Tensor, levels: Tensor) -> Tensor:
+    def standardized(self, x: Tensor, levels: Tensor, goals: Tensor | None = None) -> Tensor:
         """The head's output (B,): the value in units of the training targets' standard deviation.
 
         Args:
             x: (B, H, D) normalized trajectories.
             levels: (B, H) noise levels normalized to [0, 1].
+            goals: (B, G) normalized goals; required by (and only by) a goal-conditioned network.
         """
         if x.dim() != 3 or x.shape[1] != self.horizon or x.shape[2] != self.transition_dim:
             raise ValueError(
@@ -86,22 +96,34 @@ class ValueNet(nn.Module):
             )
         if levels.shape != x.shape[:2]:
             raise ValueError(f"levels must have shape {tuple(x.shape[:2])} (B, H), got {tuple(levels.shape)}")
+        if self.goal_dim:
+            if goals is None or goals.shape != (x.shape[0], self.goal_dim):
+                got = None if goals is None else tuple(goals.shape)
+                raise ValueError(
+                    f"this value network is goal-conditioned: it takes goals of shape ({x.shape[0]}, {self.goal_dim}), "
+                    f"got {got}; plan with a goal planner (maze tasks)"
+                )
+            x = torch.cat([x, goals[:, None, :].to(x.dtype).expand(-1, x.shape[1], -1)], dim=-1)
+        elif goals is not None:
+            raise ValueError("this value network was trained without goals (value.goal_conditioned=false); pass none")
         embedding = self.level_embedding(levels)  # (B, H, E)
         h, embedding, _, _ = self.downs(x.transpose(1, 2), embedding)  # (B, C, H / f), (B, H / f, E)
         features = torch.cat([h.flatten(1), embedding.flatten(1)], dim=1)
         return self.head(features).squeeze(-1)
 
-    def forward(self, x: Tensor, levels: Tensor) -> Tensor:
-        """x (B, H, D), levels (B, H) in [0, 1] -> values (B,) on the raw return scale."""
-        return self.standardized(x, levels) * self.target_std + self.target_mean
+    def forward(self, x: Tensor, levels: Tensor, goals: Tensor | None = None) -> Tensor:
+        """x (B, H, D), levels (B, H) in [0, 1] (and goals (B, G)) -> values (B,) on the raw return scale."""
+        return self.standardized(x, levels, goals) * self.target_std + self.target_mean
 
 
-def build_value_net(cfg: ValueConfig, *, transition_dim: int, horizon: int) -> ValueNet:
-    """The value network of ``cfg`` (``value.dim``, ``value.dim_mults``, ``value.kernel_size``)."""
+def build_value_net(cfg: ValueConfig, *, transition_dim: int, horizon: int, goal_dim: int = 0) -> ValueNet:
+    """The value network of ``cfg`` (``value.dim``, ``value.dim_mults``, ``value.kernel_size``);
+    ``goal_dim`` goal channels when ``value.goal_conditioned``."""
     return ValueNet(
         transition_dim=transition_dim,
         horizon=horizon,
         dim=cfg.dim,
         dim_mults=tuple(cfg.dim_mults),
         kernel_size=cfg.kernel_size,
+        goal_dim=goal_dim if cfg.goal_conditioned else 0,
     )

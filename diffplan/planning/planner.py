@@ -28,6 +28,7 @@ from diffplan.diffusion.conditioning import goal_constraints
 from diffplan.diffusion.levels import NoiseMode
 from diffplan.diffusion.sampler import Denoiser, Sampler, ScheduleMatrixKind, check_clip, make_sampler
 from diffplan.guidance import EnvStrengths, GoalGuide, Guidance, build_guidance
+from diffplan.guidance.goal import GoalTargets
 from diffplan.guidance.per_env import for_candidates
 from diffplan.models.inverse_dynamics import plan_actions
 from diffplan.training.checkpoint import TrainedModel
@@ -145,7 +146,11 @@ class GoalPlanner:
     (:class:`~diffplan.guidance.goal.GoalGuide`: minus the mean distance of the planned
     positions to each environment's goal, set before every plan), built by
     :func:`~diffplan.guidance.build.build_guidance` with the ``guidance`` settings (scale,
-    steps, ``through_denoiser``, ``mc_samples``); ``none`` (or no ``guidance``) plans unguided.
+    steps, ``through_denoiser``, ``mc_samples``). ``guidance.kind = value`` steers it by a
+    goal-conditioned value function instead (``guidance.value_checkpoint`` trained with
+    ``value.goal_conditioned=true``, :class:`~diffplan.guidance.value.GoalValueGuide`: the
+    predicted discounted number of plan steps within the goal radius); ``none`` (or no
+    ``guidance``) plans unguided.
 
     Args:
         model: a trained model (denoiser, schedule, normalizer, layout).
@@ -153,10 +158,11 @@ class GoalPlanner:
         diffusion: sampler kind, steps, eta and clipping used at planning time.
         goal_dims: observation channels that hold the goal (e.g. x, y).
         device: where sampling runs.
-        guidance: the ``guidance`` settings (kind ``none`` or ``goal``), or None (unguided).
+        guidance: the ``guidance`` settings (kind ``none``, ``goal`` or ``value``), or None (unguided).
 
     Raises:
-        ValueError: a guidance kind other than ``none`` or ``goal``.
+        ValueError: a guidance kind other than ``none``, ``goal`` or ``value``, or a value
+            checkpoint that is not goal-conditioned.
     """
 
     def __init__(
@@ -175,19 +181,31 @@ class GoalPlanner:
         self.goal_dims = list(goal_dims)
         self.device = torch.device(device)
         self.sampler, self.matrix = planning_sampler(model, diffusion)
-        self.goal_guide: GoalGuide | None = None
+        #: The guide that needs each plan's goals (goal or goal-conditioned value guidance), or None.
+        self.goal_guide: GoalTargets | None = None
         self.guidance: Guidance | None = None
         kind = GuidanceKind.none if guidance is None else GuidanceKind(guidance.kind)
-        if kind not in (GuidanceKind.none, GuidanceKind.goal):
+        if kind not in (GuidanceKind.none, GuidanceKind.goal, GuidanceKind.value):
             raise ValueError(
-                f"the maze goal planner takes guidance=goal or guidance=none, got guidance.kind={kind.value} "
-                "(value and policy guidance are for locomotion tasks, planner=value)"
+                f"the maze goal planner takes guidance=goal, guidance=value (a goal-conditioned value function) or "
+                f"guidance=none, got guidance.kind={kind.value} "
+                "(policy guidance is for locomotion tasks, planner=value)"
             )
         if guidance is not None and kind is GuidanceKind.goal:
-            self.goal_guide = GoalGuide(model.layout, model.normalizer, self.goal_dims)
+            goal_guide = GoalGuide(model.layout, model.normalizer, self.goal_dims)
             self.guidance = build_guidance(
-                guidance, model, self.device, goal_guide=self.goal_guide, clip_denoised=diffusion.clip_denoised
+                guidance, model, self.device, goal_guide=goal_guide, clip_denoised=diffusion.clip_denoised
             )
+            self.goal_guide = goal_guide
+        elif guidance is not None and kind is GuidanceKind.value:
+            from diffplan.planning.value_planner import value_guide  # it imports this module
+
+            value = value_guide(model, guidance, self.device, goal_dims=self.goal_dims)
+            self.guidance = build_guidance(
+                guidance, model, self.device, value_guide=value, clip_denoised=diffusion.clip_denoised
+            )
+            assert isinstance(value, GoalTargets)
+            self.goal_guide = value
 
     @torch.no_grad()
     def plan(

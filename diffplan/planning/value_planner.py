@@ -32,7 +32,7 @@ from torch import Tensor
 from diffplan.config import ActionSource, DiffusionConfig, GuidanceConfig, PlannerConfig
 from diffplan.diffusion.conditioning import goal_constraints
 from diffplan.diffusion.warm_start import warm_start
-from diffplan.guidance import EnvStrengths, Guidance, Guide, ValueGuide, build_guidance
+from diffplan.guidance import EnvStrengths, GoalValueGuide, Guidance, Guide, ValueGuide, build_guidance
 from diffplan.guidance.per_env import for_candidates
 from diffplan.models.inverse_dynamics import plan_actions
 from diffplan.planning.planner import Plan, check_planner, planning_denoiser, planning_sampler
@@ -56,10 +56,40 @@ class ValuePlan(Plan):
     normalized: Tensor | None = field(default=None, repr=False)
 
 
-def value_guide(model: TrainedModel, guidance: GuidanceConfig, device: torch.device | str = "cpu") -> ValueGuide:
+def value_guide(
+    model: TrainedModel,
+    guidance: GuidanceConfig,
+    device: torch.device | str = "cpu",
+    goal_dims: list[int] | None = None,
+) -> ValueGuide:
     """The value guide of ``guidance.value_checkpoint``, checked against ``model`` (see
-    :func:`diffplan.training.value_trainer.load_value_model`)."""
-    return ValueGuide(load_value_model(Path(guidance.value_checkpoint), model, device))
+    :func:`diffplan.training.value_trainer.load_value_model`).
+
+    Args:
+        goal_dims: the goal's observation entries when planning towards goals (mazes): the
+            checkpoint must then be goal-conditioned and a :class:`GoalValueGuide` is returned;
+            None (locomotion): it must not be.
+
+    Raises:
+        ValueError: the checkpoint's goal conditioning does not fit the planner.
+    """
+    path = Path(guidance.value_checkpoint)
+    net = load_value_model(path, model, device)
+    if goal_dims is None and net.goal_dim:
+        raise ValueError(
+            f"value checkpoint {path} is goal-conditioned (value.goal_conditioned=true): it guides the maze goal "
+            "planner (pointmaze-* tasks), which sets each episode's goal; use a value function trained with "
+            "value.goal_conditioned=false here"
+        )
+    if goal_dims is not None:
+        if not net.goal_dim:
+            raise ValueError(
+                f"value checkpoint {path} was trained without goals, but a maze's reward depends on its goal; "
+                f"train a goal-conditioned one (diffplan-train-value value.goal_conditioned=true "
+                f"value.diffusion_checkpoint={model.path}) and set guidance.value_checkpoint to it"
+            )
+        return GoalValueGuide(net, model.layout, model.normalizer, goal_dims)
+    return ValueGuide(net)
 
 
 class ValuePlanner:

@@ -19,7 +19,7 @@ policy carries per-environment strengths (:class:`~diffplan.guidance.per_env.Env
   value_policy (scale, policy_scale) x 1, none (0, 0)).
 
 Cells with a different structure (``mc_samples``, planner, anything else) go in separate
-passes; goal and locomotion kinds never share one. ``planner.mode=forcing`` has no
+passes; goal cells never share one with value or policy cells. ``planner.mode=forcing`` has no
 per-environment strengths: its cells are evaluated one at a time (as ``sweep.batched=false``).
 
 What is and is not identical to a sequential sweep: see :mod:`diffplan.sweep` and the README
@@ -47,8 +47,9 @@ log = logging.getLogger(__name__)
 PER_ENV_KEYS = ("guidance.kind", "guidance.scale", "guidance.policy_scale", "planner.guidance_weight",
                 "eval.out_dir")
 
-#: Guided kinds that can share a pass (the goal guide is for mazes, the others for locomotion).
-FAMILIES = {"goal": "maze", "value": "locomotion", "policy": "locomotion", "value_policy": "locomotion"}
+#: Guided kinds that can share a pass: the goal guide alone; value, policy and value_policy through
+#: value_policy's CompositeGuide (on a maze a value cell's pass holds value and unguided cells only).
+FAMILIES = {"goal": "goal", "value": "composite", "policy": "composite", "value_policy": "composite"}
 
 #: Environment ``j`` of a pass replays episode ``j % n_episodes`` of its cell.
 RESET_SEED_STRIDE = 1_000_003

@@ -59,3 +59,42 @@ def target_stats(targets: Tensor, episode_starts: Tensor, window_episode: Tensor
     mean = float(values.mean())
     std = float(values.std(unbiased=False)) if values.numel() > 1 else 0.0
     return mean, (std if std >= min_std else 1.0)
+
+
+def goal_reward_targets(positions: Tensor, goals: Tensor, valid: Tensor, *, radius: float, discount: float) -> Tensor:
+    """Goal-conditioned targets (B,): the discounted number of a window's tokens within ``radius`` of its goal.
+
+    ``sum_k discount ** k * valid_k * [||positions_k - goal|| <= radius]``, token ``k`` counted
+    from the window's first token: the maze2d sparse reward (1 per step within the goal radius)
+    summed over the plan. With a token stride ``s`` pass ``discount ** s`` to discount per step.
+
+    Args:
+        positions: (B, H, G) raw positions of the window's tokens.
+        goals: (B, G) raw goals.
+        valid: (B, H) bool, False for padded tokens of unknown content (they count zero).
+    """
+    if not radius > 0:
+        raise ValueError(f"value.goal_radius must be > 0, got {radius}")
+    if not 0.0 <= discount <= 1.0:
+        raise ValueError(f"value.discount must be in [0, 1], got {discount}")
+    inside = torch.linalg.vector_norm(positions - goals[:, None, :], dim=-1) <= radius  # (B, H)
+    weights = discount ** torch.arange(positions.shape[1], dtype=torch.float64, device=positions.device)
+    return ((inside & valid).to(torch.float64) * weights).sum(dim=1)
+
+
+def relabel_goals(positions: Tensor, pool: Tensor, window_prob: float, generator: torch.Generator) -> Tensor:
+    """Hindsight goals (B, G) for windows with raw ``positions`` (B, H, G).
+
+    With probability ``window_prob`` a goal is the position of a uniformly drawn token of the
+    window itself (the window reaches it: a positive target), otherwise a position drawn
+    uniformly from ``pool`` (T, G), the dataset's positions (mostly goals the window misses).
+    Only ``generator`` supplies randomness (resumes bit-identically).
+    """
+    if not 0.0 <= window_prob <= 1.0:
+        raise ValueError(f"value.goal_window_prob must be in [0, 1], got {window_prob}")
+    batch, horizon = positions.shape[:2]
+    token = torch.randint(horizon, (batch,), generator=generator)
+    row = torch.randint(pool.shape[0], (batch,), generator=generator)
+    own = torch.rand(batch, generator=generator) < window_prob
+    rows = torch.arange(batch)
+    return torch.where(own[:, None], positions[rows, token], pool[row].to(positions.dtype))

@@ -9,7 +9,15 @@ level 0 is included because the planner ranks finished plans, and ``apply_to = x
 guidance evaluates x0 estimates, at level 0.
 
 Targets are standardized with their mean and standard deviation over all windows; the
-network's buffers hold both, so it predicts raw-scale returns. The loop (warmup, clipping,
+network's buffers hold both, so it predicts raw-scale returns.
+
+With ``value.goal_conditioned`` (mazes, whose reward depends on a goal the trajectory does not
+hold) the network also reads a goal, and the target of a window is the discounted number of
+its tokens within ``value.goal_radius`` of that goal
+(:func:`diffplan.training.value_targets.goal_reward_targets`), with hindsight-relabelled goals
+(:func:`~diffplan.training.value_targets.relabel_goals`). Those targets depend on the goal
+drawn with each batch, so their mean and standard deviation are estimated once from
+:data:`GOAL_STATS_WINDOWS` relabelled windows. The loop (warmup, clipping,
 EMA, tqdm progress, TensorBoard, periodic atomic checkpoints, bit-identical resume) is the
 diffusion trainer's (:class:`diffplan.training.loop.TrainingLoop`).
 
@@ -31,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from torch import Tensor
 
 from diffplan import __version__
 from diffplan.config import ValueConfig
@@ -40,6 +49,7 @@ from diffplan.data.windows import WindowSampler
 from diffplan.diffusion.conditioning import conditioning_mask
 from diffplan.diffusion.loss import full_sequence_levels, noisy_input
 from diffplan.diffusion.schedule import NoiseSchedule
+from diffplan.guidance.goal import position_channels
 from diffplan.models.value import ValueNet, build_value_net
 from diffplan.training.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -60,7 +70,13 @@ from diffplan.training.loop import (
     update_ema,
     warmup_lr,
 )
-from diffplan.training.value_targets import target_stats, targets_of_windows, value_targets
+from diffplan.training.value_targets import (
+    goal_reward_targets,
+    relabel_goals,
+    target_stats,
+    targets_of_windows,
+    value_targets,
+)
 from diffplan.utils import select_device, set_threads
 
 log = logging.getLogger(__name__)
@@ -69,7 +85,12 @@ VALUE_CHECKPOINT_NAME = "checkpoint.pt"
 #: ``kind`` entry of a value checkpoint (diffusion checkpoints have none, or "diffusion").
 VALUE_KIND = "value"
 #: Value settings that shape the trained network: they must match to resume a run.
-VALUE_RESUME_KEYS: tuple[str, ...] = ("dim", "dim_mults", "kernel_size", "discount", "termination_penalty")
+VALUE_RESUME_KEYS: tuple[str, ...] = (
+    "dim", "dim_mults", "kernel_size", "discount", "termination_penalty",
+    "goal_conditioned", "goal_radius", "goal_window_prob",
+)
+#: Relabelled windows the goal-conditioned target statistics are estimated from.
+GOAL_STATS_WINDOWS = 8192
 #: Entries of the diffusion record a value checkpoint must share with the diffusion model it guides.
 MATCH_KEYS: tuple[str, ...] = ("task", "layout", "horizon", "n_timesteps", "schedule", "normalizer")
 
@@ -150,16 +171,29 @@ class ValueTrainer(TrainingLoop):
         self.windows = WindowSampler(
             episodes, self.layout, self.horizon, self.normalizer, pad=dcfg.train.pad, stride=dcfg.task.stride
         )
-        #: (T,) float64 target of every step (discounted return to the episode end).
-        self.targets = torch.from_numpy(value_targets(episodes, cfg.discount, cfg.termination_penalty))
-        self.target_mean, self.target_std = target_stats(
-            self.targets, self.windows.episode_starts, self.windows.window_episode, self.windows.window_start
-        )
+        self.goal_dims = [int(d) for d in dcfg.task.goal_obs_dims] if cfg.goal_conditioned else []
+        #: Trajectory channels of the goal's entries (none without goal conditioning).
+        self.goal_channels = []
+        if cfg.goal_conditioned:
+            self.goal_channels = position_channels(self.layout, self.goal_dims, "value.goal_conditioned=true")
+        if cfg.goal_conditioned:
+            #: (T, G) raw positions of every step: the pool of relabelled goals.
+            self.goal_pool = torch.from_numpy(np.ascontiguousarray(episodes.observations[:, self.goal_dims])).float()
+            self.token_discount = cfg.discount ** dcfg.task.stride
+            self.target_mean, self.target_std = self._goal_target_stats()
+        else:
+            #: (T,) float64 target of every step (discounted return to the episode end).
+            self.targets = torch.from_numpy(value_targets(episodes, cfg.discount, cfg.termination_penalty))
+            self.target_mean, self.target_std = target_stats(
+                self.targets, self.windows.episode_starts, self.windows.window_episode, self.windows.window_start
+            )
         schedule = diffusion.schedule
         self.schedule = NoiseSchedule(schedule.n_timesteps, kind=schedule.kind, prediction=schedule.prediction)
         self.schedule.to(self.device)
         torch.manual_seed(cfg.seed)
-        self.model: ValueNet = build_value_net(cfg, transition_dim=self.layout.transition_dim, horizon=self.horizon)
+        self.model: ValueNet = build_value_net(
+            cfg, transition_dim=self.layout.transition_dim, horizon=self.horizon, goal_dim=len(self.goal_dims)
+        )
         self.model.set_target_stats(self.target_mean, self.target_std)
         self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
@@ -171,6 +205,24 @@ class ValueTrainer(TrainingLoop):
         ).to(self.device)
         self.clean_condition_tokens = dcfg.diffusion.clean_condition_tokens
         self.step = 0
+
+    def goal_batch(self, x0: Tensor, valid: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Relabelled goals (B, G), normalized, and their targets (B,) float64 for clean windows x0 (B, H, D)."""
+        positions = self.normalizer.unnormalize(x0)[..., self.goal_channels]
+        goals = relabel_goals(positions, self.goal_pool, self.cfg.goal_window_prob, generator)
+        targets = goal_reward_targets(
+            positions, goals, valid, radius=self.cfg.goal_radius, discount=self.token_discount
+        )
+        return self.normalizer.normalize_channels(goals, self.goal_channels), targets
+
+    def _goal_target_stats(self) -> tuple[float, float]:
+        """Mean and standard deviation of the goal-conditioned targets over :data:`GOAL_STATS_WINDOWS`
+        relabelled windows (their own generator, seeded by ``value.seed``)."""
+        generator = torch.Generator().manual_seed(self.cfg.seed + 1)
+        batch = self.windows.sample(GOAL_STATS_WINDOWS, generator)
+        _, targets = self.goal_batch(batch.x, batch.valid, generator)
+        std = float(targets.std(unbiased=False))
+        return float(targets.mean()), (std if std >= 1e-6 else 1.0)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -200,9 +252,14 @@ class ValueTrainer(TrainingLoop):
             condition_mask=self.condition_mask,
             clean_condition_tokens=self.clean_condition_tokens,
         )
-        target = targets_of_windows(self.targets, self.windows.episode_starts, batch.episode, batch.start)
+        goals = None
+        if self.goal_dims:
+            goals, target = self.goal_batch(batch.x, batch.valid, self.generator)
+            goals = goals.to(self.device)
+        else:
+            target = targets_of_windows(self.targets, self.windows.episode_starts, batch.episode, batch.start)
         standardized = ((target - self.target_mean) / self.target_std).to(torch.float32).to(self.device)
-        prediction = self.model.standardized(x_t, self.schedule.normalized_level(model_levels))
+        prediction = self.model.standardized(x_t, self.schedule.normalized_level(model_levels), goals)
         loss = (prediction - standardized).pow(2).mean()
         lr = warmup_lr(vc.lr, self.step, vc.warmup_steps)
         optimizer_step(self.model, self.optimizer, loss, lr=lr, grad_clip=vc.grad_clip)
@@ -227,6 +284,7 @@ class ValueTrainer(TrainingLoop):
                 "layout": self.layout.to_dict(),
                 "horizon": self.horizon,
                 "target": {"mean": self.target_mean, "std": self.target_std},
+                "goal_dims": list(self.goal_dims),
                 "step": self.step,
                 "rng": rng_state(self.generator),
                 "dataset": json.dumps(self.dataset_info),
@@ -293,6 +351,10 @@ def load_value_model(
                 f"value.diffusion_checkpoint={diffusion_model.path}) or set guidance.value_checkpoint to one"
             )
     cfg = value_config_from_dict(json.loads(payload["config"])["value"])
-    net = build_value_net(cfg, transition_dim=diffusion_model.layout.transition_dim, horizon=diffusion_model.horizon)
+    goal_dims = [int(d) for d in payload.get("goal_dims", [])]
+    net = build_value_net(
+        cfg, transition_dim=diffusion_model.layout.transition_dim, horizon=diffusion_model.horizon,
+        goal_dim=len(goal_dims),
+    )
     net.load_state_dict(payload["ema" if use_ema else "model"])
     return net.to(device).eval().requires_grad_(False)
