@@ -70,7 +70,8 @@ def test_goal_conditioned_value_net_reads_the_goal() -> None:
     assert out.shape == (3,)
     assert not torch.allclose(out, net(x, levels, goals + 1.0))  # the goal matters
     assert torch.allclose(net(x[:1], levels[:1], goals[:1]), out[:1], atol=1e-6)  # per sample
-    with pytest.raises(ValueError, match=r"goal-conditioned: it takes goals of shape \(3, 2\), got None"):
+    with pytest.raises(ValueError, match=r"goal-conditioned: it takes goals of shape \(3, 2\) "
+                                         r"\(observation entries \?\), got None"):
         net(x, levels)
     plain = ValueNet(transition_dim=6, horizon=8, dim=8, dim_mults=(1, 2))
     with pytest.raises(ValueError, match=r"trained without goals \(value.goal_conditioned=false\)"):
@@ -140,6 +141,16 @@ def test_goal_value_training_resumes_bit_identically(maze: tuple[Path, Config], 
     assert two.train().resumed_from == 3
     expected, got = training_state(one), training_state(two)
     assert [k for k in expected if not torch.equal(expected[k], got[k])] == []
+    # A resume with another seed keeps the target statistics its network was trained with.
+    stored = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["target"]
+    reseeded = ValueTrainer(tiny_config(tmp_path, base + _value_overrides(6, str(tmp_path / "b")) + ["value.seed=7"]
+                                        ).value, model, episodes, {}, run_dir=tmp_path / "b")
+    assert reseeded.target_mean != stored["mean"]  # estimated from other windows...
+    assert reseeded.resume() and (reseeded.target_mean, reseeded.target_std) == (stored["mean"], stored["std"])
+    # A discount outside [0, 1] is named as configured (not raised to the token stride).
+    bad = tiny_config(tmp_path, base + _value_overrides(6, str(tmp_path / "c")) + ["value.discount=-0.5"])
+    with pytest.raises(ValueError, match=r"value.discount must be in \[0, 1\], got -0.5"):
+        ValueTrainer(bad.value, model, episodes, {}, run_dir=tmp_path / "c")
 
 
 def test_maze_value_guidance_end_to_end_and_deterministic(maze: tuple[Path, Config], tmp_path: Path) -> None:
@@ -188,6 +199,18 @@ def test_value_checkpoint_goal_conditioning_must_fit_the_planner(maze: tuple[Pat
                                          r"train a goal-conditioned one"):
         GoalPlanner(model, planner=guided.planner, diffusion=guided.diffusion, goal_dims=[0, 1],
                     guidance=guided.guidance)
+    # Goal entries other than those the value function was trained with.
+    with pytest.raises(ValueError, match=r"reads the goal from observation entries \[0, 1\] .* gives entries \[1, 0\]"):
+        value_guide(model, cfg.guidance, "cpu", goal_dims=[1, 0])
+    # A plain value checkpoint written before goal conditioning existed (no goal keys) still loads as one.
+    old = load_checkpoint(tmp_path / "plain" / "checkpoint.pt")
+    old.pop("goal_dims")
+    config = json.loads(old["config"])
+    for key in ("goal_conditioned", "goal_radius", "goal_window_prob"):
+        config["value"].pop(key)
+    old["config"] = json.dumps(config)
+    torch.save(old, tmp_path / "old.pt")
+    assert load_value_model(tmp_path / "old.pt", model).goal_dim == 0
     # Policy guidance is still refused by the maze planner, naming the kinds it takes.
     policy = tiny_config(tmp_path, [f"run_dir={folder / 'run'}", "guidance=policy"])
     with pytest.raises(ValueError, match=r"takes guidance=goal, guidance=value .* got guidance.kind=policy"):
@@ -206,9 +229,16 @@ def test_goal_conditioning_needs_position_channels(tmp_path: Path) -> None:
     guide = GoalValueGuide(net, layout, normalizer, [0, 1])
     with pytest.raises(RuntimeError, match=r"GoalValueGuide.set_goals must be called before planning"):
         guide.objective(torch.zeros(2, 8, 6), torch.zeros(2, 8))
-    guide.set_goals(torch.zeros(2, 2))
-    out = guide.gradient(torch.zeros(4, 8, 6), torch.zeros(4, 8))  # two candidates per goal
-    assert out.gradient.shape == (4, 8, 6) and out.value.shape == (4,)
+    # Goals are normalized like the position channels and repeated over each environment's candidates.
+    normalizer = LimitsNormalizer(torch.tensor([-2.0, -1.0, -1, -1, -1, -1]), torch.tensor([4.0, 3.0, 1, 1, 1, 1]))
+    guide = GoalValueGuide(net, layout, normalizer, [0, 1])
+    goals = torch.tensor([[1.0, 2.0], [-1.5, 0.5]])
+    guide.set_goals(goals)
+    x, levels = torch.randn(4, 8, 6), torch.rand(4, 8)  # two candidates per goal
+    expected = net(x, levels, torch.tensor([[0.0, 0.5], [0.0, 0.5], [-5 / 6, -0.25], [-5 / 6, -0.25]]))
+    assert torch.allclose(guide.objective(x, levels), expected)
+    out = guide.gradient(x, levels)
+    assert out.gradient.shape == (4, 8, 6) and torch.allclose(out.value, expected)
 
 
 def test_maze_sweep_with_goal_and_value_cells_batches_them_in_separate_passes(

@@ -2,7 +2,7 @@
 
 :class:`ValueGuide` guides with a value network of the trajectory alone (locomotion returns);
 :class:`GoalValueGuide` with a goal-conditioned one (mazes: the predicted discounted number of
-plan steps within the goal radius, :mod:`diffplan.training.value_targets`), given each
+plan tokens within the goal radius, :mod:`diffplan.training.value_targets`), given each
 environment's goal before every plan like :class:`~diffplan.guidance.goal.GoalGuide`.
 """
 

@@ -44,6 +44,8 @@ class ValueNet(nn.Module):
 
     target_mean: Tensor
     target_std: Tensor
+    #: Observation entries of the goal input (``task.goal_obs_dims`` of its training); set by the loader.
+    goal_dims: list[int]
 
     def __init__(
         self,
@@ -65,6 +67,7 @@ class ValueNet(nn.Module):
         if goal_dim < 0:
             raise ValueError(f"goal_dim must be >= 0, got {goal_dim}")
         self.goal_dim = goal_dim
+        self.goal_dims = []
         self.level_embedding = make_level_embedding(dim)
         self.downs = DownPath(transition_dim + goal_dim, dim, dim_mults, dim, kernel_size)
         check_horizon(horizon, self.downs.downsample_factor)
@@ -100,8 +103,9 @@ class ValueNet(nn.Module):
             if goals is None or goals.shape != (x.shape[0], self.goal_dim):
                 got = None if goals is None else tuple(goals.shape)
                 raise ValueError(
-                    f"this value network is goal-conditioned: it takes goals of shape ({x.shape[0]}, {self.goal_dim}), "
-                    f"got {got}; plan with a goal planner (maze tasks)"
+                    f"this value network is goal-conditioned: it takes goals of shape ({x.shape[0]}, {self.goal_dim}) "
+                    f"(observation entries {self.goal_dims or '?'}), got {got}; plan with the maze goal planner, "
+                    "whose task.goal_obs_dims must be those it was trained with"
                 )
             x = torch.cat([x, goals[:, None, :].to(x.dtype).expand(-1, x.shape[1], -1)], dim=-1)
         elif goals is not None:

@@ -149,7 +149,7 @@ class GoalPlanner:
     steps, ``through_denoiser``, ``mc_samples``). ``guidance.kind = value`` steers it by a
     goal-conditioned value function instead (``guidance.value_checkpoint`` trained with
     ``value.goal_conditioned=true``, :class:`~diffplan.guidance.value.GoalValueGuide`: the
-    predicted discounted number of plan steps within the goal radius); ``none`` (or no
+    predicted discounted number of plan tokens within the goal radius); ``none`` (or no
     ``guidance``) plans unguided.
 
     Args:

@@ -88,6 +88,12 @@ def value_guide(
                 f"train a goal-conditioned one (diffplan-train-value value.goal_conditioned=true "
                 f"value.diffusion_checkpoint={model.path}) and set guidance.value_checkpoint to it"
             )
+        if list(goal_dims) != net.goal_dims:
+            raise ValueError(
+                f"value checkpoint {path} reads the goal from observation entries {net.goal_dims} "
+                f"(task.goal_obs_dims of its training), but the planner gives entries {list(goal_dims)}; "
+                f"set task.goal_obs_dims={net.goal_dims} or train a value function for these entries"
+            )
         return GoalValueGuide(net, model.layout, model.normalizer, goal_dims)
     return ValueGuide(net)
 

@@ -9,6 +9,10 @@ Diffuser's recipe (``ReplayBuffer.add_path``): a true terminal (the agent fell) 
 by a timeout gets no penalty and is not bootstrapped (the unknown future counts as zero).
 The target of a training window starting at step ``t`` is ``V_t``, whatever the window's
 stride: it sums every environment step from ``t`` to the episode's end.
+
+Goal-conditioned value functions (mazes) use :func:`goal_reward_targets` instead: the
+discounted number of the window's own tokens within a radius of a goal, with goals relabelled
+in hindsight by :func:`relabel_goals`.
 """
 
 from __future__ import annotations

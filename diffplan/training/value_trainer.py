@@ -173,10 +173,11 @@ class ValueTrainer(TrainingLoop):
         )
         self.goal_dims = [int(d) for d in dcfg.task.goal_obs_dims] if cfg.goal_conditioned else []
         #: Trajectory channels of the goal's entries (none without goal conditioning).
-        self.goal_channels = []
+        self.goal_channels: list[int] = []
         if cfg.goal_conditioned:
+            if not 0.0 <= cfg.discount <= 1.0:
+                raise ValueError(f"value.discount must be in [0, 1], got {cfg.discount}")
             self.goal_channels = position_channels(self.layout, self.goal_dims, "value.goal_conditioned=true")
-        if cfg.goal_conditioned:
             #: (T, G) raw positions of every step: the pool of relabelled goals.
             self.goal_pool = torch.from_numpy(np.ascontiguousarray(episodes.observations[:, self.goal_dims])).float()
             self.token_discount = cfg.discount ** dcfg.task.stride
@@ -207,7 +208,11 @@ class ValueTrainer(TrainingLoop):
         self.step = 0
 
     def goal_batch(self, x0: Tensor, valid: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Relabelled goals (B, G), normalized, and their targets (B,) float64 for clean windows x0 (B, H, D)."""
+        """Relabelled goals (B, G), normalized, and their targets (B,) float64 for clean windows x0 (B, H, D).
+
+        ``x0`` and ``valid`` are the CPU tensors of a :class:`WindowSampler` batch (the goal pool,
+        the normalizer copy and ``generator`` live on the CPU); move the results to the device.
+        """
         positions = self.normalizer.unnormalize(x0)[..., self.goal_channels]
         goals = relabel_goals(positions, self.goal_pool, self.cfg.goal_window_prob, generator)
         targets = goal_reward_targets(
@@ -217,7 +222,8 @@ class ValueTrainer(TrainingLoop):
 
     def _goal_target_stats(self) -> tuple[float, float]:
         """Mean and standard deviation of the goal-conditioned targets over :data:`GOAL_STATS_WINDOWS`
-        relabelled windows (their own generator, seeded by ``value.seed``)."""
+        relabelled windows (their own generator, seeded by ``value.seed + 1``). A resumed run keeps
+        the statistics stored in its checkpoint (:meth:`resume`), which its network was trained with."""
         generator = torch.Generator().manual_seed(self.cfg.seed + 1)
         batch = self.windows.sample(GOAL_STATS_WINDOWS, generator)
         _, targets = self.goal_batch(batch.x, batch.valid, generator)
@@ -315,6 +321,8 @@ class ValueTrainer(TrainingLoop):
         self.step = restore_training_state(
             payload, model=self.model, ema=self.ema, optimizer=self.optimizer, generator=self.generator
         )
+        # The standardization the network was trained with (goal-conditioned statistics are estimated).
+        self.target_mean, self.target_std = float(payload["target"]["mean"]), float(payload["target"]["std"])
         log.info("resumed %s at step %d", self.checkpoint_path, self.step)
         return True
 
@@ -356,5 +364,6 @@ def load_value_model(
         cfg, transition_dim=diffusion_model.layout.transition_dim, horizon=diffusion_model.horizon,
         goal_dim=len(goal_dims),
     )
+    net.goal_dims = goal_dims
     net.load_state_dict(payload["ema" if use_ema else "model"])
     return net.to(device).eval().requires_grad_(False)
