@@ -14,6 +14,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from diffplan.acceleration import Precision
+
 from diffplan.data.normalizer import NormalizerKind
 from diffplan.diffusion.levels import LevelWeighting, NoiseMode
 from diffplan.diffusion.sampler import SamplerKind, ScheduleMatrixKind
@@ -183,6 +185,10 @@ class TrainConfig:
     progress: bool = True
     # Wall-clock budget of one invocation (minutes): stop early with a checkpoint; rerun to go on.
     max_minutes: float | None = None
+    # Compute (diffplan.acceleration): bfloat16 runs convolutions and matrix products under autocast
+    # (weights, optimizer and loss stay float32); compile runs the denoiser through torch.compile.
+    precision: Precision = Precision.float32
+    compile: bool = False
 
 
 @dataclass
@@ -216,6 +222,10 @@ class PlannerConfig:
     # mode=forcing: follow the planned states with the PD tracker (p_gain, d_gain; the task's
     # position/velocity dims) instead of running the planned actions (Diffusion Forcing's protocol).
     forcing_tracker: bool = False
+    # Compute of the networks while planning (diffplan.acceleration): bfloat16 autocast for the
+    # denoiser and value network; compile runs them through torch.compile (eager fallback).
+    precision: Precision = Precision.float32
+    compile: bool = False
 
 
 @dataclass

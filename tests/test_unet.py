@@ -67,11 +67,18 @@ def test_per_token_levels_condition_each_token() -> None:
         shared = model(x, torch.full((2, 16), 0.5))
         broadcast = model(x, torch.tensor(0.5).expand(2, 16))
         assert torch.equal(shared, broadcast)
-        # Changing the level of one token of one sample changes the output of that sample only.
+        # Changing the level of one token of one sample changes the output of that sample only
+        # (both calls take the per-token path: each has a sample whose tokens differ).
         levels = torch.full((2, 16), 0.5)
         levels[0, 5] = 0.9
         changed = model(x, levels)
-    assert torch.equal(changed[1], shared[1])
+        levels_elsewhere = torch.full((2, 16), 0.5)
+        levels_elsewhere[0, 11] = 0.9
+        elsewhere = model(x, levels_elsewhere)
+    assert torch.equal(changed[1], elsewhere[1])
+    # The per-token path and the shared-level path agree up to the rounding of the embedding
+    # products (matrix products of different row counts may sum in another order).
+    torch.testing.assert_close(changed[1], shared[1], rtol=0, atol=1e-6)
     assert not torch.allclose(changed[0], shared[0])
     # The change is felt most at the token itself (local convolutions).
     delta = (changed[0] - shared[0]).abs().sum(dim=-1)
@@ -99,3 +106,41 @@ def test_gradients_reach_every_parameter() -> None:
 def test_dim_mults_not_starting_at_one() -> None:
     net = TemporalUnet(transition_dim=6, horizon=16, dim=8, dim_mults=(2, 4))
     assert net(torch.randn(2, 16, 6), torch.rand(2, 16)).shape == (2, 16, 6)
+
+
+@pytest.mark.parametrize("dims", [(16, (1, 2, 4), 64, 6, 32), (32, (1, 2, 4, 8), 32, 14, 8)])
+def test_shared_levels_take_one_embedding_per_sample(dims: tuple[int, tuple[int, ...], int, int, int]) -> None:
+    """Equal levels per sample are embedded once per sample (the fast path) and give what the
+    per-token path gives, for the denoiser and the value network alike."""
+    from diffplan.models import unet as unet_module
+    from diffplan.models import value as value_module
+    from diffplan.models.unet import shared_levels
+    from diffplan.models.value import ValueNet
+
+    dim, mults, horizon, transition_dim, batch = dims
+    torch.manual_seed(0)
+    model = TemporalUnet(transition_dim=transition_dim, horizon=horizon, dim=dim, dim_mults=mults).eval()
+    value = ValueNet(transition_dim=transition_dim, horizon=horizon, dim=dim, dim_mults=mults).eval()
+    x = torch.randn(batch, horizon, transition_dim)
+    levels = torch.rand(batch, 1).expand(batch, horizon)
+    assert shared_levels(levels).shape == (batch, 1)
+    assert shared_levels(levels.contiguous()).shape == (batch, 1)
+    mixed = levels.clone()
+    mixed[0, -1] = 0.0
+    assert shared_levels(mixed) is mixed
+    with torch.no_grad():
+        fast, fast_value = model(x, levels), value(x, levels)
+        original = unet_module.shared_levels
+        try:
+            unet_module.shared_levels = value_module.shared_levels = lambda t: t  # force the per-token path
+            slow, slow_value = model(x, levels), value(x, levels)
+        finally:
+            unet_module.shared_levels = value_module.shared_levels = original
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-6)
+    torch.testing.assert_close(fast_value, slow_value, rtol=1e-6, atol=1e-6)
+
+
+def test_levels_of_the_wrong_shape_are_refused() -> None:
+    model = _unet()
+    with pytest.raises(ValueError, match=r"levels must have shape \(2, 16\)"):
+        model(torch.randn(2, 16, D), torch.rand(2, 8))

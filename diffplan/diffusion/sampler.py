@@ -28,6 +28,7 @@ from enum import StrEnum
 import torch
 from torch import Tensor
 
+from diffplan.acceleration import Precision, autocast
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.guidance.base import Guidance, GuideTarget
 
@@ -199,6 +200,9 @@ class Sampler:
             (useful with the limits normalizer, whose data lie in [-1, 1]).
         clean_condition_tokens: tell the denoiser that constrained tokens are clean (level 0
             in its input); must match how the model was trained.
+        precision: of the network calls (denoiser, guides): ``bfloat16`` runs them under
+            autocast (:func:`diffplan.acceleration.autocast`); their outputs are cast back to
+            float32, so the sample and every update stay float32.
     """
 
     def __init__(
@@ -208,6 +212,7 @@ class Sampler:
         eta: float = 0.0,
         clip_denoised: float | None = None,
         clean_condition_tokens: bool = False,
+        precision: Precision | str = Precision.float32,
     ):
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
@@ -215,6 +220,7 @@ class Sampler:
         self.eta = float(eta)
         self.clip_denoised = clip_denoised
         self.clean_condition_tokens = clean_condition_tokens
+        self.precision = Precision(precision)
 
     def step(
         self,
@@ -309,6 +315,22 @@ class Sampler:
         x = torch.randn(shape, generator=generator, device=device) if x_init is None else x_init.to(device)
         if constraints is not None:
             x = constraints.apply(x)
+        if self.precision is not Precision.float32:
+            denoiser = _float32_outputs(denoiser)
+        with autocast(self.precision, device):
+            return self._walk(denoiser, x, matrix, constraints, generator, guidance)
+
+    def _walk(
+        self,
+        denoiser: Denoiser,
+        x: Tensor,
+        matrix: Tensor,
+        constraints: Constraints | None,
+        generator: torch.Generator | None,
+        guidance: Guidance | None,
+    ) -> Tensor:
+        """The loop of :meth:`sample` over the rows of ``matrix``, from the initial sample ``x``."""
+        batch, horizon, _ = x.shape
         for row in range(matrix.shape[0] - 1):
             level_from = matrix[row].expand(batch, horizon)
             level_to = matrix[row + 1].expand(batch, horizon)
@@ -385,6 +407,15 @@ class Sampler:
         return x
 
 
+def _float32_outputs(denoiser: Denoiser) -> Denoiser:
+    """``denoiser`` with its (autocast, lower-precision) output cast to float32."""
+
+    def call(x_t: Tensor, levels: Tensor) -> Tensor:
+        return denoiser(x_t, levels).float()
+
+    return call
+
+
 def _follow_gradient(
     guidance: Guidance,
     x: Tensor,
@@ -428,6 +459,7 @@ def make_sampler(
     clean_condition_tokens: bool = False,
     matrix: ScheduleMatrixKind | str = ScheduleMatrixKind.full_sequence,
     uncertainty: float = 1,
+    precision: Precision | str = Precision.float32,
 ) -> tuple[Sampler, Tensor]:
     """A sampler and its scheduling matrix (:func:`scheduling_matrix` of kind ``matrix``, by
     default full-sequence) over ``sampling_steps`` evenly spaced levels per token.
@@ -437,7 +469,10 @@ def make_sampler(
     """
     if SamplerKind(kind) is SamplerKind.ddpm:
         eta = 1.0
-    sampler = Sampler(schedule, eta=eta, clip_denoised=clip_denoised, clean_condition_tokens=clean_condition_tokens)
+    sampler = Sampler(
+        schedule, eta=eta, clip_denoised=clip_denoised, clean_condition_tokens=clean_condition_tokens,
+        precision=precision,
+    )
     return sampler, scheduling_matrix(
         matrix,
         n_timesteps=schedule.n_timesteps,

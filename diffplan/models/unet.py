@@ -70,8 +70,8 @@ class ResidualTemporalBlock(nn.Module):
         )
 
     def forward(self, x: Tensor, embedding: Tensor) -> Tensor:
-        """x (B, C_in, H_l), embedding (B, H_l, E) -> (B, C_out, H_l)."""
-        h = self.block0(x) + self.level_mlp(embedding).transpose(1, 2)  # (B, C_out, H_l)
+        """x (B, C_in, H_l), embedding (B, H_l, E) or shared (B, 1, E) -> (B, C_out, H_l)."""
+        h = self.block0(x) + self.level_mlp(embedding).transpose(1, 2)  # (B, C_out, H_l), broadcast if shared
         h = self.block1(h)
         return h + self.residual(x)
 
@@ -105,8 +105,37 @@ class UpStage(nn.Module):
 
 
 def _pool_tokens(embedding: Tensor) -> Tensor:
-    """Halve the horizon of a token embedding (B, H, E) -> (B, H/2, E), as the features are."""
+    """Halve the horizon of a token embedding (B, H, E) -> (B, H/2, E), as the features are.
+
+    A shared embedding (B, 1, E) (see :func:`shared_levels`) stays as it is: the average of
+    equal tokens is that token, exactly.
+    """
+    if embedding.shape[1] == 1:
+        return embedding
     return F.avg_pool1d(embedding.transpose(1, 2), 2).transpose(1, 2)
+
+
+def shared_levels(levels: Tensor) -> Tensor:
+    """Levels (B, 1) when all H tokens of every sample share one level, else ``levels`` (B, H) as given.
+
+    Full-sequence diffusion (training with ``train.noise_mode=full_sequence``, sampling along a
+    full-sequence scheduling matrix) gives every token of a sample the same level; the networks
+    then embed one level per sample and broadcast it over the tokens instead of embedding H
+    copies (Diffuser's per-sample time embedding). The result is the same: the embedding MLPs
+    see the same inputs, and the pooled embedding of equal tokens is that token.
+
+    Detected without a device synchronisation for an expanded tensor (stride 0 along H), by
+    comparing values on the CPU, and not at all while ``torch.compile`` traces (the per-token
+    path is then taken, which computes the same values).
+    """
+    if levels.dim() != 2 or levels.shape[1] == 1:
+        return levels
+    if levels.stride(1) == 0:
+        return levels[:, :1]
+    if torch.compiler.is_compiling() or levels.device.type != "cpu":
+        return levels
+    first = levels[:, :1]
+    return first if bool((levels == first).all()) else levels
 
 
 def make_level_embedding(dim: int) -> nn.Sequential:
@@ -228,7 +257,9 @@ class TemporalUnet(nn.Module):
             drop: (B,) bool, True where the condition is replaced by the null embedding.
         """
         check_horizon(x.shape[1], self.downsample_factor)
-        embedding = self.level_embedding(levels)  # (B, H, E)
+        if levels.shape != x.shape[:2]:
+            raise ValueError(f"levels must have shape {tuple(x.shape[:2])} (B, H), got {tuple(levels.shape)}")
+        embedding = self.level_embedding(shared_levels(levels))  # (B, H, E), or (B, 1, E) when shared
         if self.condition_embedding is not None and self.null_condition is not None:
             embedding = embedding + self._condition(condition, drop, x.shape[0]).unsqueeze(1)
         elif condition is not None or drop is not None:

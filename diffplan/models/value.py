@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from diffplan.models.unet import DownPath, check_horizon, make_level_embedding
+from diffplan.models.unet import DownPath, check_horizon, make_level_embedding, shared_levels
 
 if TYPE_CHECKING:
     from diffplan.config import ValueConfig
@@ -110,8 +110,9 @@ class ValueNet(nn.Module):
             x = torch.cat([x, goals[:, None, :].to(x.dtype).expand(-1, x.shape[1], -1)], dim=-1)
         elif goals is not None:
             raise ValueError("this value network was trained without goals (value.goal_conditioned=false); pass none")
-        embedding = self.level_embedding(levels)  # (B, H, E)
+        embedding = self.level_embedding(shared_levels(levels))  # (B, H, E), or (B, 1, E) when shared
         h, embedding, _, _ = self.downs(x.transpose(1, 2), embedding)  # (B, C, H / f), (B, H / f, E)
+        embedding = embedding.expand(-1, h.shape[-1], -1)  # a shared (B, 1, E) embedding onto the H / f tokens
         features = torch.cat([h.flatten(1), embedding.flatten(1)], dim=1)
         return self.head(features).squeeze(-1)
 

@@ -162,7 +162,7 @@ class ForcingPlanner:
         self.planner_cfg = planner if planner is not None else PlannerConfig()
         self.guidance = guidance
         self.device = torch.device(device)
-        self.sampler, _ = planning_sampler(model, diffusion)
+        self.sampler, _ = planning_sampler(model, diffusion, precision=self.planner_cfg.precision)
         self._matrices: dict[int, Tensor] = {}
 
     def matrix(self, n_history: int) -> Tensor:

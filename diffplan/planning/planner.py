@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from diffplan.acceleration import Precision, compile_module
 from diffplan.config import ActionSource, DiffusionConfig, GuidanceConfig, GuidanceKind, PlannerConfig, Selection
 from diffplan.diffusion.cfg import ClassifierFreeGuidance
 from diffplan.diffusion.conditioning import goal_constraints
@@ -72,11 +73,13 @@ def select_candidates(observations: Tensor, selection: Selection) -> Tensor:
     return jumps.argmin(dim=1)
 
 
-def planning_sampler(model: TrainedModel, diffusion: DiffusionConfig) -> tuple[Sampler, Tensor]:
+def planning_sampler(
+    model: TrainedModel, diffusion: DiffusionConfig, *, precision: Precision | str = Precision.float32
+) -> tuple[Sampler, Tensor]:
     """The sampler of the planning-time settings ``diffusion`` for ``model``, and its scheduling
     matrix (``diffusion.schedule_matrix``, ``diffusion.uncertainty``; full-sequence by default,
     see :func:`diffplan.diffusion.sampler.scheduling_matrix`); clean-condition tokens follow
-    the checkpoint."""
+    the checkpoint; the networks run at ``precision`` (``planner.precision``)."""
     check_clip(model.config.diffusion.normalizer.value, diffusion.clip_denoised)
     kind = ScheduleMatrixKind(diffusion.schedule_matrix)
     trained_full_sequence = NoiseMode(model.config.train.noise_mode) is NoiseMode.full_sequence
@@ -97,28 +100,31 @@ def planning_sampler(model: TrainedModel, diffusion: DiffusionConfig) -> tuple[S
         clean_condition_tokens=model.config.diffusion.clean_condition_tokens,
         matrix=diffusion.schedule_matrix,
         uncertainty=diffusion.uncertainty,
+        precision=precision,
     )
 
 
 def planning_denoiser(
     model: TrainedModel, planner: PlannerConfig, batch: int, device: torch.device, weight: Tensor | None = None
 ) -> Denoiser:
-    """The model's denoiser, wrapped in classifier-free guidance towards ``planner.return_target``
-    (weight ``planner.guidance_weight``, or the per-sample weights ``weight`` (batch,) of a
-    batched guidance sweep) when the model is return-conditioned.
+    """The model's denoiser (compiled with ``planner.compile``), wrapped in classifier-free
+    guidance towards ``planner.return_target`` (weight ``planner.guidance_weight``, or the
+    per-sample weights ``weight`` (batch,) of a batched guidance sweep) when the model is
+    return-conditioned.
 
     Raises:
         ValueError: per-sample weights for a model that is not return-conditioned.
     """
+    denoiser = compile_module(model.denoiser, planner.compile, what=f"the denoiser of {model.path}")
     if not model.config.model.return_condition:
         if weight is not None:
             raise ValueError(
                 f"classifier-free guidance weights (sweep kind=cfg, planner.guidance_weight) need a model trained "
                 f"with model.return_condition=true; {model.path} is not return-conditioned"
             )
-        return model.denoiser
+        return denoiser
     target = torch.full((batch,), float(planner.return_target), device=device)
-    return ClassifierFreeGuidance(model.denoiser, target, planner.guidance_weight if weight is None else weight)
+    return ClassifierFreeGuidance(denoiser, target, planner.guidance_weight if weight is None else weight)
 
 
 def check_planner(model: TrainedModel, planner: PlannerConfig) -> ActionSource:
@@ -180,7 +186,7 @@ class GoalPlanner:
         self.cfg = planner
         self.goal_dims = list(goal_dims)
         self.device = torch.device(device)
-        self.sampler, self.matrix = planning_sampler(model, diffusion)
+        self.sampler, self.matrix = planning_sampler(model, diffusion, precision=planner.precision)
         #: The guide that needs each plan's goals (goal or goal-conditioned value guidance), or None.
         self.goal_guide: GoalTargets | None = None
         self.guidance: Guidance | None = None

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from diffplan.acceleration import compile_module
 from diffplan.config import ActionSource, DiffusionConfig, GuidanceConfig, PlannerConfig
 from diffplan.diffusion.conditioning import goal_constraints
 from diffplan.diffusion.warm_start import warm_start
@@ -110,6 +111,10 @@ class ValuePlanner:
         diffusion: planning-time sampler settings (kind, steps, eta, clipping).
         guidance: scale, steps and schedule of the guidance; ``kind = none`` samples
             unguided and only ranks the candidates by value.
+
+    With ``planner.compile`` the denoiser and a :class:`ValueGuide`'s network run through
+    ``torch.compile`` (the guide's ``value_net`` is replaced by the compiled wrapper, which
+    shares its parameters).
         device: where sampling runs.
     """
 
@@ -136,10 +141,12 @@ class ValuePlanner:
                 f"got {planner.warm_start_steps}"
             )
         self.model = model
+        if planner.compile and isinstance(guide, ValueGuide):
+            guide.value_net = compile_module(guide.value_net, True, what="the value network")
         self.guide = guide
         self.cfg = planner
         self.device = torch.device(device)
-        self.sampler, self.matrix = planning_sampler(model, diffusion)
+        self.sampler, self.matrix = planning_sampler(model, diffusion, precision=planner.precision)
         # Value, policy or both (guidance.kind); the value guide always ranks the candidates.
         self.guidance: Guidance | None = build_guidance(
             guidance, model, self.device, value_guide=guide, clip_denoised=diffusion.clip_denoised
