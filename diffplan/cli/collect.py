@@ -75,3 +75,6 @@ def _collect_locomotion(cfg: Config, n_steps: int) -> Path:
 
 
 main = hydra_entry(run_collect)
+
+if __name__ == "__main__":
+    main()

@@ -46,3 +46,6 @@ def run_demo(cfg: Config) -> Path:
 
 
 main = hydra_entry(run_demo, config_name="demo")
+
+if __name__ == "__main__":
+    main()

@@ -330,3 +330,6 @@ def write_evaluation(
 
 
 main = hydra_entry(run_evaluate)
+
+if __name__ == "__main__":
+    main()

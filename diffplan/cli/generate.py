@@ -196,3 +196,6 @@ def run_generate(cfg: Config) -> Path:
 
 
 main = hydra_entry(run_generate)
+
+if __name__ == "__main__":
+    main()

@@ -16,3 +16,6 @@ from diffplan.cli.common import hydra_entry
 from diffplan.sweep.runner import run_sweep
 
 main = hydra_entry(run_sweep)
+
+if __name__ == "__main__":
+    main()

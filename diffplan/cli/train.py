@@ -1,4 +1,8 @@
-"""``diffplan-train``: train the trajectory diffusion model on the task's dataset."""
+"""``diffplan-train``: train the trajectory diffusion model on the task's dataset.
+
+Data-parallel over N processes: ``torchrun --nproc-per-node N -m diffplan.cli.train ...``
+(:mod:`diffplan.training.distributed`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from pathlib import Path
 from diffplan.cli.common import hydra_entry
 from diffplan.config import Config
 from diffplan.data.loading import load_episodes
+from diffplan.training import distributed
 from diffplan.training.trainer import Trainer, TrainSummary
 from diffplan.utils import file_sha256
 
@@ -25,14 +30,18 @@ def run_train(cfg: Config) -> TrainSummary:
         expected_act_dim=task.act_dim if task else None,
     )
     dataset_info = {"path": str(Path(cfg.task.dataset).resolve()), "sha256": file_sha256(cfg.task.dataset)}
-    trainer = Trainer(cfg, episodes, cfg.run_dir, dataset_info)
-    summary = trainer.train()
+    with distributed.session(cfg.train.device):
+        trainer = Trainer(cfg, episodes, cfg.run_dir, dataset_info)
+        summary = trainer.train()
     log.info(
-        "trained to step %d (from %d) in %.1f s (%.1f steps/s), loss %.4f -> %s",
-        summary.steps, summary.resumed_from, summary.wall_time_s, summary.steps_per_s,
+        "trained to step %d (from %d) in %.1f s (%.1f steps/s, %d process(es)), loss %.4f -> %s",
+        summary.steps, summary.resumed_from, summary.wall_time_s, summary.steps_per_s, summary.world_size,
         summary.final_loss, summary.checkpoint,
     )
     return summary
 
 
 main = hydra_entry(run_train)
+
+if __name__ == "__main__":
+    main()

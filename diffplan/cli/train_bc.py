@@ -33,3 +33,6 @@ def run_train_bc(cfg: Config) -> BCSummary:
 
 
 main = hydra_entry(run_train_bc)
+
+if __name__ == "__main__":
+    main()

@@ -63,3 +63,6 @@ def run_train_offline(cfg: Config, regenerate: RegenerateFn | None = None) -> Tr
 
 
 main = hydra_entry(run_train_offline)
+
+if __name__ == "__main__":
+    main()

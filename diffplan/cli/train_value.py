@@ -3,6 +3,7 @@
 Example: ``diffplan-train-value task=hopper-medium value.steps=200000`` trains on the dataset
 of ``runs/hopper-medium/checkpoint.pt`` (``value.diffusion_checkpoint``) and writes
 ``runs/hopper-medium/value/checkpoint.pt`` (``value.run_dir``), resuming from it when rerun.
+Data-parallel over N processes: ``torchrun --nproc-per-node N -m diffplan.cli.train_value ...``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from diffplan.cli.common import hydra_entry
 from diffplan.config import Config
 from diffplan.data.loading import load_episodes
+from diffplan.training import distributed
 from diffplan.training.checkpoint import CheckpointError, load_checkpoint, load_trained_model
 from diffplan.training.loop import TrainSummary
 from diffplan.training.value_trainer import ValueTrainer
@@ -51,14 +53,18 @@ def run_train_value(cfg: Config) -> TrainSummary:
         dataset, expected_obs_dim=diffusion.layout.obs_dim, expected_act_dim=diffusion.layout.act_dim or None
     )
     dataset_info = {"path": str(Path(dataset).resolve()), "sha256": sha256}
-    trainer = ValueTrainer(vc, diffusion, episodes, dataset_info)
-    summary = trainer.train()
+    with distributed.session(vc.device):
+        trainer = ValueTrainer(vc, diffusion, episodes, dataset_info)
+        summary = trainer.train()
     log.info(
-        "value function trained to step %d (from %d) in %.1f s (%.1f steps/s), loss %.4f -> %s",
-        summary.steps, summary.resumed_from, summary.wall_time_s, summary.steps_per_s,
+        "value function trained to step %d (from %d) in %.1f s (%.1f steps/s, %d process(es)), loss %.4f -> %s",
+        summary.steps, summary.resumed_from, summary.wall_time_s, summary.steps_per_s, summary.world_size,
         summary.final_loss, summary.checkpoint,
     )
     return summary
 
 
 main = hydra_entry(run_train_value)
+
+if __name__ == "__main__":
+    main()

@@ -2,8 +2,9 @@
 
 A checkpoint holds plain containers of tensors and primitives only (no pickled objects):
 model and EMA weights, optimizer state, the normalizer's statistics, the trajectory
-layout, the resolved config, the step, the RNG states and the package version; with
-``model.inverse_dynamics`` also the inverse-dynamics head (weights, EMA, optimizer).
+layout, the resolved config, the step, the RNG states, the package version and the number of
+processes that trained it (``world_size``, torchrun); with ``model.inverse_dynamics`` also the
+inverse-dynamics head (weights, EMA, optimizer).
 """
 
 from __future__ import annotations
@@ -156,10 +157,12 @@ def checkpoint_payload(
     generator: torch.Generator,
     dataset: dict[str, Any],
     inverse_dynamics: dict[str, Any] | None = None,
+    world_size: int = 1,
 ) -> dict[str, Any]:
     """Assemble the checkpoint dict (tensors and primitives only).
 
     ``inverse_dynamics``: the head's ``{"model", "ema", "optimizer"}`` state dicts, if trained.
+    ``world_size``: the processes that trained together up to this step (torchrun).
     """
     payload: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
@@ -174,6 +177,7 @@ def checkpoint_payload(
         "step": step,
         "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state()},
         "dataset": json.dumps(dataset),
+        "world_size": world_size,
     }
     if inverse_dynamics is not None:
         payload["inverse_dynamics"] = inverse_dynamics

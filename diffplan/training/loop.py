@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from diffplan.training import distributed
 from diffplan.training.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -50,13 +51,17 @@ class TrainSummary:
     final_loss: float
     wall_time_s: float
     steps_per_s: float
+    #: Processes that trained together (torchrun; :mod:`diffplan.training.distributed`).
+    world_size: int = 1
 
     @classmethod
-    def since(cls, checkpoint: Path, step: int, start: int, final_loss: float, t0: float) -> TrainSummary:
+    def since(
+        cls, checkpoint: Path, step: int, start: int, final_loss: float, t0: float, world_size: int = 1
+    ) -> TrainSummary:
         """The summary of a run that went from step ``start`` to ``step``, started at ``perf_counter() = t0``."""
         wall = time.perf_counter() - t0
         return cls(checkpoint=checkpoint, steps=step, resumed_from=start, final_loss=final_loss, wall_time_s=wall,
-                   steps_per_s=(step - start) / wall if wall > 0 else 0.0)
+                   steps_per_s=(step - start) / wall if wall > 0 else 0.0, world_size=world_size)
 
 
 def check_intervals(settings: LoopSettings, section: str) -> None:
@@ -157,6 +162,10 @@ def restore_training_state(
     optimizer.load_state_dict(payload["optimizer"])
     generator.set_state(payload["rng"]["generator"])
     torch.set_rng_state(payload["rng"]["torch"])
+    saved_world, world = int(payload.get("world_size", 1)), distributed.world_size()
+    if saved_world != world:
+        log.info("resuming a checkpoint trained by %d process(es) with %d: the same windows and noise, "
+                 "gradients equal up to float rounding", saved_world, world)
     return int(payload["step"])
 
 
@@ -166,6 +175,11 @@ class TrainingLoop:
     Subclasses set ``step``, ``optimizer`` and ``run_dir``, define :attr:`checkpoint_path`,
     :attr:`settings`, :meth:`train_step` (one optimizer step, returns the loss), :meth:`save`
     and :meth:`resume`, and may report further losses through :meth:`extra_losses`.
+
+    Under torchrun (:mod:`diffplan.training.distributed`) every rank runs this loop in step:
+    each resumes from the same checkpoint; losses are averaged over the ranks where they are
+    logged; only rank 0 saves, writes TensorBoard scalars and shows progress; the ranks stop
+    together (rank 0's clock decides ``max_minutes``) and return once the last checkpoint exists.
     """
 
     #: TensorBoard tag prefix and progress-bar label.
@@ -210,17 +224,25 @@ class TrainingLoop:
             self.resume()
         settings = self.settings
         start = self.step
-        writer = summary_writer(self.tb_dir)
+        world_size, main = distributed.world_size(), distributed.is_main()
+        if world_size > 1:
+            log.info("%s: data-parallel over %d processes, %d of the %d windows of each step per process",
+                     self.log_prefix, world_size, settings.batch_size // world_size, settings.batch_size)
+        writer = summary_writer(self.tb_dir) if main else None
         loss = float("nan")
         t0 = time.perf_counter()
         bar = tqdm(
-            total=settings.steps, initial=start, desc=self.log_prefix, disable=not settings.progress, unit="step"
+            total=settings.steps, initial=start, desc=self.log_prefix, disable=not (settings.progress and main),
+            unit="step",
         )
         running, n_running = 0.0, 0
         running_extra: dict[str, float] = {}
         deadline = t0 + 60.0 * settings.max_minutes if settings.max_minutes is not None else float("inf")
         while self.step < settings.steps:
-            if time.perf_counter() >= deadline:
+            stop = time.perf_counter() >= deadline
+            if settings.max_minutes is not None and world_size > 1:
+                stop = bool(distributed.from_main([float(stop)])[0])
+            if stop:
                 log.info("%s: stopping at step %d of %d (max_minutes=%s); rerun to resume",
                          self.log_prefix, self.step, settings.steps, settings.max_minutes)
                 break
@@ -230,6 +252,9 @@ class TrainingLoop:
                 running_extra[name] = running_extra.get(name, 0.0) + value
             bar.update(1)
             if self.step % settings.log_every == 0 or self.step == settings.steps:
+                if world_size > 1:  # the losses of the global batch
+                    running, *extra = distributed.mean([running, *running_extra.values()])
+                    running_extra = dict(zip(running_extra, extra, strict=True))
                 bar.set_postfix(loss=f"{running / n_running:.4f}")
                 if writer is not None:
                     writer.add_scalar(f"{self.log_prefix}/loss", running / n_running, self.step)
@@ -239,13 +264,17 @@ class TrainingLoop:
                         writer.add_scalar(f"{self.log_prefix}/{name}_loss", total / n_running, self.step)
                 running, n_running = 0.0, 0
                 running_extra = {}
-            if self.step % settings.ckpt_every == 0:
+            if self.step % settings.ckpt_every == 0 and main:
                 self.save()
         bar.close()
-        self.save()
+        if main:
+            self.save()
         if writer is not None:
             writer.close()
-        return TrainSummary.since(self.checkpoint_path, self.step, start, loss, t0)
+        if world_size > 1:
+            loss = distributed.mean([loss])[0]
+            distributed.barrier()  # every rank returns once the checkpoint is complete
+        return TrainSummary.since(self.checkpoint_path, self.step, start, loss, t0, world_size)
 
 
 def summary_writer(path: Path) -> Any:

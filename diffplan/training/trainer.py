@@ -38,7 +38,8 @@ from diffplan.diffusion.loss import diffusion_loss
 from diffplan.diffusion.sampler import Denoiser, check_clip
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.models.factory import build_denoiser, build_inverse_dynamics
-from diffplan.models.inverse_dynamics import inverse_dynamics_loss
+from diffplan.models.inverse_dynamics import InverseDynamics, inverse_dynamics_loss
+from diffplan.training import distributed
 from diffplan.training.checkpoint import (
     CheckpointError,
     checkpoint_payload,
@@ -110,7 +111,9 @@ class Trainer(TrainingLoop):
         check_intervals(cfg.train, "train")
         check_clip(cfg.diffusion.normalizer.value, cfg.diffusion.clip_denoised)
         set_threads(cfg.train.threads)
-        self.device = select_device(cfg.train.device)
+        self.device = distributed.place(select_device(cfg.train.device))
+        #: This rank's slice of each global batch under torchrun (None in one process).
+        self.part = distributed.batch_part(cfg.train.batch_size, "train.batch_size")
         self.horizon = cfg.task.horizon
         if NoiseMode(cfg.train.noise_mode) is NoiseMode.mixture:
             check_mixture_p(cfg.train.noise_mixture_p)
@@ -164,6 +167,14 @@ class Trainer(TrainingLoop):
             self.layout, self.horizon, cfg.train.action_weight, reward_weight=cfg.train.reward_weight,
             terminal_weight=cfg.train.terminal_weight,
         ).to(self.device)
+        #: (H,) entries of each token the loss counts (those not given clean by the condition mask).
+        self.loss_entries = (~self.condition_mask).sum(dim=-1).cpu()
+        # The forward passes of training: in DistributedDataParallel under torchrun (gradients
+        # averaged over the ranks in backward), else the networks themselves.
+        self.train_model = distributed.wrap(self.model)
+        self.train_inverse_dynamics = (
+            distributed.wrap(self.inverse_dynamics) if self.inverse_dynamics is not None else None
+        )
         self.step = 0
 
     @property
@@ -224,6 +235,7 @@ class Trainer(TrainingLoop):
                 generator=self.generator,
                 dataset=self.dataset_info,
                 inverse_dynamics=head,
+                world_size=distributed.world_size(),
             ),
         )
 
@@ -231,20 +243,34 @@ class Trainer(TrainingLoop):
         """One optimizer step; returns the loss."""
         tc = self.cfg.train
         batch = self.windows.sample(tc.batch_size, self.generator)
-        x0 = batch.x.to(self.device)
-        size, horizon = x0.shape[:2]
+        size, horizon = batch.x.shape[:2]
         # Full-sequence diffusion (one level per window, shared by its H tokens) by default;
         # per-token levels (Diffusion Forcing) with train.noise_mode=independent or mixture.
         levels = training_levels(
             tc.noise_mode, size, horizon, self.schedule.n_timesteps, self.generator, mixture_p=tc.noise_mixture_p
-        ).to(self.device)
-        noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
-        denoiser: Denoiser = self.model
+        )
+        noise = torch.randn(batch.x.shape, generator=self.generator)
+        # Return conditioning: each sample's condition is dropped to the null one at random.
+        drop = torch.rand(size, generator=self.generator) < tc.cond_dropout if self.returns is not None else None
+        scale, id_scale = 1.0, 1.0
+        if self.part is not None:
+            # Under torchrun every rank drew the global batch above (one process's draws) and
+            # trains on its slice; the scales make the ranks' averaged gradient the global one's.
+            kept = (batch.valid * self.loss_entries).sum(dim=1)  # (B,) entries each window adds to the loss
+            scale = distributed.loss_scale(kept, self.part)
+            if self.inverse_dynamics is not None:
+                id_scale = distributed.loss_scale(self._pairs(batch).sum(dim=1), self.part)
+            batch = TrajectoryBatch(*(field[self.part] for field in batch))
+            levels, noise = levels[self.part], noise[self.part]
+            drop = drop[self.part] if drop is not None else None
+        x0 = batch.x.to(self.device)
+        levels, noise = levels.to(self.device), noise.to(self.device)
+        denoiser: Denoiser = self.train_model
         if self.returns is not None:
-            # Return-to-go at each window's first step; dropped to the null condition at random.
+            assert drop is not None
+            # Return-to-go at each window's first step.
             condition = self.returns[self.windows.episode_starts[batch.episode] + batch.start].to(self.device)
-            drop = (torch.rand(size, generator=self.generator) < tc.cond_dropout).to(self.device)
-            denoiser = functools.partial(self.model, condition=condition, drop=drop)
+            denoiser = functools.partial(self.train_model, condition=condition, drop=drop.to(self.device))
         loss = diffusion_loss(
             denoiser,
             self.schedule,
@@ -257,27 +283,35 @@ class Trainer(TrainingLoop):
             clean_condition_tokens=self.cfg.diffusion.clean_condition_tokens,
             level_weighting=tc.level_weighting,
         )
+        if self.part is not None:
+            loss = loss * scale
         lr = warmup_lr(tc.lr, self.step, tc.warmup_steps)
         optimizer_step(self.model, self.optimizer, loss, lr=lr, grad_clip=tc.grad_clip)
         update_ema(self.ema, self.model, tc.ema_decay)
         self.last_losses = {"diffusion": float(loss.detach())}
         if self.inverse_dynamics is not None:
-            self.last_losses["inverse_dynamics"] = self._inverse_dynamics_step(batch, x0, lr)
+            self.last_losses["inverse_dynamics"] = self._inverse_dynamics_step(batch, x0, lr, id_scale)
         self.step += 1
         return self.last_losses["diffusion"]
 
-    def _inverse_dynamics_step(self, batch: TrajectoryBatch, x0: torch.Tensor, lr: float) -> float:
-        """One step of the inverse-dynamics head on the clean states of ``batch``; returns its loss."""
-        assert self.inverse_dynamics is not None and self.inverse_dynamics_optimizer is not None
-        assert self.inverse_dynamics_ema is not None
-        tc = self.cfg.train
-        # Only pairs of consecutive tokens that both hold real steps (not padding past the end).
-        steps = batch.start[:, None] + self.windows.stride * torch.arange(x0.shape[1])
+    def _pairs(self, batch: TrajectoryBatch) -> torch.Tensor:
+        """(B, H - 1) bool: the pairs of consecutive tokens that both hold real steps (not padding past the end)."""
+        steps = batch.start[:, None] + self.windows.stride * torch.arange(batch.x.shape[1])
         inside = steps < self.windows.episode_lengths[batch.episode][:, None]  # (B, H)
-        pairs = (inside[:, :-1] & inside[:, 1:]).to(self.device)
+        return inside[:, :-1] & inside[:, 1:]
+
+    def _inverse_dynamics_step(self, batch: TrajectoryBatch, x0: torch.Tensor, lr: float, scale: float) -> float:
+        """One step of the inverse-dynamics head on the clean states of ``batch``; returns its loss
+        (times ``scale``, the :func:`~diffplan.training.distributed.loss_scale` of this rank's slice)."""
+        assert self.inverse_dynamics is not None and self.inverse_dynamics_optimizer is not None
+        assert self.inverse_dynamics_ema is not None and self.train_inverse_dynamics is not None
+        tc = self.cfg.train
+        head: InverseDynamics = self.train_inverse_dynamics  # type: ignore[assignment]  # or its DDP wrapper
         loss = inverse_dynamics_loss(
-            self.inverse_dynamics, x0[..., self.layout.obs], x0[..., self.layout.act], pairs
+            head, x0[..., self.layout.obs], x0[..., self.layout.act], self._pairs(batch).to(self.device)
         )
+        if self.part is not None:
+            loss = loss * scale
         optimizer_step(self.inverse_dynamics, self.inverse_dynamics_optimizer, loss, lr=lr, grad_clip=tc.grad_clip)
         update_ema(self.inverse_dynamics_ema, self.inverse_dynamics, tc.ema_decay)
         return float(loss.detach())

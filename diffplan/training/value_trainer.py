@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from torch import Tensor
+from torch import Tensor, nn
 
 from diffplan import __version__
 from diffplan.config import ValueConfig
@@ -51,6 +51,7 @@ from diffplan.diffusion.loss import full_sequence_levels, noisy_input
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.guidance.goal import position_channels
 from diffplan.models.value import ValueNet, build_value_net
+from diffplan.training import distributed
 from diffplan.training.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -129,6 +130,18 @@ def value_config_from_dict(data: dict[str, Any]) -> ValueConfig:
     return ValueConfig(**{str(k): v for k, v in values.items()})
 
 
+class StandardizedValue(nn.Module):
+    """``net.standardized`` as a module's forward: what training calls, and what
+    DistributedDataParallel (which only hooks ``forward``) wraps under torchrun."""
+
+    def __init__(self, net: ValueNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor, levels: Tensor, goals: Tensor | None = None) -> Tensor:
+        return self.net.standardized(x, levels, goals)
+
+
 class ValueTrainer(TrainingLoop):
     """Trains a :class:`ValueNet` for the diffusion model ``diffusion`` on its dataset ``episodes``.
 
@@ -156,7 +169,9 @@ class ValueTrainer(TrainingLoop):
         self.dataset_info = dataset_info
         check_intervals(cfg, "value")
         set_threads(cfg.threads)
-        self.device = select_device(cfg.device)
+        self.device = distributed.place(select_device(cfg.device))
+        #: This rank's slice of each global batch under torchrun (None in one process).
+        self.part = distributed.batch_part(cfg.batch_size, "value.batch_size")
         dcfg = diffusion.config
         self.record = diffusion_record(diffusion)
         self.layout = diffusion.layout
@@ -188,6 +203,8 @@ class ValueTrainer(TrainingLoop):
             self.target_mean, self.target_std = target_stats(
                 self.targets, self.windows.episode_starts, self.windows.window_episode, self.windows.window_start
             )
+        # Every rank computed the same statistics from the same data; rank 0's make that certain.
+        self.target_mean, self.target_std = distributed.from_main([self.target_mean, self.target_std])
         schedule = diffusion.schedule
         self.schedule = NoiseSchedule(schedule.n_timesteps, kind=schedule.kind, prediction=schedule.prediction)
         self.schedule.to(self.device)
@@ -205,6 +222,8 @@ class ValueTrainer(TrainingLoop):
             self.layout, self.horizon, start=dcfg.train.condition_start, goal_dims=goal_dims
         ).to(self.device)
         self.clean_condition_tokens = dcfg.diffusion.clean_condition_tokens
+        # In DistributedDataParallel under torchrun (gradients averaged over the ranks in backward).
+        self.train_model = distributed.wrap(StandardizedValue(self.model))
         self.step = 0
 
     def goal_batch(self, x0: Tensor, valid: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -245,11 +264,24 @@ class ValueTrainer(TrainingLoop):
         """One optimizer step on a batch of noised windows; returns the loss (standardized units)."""
         vc = self.cfg
         batch = self.windows.sample(vc.batch_size, self.generator)
-        x0 = batch.x.to(self.device)
-        size, horizon = x0.shape[:2]
+        size, horizon = batch.x.shape[:2]
         levels = full_sequence_levels(size, horizon, self.schedule.n_timesteps, self.generator, low=0)
-        levels = levels.to(self.device)
-        noise = torch.randn(x0.shape, generator=self.generator).to(self.device)
+        noise = torch.randn(batch.x.shape, generator=self.generator)
+        goals = None
+        if self.goal_dims:
+            goals, target = self.goal_batch(batch.x, batch.valid, self.generator)
+        else:
+            target = targets_of_windows(self.targets, self.windows.episode_starts, batch.episode, batch.start)
+        if self.part is not None:
+            # Under torchrun every rank drew the global batch above (one process's draws) and trains on
+            # its slice; equal slices make the mean of the ranks' mean losses the global mean.
+            x_part, levels, noise, target = batch.x[self.part], levels[self.part], noise[self.part], target[self.part]
+            goals = goals[self.part] if goals is not None else None
+        else:
+            x_part = batch.x
+        x0 = x_part.to(self.device)
+        levels, noise = levels.to(self.device), noise.to(self.device)
+        goals = goals.to(self.device) if goals is not None else None
         x_t, model_levels = noisy_input(
             self.schedule,
             x0,
@@ -258,14 +290,8 @@ class ValueTrainer(TrainingLoop):
             condition_mask=self.condition_mask,
             clean_condition_tokens=self.clean_condition_tokens,
         )
-        goals = None
-        if self.goal_dims:
-            goals, target = self.goal_batch(batch.x, batch.valid, self.generator)
-            goals = goals.to(self.device)
-        else:
-            target = targets_of_windows(self.targets, self.windows.episode_starts, batch.episode, batch.start)
         standardized = ((target - self.target_mean) / self.target_std).to(torch.float32).to(self.device)
-        prediction = self.model.standardized(x_t, self.schedule.normalized_level(model_levels), goals)
+        prediction = self.train_model(x_t, self.schedule.normalized_level(model_levels), goals)
         loss = (prediction - standardized).pow(2).mean()
         lr = warmup_lr(vc.lr, self.step, vc.warmup_steps)
         optimizer_step(self.model, self.optimizer, loss, lr=lr, grad_clip=vc.grad_clip)
@@ -294,6 +320,7 @@ class ValueTrainer(TrainingLoop):
                 "step": self.step,
                 "rng": rng_state(self.generator),
                 "dataset": json.dumps(self.dataset_info),
+                "world_size": distributed.world_size(),
             },
         )
 
