@@ -15,7 +15,6 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from diffplan.acceleration import Precision
-
 from diffplan.data.normalizer import NormalizerKind
 from diffplan.diffusion.levels import LevelWeighting, NoiseMode
 from diffplan.diffusion.sampler import SamplerKind, ScheduleMatrixKind
@@ -90,6 +89,13 @@ class Selection(StrEnum):
     smoothest = "smoothest"
 
 
+class LrDecay(StrEnum):
+    """The learning rate after warmup (:func:`diffplan.training.loop.warmup_lr`)."""
+
+    constant = "constant"
+    cosine = "cosine"
+
+
 @dataclass
 class TaskConfig:
     """The environment and its dataset."""
@@ -155,6 +161,8 @@ class TrainConfig:
     steps: int = 20_000
     batch_size: int = 32
     lr: float = 2e-4
+    # After warmup: constant, or cosine decay to 0 at train.steps (a better model at a short budget).
+    lr_decay: LrDecay = LrDecay.constant
     weight_decay: float = 0.0
     warmup_steps: int = 500
     grad_clip: float = 1.0
@@ -400,6 +408,7 @@ class ValueConfig:
     steps: int = 200_000
     batch_size: int = 32
     lr: float = 2e-4
+    lr_decay: LrDecay = LrDecay.constant
     weight_decay: float = 0.0
     warmup_steps: int = 500
     grad_clip: float = 1.0
@@ -412,6 +421,9 @@ class ValueConfig:
     progress: bool = True
     # Wall-clock budget of one invocation (minutes): stop early with a checkpoint; rerun to go on.
     max_minutes: float | None = None
+    # Compute, as train.precision and train.compile (for the value network).
+    precision: Precision = Precision.float32
+    compile: bool = False
 
 
 @dataclass

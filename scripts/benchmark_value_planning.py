@@ -11,7 +11,7 @@ Presets:
 - ``diffuser-default``: ``diffplan-bench``'s ``reference-hopper`` shape: Diffuser's locomotion
   networks (U-Net and value net dim 32, mults (1, 2, 4, 8)), 64 candidates, DDPM over all 20
   levels from noise, 2 guide steps per level: the shape the reference implementation needs
-  2.2 s for on a 2-core CPU (REFERENCE.md).
+  2.2 s for on a 2-core CPU (measured with its own code).
 - ``ours-cold``: the CPU-sized networks of ``+experiment=locomotion`` at 64 candidates,
   DDIM over 10 of the 20 levels, every plan from noise.
 - ``ours-warm``: the same, warm-started from the previous plan (re-noised to level 6, 3 steps).

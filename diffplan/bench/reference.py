@@ -2,7 +2,7 @@
 
 Measured with the reference Diffuser code (Janner et al. 2022, its own scripts and configs at
 the shapes of the ``reference-hopper`` and ``reference-umaze`` presets), median of runs on a
-quiet machine, as recorded in the project's notes (REFERENCE.md): on a 2-core x86 CPU of the
+quiet machine: on a 2-core x86 CPU of the
 kind this project runs on (torch's 2 threads), and on one NVIDIA H200.
 """
 
@@ -21,7 +21,7 @@ class ReferenceFigure:
 
 
 #: Reference figures by hardware kind, preset and metric (reference Diffuser code, median of
-#: runs, quiet machine; the project's notes, REFERENCE.md).
+#: runs, quiet machine).
 REFERENCE_FIGURES: dict[str, dict[str, dict[str, ReferenceFigure]]] = {
     # A 2-core x86 CPU, torch's 2 threads.
     "cpu-2core": {

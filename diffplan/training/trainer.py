@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffplan.acceleration import autocast, compile_module
 from diffplan.config import Config, to_container
 from diffplan.data.episodes import Episodes
 from diffplan.data.layout import TrajectoryLayout
@@ -53,6 +54,7 @@ from diffplan.training.loop import (
     check_intervals,
     check_resume_config,
     check_resume_dataset,
+    make_adamw,
     optimizer_step,
     restore_training_state,
     update_ema,
@@ -141,9 +143,7 @@ class Trainer(TrainingLoop):
         self.model = build_denoiser(cfg.model, transition_dim=self.layout.transition_dim, horizon=self.horizon)
         self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
-        )
+        self.optimizer = make_adamw(self.model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         # Built after the denoiser, so the denoiser's initialisation does not depend on the option.
         self.inverse_dynamics = build_inverse_dynamics(
             cfg.model, obs_dim=self.layout.obs_dim, act_dim=self.layout.act_dim
@@ -153,7 +153,7 @@ class Trainer(TrainingLoop):
         if self.inverse_dynamics is not None:
             self.inverse_dynamics.to(self.device)
             self.inverse_dynamics_ema = copy.deepcopy(self.inverse_dynamics).requires_grad_(False)
-            self.inverse_dynamics_optimizer = torch.optim.AdamW(
+            self.inverse_dynamics_optimizer = make_adamw(
                 self.inverse_dynamics.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
             )
         #: The latest losses by name (``diffusion``, and ``inverse_dynamics`` when trained).
@@ -171,7 +171,9 @@ class Trainer(TrainingLoop):
         self.loss_entries = (~self.condition_mask).sum(dim=-1).cpu()
         # The forward passes of training: in DistributedDataParallel under torchrun (gradients
         # averaged over the ranks in backward), else the networks themselves.
-        self.train_model = distributed.wrap(self.model)
+        self.train_model = compile_module(
+            distributed.wrap(self.model), cfg.train.compile, what="the denoiser's training step"
+        )
         self.train_inverse_dynamics = (
             distributed.wrap(self.inverse_dynamics) if self.inverse_dynamics is not None else None
         )
@@ -271,21 +273,22 @@ class Trainer(TrainingLoop):
             # Return-to-go at each window's first step.
             condition = self.returns[self.windows.episode_starts[batch.episode] + batch.start].to(self.device)
             denoiser = functools.partial(self.train_model, condition=condition, drop=drop.to(self.device))
-        loss = diffusion_loss(
-            denoiser,
-            self.schedule,
-            x0,
-            levels,
-            noise,
-            condition_mask=self.condition_mask,
-            valid=batch.valid.to(self.device),
-            weights=self.weights,
-            clean_condition_tokens=self.cfg.diffusion.clean_condition_tokens,
-            level_weighting=tc.level_weighting,
-        )
+        with autocast(tc.precision, self.device):
+            loss = diffusion_loss(
+                denoiser,
+                self.schedule,
+                x0,
+                levels,
+                noise,
+                condition_mask=self.condition_mask,
+                valid=batch.valid.to(self.device),
+                weights=self.weights,
+                clean_condition_tokens=self.cfg.diffusion.clean_condition_tokens,
+                level_weighting=tc.level_weighting,
+            )
         if self.part is not None:
             loss = loss * scale
-        lr = warmup_lr(tc.lr, self.step, tc.warmup_steps)
+        lr = warmup_lr(tc.lr, self.step, tc.warmup_steps, decay=tc.lr_decay, total_steps=tc.steps)
         optimizer_step(self.model, self.optimizer, loss, lr=lr, grad_clip=tc.grad_clip)
         update_ema(self.ema, self.model, tc.ema_decay)
         self.last_losses = {"diffusion": float(loss.detach())}

@@ -42,6 +42,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from diffplan import __version__
+from diffplan.acceleration import autocast, compile_module
 from diffplan.config import ValueConfig
 from diffplan.data.episodes import Episodes
 from diffplan.data.normalizer import Normalizer, normalizer_from_state_dict
@@ -65,6 +66,7 @@ from diffplan.training.loop import (
     check_intervals,
     check_resume_config,
     check_resume_dataset,
+    make_adamw,
     optimizer_step,
     restore_training_state,
     rng_state,
@@ -215,7 +217,7 @@ class ValueTrainer(TrainingLoop):
         self.model.set_target_stats(self.target_mean, self.target_std)
         self.model.to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = make_adamw(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         goal_dims = dcfg.task.goal_obs_dims if dcfg.train.condition_goal else []
         self.condition_mask = conditioning_mask(
@@ -223,7 +225,9 @@ class ValueTrainer(TrainingLoop):
         ).to(self.device)
         self.clean_condition_tokens = dcfg.diffusion.clean_condition_tokens
         # In DistributedDataParallel under torchrun (gradients averaged over the ranks in backward).
-        self.train_model = distributed.wrap(StandardizedValue(self.model))
+        self.train_model = compile_module(
+            distributed.wrap(StandardizedValue(self.model)), cfg.compile, what="the value network's training step"
+        )
         self.step = 0
 
     def goal_batch(self, x0: Tensor, valid: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -291,9 +295,10 @@ class ValueTrainer(TrainingLoop):
             clean_condition_tokens=self.clean_condition_tokens,
         )
         standardized = ((target - self.target_mean) / self.target_std).to(torch.float32).to(self.device)
-        prediction = self.train_model(x_t, self.schedule.normalized_level(model_levels), goals)
-        loss = (prediction - standardized).pow(2).mean()
-        lr = warmup_lr(vc.lr, self.step, vc.warmup_steps)
+        with autocast(vc.precision, self.device):
+            prediction = self.train_model(x_t, self.schedule.normalized_level(model_levels), goals)
+        loss = (prediction.float() - standardized).pow(2).mean()
+        lr = warmup_lr(vc.lr, self.step, vc.warmup_steps, decay=vc.lr_decay, total_steps=vc.steps)
         optimizer_step(self.model, self.optimizer, loss, lr=lr, grad_clip=vc.grad_clip)
         update_ema(self.ema, self.model, vc.ema_decay)
         self.step += 1
