@@ -70,14 +70,14 @@ def test_demo_config_composes() -> None:
     cfg = as_config(_compose([], config_name="demo"))
     assert cfg.run_dir == "runs/demo"
     assert cfg.task.dataset == "runs/demo/pointmaze-umaze-200000.hdf5"
-    assert cfg.collect.n_steps == 200_000 and cfg.train.steps == 6000
+    assert cfg.collect.n_steps == 200_000 and cfg.train.steps == 4000 and cfg.train.lr_decay.value == "cosine"
     assert cfg.model.dim == 16 and cfg.diffusion.sampler.value == "ddim"
     assert cfg.eval.checkpoint == "runs/demo/checkpoint.pt"
 
 
 def test_experiment_override_composes() -> None:
     cfg = as_config(_compose(["+experiment=demo"]))
-    assert cfg.run_dir == "runs/demo" and cfg.train.steps == 6000
+    assert cfg.run_dir == "runs/demo" and cfg.train.steps == 4000
 
 
 def test_overrides_are_typed() -> None:
