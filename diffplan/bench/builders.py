@@ -171,18 +171,9 @@ def build_forcing_planner(
 ) -> tuple[ForcingPlanner, GoalGuide | None]:
     """``diffplan-evaluate``'s Diffusion Forcing planner (``planner.mode=forcing``) and the goal
     guide inside its guidance (None when unguided); set the guide's goals before planning."""
-    from diffplan.guidance import build_guidance
-    from diffplan.planning.forcing import ForcingPlanner
+    from diffplan.planning.forcing import maze_forcing_planner
 
-    goal_guide = GoalGuide(model.layout, model.normalizer, list(cfg.task.goal_obs_dims))
-    guidance = build_guidance(
-        cfg.guidance, model, device, goal_guide=goal_guide, clip_denoised=cfg.diffusion.clip_denoised
-    )
-    planner = ForcingPlanner(
-        model, diffusion=cfg.diffusion, execute=cfg.planner.execute, n_history=cfg.planner.n_history,
-        planner=cfg.planner, guidance=guidance, device=device,
-    )
-    return planner, goal_guide if guidance is not None else None
+    return maze_forcing_planner(cfg, model, device)
 
 
 def build_trainer(cfg: Config, episodes: Episodes, run_dir: str | Path) -> Trainer:

@@ -154,8 +154,7 @@ def _maze_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
 
 def _forcing_policy(cfg: Config, model: TrainedModel, device: Any) -> Policy:
     """Diffusion Forcing MPC (``planner.mode=forcing``) with goal guidance (``guidance=goal``) or none."""
-    from diffplan.guidance import GoalGuide, build_guidance
-    from diffplan.planning.forcing import ForcingPlanner
+    from diffplan.planning.forcing import maze_forcing_planner
     from diffplan.planning.forcing_policy import ForcingPolicy
 
     kind = GuidanceKind(cfg.guidance.kind)
@@ -166,21 +165,14 @@ def _forcing_policy(cfg: Config, model: TrainedModel, device: Any) -> Policy:
             f"planner.mode=forcing executes the plan's own actions and needs a model trained with task.stride=1; "
             f"{model.path} has stride {model.config.task.stride}"
         )
-    goal_guide = GoalGuide(model.layout, model.normalizer, list(cfg.task.goal_obs_dims))
-    guidance = build_guidance(
-        cfg.guidance, model, device, goal_guide=goal_guide, clip_denoised=cfg.diffusion.clip_denoised
-    )
-    planner = ForcingPlanner(
-        model, diffusion=cfg.diffusion, execute=cfg.planner.execute, n_history=cfg.planner.n_history,
-        planner=cfg.planner, guidance=guidance, device=device,
-    )
+    planner, goal_guide = maze_forcing_planner(cfg, model, device)
     tracker = None
     if cfg.planner.forcing_tracker:
         from diffplan.planning.forcing_policy import PDTracker
 
         tracker = PDTracker(list(cfg.task.goal_obs_dims), list(cfg.task.velocity_obs_dims), cfg.planner.p_gain,
                             cfg.planner.d_gain)
-    return ForcingPolicy(planner, goal_guide=goal_guide if guidance is not None else None, tracker=tracker)
+    return ForcingPolicy(planner, goal_guide=goal_guide, tracker=tracker)
 
 
 def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:

@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from diffplan.config import DiffusionConfig, PlannerConfig
+from diffplan.config import Config, DiffusionConfig, PlannerConfig
 from diffplan.diffusion.sampler import Constraints, ScheduleMatrixKind, scheduling_matrix
 from diffplan.guidance.base import Guidance
+from diffplan.guidance.build import build_guidance
+from diffplan.guidance.goal import GoalGuide
 from diffplan.planning.planner import planning_denoiser, planning_sampler
 from diffplan.training.checkpoint import TrainedModel
 
@@ -260,3 +262,20 @@ class ForcingPlanner:
         result.normalized = executed
         result.trajectory = normalizer.unnormalize(executed)
         return result
+
+
+def maze_forcing_planner(
+    cfg: Config, model: TrainedModel, device: torch.device | str
+) -> tuple[ForcingPlanner, GoalGuide | None]:
+    """The Diffusion Forcing planner of ``cfg`` on a maze (``planner.mode=forcing``), with the goal
+    guide inside its guidance (``guidance=goal``; None when unguided): set the guide's goals
+    before each plan. Used by ``diffplan-evaluate`` and ``diffplan-bench``."""
+    goal_guide = GoalGuide(model.layout, model.normalizer, list(cfg.task.goal_obs_dims))
+    guidance = build_guidance(
+        cfg.guidance, model, device, goal_guide=goal_guide, clip_denoised=cfg.diffusion.clip_denoised
+    )
+    planner = ForcingPlanner(
+        model, diffusion=cfg.diffusion, execute=cfg.planner.execute, n_history=cfg.planner.n_history,
+        planner=cfg.planner, guidance=guidance, device=device,
+    )
+    return planner, goal_guide if guidance is not None else None
