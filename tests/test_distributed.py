@@ -159,8 +159,8 @@ def test_batch_size_not_divisible_by_the_world_size_fails_with_one_line(tmp_path
     write_hdf5(tmp_path / "walk.hdf5", random_walk_episodes(), {"task": "random-walk"})
     proc = torchrun(tmp_path, overrides(tmp_path, "bad", **{"train.batch_size": 7}))
     assert proc.returncode != 0
-    message = ("ValueError: train.batch_size=7 is not divisible by the world size 2 (torchrun --nproc-per-node); "
-               "set train.batch_size to a multiple of 2, e.g. train.batch_size=6\n")
+    message = ("diffplan-train: error: train.batch_size=7 is not divisible by the world size 2 (torchrun "
+               "--nproc-per-node); set train.batch_size to a multiple of 2, e.g. train.batch_size=6\n")
     assert message in proc.stdout + proc.stderr
     assert not (tmp_path / "bad" / "checkpoint.pt").exists()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +36,8 @@ def hydra_entry(run: Callable[[Config], Any], config_name: str = "config") -> Ca
         else:  # a torchrun rank > 0: rank 0 reports
             for name in ("", "diffplan"):
                 logging.getLogger(name).setLevel(logging.WARNING)
-        run(as_config(cfg))
+        with error_boundary():
+            run(as_config(cfg))
 
     def entry() -> None:
         if env_rank() > 0:
@@ -44,3 +46,34 @@ def hydra_entry(run: Callable[[Config], Any], config_name: str = "config") -> Ca
         _main()  # type: ignore[call-arg]  # hydra.main parses sys.argv
 
     return entry
+
+
+def command_name() -> str:
+    """The name the user typed: ``diffplan-evaluate`` for the console script and for
+    ``python -m diffplan.cli.evaluate`` alike."""
+    stem = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "diffplan"
+    return stem if stem.startswith("diffplan") else "diffplan-" + stem.replace("_", "-")
+
+
+class error_boundary:  # noqa: N801 - used as a context manager, like contextlib's
+    """Turn the package's own errors (``ValueError`` and its subclasses: bad settings, datasets,
+    checkpoints) and expected OS errors (a missing file, a read-only folder) into one line on
+    stderr, ``<command>: error: <message>``, and exit status 2, with no traceback.
+
+    ``HYDRA_FULL_ERROR=1`` lets the exception through with its traceback (for debugging), as it
+    does for Hydra's own errors. Anything else (a bug) is not caught.
+    """
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> bool:
+        if error is None or not isinstance(error, (ValueError, OSError)):
+            return False
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return False
+        message = " ".join(str(error).split()) or type(error).__name__
+        if isinstance(error, OSError) and error.filename and str(error.filename) not in message:
+            message = f"{message} ({error.filename})"
+        print(f"{command_name()}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,9 +75,40 @@ def evaluate_config(cfg: Config, out_dir: str | Path | None = None, extra: dict[
     with the top-level keys of ``extra`` added (e.g. a sweep's ``"cell"``); returns its path."""
     if out_dir is not None:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, out_dir=str(out_dir)))
+    check_evaluation(cfg)
     setup = prepare_evaluation(cfg)
     output = run_episodes(cfg, setup)
     return write_evaluation(cfg, setup, output, extra=extra)
+
+
+def check_evaluation(cfg: Config) -> None:
+    """Check the evaluation settings and the output folder before any model is loaded or episode run.
+
+    Raises:
+        ValueError: empty or negative ``eval.seeds``, ``eval.n_episodes`` or ``eval.n_envs`` < 1.
+        OSError: ``eval.out_dir`` cannot be created or written (a file in the way, a read-only
+            folder, a full disk).
+    """
+    seeds = list(cfg.eval.seeds)
+    if not seeds:
+        raise ValueError("eval.seeds is empty; give at least one evaluation seed, e.g. 'eval.seeds=[0,1,2]'")
+    bad = [seed for seed in seeds if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0]
+    if bad:
+        raise ValueError(f"eval.seeds must be integers >= 0, got {bad}; e.g. 'eval.seeds=[0,1,2]'")
+    for key in ("n_episodes", "n_envs"):
+        if getattr(cfg.eval, key) < 1:
+            raise ValueError(f"eval.{key} must be >= 1, got {getattr(cfg.eval, key)}")
+    out_dir = Path(cfg.eval.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"eval.out_dir={out_dir} is a file, not a folder; choose another eval.out_dir")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise OSError(
+            f"eval.out_dir={out_dir} cannot be written ({error.strerror or error}); choose a writable eval.out_dir"
+        ) from error
 
 
 def prepare_evaluation(cfg: Config, strengths: EnvStrengths | None = None) -> EvaluationSetup:
@@ -298,6 +330,12 @@ def write_evaluation(
     )
     if not setup.has_success:
         results["success_rate"] = None
+    if results["n_episodes"] and results["n_failed"] == results["n_episodes"]:
+        reason = next((e.get("reason") for e in results.get("episodes", []) if e.get("reason")), None)
+        raise ValueError(
+            f"every one of the {results['n_episodes']} episodes failed (first: {reason or 'no reason recorded'}); "
+            f"{Path(cfg.eval.out_dir) / 'results.json'} was not written"
+        )
     if extra:
         results.update(extra)
     path = write_json(Path(cfg.eval.out_dir) / "results.json", results)
