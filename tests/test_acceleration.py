@@ -5,8 +5,8 @@ EMA of the training loop against their per-tensor definitions."""
 from __future__ import annotations
 
 import copy
-import math
 import logging
+import math
 import shutil
 from pathlib import Path
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,8 @@ def command_name() -> str:
     return stem if stem.startswith("diffplan") else "diffplan-" + stem.replace("_", "-")
 
 
-class error_boundary:  # noqa: N801 - used as a context manager, like contextlib's
+@contextlib.contextmanager
+def error_boundary() -> Iterator[None]:
     """Turn the package's own errors (``ValueError`` and its subclasses: bad settings, datasets,
     checkpoints) and expected OS errors (a missing file, a read-only folder) into one line on
     stderr, ``<command>: error: <message>``, and exit status 2, with no traceback.
@@ -63,17 +65,13 @@ class error_boundary:  # noqa: N801 - used as a context manager, like contextlib
     ``HYDRA_FULL_ERROR=1`` lets the exception through with its traceback (for debugging), as it
     does for Hydra's own errors. Anything else (a bug) is not caught.
     """
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> bool:
-        if error is None or not isinstance(error, (ValueError, OSError)):
-            return False
+    try:
+        yield
+    except (ValueError, OSError) as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            return False
+            raise
         message = " ".join(str(error).split()) or type(error).__name__
         if isinstance(error, OSError) and error.filename and str(error.filename) not in message:
             message = f"{message} ({error.filename})"
         print(f"{command_name()}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
