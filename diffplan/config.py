@@ -7,6 +7,7 @@ override fails early with its full key and, for choices, the allowed values (enu
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -561,8 +562,29 @@ def to_container(cfg: DictConfig | Config) -> dict[str, Any]:
 
 
 def as_config(cfg: DictConfig | dict[str, Any]) -> Config:
-    """Typed object view of a composed config (validates against the schema)."""
+    """Typed object view of a composed config (validates against the schema).
+
+    Raises:
+        ValueError: a key the schema does not have (Hydra's ``+key=value`` adds any key).
+    """
     merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
     obj = OmegaConf.to_object(merged)
     assert isinstance(obj, Config)
+    unknown = unknown_keys(obj)
+    if unknown:
+        raise ValueError(
+            f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; check the spelling "
+            "(the keys of a section are listed by the command with --cfg job) and drop the override"
+        )
     return obj
+
+
+def unknown_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the attributes of a config dataclass (and those nested in it) that its schema lacks."""
+    if not dataclasses.is_dataclass(node) or isinstance(node, type):
+        return []
+    names = {f.name for f in dataclasses.fields(node)}
+    found = [f"{prefix}{key}" for key in vars(node) if key not in names]
+    for name in sorted(names):
+        found += unknown_keys(getattr(node, name), f"{prefix}{name}.")
+    return found

@@ -38,20 +38,26 @@ def _digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _evaluate(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    # The output of Hydra's own run record goes to a fresh folder per call, so the run's record stays.
-    args = [*tiny_overrides(tmp_path), f"hydra.run.dir={tmp_path / 'hydra-calls' / str(len(extra))}", *extra]
+def _command(
+    module: str, tmp_path: Path, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    # Hydra's record of each call goes to a fresh folder, so the run's own record stays as it was.
+    args = [*tiny_overrides(tmp_path), f"hydra.run.dir={tmp_path / 'hydra-calls' / module}", *extra]
     return subprocess.run(
-        [sys.executable, "-m", "diffplan.cli.evaluate", *args],
+        [sys.executable, "-m", f"diffplan.cli.{module}", *args],
         capture_output=True, text=True, cwd=tmp_path, timeout=300, env={**os.environ, **(env or {})},
     )
 
 
-def _one_line(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+def _evaluate(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return _command("evaluate", tmp_path, *extra, env=env)
+
+
+def _one_line(proc: subprocess.CompletedProcess[str], *needles: str, command: str = "diffplan-evaluate") -> str:
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("diffplan-evaluate: error: ")]
+    errors = [line for line in lines if line.startswith(f"{command}: error: ")]
     assert len(errors) == 1, proc.stderr[-2000:]
     for needle in needles:
         assert needle in errors[0], errors[0]
@@ -65,7 +71,9 @@ def _one_line(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
         ("eval.seeds=[-1]", ("eval.seeds must be integers >= 0", "[-1]")),
         ("eval.n_episodes=0", ("eval.n_episodes must be >= 1",)),
         ("eval.n_envs=0", ("eval.n_envs must be >= 1",)),
-        ("eval.checkpoint=nowhere/checkpoint.pt", ("nowhere/checkpoint.pt",)),
+        ("eval.checkpoint=nowhere/checkpoint.pt", ("nowhere/checkpoint.pt", "eval.checkpoint")),
+        ("task.episode_steps=-1", ("task.episode_steps must be >= 1", "-1")),
+        ("+eval.foo=1", ("unknown config key eval.foo",)),
     ],
 )
 def test_bad_evaluation_settings_give_one_line_and_keep_the_results(
@@ -102,3 +110,37 @@ def test_an_evaluation_whose_every_episode_failed_is_an_error_and_writes_nothing
         write_evaluation(cfg, setup, EvaluationOutput(episodes=failed, traces=[], plan_times_s=[], wall_time_s=0.1))
     assert results.read_bytes() == before
     assert json.loads(before)["n_failed"] == 0
+
+
+def _training_inputs(trained: Path) -> dict[str, str]:
+    return {**_digest(trained / "run"), "dataset": hashlib.sha256((trained / "umaze.hdf5").read_bytes()).hexdigest()}
+
+
+@pytest.mark.parametrize(
+    ("module", "override", "needles"),
+    [
+        ("train", "+train.foo=1", ("unknown config key train.foo",)),
+        ("train", "task=hopper-medium", ("key 'observations' has dimension 4", "11")),
+        ("train", "train.steps=0", ("train.steps must be >= 1",)),
+        ("train_value", "value.diffusion_checkpoint=nowhere/checkpoint.pt", ("nowhere", "value.diffusion_checkpoint")),
+    ],
+)
+def test_bad_training_input_gives_one_line_and_keeps_the_run(
+    trained: Path, module: str, override: str, needles: tuple[str, ...]
+) -> None:
+    before = _training_inputs(trained)
+    command = "diffplan-" + module.replace("_", "-")
+    _one_line(_command(module, trained, override), *needles, command=command)
+    assert _training_inputs(trained) == before
+
+
+def test_a_truncated_or_missing_dataset_gives_one_line(trained: Path) -> None:
+    truncated = trained / "truncated.hdf5"
+    truncated.write_bytes((trained / "umaze.hdf5").read_bytes()[:4096])
+    _one_line(_command("train", trained, f"task.dataset={truncated}", f"run_dir={trained / 'r1'}"),
+              str(truncated), command="diffplan-train")
+    folder = trained / "a-folder.hdf5"
+    folder.mkdir()
+    _one_line(_command("train", trained, f"task.dataset={folder}", f"run_dir={trained / 'r2'}"),
+              str(folder), command="diffplan-train")
+    assert not (trained / "r1" / "checkpoint.pt").exists() and not (trained / "r2" / "checkpoint.pt").exists()

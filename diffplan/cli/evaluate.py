@@ -85,7 +85,8 @@ def check_evaluation(cfg: Config) -> None:
     """Check the evaluation settings and the output folder before any model is loaded or episode run.
 
     Raises:
-        ValueError: empty or negative ``eval.seeds``, ``eval.n_episodes`` or ``eval.n_envs`` < 1.
+        ValueError: empty or negative ``eval.seeds``; ``eval.n_episodes``, ``eval.n_envs`` or
+            ``task.episode_steps`` < 1.
         OSError: ``eval.out_dir`` cannot be created or written (a file in the way, a read-only
             folder, a full disk).
     """
@@ -98,6 +99,10 @@ def check_evaluation(cfg: Config) -> None:
     for key in ("n_episodes", "n_envs"):
         if getattr(cfg.eval, key) < 1:
             raise ValueError(f"eval.{key} must be >= 1, got {getattr(cfg.eval, key)}")
+    if cfg.task.episode_steps < 1:
+        raise ValueError(
+            f"task.episode_steps must be >= 1 (environment steps per episode), got {cfg.task.episode_steps}"
+        )
     out_dir = Path(cfg.eval.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"eval.out_dir={out_dir} is a file, not a folder; choose another eval.out_dir")

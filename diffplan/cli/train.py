@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from diffplan.cli.common import hydra_entry
 from diffplan.config import Config
@@ -22,8 +23,11 @@ log = logging.getLogger(__name__)
 def run_train(cfg: Config) -> TrainSummary:
     """Train (resuming from ``run_dir/checkpoint.pt`` when it exists) and return a summary."""
     from diffplan_envs import MAZE_TASKS
+    from diffplan_envs.locomotion import get_locomotion_task, is_locomotion_task
 
-    task = MAZE_TASKS.get(cfg.task.name)
+    task: Any = MAZE_TASKS.get(cfg.task.name)
+    if task is None and is_locomotion_task(cfg.task.name):
+        task = get_locomotion_task(cfg.task.name)
     episodes = load_episodes(
         cfg.task.dataset,
         expected_obs_dim=task.obs_dim if task else None,

@@ -35,7 +35,7 @@ def run_train_value(cfg: Config) -> TrainSummary:
     """
     vc = cfg.value
     checkpoint = Path(vc.diffusion_checkpoint)
-    recorded = json.loads(load_checkpoint(checkpoint).get("dataset", "{}"))
+    recorded = json.loads(load_checkpoint(checkpoint, key="value.diffusion_checkpoint").get("dataset", "{}"))
     dataset = vc.dataset or recorded.get("path")
     if not dataset:
         raise CheckpointError(

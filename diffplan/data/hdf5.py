@@ -57,6 +57,14 @@ def _check_hdf5_file(path: str | os.PathLike[str]) -> Path:
             f"{file_path}: not an HDF5 file; pass a D4RL-layout .hdf5 file (or a Minari dataset "
             "as 'minari:<id>')."
         )
+    try:
+        with h5py.File(file_path, "r"):
+            pass
+    except OSError as error:
+        raise DatasetError(
+            f"{file_path}: cannot be opened as HDF5 ({' '.join(str(error).split())}); the file is damaged or "
+            "was cut short: write it again (diffplan-collect) or copy it anew"
+        ) from error
     return file_path
 
 

@@ -44,13 +44,16 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``torch.load(weights_only=True)``; clear errors for bad files."""
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", *, key: str = "eval.checkpoint"
+) -> dict[str, Any]:
+    """Read a checkpoint with ``torch.load(weights_only=True)``; clear errors for bad files.
+
+    ``key`` is the setting that names ``path``, for the message when it does not exist.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {path} does not exist; train first (diffplan-train) or set eval.checkpoint"
-        )
+        raise CheckpointError(f"checkpoint {path} does not exist; train first (diffplan-train) or set {key}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
