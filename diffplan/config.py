@@ -232,7 +232,8 @@ class PlannerConfig:
     # position/velocity dims) instead of running the planned actions (Diffusion Forcing's protocol).
     forcing_tracker: bool = False
     # Compute of the networks while planning (diffplan.acceleration): bfloat16 autocast for the
-    # denoiser and value network; compile runs them through torch.compile (eager fallback).
+    # denoiser and the guides' networks; compile runs the denoiser (and the locomotion planner's
+    # value network) through torch.compile (eager fallback).
     precision: Precision = Precision.float32
     compile: bool = False
 

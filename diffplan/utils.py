@@ -19,8 +19,8 @@ def select_device(name: str = "auto") -> torch.device:
 
     On CUDA, float32 matrix products and convolutions may use TF32 tensor cores (about 8x the
     float32 rate on Ampere and later, 10-bit mantissa products with float32 accumulation):
-    the networks here are trained and sampled in that mode, as PyTorch's own mixed-precision
-    guidance recommends for convolutional networks.
+    the networks here are trained and sampled in that mode. cuDNN's autotuner stays off, since
+    its choice of algorithm can change from run to run and with it the results.
     """
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -33,7 +33,6 @@ def select_device(name: str = "auto") -> torch.device:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
     return device
 
 

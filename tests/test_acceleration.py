@@ -226,3 +226,24 @@ def test_cosine_decay_in_training(episodes: Episodes, tmp_path: Path) -> None:
     # Warmup of 1 step, then the cosine from lr (step 1) towards 0 at step 5 = train.steps.
     expected = [lr, lr, lr * 0.5 * (1 + math.cos(math.pi / 4)), lr * 0.5, lr * 0.5 * (1 + math.cos(3 * math.pi / 4))]
     assert rates == pytest.approx(expected)
+
+
+def test_resuming_an_older_optimizer_state_keeps_the_fused_kernel() -> None:
+    from diffplan.training.loop import keep_implementation
+
+    net = nn.Linear(3, 2)
+    old = torch.optim.AdamW(net.parameters(), lr=1e-3, foreach=False)
+    net(torch.randn(4, 3)).sum().backward()
+    old.step()
+    fused = make_adamw(net.parameters(), lr=1e-3, weight_decay=0.0)
+    fused.load_state_dict(keep_implementation(old.state_dict(), fused))
+    assert fused.param_groups[0]["fused"] is True
+    assert fused.state_dict()["state"][0]["step"] == 1
+
+
+def test_a_wrapper_is_not_wrapped_again_and_holds_the_weights_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "compile", lambda module, **options: module)
+    net = nn.Linear(3, 2)
+    wrapper = compile_module(net, True, what="x")
+    assert compile_module(wrapper, True, what="x") is wrapper
+    assert set(wrapper.state_dict()) == {"module.weight", "module.bias"}

@@ -3,6 +3,7 @@ traceback, and no change to the files of an earlier successful run."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -106,10 +107,17 @@ def test_an_evaluation_whose_every_episode_failed_is_an_error_and_writes_nothing
     from diffplan.cli.evaluate import prepare_evaluation
 
     setup = prepare_evaluation(cfg)
+    output = EvaluationOutput(episodes=failed, traces=[], plan_times_s=[], wall_time_s=0.1)
     with pytest.raises(ValueError, match=r"every one of the 2 episodes failed \(first: planner raised: boom\)"):
-        write_evaluation(cfg, setup, EvaluationOutput(episodes=failed, traces=[], plan_times_s=[], wall_time_s=0.1))
+        write_evaluation(cfg, setup, output, refuse_all_failed=True)
     assert results.read_bytes() == before
     assert json.loads(before)["n_failed"] == 0
+    record = json.loads((results.parent / "results.failed.json").read_text())
+    assert record["n_failed"] == 2 and record["episodes"][0]["reason"] == "planner raised: boom"
+    # A sweep's cell (the default) is written as it is: a failed cell is a result of the sweep.
+    cell = write_evaluation(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, out_dir=str(trained / "cell"))),
+                            setup, output)
+    assert json.loads(cell.read_text())["n_failed"] == 2
 
 
 def _training_inputs(trained: Path) -> dict[str, str]:

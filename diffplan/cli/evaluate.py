@@ -66,19 +66,23 @@ class EvaluationSetup:
 
 def run_evaluate(cfg: Config) -> Path:
     """Evaluate ``eval.checkpoint`` (or the BC baseline) on ``task``; returns the path of results.json."""
-    return evaluate_config(cfg)
+    return evaluate_config(cfg, refuse_all_failed=True)
 
 
-def evaluate_config(cfg: Config, out_dir: str | Path | None = None, extra: dict[str, Any] | None = None) -> Path:
+def evaluate_config(
+    cfg: Config, out_dir: str | Path | None = None, extra: dict[str, Any] | None = None, *,
+    refuse_all_failed: bool = False,
+) -> Path:
     """Evaluate ``cfg`` and write results.json (and paths.png, episodes.npz) into ``out_dir``
     (default ``eval.out_dir``; the config written is the one with ``eval.out_dir = out_dir``),
-    with the top-level keys of ``extra`` added (e.g. a sweep's ``"cell"``); returns its path."""
+    with the top-level keys of ``extra`` added (e.g. a sweep's ``"cell"``); returns its path.
+    ``refuse_all_failed``: see :func:`write_evaluation`."""
     if out_dir is not None:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, out_dir=str(out_dir)))
     check_evaluation(cfg)
     setup = prepare_evaluation(cfg)
     output = run_episodes(cfg, setup)
-    return write_evaluation(cfg, setup, output, extra=extra)
+    return write_evaluation(cfg, setup, output, extra=extra, refuse_all_failed=refuse_all_failed)
 
 
 def check_evaluation(cfg: Config) -> None:
@@ -309,7 +313,8 @@ def run_episodes(
 
 
 def write_evaluation(
-    cfg: Config, setup: EvaluationSetup, output: EvaluationOutput, *, extra: dict[str, Any] | None = None
+    cfg: Config, setup: EvaluationSetup, output: EvaluationOutput, *, extra: dict[str, Any] | None = None,
+    refuse_all_failed: bool = False,
 ) -> Path:
     """Write ``output`` as ``eval.out_dir``/results.json (plus paths.png with ``eval.plots`` on
     mazes, episodes.npz with ``eval.save_episodes``), log the summary; returns the path.
@@ -318,6 +323,11 @@ def write_evaluation(
     ``extra`` adds top-level keys (a sweep's ``"cell"`` and ``"batched"``). ``eval.save_episodes``
     writes every traced episode's executed observations (and, except on locomotion tasks, which
     replan every step, its plans) to episodes.npz next to results.json.
+
+    ``refuse_all_failed`` (``diffplan-evaluate``): when every episode failed, the record goes to
+    ``results.failed.json`` (with each episode's reason), an earlier results.json stays as it
+    was, and a ValueError naming both is raised (the command exits non-zero). Sweeps keep the
+    default: a cell whose every episode failed is a result of the sweep, written as results.json.
     """
     from diffplan_envs.locomotion import is_locomotion_task
 
@@ -335,14 +345,15 @@ def write_evaluation(
     )
     if not setup.has_success:
         results["success_rate"] = None
-    if results["n_episodes"] and results["n_failed"] == results["n_episodes"]:
-        reason = next((e.get("reason") for e in results.get("episodes", []) if e.get("reason")), None)
-        raise ValueError(
-            f"every one of the {results['n_episodes']} episodes failed (first: {reason or 'no reason recorded'}); "
-            f"{Path(cfg.eval.out_dir) / 'results.json'} was not written"
-        )
     if extra:
         results.update(extra)
+    if refuse_all_failed and results["n_episodes"] and results["n_failed"] == results["n_episodes"]:
+        reason = next((e.get("reason") for e in results.get("episodes", []) if e.get("reason")), None)
+        failed = write_json(Path(cfg.eval.out_dir) / "results.failed.json", results)
+        raise ValueError(
+            f"every one of the {results['n_episodes']} episodes failed (first: {reason or 'no reason recorded'}); "
+            f"the record is in {failed}, and {failed.parent / 'results.json'} was not written"
+        )
     path = write_json(Path(cfg.eval.out_dir) / "results.json", results)
     if cfg.eval.save_episodes:
         from diffplan.evaluation.episodes import EPISODES_FILE

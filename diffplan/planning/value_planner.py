@@ -102,6 +102,10 @@ def value_guide(
 class ValuePlanner:
     """Plans from the current state by value-guided sampling and picks the best of K candidates.
 
+    With ``planner.compile`` the denoiser and a :class:`ValueGuide`'s network run through
+    ``torch.compile`` (the guide's ``value_net`` becomes the compiled wrapper, which shares its
+    parameters; a guide already wrapped stays as it is).
+
     Args:
         model: the trained diffusion model (observations and actions in its layout).
         guide: scores candidates (``objective`` at level 0) and, with ``guidance.kind =
@@ -111,10 +115,6 @@ class ValuePlanner:
         diffusion: planning-time sampler settings (kind, steps, eta, clipping).
         guidance: scale, steps and schedule of the guidance; ``kind = none`` samples
             unguided and only ranks the candidates by value.
-
-    With ``planner.compile`` the denoiser and a :class:`ValueGuide`'s network run through
-    ``torch.compile`` (the guide's ``value_net`` is replaced by the compiled wrapper, which
-    shares its parameters).
         device: where sampling runs.
     """
 

@@ -170,6 +170,17 @@ def rng_state(generator: torch.Generator) -> dict[str, Tensor]:
     return {"generator": generator.get_state(), "torch": torch.get_rng_state()}
 
 
+def keep_implementation(state: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``state`` (an optimizer state dict) with this optimizer's implementation flags (``fused``,
+    ``foreach``) in its parameter groups: ``load_state_dict`` takes the groups' settings from the
+    saved state, so a checkpoint written before the fused kernel was used would switch it off."""
+    groups = [
+        {**saved, **{flag: current[flag] for flag in ("fused", "foreach") if flag in current}}
+        for saved, current in zip(state["param_groups"], optimizer.param_groups, strict=False)
+    ]
+    return {**state, "param_groups": groups}
+
+
 def restore_training_state(
     payload: Mapping[str, Any],
     *,
@@ -185,7 +196,7 @@ def restore_training_state(
     """
     model.load_state_dict(payload["model"])
     ema.load_state_dict(payload["ema"])
-    optimizer.load_state_dict(payload["optimizer"])
+    optimizer.load_state_dict(keep_implementation(payload["optimizer"], optimizer))
     generator.set_state(payload["rng"]["generator"])
     torch.set_rng_state(payload["rng"]["torch"])
     saved_world, world = int(payload.get("world_size", 1)), distributed.world_size()
