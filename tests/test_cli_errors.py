@@ -152,3 +152,12 @@ def test_a_truncated_or_missing_dataset_gives_one_line(trained: Path) -> None:
     _one_line(_command("train", trained, f"task.dataset={folder}", f"run_dir={trained / 'r2'}"),
               str(folder), command="diffplan-train")
     assert not (trained / "r1" / "checkpoint.pt").exists() and not (trained / "r2" / "checkpoint.pt").exists()
+
+
+def test_collecting_into_a_folder_gives_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "data.hdf5"
+    folder.mkdir()
+    proc = _command("collect", tmp_path, f"task.dataset={folder}")
+    line = _one_line(proc, "is a folder", "pointmaze-umaze.hdf5", command="diffplan-collect")
+    assert f"task.dataset={folder}" in line
+    assert list(folder.iterdir()) == []

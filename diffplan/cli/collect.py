@@ -25,6 +25,11 @@ def run_collect(cfg: Config) -> Path:
     from diffplan_envs.locomotion import is_locomotion_task
 
     n_steps = cfg.collect.n_steps or cfg.task.dataset_steps
+    if Path(cfg.task.dataset).is_dir():
+        raise IsADirectoryError(
+            f"task.dataset={cfg.task.dataset} is a folder; give the path of the .hdf5 file to write, "
+            f"e.g. task.dataset={Path(cfg.task.dataset) / (cfg.task.name + '.hdf5')}"
+        )
     if is_locomotion_task(cfg.task.name):
         return _collect_locomotion(cfg, n_steps)
     if cfg.task.name not in MAZE_TASKS:
