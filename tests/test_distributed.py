@@ -132,7 +132,9 @@ def test_two_processes_match_one_process_with_the_full_batch(runs: Path) -> None
 
 def test_only_rank_0_writes_checkpoints_logs_and_progress(runs: Path) -> None:
     run = runs / "ddp"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "common.log", "hydra", "tb"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "logs", "tb"]
+    records = list((run / "logs").iterdir())
+    assert len(records) == 1 and (records[0] / "hydra" / "config.yaml").exists(), records
     assert len(list((run / "tb").iterdir())) == 1
     payload = torch.load(run / "checkpoint.pt", weights_only=True)
     assert payload["world_size"] == 2

@@ -18,9 +18,9 @@ from diffplan.training.distributed import env_rank
 
 #: The repository's conf/ folder (the package is installed in editable mode from the repo).
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-#: Hydra overrides of the ranks > 0 of a torchrun job: no copy of the config (``hydra/``) and no
-#: log file in the run folder, which rank 0 writes; their console output is kept.
-SECONDARY_RANK_OVERRIDES = ("hydra.output_subdir=null", "hydra/job_logging=stdout")
+#: Hydra overrides of the ranks > 0 of a torchrun job: no record folder, no copy of the config and
+#: no log file (rank 0 writes them); their console output is kept.
+SECONDARY_RANK_OVERRIDES = ("hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.run.dir=.")
 
 
 def hydra_entry(run: Callable[[Config], Any], config_name: str = "config") -> Callable[[], None]:
@@ -41,8 +41,10 @@ def hydra_entry(run: Callable[[Config], Any], config_name: str = "config") -> Ca
             run(as_config(cfg))
 
     def entry() -> None:
+        given = {arg.split("=", 1)[0].lstrip("+~") for arg in sys.argv[1:]}
+        if "hydra.job.name" not in given:  # names each invocation's record folder under run_dir/logs/
+            sys.argv.append(f"hydra.job.name={command_name()}")
         if env_rank() > 0:
-            given = {arg.split("=", 1)[0].lstrip("+~") for arg in sys.argv[1:]}
             sys.argv += [o for o in SECONDARY_RANK_OVERRIDES if o.split("=", 1)[0] not in given]
         _main()  # type: ignore[call-arg]  # hydra.main parses sys.argv
 
