@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -22,6 +23,8 @@ from diffplan.diffusion.sampler import SamplerKind, ScheduleMatrixKind
 from diffplan.diffusion.schedule import PredictionType, ScheduleKind
 from diffplan.guidance.base import GuidanceSchedule, GuideTarget
 
+#: The repository's conf/ folder, which the commands compose (the package is installed in editable mode).
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 class ModelKind(StrEnum):
     unet = "unet"

@@ -6,6 +6,7 @@ import hashlib
 import os
 import platform
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,3 +113,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def ensure_writable_folder(folder: str | Path, key: str) -> Path:
+    """Create ``folder`` if needed and check that a file can be written in it, before any work
+    whose results would go there is done.
+
+    Raises:
+        OSError: naming ``key`` (the setting or option that chose the folder), the folder and
+            the reason: a file in the way, a read-only folder, a full disk.
+    """
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{key}={path} is a file, not a folder; choose another {key}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        raise OSError(f"{key}={path} cannot be written ({error.strerror or error}); choose a writable {key}") from error
+    return path

@@ -10,9 +10,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import statistics
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ import torch
 from diffplan.acceleration import Precision
 from diffplan.bench.builders import build_trainer, build_value_planner, compose_config, episodes_for, random_model
 from diffplan.bench.presets import REFERENCE_HOPPER
+from diffplan.bench.timing import time_alternating
 from diffplan.utils import hardware_info
 
 
@@ -44,25 +44,15 @@ def main() -> None:
                                  data=episodes.transitions(trainers[precision.value].layout))
             planners[precision.value] = build_value_planner(variant, model, device)
         observations = torch.zeros(1, model.layout.obs_dim)
-        times: dict[str, list[float]] = {f"{kind}_{p}": [] for kind in ("plan_guided_s", "train_step_ms")
-                                         for p in planners}
-        for name, planner in planners.items():  # warm-up
-            planner.plan(observations, torch.Generator().manual_seed(0))
-            for _ in range(3):
-                trainers[name].train_step()
-        for _ in range(args.plans):
-            for name, planner in planners.items():
-                start = time.perf_counter()
-                planner.plan(observations, torch.Generator().manual_seed(0))
-                times[f"plan_guided_s_{name}"].append(time.perf_counter() - start)
-        for _ in range(args.steps):
-            for name, trainer in trainers.items():
-                start = time.perf_counter()
-                trainer.train_step()
-                times[f"train_step_ms_{name}"].append(1e3 * (time.perf_counter() - start))
-    rows = {
-        name: {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)} for name, v in times.items()
-    }
+
+        def plan(name: str) -> Callable[[], object]:
+            return lambda: planners[name].plan(observations, torch.Generator().manual_seed(0))
+
+        rows = {f"plan_guided_s_{name}": row for name, row in time_alternating(
+            {name: plan(name) for name in planners}, repeats=args.plans, warmup=1, device=device).items()}
+        rows |= {f"train_step_ms_{name}": row for name, row in time_alternating(
+            {name: trainer.train_step for name, trainer in trainers.items()}, repeats=args.steps, warmup=3,
+            device=device, scale=1e3).items()}
     for name, row in rows.items():
         print(f"{name:28s} {row['median']:8.3f} ({row['min']:.3f} .. {row['max']:.3f})")
     if args.out:

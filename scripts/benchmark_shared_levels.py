@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
+from diffplan.bench.timing import time_alternating
 from diffplan.models import unet as unet_module
 from diffplan.models import value as value_module
 from diffplan.models.unet import TemporalUnet, shared_levels
@@ -57,16 +56,8 @@ def main() -> None:
 
     cases = {"unet_forward_shared": forward, "unet_forward_per_token": per_token(forward),
              "value_grad_shared": value_gradient, "value_grad_per_token": per_token(value_gradient)}
-    times: dict[str, list[float]] = {name: [] for name in cases}
-    for call in cases.values():
-        for _ in range(3):
-            call()
-    for _ in range(args.repeats):
-        for name, call in cases.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(1e3 * (time.perf_counter() - start))
-    rows = {name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v)} for name, v in times.items()}
+    found = time_alternating(cases, repeats=args.repeats, warmup=3, device=torch.device("cpu"), scale=1e3)
+    rows = {name: {"median_ms": r["median"], "min_ms": r["min"], "max_ms": r["max"]} for name, r in found.items()}
     for name, row in rows.items():
         print(f"{name:26s} {row['median_ms']:6.1f} ms ({row['min_ms']:.1f} .. {row['max_ms']:.1f})")
     result = {

@@ -120,3 +120,32 @@ def test_reference_comparison_and_targets() -> None:
               "settings": {"precision": "float32", "compile": False, "repeats": 1}}
     table = format_table(result)
     assert "MET" in table and "MISSED" in table and "2.20x" in table
+
+
+def test_an_unwritable_output_is_refused_before_any_timing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import diffplan.bench
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the presets ran before the output folder was checked")
+
+    monkeypatch.setattr(diffplan.bench, "run_benchmark", must_not_run)
+    blocker = tmp_path / "results"
+    blocker.write_text("keep me")
+    assert main(["--quick", "--presets", "demo", "--out", str(blocker / "bench.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a file, not a folder" in err and str(blocker) in err
+    assert blocker.read_text() == "keep me"
+
+
+def test_alternating_timing_calls_each_run_in_turn() -> None:
+    from diffplan.bench.timing import time_alternating
+
+    calls: list[str] = []
+    rows = time_alternating({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1,
+                            device=torch.device("cpu"), scale=1e3)
+    assert calls == ["a", "b"] + ["a", "b"] * 3  # warm-up per run, then one call of each per repeat
+    assert set(rows) == {"a", "b"} and all(r["n"] == 3 and r["min"] <= r["median"] <= r["max"] for r in rows.values())
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        time_alternating({}, repeats=0, warmup=0, device=torch.device("cpu"))

@@ -10,28 +10,25 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from diffplan.config import Config, GuidanceKind, as_config, register_configs
+from diffplan.config import CONF_DIR, Config, GuidanceKind, as_config, register_configs
 from diffplan.data.episodes import Episodes
 from diffplan.data.layout import TrajectoryLayout
 from diffplan.data.normalizer import fit_normalizer
 from diffplan.diffusion.schedule import NoiseSchedule
-from diffplan.guidance import GoalGuide, GoalValueGuide, ValueGuide
+from diffplan.guidance import GoalGuide, GoalValueGuide, ValueGuide, build_guidance
 from diffplan.models.factory import build_denoiser
 from diffplan.models.value import build_value_net
+from diffplan.planning.forcing import ForcingPlanner, maze_forcing_planner
 from diffplan.planning.planner import GoalPlanner
 from diffplan.planning.value_planner import ValuePlanner
 from diffplan.training.checkpoint import TrainedModel
-
-if TYPE_CHECKING:
-    from diffplan.planning.forcing import ForcingPlanner
-    from diffplan.training.trainer import Trainer
+from diffplan.training.trainer import Trainer
 
 #: The ``path`` of models built here (no checkpoint behind them).
 RANDOM_WEIGHTS = Path("random-weights")
@@ -39,8 +36,6 @@ RANDOM_WEIGHTS = Path("random-weights")
 
 def compose_config(overrides: Sequence[str]) -> Config:
     """``conf/config.yaml`` with Hydra ``overrides``, validated against the schema."""
-    from diffplan.cli.common import CONF_DIR
-
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return as_config(compose("config", overrides=list(overrides)))
@@ -149,8 +144,6 @@ def build_goal_planner(cfg: Config, model: TrainedModel, device: torch.device) -
             model, planner=cfg.planner, diffusion=cfg.diffusion, goal_dims=cfg.task.goal_obs_dims, device=device,
             guidance=cfg.guidance,
         )
-    from diffplan.guidance import build_guidance
-
     # GoalPlanner loads guidance.value_checkpoint for kind=value: build it unguided, then attach
     # the guidance of a random goal-conditioned value network exactly as it would.
     planner = GoalPlanner(
@@ -171,14 +164,10 @@ def build_forcing_planner(
 ) -> tuple[ForcingPlanner, GoalGuide | None]:
     """``diffplan-evaluate``'s Diffusion Forcing planner (``planner.mode=forcing``) and the goal
     guide inside its guidance (None when unguided); set the guide's goals before planning."""
-    from diffplan.planning.forcing import maze_forcing_planner
-
     return maze_forcing_planner(cfg, model, device)
 
 
 def build_trainer(cfg: Config, episodes: Episodes, run_dir: str | Path) -> Trainer:
     """The real :class:`~diffplan.training.trainer.Trainer` of ``cfg`` on ``episodes`` (writes
     nothing until asked to save)."""
-    from diffplan.training.trainer import Trainer
-
     return Trainer(cfg, episodes, run_dir, {"path": "<synthetic benchmark data>", "sha256": None})

@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from diffplan.config import CONF_DIR
+
 #: Experiment presets plan for at most this many environments (the benchmark's time budget).
 MAX_ENVS = 16
 
@@ -80,11 +82,7 @@ EXPERIMENT_ORDER = ("demo", "umaze-ref", "medium-ref", "large-ref", "locomotion"
 
 def experiment_names(conf_dir: str | Path | None = None) -> list[str]:
     """The experiments shipped in ``conf/experiment/``, in :data:`EXPERIMENT_ORDER`."""
-    if conf_dir is None:
-        from diffplan.cli.common import CONF_DIR
-
-        conf_dir = CONF_DIR
-    names = sorted(path.stem for path in (Path(conf_dir) / "experiment").glob("*.yaml"))
+    names = sorted(path.stem for path in (Path(conf_dir or CONF_DIR) / "experiment").glob("*.yaml"))
     rank = {name: i for i, name in enumerate(EXPERIMENT_ORDER)}
     return sorted(names, key=lambda name: (rank.get(name, len(rank)), name))
 

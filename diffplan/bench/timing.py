@@ -83,3 +83,26 @@ def time_runs(
         synchronize(device)
         times.append((time.perf_counter() - start) / calls)
     return times
+
+
+def time_alternating(
+    runs: dict[str, Callable[[], Any]], *, repeats: int, warmup: int, device: torch.device, scale: float = 1.0
+) -> dict[str, dict[str, float]]:
+    """Median, min and max (seconds x ``scale``) of each of ``runs``, timed in turns: every
+    repeat calls each run once, so a drift of the machine's speed during the measurement
+    falls on all of them alike (compare variants this way, not in separate runs)."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            synchronize(device)
+            start = time.perf_counter()
+            run()
+            synchronize(device)
+            times[name].append(scale * (time.perf_counter() - start))
+    return {name: {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
+            for name, v in times.items()}

@@ -18,7 +18,6 @@ results/benchmarks/bench-<device>-<precision>[-compile].json).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -64,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from diffplan.bench import PresetError, Settings, format_table, run_benchmark, select_presets
-    from diffplan.utils import select_device
+    from diffplan.evaluation.results import write_json
+    from diffplan.utils import ensure_writable_folder, select_device
 
     for name in ("repeats", "warmup", "train_steps_per_run"):
         value = getattr(args, name)
@@ -102,11 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         compile=args.compile,
         threads=args.threads,
     )
+    out = args.out if args.out is not None else default_out(device, args.precision, args.compile)
+    try:  # before minutes of timing, not after
+        ensure_writable_folder(out.parent, "--out's folder")
+    except OSError as error:
+        return _fail(str(error))
     command = " ".join(["diffplan-bench", *(sys.argv[1:] if argv is None else argv)])
     result = run_benchmark(presets, settings, command=command, quick=args.quick)
-    out = args.out if args.out is not None else default_out(device, args.precision, args.compile)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(out, result)
     print()
     print(format_table(result))
     print(f"wrote {out}")

@@ -13,11 +13,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from diffplan.config import Config, as_config, register_configs
+from diffplan.config import CONF_DIR, Config, as_config, register_configs
 from diffplan.training.distributed import env_rank
 
-#: The repository's conf/ folder (the package is installed in editable mode from the repo).
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 #: Hydra overrides of the ranks > 0 of a torchrun job: no record folder, no copy of the config and
 #: no log file (rank 0 writes them); their console output is kept.
 SECONDARY_RANK_OVERRIDES = ("hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.run.dir=.")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from diffplan.planning.planner import GoalPlanner
 from diffplan.planning.policy import PlanningPolicy
 from diffplan.reporting.maze_plot import plot_maze_paths
 from diffplan.training.checkpoint import TrainedModel, load_trained_model
-from diffplan.utils import file_sha256, select_device
+from diffplan.utils import ensure_writable_folder, file_sha256, select_device
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ def check_evaluation(cfg: Config) -> None:
         ValueError: empty or negative ``eval.seeds``; ``eval.n_episodes``, ``eval.n_envs`` or
             ``task.episode_steps`` < 1.
         OSError: ``eval.out_dir`` cannot be created or written (a file in the way, a read-only
-            folder, a full disk).
+            folder, a full disk; :func:`~diffplan.utils.ensure_writable_folder`).
     """
     seeds = list(cfg.eval.seeds)
     if not seeds:
@@ -107,17 +106,7 @@ def check_evaluation(cfg: Config) -> None:
         raise ValueError(
             f"task.episode_steps must be >= 1 (environment steps per episode), got {cfg.task.episode_steps}"
         )
-    out_dir = Path(cfg.eval.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"eval.out_dir={out_dir} is a file, not a folder; choose another eval.out_dir")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".write-check-"):
-            pass
-    except OSError as error:
-        raise OSError(
-            f"eval.out_dir={out_dir} cannot be written ({error.strerror or error}); choose a writable eval.out_dir"
-        ) from error
+    ensure_writable_folder(cfg.eval.out_dir, "eval.out_dir")
 
 
 def prepare_evaluation(cfg: Config, strengths: EnvStrengths | None = None) -> EvaluationSetup:
