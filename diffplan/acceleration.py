@@ -34,19 +34,6 @@ class Precision(StrEnum):
     bfloat16 = "bfloat16"
 
 
-def check_precision(value: str, key: str) -> Precision:
-    """``value`` as a :class:`Precision`.
-
-    Raises:
-        ValueError: naming ``key``, the value and the allowed ones.
-    """
-    try:
-        return Precision(value)
-    except ValueError:
-        allowed = ", ".join(p.value for p in Precision)
-        raise ValueError(f"{key}={value!r} is not a precision; use one of {allowed}") from None
-
-
 @contextlib.contextmanager
 def autocast(precision: Precision | str, device: torch.device | str) -> Iterator[None]:
     """Run the enclosed network calls at ``precision`` on ``device``'s type (a no-op for float32)."""

@@ -234,8 +234,8 @@ class PlannerConfig:
     # mode=forcing: follow the planned states with the PD tracker (p_gain, d_gain; the task's
     # position/velocity dims) instead of running the planned actions (Diffusion Forcing's protocol).
     forcing_tracker: bool = False
-    # Compute of the networks while planning (diffplan.acceleration): bfloat16 autocast for the
-    # denoiser and the guides' networks; compile runs the denoiser (and the locomotion planner's
+    # Compute of the networks while planning and generating (diffplan.acceleration): bfloat16
+    # autocast for the denoiser and the guides' networks; compile runs the denoiser (and the locomotion planner's
     # value network) through torch.compile (eager fallback).
     precision: Precision = Precision.float32
     compile: bool = False

@@ -15,7 +15,7 @@ import torch
 from data_fixtures import random_walk_episodes
 from torch import nn
 
-from diffplan.acceleration import CompiledModule, Precision, autocast, check_precision, compile_module
+from diffplan.acceleration import CompiledModule, Precision, autocast, compile_module
 from diffplan.config import Config, DiffusionConfig, LrDecay, ModelConfig, PlannerConfig, TaskConfig, TrainConfig
 from diffplan.data import Episodes, LimitsNormalizer, TrajectoryLayout, load_hdf5, write_hdf5
 from diffplan.diffusion.schedule import NoiseSchedule
@@ -76,10 +76,21 @@ def test_autocast_runs_convolutions_in_bfloat16() -> None:
         assert conv(x).dtype == torch.bfloat16
 
 
-def test_precision_names_are_checked() -> None:
-    assert check_precision("bfloat16", "planner.precision") is Precision.bfloat16
-    with pytest.raises(ValueError, match=r"planner.precision='fp8' is not a precision; use one of float32, bfloat16"):
-        check_precision("fp8", "planner.precision")
+@pytest.mark.parametrize("key", ["train.precision", "planner.precision", "value.precision", "train.lr_decay"])
+def test_the_new_settings_are_checked_when_the_config_is_composed(key: str) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ValidationError
+
+    from diffplan.config import CONF_DIR, register_configs
+
+    register_configs()
+    allowed = "cosine" if key.endswith("lr_decay") else "bfloat16"
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"), pytest.raises(
+        (ConfigCompositionException, ValidationError), match=key.split(".")[1]
+    ) as caught:
+        compose("config", overrides=[f"{key}=fp8"])
+    assert allowed in str(caught.value) + str(caught.value.__cause__)
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler")

@@ -177,3 +177,19 @@ def test_the_first_regenerated_set_is_unguided(reward_model: tuple[TrainedModel,
     plain = generate(setup.model, setup.sampler, setup.matrix, setup.episodes.observations,
                      dataclasses.replace(setup.spec, seed=12))
     assert guided["actions"].mean() > plain["actions"].mean()
+
+
+def test_generation_follows_planner_precision(reward_model: tuple[TrainedModel, Path]) -> None:
+    """planner.precision reaches the generator's sampler: bfloat16 gives float32 transitions close to float32's."""
+    from diffplan.cli.generate import generation_setup
+
+    _, folder = reward_model
+    base = ["train.model_rewards=true", "train.model_terminals=true", "generate.n_trajectories=3", "generate.length=5"]
+    exact = generation_setup(tiny_locomotion_config(folder, base))
+    low = generation_setup(tiny_locomotion_config(folder, [*base, "planner.precision=bfloat16"]))
+    assert exact.sampler.precision.value == "float32" and low.sampler.precision.value == "bfloat16"
+    a = generate(exact.model, exact.sampler, exact.matrix, exact.episodes.observations, exact.spec)
+    b = generate(low.model, low.sampler, low.matrix, low.episodes.observations, low.spec)
+    assert b["observations"].dtype == a["observations"].dtype
+    assert not np.array_equal(a["observations"], b["observations"])
+    np.testing.assert_allclose(b["observations"], a["observations"], atol=0.5)

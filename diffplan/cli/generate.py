@@ -117,7 +117,7 @@ def generation_setup(cfg: Config) -> GenerationSetup:
                           seed=gc.seed, terminal_threshold=gc.terminal_threshold,
                           action_low=float(episodes.actions.min()), action_high=float(episodes.actions.max()))
     spec.check(model)
-    sampler, matrix = planning_sampler(model, cfg.diffusion)
+    sampler, matrix = planning_sampler(model, cfg.diffusion, precision=cfg.planner.precision)
     return GenerationSetup(model, sampler, matrix.to(device), episodes, spec, device)
 
 
