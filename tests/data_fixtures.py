@@ -1,11 +1,17 @@
-"""A tiny dataset shared by the training tests: three 30-step episodes of a smooth random walk."""
+"""Small shared fixtures: a tiny dataset (three 30-step episodes of a smooth random walk) and a
+tiny random-weight maze planning model."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from diffplan.data import Episodes
+
+if TYPE_CHECKING:
+    from diffplan.training.checkpoint import TrainedModel
 
 OBS_DIM, ACT_DIM = 4, 2
 
@@ -35,3 +41,23 @@ def training_state(trainer: object) -> dict[str, torch.Tensor]:
     for index, state in trainer.optimizer.state_dict()["state"].items():  # type: ignore[attr-defined]
         out.update({f"opt.{index}.{k}": v for k, v in state.items()})
     return out
+
+
+def tiny_maze_model(horizon: int) -> TrainedModel:
+    """A random-weight U-Net (dim 8, mults 1-2) over 4 observations (position in [-2, 3], velocity
+    in [-1, 1]) and 2 actions in [-1, 1], limits normalizer, 10 levels: for planning tests."""
+    from pathlib import Path
+
+    from diffplan.config import Config
+    from diffplan.data import LimitsNormalizer, TrajectoryLayout
+    from diffplan.diffusion.schedule import NoiseSchedule
+    from diffplan.models.unet import TemporalUnet
+    from diffplan.training.checkpoint import TrainedModel
+
+    layout = TrajectoryLayout(obs_dim=OBS_DIM, act_dim=ACT_DIM)
+    torch.manual_seed(0)
+    denoiser = TemporalUnet(transition_dim=layout.transition_dim, horizon=horizon, dim=8, dim_mults=(1, 2)).eval()
+    mins = torch.tensor([-2.0, -2.0, -1.0, -1.0, -1.0, -1.0])
+    maxs = torch.tensor([3.0, 3.0, 1.0, 1.0, 1.0, 1.0])
+    return TrainedModel(denoiser=denoiser, schedule=NoiseSchedule(10), normalizer=LimitsNormalizer(mins, maxs),
+                        layout=layout, config=Config(), horizon=horizon, step=0, path=Path("memory"))

@@ -12,14 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_fixtures import random_walk_episodes
+from data_fixtures import random_walk_episodes, tiny_maze_model
 from torch import nn
 
 from diffplan.acceleration import CompiledModule, Precision, autocast, compile_module
 from diffplan.config import Config, DiffusionConfig, LrDecay, ModelConfig, PlannerConfig, TaskConfig, TrainConfig
-from diffplan.data import Episodes, LimitsNormalizer, TrajectoryLayout, load_hdf5, write_hdf5
-from diffplan.diffusion.schedule import NoiseSchedule
-from diffplan.models.unet import TemporalUnet
+from diffplan.data import Episodes, TrajectoryLayout, load_hdf5, write_hdf5
 from diffplan.planning.planner import GoalPlanner
 from diffplan.training.checkpoint import TrainedModel
 from diffplan.training.loop import make_adamw, update_ema, warmup_lr
@@ -38,12 +36,7 @@ COMPILE_PLAN_ATOL = 1e-4
 
 @pytest.fixture(scope="module")
 def model() -> TrainedModel:
-    torch.manual_seed(0)
-    denoiser = TemporalUnet(transition_dim=LAYOUT.transition_dim, horizon=H, dim=8, dim_mults=(1, 2)).eval()
-    mins = torch.tensor([-2.0, -2.0, -1.0, -1.0, -1.0, -1.0])
-    maxs = torch.tensor([3.0, 3.0, 1.0, 1.0, 1.0, 1.0])
-    return TrainedModel(denoiser=denoiser, schedule=NoiseSchedule(10), normalizer=LimitsNormalizer(mins, maxs),
-                        layout=LAYOUT, config=Config(), horizon=H, step=0, path=Path("memory"))
+    return tiny_maze_model(H)
 
 
 def _plan(model: TrainedModel, **planner: object) -> torch.Tensor:

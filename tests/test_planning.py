@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from data_fixtures import tiny_maze_model
 
-from diffplan.config import Config, DiffusionConfig, ExecutionMode, PlannerConfig, Selection, Tracking
-from diffplan.data import LimitsNormalizer, TrajectoryLayout
-from diffplan.diffusion.schedule import NoiseSchedule
-from diffplan.models.unet import TemporalUnet
+from diffplan.config import DiffusionConfig, ExecutionMode, PlannerConfig, Selection, Tracking
+from diffplan.data import TrajectoryLayout
 from diffplan.planning.planner import GoalPlanner, Plan, select_candidates
 from diffplan.planning.policy import PlanningPolicy
 from diffplan.training.checkpoint import TrainedModel
@@ -22,13 +19,7 @@ H = 8
 
 @pytest.fixture(scope="module")
 def model() -> TrainedModel:
-    torch.manual_seed(0)
-    denoiser = TemporalUnet(transition_dim=LAYOUT.transition_dim, horizon=H, dim=8, dim_mults=(1, 2)).eval()
-    # Position in [-2, 3], velocity in [-1, 1], actions in [-1, 1].
-    mins = torch.tensor([-2.0, -2.0, -1.0, -1.0, -1.0, -1.0])
-    maxs = torch.tensor([3.0, 3.0, 1.0, 1.0, 1.0, 1.0])
-    return TrainedModel(denoiser=denoiser, schedule=NoiseSchedule(10), normalizer=LimitsNormalizer(mins, maxs),
-                        layout=LAYOUT, config=Config(), horizon=H, step=0, path=Path("memory"))
+    return tiny_maze_model(H)
 
 
 def _planner(model: TrainedModel, n_candidates: int = 1, sampler: str = "ddim",
