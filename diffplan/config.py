@@ -23,8 +23,9 @@ from diffplan.diffusion.sampler import SamplerKind, ScheduleMatrixKind
 from diffplan.diffusion.schedule import PredictionType, ScheduleKind
 from diffplan.guidance.base import GuidanceSchedule, GuideTarget
 
-#: The repository's conf/ folder, which the commands compose (the package is installed in editable mode).
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+#: The shipped configs the commands compose: ``diffplan/conf`` in an installed package (the wheel holds
+#: copies), a link to the repository's top-level ``conf/`` in a clone.
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")
 
 class ModelKind(StrEnum):
     unet = "unet"
@@ -119,6 +120,10 @@ class TaskConfig:
     # hopper 400, walker2d 550, halfcheetah 1200), see diffplan.data.returns.
     return_scale: float = 1.0
     return_discount: float = 0.99
+    # Reference returns that normalize scores to 0 (ref_min) and 100 (ref_max); null: the dataset's
+    # own, else D4RL's for locomotion (diffplan.evaluation.reference).
+    ref_min: float | None = None
+    ref_max: float | None = None
 
 
 @dataclass

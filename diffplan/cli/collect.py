@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from diffplan.cli.common import hydra_entry
+from diffplan.cli.common import CommandHelp, hydra_entry
 from diffplan.config import Config
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,20 @@ def _collect_locomotion(cfg: Config, n_steps: int) -> Path:
     return paths.get(task.level, next(iter(paths.values())))
 
 
-main = hydra_entry(run_collect)
+main = hydra_entry(run_collect, help=CommandHelp(
+    options=(
+        "task.name",
+        "task.dataset",
+        "collect.n_steps",
+        "collect.seed",
+        "collect.n_envs",
+        "collect.levels",
+    ),
+    examples=(
+        "diffplan-collect task=pointmaze-medium",
+        "diffplan-collect task=hopper-medium collect.n_steps=100000",
+    ),
+))
 
 if __name__ == "__main__":
     main()

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from diffplan.config import CONF_DIR, Config, as_config, register_configs
+from diffplan.extras import MissingExtraError
 from diffplan.training.distributed import env_rank
 
 #: Hydra overrides of the ranks > 0 of a torchrun job: no record folder, no copy of the config and
@@ -21,12 +24,28 @@ from diffplan.training.distributed import env_rank
 SECONDARY_RANK_OVERRIDES = ("hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.run.dir=.")
 
 
-def hydra_entry(run: Callable[[Config], Any], config_name: str = "config") -> Callable[[], None]:
+@dataclass(frozen=True)
+class CommandHelp:
+    """What ``<command> --help`` prints besides the summary (the first paragraph of the command
+    module's docstring): the main settings, shown with their values after the user's overrides,
+    and examples."""
+
+    options: tuple[str, ...]
+    examples: tuple[str, ...]
+
+
+def hydra_entry(
+    run: Callable[[Config], Any], config_name: str = "config", help: CommandHelp | None = None
+) -> Callable[[], None]:
     """Wrap ``run(cfg)`` as a Hydra command reading ``conf/<config_name>.yaml``.
 
+    Before Hydra starts (and writes its record folder), the overrides are composed and validated:
+    a bad override (unknown key or option, unparsable value, out-of-range setting) gives one line
+    and exit status 2. ``--help`` prints :func:`command_help`; ``--hydra-help`` Hydra's own.
     Under torchrun the ranks > 0 log warnings and errors only and write no Hydra files.
     """
     register_configs()
+    summary = _summary(run)
 
     @hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")
     def _main(cfg: DictConfig) -> None:
@@ -39,7 +58,15 @@ def hydra_entry(run: Callable[[Config], Any], config_name: str = "config") -> Ca
             run(as_config(cfg))
 
     def entry() -> None:
-        given = {arg.split("=", 1)[0].lstrip("+~") for arg in sys.argv[1:]}
+        args = sys.argv[1:]
+        if "--help" in args or "-h" in args:
+            with error_boundary():
+                print(command_help(command_name(), summary, config_name, help, _config_overrides(args)))
+            return
+        if not _is_multirun(args):  # (or a flag that only prints)
+            with error_boundary():
+                preflight(config_name, _config_overrides(args))
+        given = {arg.split("=", 1)[0].lstrip("+~") for arg in args}
         if "hydra.job.name" not in given:  # names each invocation's record folder under run_dir/logs/
             sys.argv.append(f"hydra.job.name={command_name()}")
         if env_rank() > 0:
@@ -47,6 +74,138 @@ def hydra_entry(run: Callable[[Config], Any], config_name: str = "config") -> Ca
         _main()  # type: ignore[call-arg]  # hydra.main parses sys.argv
 
     return entry
+
+
+def _summary(run: Callable[..., Any]) -> str:
+    """The first paragraph of the docstring of ``run``'s module, without its ````command````: prefix."""
+    doc = inspect.getdoc(sys.modules[run.__module__]) or ""
+    first = " ".join(doc.split("\n\n", 1)[0].split())
+    return first.split(": ", 1)[1] if first.startswith("``") and ": " in first else first
+
+
+#: Hydra flags that take a value (``--cfg job``), and flags after which the preflight check is left to
+#: Hydra: multiruns (their overrides are sweeps), another config, and the flags that only print.
+_VALUED_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                 "--config-dir", "-cd", "--experimental-rerun", "--info", "-i", "--shell-completion", "-sc"}
+_HYDRA_HANDLES = {"-m", "--multirun", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
+                  "--cfg", "-c", "--info", "-i", "--hydra-help", "--version", "--shell-completion", "-sc",
+                  "--experimental-rerun"}
+
+
+def _is_multirun(args: list[str]) -> bool:
+    """Whether Hydra, not the preflight check, deals with these arguments (see ``_HYDRA_HANDLES``)."""
+    return any(a.split("=", 1)[0] in _HYDRA_HANDLES for a in args)
+
+
+def _config_overrides(args: list[str]) -> list[str]:
+    """The overrides of the run's config: not flags or their values, not Hydra's own settings."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg.startswith("-"):
+            skip = arg in _VALUED_FLAGS
+        elif not arg.lstrip("+~").startswith(("hydra.", "hydra/")):
+            kept.append(arg)
+    return kept
+
+
+def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+    """``conf/<config_name>.yaml`` with ``overrides``, composed as the command would compose it.
+
+    Raises:
+        ValueError: an override Hydra cannot apply, in one line naming it and the fix.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose(config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ValueError(_override_error(error, overrides)) from None
+
+
+def preflight(config_name: str, overrides: list[str]) -> Config:
+    """Compose and validate the command's config without running anything; the typed config."""
+    return as_config(compose_config(config_name, overrides))
+
+
+def _override_error(error: Exception, overrides: list[str]) -> str:
+    """One line for a Hydra composition error: the override, what is wrong, the fix."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    text = str(error)
+    if isinstance(error, MissingConfigException) and "Could not find '" in text:
+        group, option = text.split("Could not find '", 1)[1].split("'", 1)[0].rsplit("/", 1)
+        options = config_options(group)
+        if options:
+            return f"{group}={option} is not an option of the config group {group}; use one of: {', '.join(options)}"
+        return f"{group} is not a config group; the groups are: {', '.join(config_groups())}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if text.startswith("Could not override '"):
+        key = text.split("'", 2)[1]
+        return f"unknown config key {key}; check the spelling (the keys are listed by --cfg job) and drop the override"
+    if text.startswith("Error merging override "):
+        cause = str(error.__cause__ or "").strip().splitlines()
+        detail = cause[0] if cause else (lines[1] if len(lines) > 1 else "a value the setting does not take")
+        return f"{lines[0].removeprefix('Error merging override ')}: {detail}; give a value of the setting's type"
+    if isinstance(error, OverrideParseException):
+        bad = next((o for o in overrides if not _parses(o)), " ".join(overrides))
+        detail = next((line for line in lines if not line.startswith(("Error parsing", "See https"))), "")
+        return (f"cannot parse the override {bad!r}: {detail}; each override is key=value, e.g. train.steps=1000 "
+                "or task=pointmaze-medium (quote values with brackets or spaces for the shell)")
+    kept = [line for line in lines if not line.startswith(("full_key", "reference_type", "object_type", "See https"))]
+    return "; ".join(kept) or type(error).__name__
+
+
+def _parses(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        OverridesParser.create().parse_overrides([override])
+    except OverrideParseException:
+        return False
+    return True
+
+
+def config_groups() -> list[str]:
+    """The config groups under ``conf/`` (Hydra's own excepted)."""
+    return sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir() and p.name != "hydra")
+
+
+def config_options(group: str) -> list[str]:
+    """The options of config group ``group`` (the YAML files of ``conf/<group>/``)."""
+    folder = Path(CONF_DIR) / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def command_help(
+    command: str, summary: str, config_name: str, help: CommandHelp | None, overrides: list[str]
+) -> str:
+    """``<command> --help``: what it does, its main settings with their values (after ``overrides``),
+    the config groups and their options, examples, and where the complete config is shown."""
+    cfg = compose_config(config_name, overrides)
+    lines = [f"{command}: {summary}", "", f"usage: {command} [key=value ...] [group=option ...] [+experiment=<name>]"]
+    if help is not None and help.options:
+        lines += ["", "Main settings (current value):"]
+        width = max(len(key) for key in help.options)
+        for key in help.options:
+            value = OmegaConf.select(cfg, key, default="?")
+            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            lines.append(f"  {key.ljust(width)}  {shown}")
+    lines += ["", "Config groups (group=option):"]
+    for group in config_groups():
+        lines.append(f"  {group}: {', '.join(config_options(group))}")
+    if help is not None and help.examples:
+        lines += ["", "Examples:", *(f"  {example}" for example in help.examples)]
+    lines += ["", f"Every setting: {command} --cfg job [overrides]. Hydra's flags: {command} --hydra-help.",
+              "HYDRA_FULL_ERROR=1 shows the traceback of an error."]
+    return "\n".join(lines)
 
 
 def command_name() -> str:
@@ -59,7 +218,8 @@ def command_name() -> str:
 @contextlib.contextmanager
 def error_boundary() -> Iterator[None]:
     """Turn the package's own errors (``ValueError`` and its subclasses: bad settings, datasets,
-    checkpoints) and expected OS errors (a missing file, a read-only folder) into one line on
+    checkpoints), expected OS errors (a missing file, a read-only folder) and a missing optional
+    dependency into one line on
     stderr, ``<command>: error: <message>``, and exit status 2, with no traceback.
 
     ``HYDRA_FULL_ERROR=1`` lets the exception through with its traceback (for debugging), as it
@@ -67,7 +227,7 @@ def error_boundary() -> Iterator[None]:
     """
     try:
         yield
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, MissingExtraError) as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         message = " ".join(str(error).split()) or type(error).__name__

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from diffplan.cli.collect import run_collect
-from diffplan.cli.common import hydra_entry
+from diffplan.cli.common import CommandHelp, hydra_entry
 from diffplan.cli.evaluate import run_evaluate
 from diffplan.cli.train import run_train
 from diffplan.config import Config
@@ -45,7 +45,20 @@ def run_demo(cfg: Config) -> Path:
     return report
 
 
-main = hydra_entry(run_demo, config_name="demo")
+main = hydra_entry(run_demo, config_name="demo", help=CommandHelp(
+    options=(
+        "task.name",
+        "run_dir",
+        "collect.n_steps",
+        "train.steps",
+        "eval.n_episodes",
+        "eval.seeds",
+    ),
+    examples=(
+        "diffplan-demo",
+        "diffplan-demo run_dir=runs/demo-long train.steps=20000",
+    ),
+))
 
 if __name__ == "__main__":
     main()

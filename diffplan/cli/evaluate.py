@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffplan.cli.common import hydra_entry
+from diffplan.cli.common import CommandHelp, hydra_entry
 from diffplan.config import Config, EvalPolicy, ExecutionMode, GuidanceKind, to_container
 from diffplan.data.hdf5 import reference_scores
 from diffplan.data.layout import TrajectoryLayout
@@ -364,7 +364,28 @@ def write_evaluation(
     return path
 
 
-main = hydra_entry(run_evaluate)
+main = hydra_entry(run_evaluate, help=CommandHelp(
+    options=(
+        "task.name",
+        "run_dir",
+        "eval.checkpoint",
+        "eval.policy",
+        "eval.n_episodes",
+        "eval.n_envs",
+        "eval.seeds",
+        "eval.out_dir",
+        "planner.mode",
+        "guidance.kind",
+        "guidance.scale",
+        "guidance.policy",
+        "eval.device",
+    ),
+    examples=(
+        "diffplan-evaluate task=pointmaze-umaze",
+        "diffplan-evaluate task=hopper-medium planner=value guidance=value guidance.scale=0.1",
+        "diffplan-evaluate task=pointmaze-umaze eval.seeds=[4,5,6] eval.out_dir=runs/umaze/eval-heldout",
+    ),
+))
 
 if __name__ == "__main__":
     main()

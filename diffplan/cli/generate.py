@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffplan.cli.common import hydra_entry
+from diffplan.cli.common import CommandHelp, hydra_entry
 from diffplan.config import Config, GuidanceKind, to_container
 from diffplan.data.episodes import Episodes
 from diffplan.data.hdf5 import write_hdf5
@@ -195,7 +195,22 @@ def run_generate(cfg: Config) -> Path:
     return out
 
 
-main = hydra_entry(run_generate)
+main = hydra_entry(run_generate, help=CommandHelp(
+    options=(
+        "task.name",
+        "run_dir",
+        "guidance.kind",
+        "guidance.policy",
+        "generate.n_trajectories",
+        "generate.length",
+        "generate.out",
+        "generate.device",
+    ),
+    examples=(
+        "diffplan-generate task=hopper-medium guidance=policy "
+        "guidance.policy=td3bc:runs/hopper-medium/offline-td3bc/checkpoint.pt",
+    ),
+))
 
 if __name__ == "__main__":
     main()

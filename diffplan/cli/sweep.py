@@ -12,10 +12,25 @@ batched and sequential sweeps share.
 
 from __future__ import annotations
 
-from diffplan.cli.common import hydra_entry
+from diffplan.cli.common import CommandHelp, hydra_entry
 from diffplan.sweep.runner import run_sweep
 
-main = hydra_entry(run_sweep)
+main = hydra_entry(run_sweep, help=CommandHelp(
+    options=(
+        "task.name",
+        "run_dir",
+        "sweep.name",
+        "sweep.out_dir",
+        "sweep.batched",
+        "sweep.report",
+        "eval.seeds",
+        "eval.n_episodes",
+    ),
+    examples=(
+        "diffplan-sweep task=pointmaze-umaze guidance=goal sweep=maze-goal",
+        "diffplan-sweep -m hydra/launcher=joblib guidance=goal sweep=maze-goal 'sweep.cells_index=range(0,5)'",
+    ),
+))
 
 if __name__ == "__main__":
     main()

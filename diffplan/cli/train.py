@@ -7,33 +7,25 @@ Data-parallel over N processes: ``torchrun --nproc-per-node N -m diffplan.cli.tr
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any
 
-from diffplan.cli.common import hydra_entry
+from diffplan.cli.common import CommandHelp, hydra_entry
 from diffplan.config import Config
-from diffplan.data.loading import load_episodes
+from diffplan.data.identity import dataset_record
+from diffplan.data.loading import load_task_episodes
 from diffplan.training import distributed
 from diffplan.training.trainer import Trainer, TrainSummary
-from diffplan.utils import file_sha256
 
 log = logging.getLogger(__name__)
 
 
 def run_train(cfg: Config) -> TrainSummary:
-    """Train (resuming from ``run_dir/checkpoint.pt`` when it exists) and return a summary."""
-    from diffplan_envs import MAZE_TASKS
-    from diffplan_envs.locomotion import get_locomotion_task, is_locomotion_task
+    """Train (resuming from ``run_dir/checkpoint.pt`` when it exists) and return a summary.
 
-    task: Any = MAZE_TASKS.get(cfg.task.name)
-    if task is None and is_locomotion_task(cfg.task.name):
-        task = get_locomotion_task(cfg.task.name)
-    episodes = load_episodes(
-        cfg.task.dataset,
-        expected_obs_dim=task.obs_dim if task else None,
-        expected_act_dim=task.act_dim if task else None,
-    )
-    dataset_info = {"path": str(Path(cfg.task.dataset).resolve()), "sha256": file_sha256(cfg.task.dataset)}
+    ``task.dataset`` is a .hdf5 file (the project's or D4RL's layout), ``minari:<id>`` or a Minari
+    dataset folder; the checkpoint records its identity (:func:`diffplan.data.identity.dataset_record`).
+    """
+    episodes = load_task_episodes(cfg.task.dataset, cfg.task.name)
+    dataset_info = dataset_record(cfg.task.dataset, episodes)
     with distributed.session(cfg.train.device):
         trainer = Trainer(cfg, episodes, cfg.run_dir, dataset_info)
         summary = trainer.train()
@@ -45,7 +37,29 @@ def run_train(cfg: Config) -> TrainSummary:
     return summary
 
 
-main = hydra_entry(run_train)
+main = hydra_entry(run_train, help=CommandHelp(
+    options=(
+        "task.name",
+        "task.dataset",
+        "task.horizon",
+        "run_dir",
+        "model.name",
+        "model.dim",
+        "train.steps",
+        "train.batch_size",
+        "train.lr",
+        "train.lr_decay",
+        "train.device",
+        "train.precision",
+        "train.seed",
+    ),
+    examples=(
+        "diffplan-train task=pointmaze-medium train.steps=50000",
+        "diffplan-train +experiment=demo",
+        "diffplan-train task=hopper-medium task.dataset=path/to/d4rl-hopper-medium.hdf5",
+        "torchrun --nproc-per-node 4 -m diffplan.cli.train task=hopper-medium",
+    ),
+))
 
 if __name__ == "__main__":
     main()

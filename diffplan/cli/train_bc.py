@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from diffplan.baselines.bc import BCSummary, BCTrainer
-from diffplan.cli.common import hydra_entry
+from diffplan.cli.common import CommandHelp, hydra_entry
 from diffplan.config import Config
 from diffplan.data.loading import load_episodes
 from diffplan.utils import file_sha256
@@ -32,7 +32,19 @@ def run_train_bc(cfg: Config) -> BCSummary:
     return summary
 
 
-main = hydra_entry(run_train_bc)
+main = hydra_entry(run_train_bc, help=CommandHelp(
+    options=(
+        "task.name",
+        "run_dir",
+        "bc.steps",
+        "bc.batch_size",
+        "bc.run_dir",
+        "bc.device",
+    ),
+    examples=(
+        "diffplan-train-bc task=hopper-medium",
+    ),
+))
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,7 @@ from typing import Any
 
 from diffplan.agents.replay import TransitionData
 from diffplan.agents.trainer import OfflineTrainer, RegenerateFn
-from diffplan.cli.common import hydra_entry
+from diffplan.cli.common import CommandHelp, hydra_entry
 from diffplan.config import Config
 from diffplan.training.loop import TrainSummary
 from diffplan.utils import file_sha256
@@ -62,7 +62,23 @@ def run_train_offline(cfg: Config, regenerate: RegenerateFn | None = None) -> Tr
     return summary
 
 
-main = hydra_entry(run_train_offline)
+main = hydra_entry(run_train_offline, help=CommandHelp(
+    options=(
+        "task.name",
+        "run_dir",
+        "offline.algo",
+        "offline.steps",
+        "offline.synthetic",
+        "offline.synthetic_ratio",
+        "offline.run_dir",
+        "offline.device",
+    ),
+    examples=(
+        "diffplan-train-offline task=hopper-medium offline=td3bc",
+        "diffplan-train-offline task=hopper-medium offline=iql "
+        "offline.synthetic=runs/hopper-medium/synthetic/hopper-medium.hdf5 offline.synthetic_ratio=0.5",
+    ),
+))
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from diffplan.cli.common import hydra_entry
+from diffplan.cli.common import CommandHelp, hydra_entry
 from diffplan.config import Config
 from diffplan.data.loading import load_episodes
 from diffplan.training import distributed
@@ -64,7 +64,21 @@ def run_train_value(cfg: Config) -> TrainSummary:
     return summary
 
 
-main = hydra_entry(run_train_value)
+main = hydra_entry(run_train_value, help=CommandHelp(
+    options=(
+        "task.name",
+        "run_dir",
+        "value.diffusion_checkpoint",
+        "value.discount",
+        "value.steps",
+        "value.batch_size",
+        "value.run_dir",
+        "value.device",
+    ),
+    examples=(
+        "diffplan-train-value task=hopper-medium +experiment=locomotion",
+    ),
+))
 
 if __name__ == "__main__":
     main()

@@ -17,20 +17,10 @@ import numpy as np
 
 from diffplan.data.episodes import Episodes
 from diffplan.data.errors import DatasetError, DatasetNotFoundError
+from diffplan.extras import require
 
 #: Name of the JSON file that marks a Minari data folder (``<dataset>/data/metadata.json``).
 _MINARI_METADATA = "metadata.json"
-
-
-def _import_minari() -> Any:
-    try:
-        import minari
-    except ImportError as error:
-        raise ImportError(
-            "Loading Minari datasets needs the optional dependency 'minari'; install it with "
-            'pip install -e ".[minari]"'
-        ) from error
-    return minari
 
 
 def minari_data_dir(path: str | os.PathLike[str]) -> Path | None:
@@ -121,7 +111,7 @@ def load_minari(
         DatasetError: unsupported spaces, empty dataset, length mismatch, NaN/inf, dimension
             mismatch.
     """
-    minari = _import_minari()
+    minari = require("minari", "loading a Minari dataset")
     dataset, source = _open_dataset(minari, dataset_id_or_path)
     columns: dict[str, list[np.ndarray]] = {key: [] for key in
                                             ("obs", "act", "rew", "term", "trunc", "goal", "qpos", "qvel")}
@@ -158,6 +148,10 @@ def load_minari(
     metadata = {"layout_kind": "minari", "dataset_id": dataset.id,
                 "minari_version": str(dataset.minari_version),
                 "env_id": None if env_spec is None else env_spec.id}
+    # Reference returns for score normalization, when the dataset was created with them.
+    stored = dataset.storage.metadata
+    metadata.update({key: float(stored[key]) for key in ("ref_min_score", "ref_max_score")
+                     if stored.get(key) is not None})
     return Episodes.from_arrays(
         np.concatenate(columns["obs"]), np.concatenate(columns["act"]),
         np.concatenate(columns["rew"]), np.concatenate(columns["term"]),

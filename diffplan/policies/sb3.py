@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from diffplan.extras import require
 from diffplan.policies.base import tanh_gaussian_log_prob
 from diffplan.policies.gaussian import GaussianPolicy
 
@@ -153,8 +154,9 @@ def resolve_vecnormalize(path: Path, vecnormalize: Path | None) -> Path | None:
 
 def _load_sb3(algo: str, path: Path, vecnormalize: Path | None) -> tuple[Any, ObservationNormalizer | None]:
     """The SB3 model of class ``algo`` at ``path`` (CPU) and its observation normalization."""
-    import stable_baselines3
     from gymnasium import spaces
+
+    stable_baselines3 = require("stable_baselines3", f"loading {path} as an SB3 target policy")
 
     try:
         model = getattr(stable_baselines3, algo).load(str(path), device="cpu")

@@ -42,6 +42,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffplan.config import AgentConfig
+from diffplan.extras import require
 from diffplan_envs.locomotion import LEVELS, ROBOTS, Robot, make_locomotion_env, mujoco_state
 from diffplan_envs.reference_scores import normalized_score
 
@@ -129,9 +130,13 @@ def episode_returns(data: dict[str, np.ndarray]) -> np.ndarray:
 # ----------------------------------------------------------------------------- agents
 
 
-def _algo_class(name: str) -> Any:
-    import stable_baselines3 as sb3
+def _sb3() -> Any:
+    """stable-baselines3, or an error naming the extra that installs it."""
+    return require("stable_baselines3", "collecting locomotion data with an SB3 agent (collect.agents)")
 
+
+def _algo_class(name: str) -> Any:
+    sb3 = _sb3()
     classes = {"ppo": sb3.PPO, "sac": sb3.SAC, "td3": sb3.TD3, "a2c": sb3.A2C}
     if name.lower() not in classes:
         raise ValueError(f"collect.agent.algo={name!r} is not supported; use one of {sorted(classes)}")
@@ -215,6 +220,7 @@ class AgentPipeline:
 
     # -- environments
     def _make_vec_env(self, seed: int) -> Any:
+        _sb3()
         from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
         def factory(i: int) -> Callable[[], gymnasium.Env]:  # type: ignore[type-arg]
@@ -238,6 +244,7 @@ class AgentPipeline:
         return [env.env for env in base.envs]  # Monitor(TransitionRecorder(...))
 
     def _build(self) -> tuple[Any, Any]:
+        _sb3()
         from stable_baselines3.common.vec_env import VecNormalize
 
         algo = _algo_class(self.recipe.algo)
@@ -357,6 +364,7 @@ class AgentPipeline:
 
     def load_policy(self, name: str) -> SnapshotPolicy:
         """The frozen stochastic policy of snapshot ``name`` (random, medium, expert)."""
+        _sb3()
         from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
         if not self.has_snapshot(name):
