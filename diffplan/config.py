@@ -15,6 +15,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from diffplan.acceleration import Precision
 from diffplan.data.normalizer import NormalizerKind
@@ -576,8 +577,16 @@ def as_config(cfg: DictConfig | dict[str, Any]) -> Config:
     Raises:
         ValueError: a key the schema does not have (Hydra's ``+key=value`` adds any key).
     """
-    merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
-    obj = OmegaConf.to_object(merged)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+        obj = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:  # a value of the wrong type, a key the schema lacks
+        key = getattr(error, "full_key", None) or "a setting"
+        if isinstance(error, (ConfigKeyError, ConfigAttributeError)):
+            raise ValueError(f"unknown config key {key}; check the spelling (the keys of a section are listed "
+                             "by the command with --cfg job) and drop the override") from None
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{key}: {detail}; give a value of the setting's type") from None
     assert isinstance(obj, Config)
     unknown = unknown_keys(obj)
     if unknown:

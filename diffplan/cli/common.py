@@ -15,6 +15,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from diffplan.composition import compose_config, config_groups, config_options, preflight
 from diffplan.config import CONF_DIR, Config, as_config, register_configs
 from diffplan.extras import MissingExtraError
 from diffplan.training.distributed import env_rank
@@ -109,79 +110,6 @@ def _config_overrides(args: list[str]) -> list[str]:
         elif not arg.lstrip("+~").startswith(("hydra.", "hydra/")):
             kept.append(arg)
     return kept
-
-
-def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
-    """``conf/<config_name>.yaml`` with ``overrides``, composed as the command would compose it.
-
-    Raises:
-        ValueError: an override Hydra cannot apply, in one line naming it and the fix.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    register_configs()
-    try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            return compose(config_name, overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as error:
-        raise ValueError(_override_error(error, overrides)) from None
-
-
-def preflight(config_name: str, overrides: list[str]) -> Config:
-    """Compose and validate the command's config without running anything; the typed config."""
-    return as_config(compose_config(config_name, overrides))
-
-
-def _override_error(error: Exception, overrides: list[str]) -> str:
-    """One line for a Hydra composition error: the override, what is wrong, the fix."""
-    from hydra.errors import MissingConfigException, OverrideParseException
-
-    text = str(error)
-    if isinstance(error, MissingConfigException) and "Could not find '" in text:
-        group, option = text.split("Could not find '", 1)[1].split("'", 1)[0].rsplit("/", 1)
-        options = config_options(group)
-        if options:
-            return f"{group}={option} is not an option of the config group {group}; use one of: {', '.join(options)}"
-        return f"{group} is not a config group; the groups are: {', '.join(config_groups())}"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if text.startswith("Could not override '"):
-        key = text.split("'", 2)[1]
-        return f"unknown config key {key}; check the spelling (the keys are listed by --cfg job) and drop the override"
-    if text.startswith("Error merging override "):
-        cause = str(error.__cause__ or "").strip().splitlines()
-        detail = cause[0] if cause else (lines[1] if len(lines) > 1 else "a value the setting does not take")
-        return f"{lines[0].removeprefix('Error merging override ')}: {detail}; give a value of the setting's type"
-    if isinstance(error, OverrideParseException):
-        bad = next((o for o in overrides if not _parses(o)), " ".join(overrides))
-        detail = next((line for line in lines if not line.startswith(("Error parsing", "See https"))), "")
-        return (f"cannot parse the override {bad!r}: {detail}; each override is key=value, e.g. train.steps=1000 "
-                "or task=pointmaze-medium (quote values with brackets or spaces for the shell)")
-    kept = [line for line in lines if not line.startswith(("full_key", "reference_type", "object_type", "See https"))]
-    return "; ".join(kept) or type(error).__name__
-
-
-def _parses(override: str) -> bool:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    try:
-        OverridesParser.create().parse_overrides([override])
-    except OverrideParseException:
-        return False
-    return True
-
-
-def config_groups() -> list[str]:
-    """The config groups under ``conf/`` (Hydra's own excepted)."""
-    return sorted(p.name for p in Path(CONF_DIR).iterdir() if p.is_dir() and p.name != "hydra")
-
-
-def config_options(group: str) -> list[str]:
-    """The options of config group ``group`` (the YAML files of ``conf/<group>/``)."""
-    folder = Path(CONF_DIR) / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
 def command_help(
