@@ -25,9 +25,11 @@ from typing import Any
 
 from diffplan.cli.common import CommandHelp, hydra_entry
 from diffplan.config import Config, EvalPolicy, ExecutionMode, GuidanceKind, to_container
-from diffplan.data.hdf5 import reference_scores
+from diffplan.data.identity import check_same_dataset, dataset_record
 from diffplan.data.layout import TrajectoryLayout
+from diffplan.data.loading import load_task_episodes
 from diffplan.evaluation.evaluator import BatchEnv, EpisodeTrace, EvaluationOutput, Policy, evaluate
+from diffplan.evaluation.reference import resolve_reference_scores, scale_label
 from diffplan.evaluation.results import build_results, write_json
 from diffplan.guidance.per_env import EnvStrengths
 from diffplan.planning.planner import GoalPlanner
@@ -53,6 +55,12 @@ class EvaluationSetup:
         checkpoint: path, sha256 and step of what is evaluated (results.json ``checkpoint``).
         has_success: False for tasks scored by return only (locomotion: ``success_rate: null``).
         plot_paths: draws episode traces into a file (mazes' paths.png), or None.
+        trained_dataset: the dataset record the checkpoint holds ({} when it holds none).
+        dataset: the record of ``task.dataset`` (results.json ``dataset``): what
+            :func:`~diffplan.data.identity.dataset_record` gives, with ``matches_checkpoint``
+            (True, or None with a ``note`` saying why it could not be checked).
+        reference: the reference returns that normalize the scores (results.json ``reference_scores``,
+            :func:`~diffplan.evaluation.reference.resolve_reference_scores`).
     """
 
     policy: Policy
@@ -61,6 +69,9 @@ class EvaluationSetup:
     checkpoint: dict[str, Any]
     has_success: bool = True
     plot_paths: Callable[[list[EpisodeTrace], Path], None] | None = None
+    trained_dataset: dict[str, Any] = dataclasses.field(default_factory=dict)
+    dataset: dict[str, Any] = dataclasses.field(default_factory=dict)
+    reference: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def run_evaluate(cfg: Config) -> Path:
@@ -113,15 +124,41 @@ def prepare_evaluation(cfg: Config, strengths: EnvStrengths | None = None) -> Ev
     """Load what ``cfg`` evaluates and build its policy; ``strengths`` (a batched guidance sweep)
     gives the planner per-environment guidance strengths, one row per environment of the batch.
 
+    ``task.dataset`` is loaded first: its dimensions must be the task's, its reference returns
+    normalize the scores, and it must be the dataset the checkpoint was trained on (by identity,
+    :mod:`diffplan.data.identity`).
+
     Raises:
         ValueError: ``strengths`` for a policy that plans without guidance strengths (the BC and
             offline baselines, ``planner.mode=forcing``), or a bad setting.
+        DatasetError: a missing or malformed dataset, dimensions other than the task's, no
+            reference returns for the task, or a dataset other than the checkpoint's.
     """
     from diffplan_envs.locomotion import is_locomotion_task
 
-    if is_locomotion_task(cfg.task.name):
-        return _locomotion_setup(cfg, strengths)
-    return _maze_setup(cfg, strengths)
+    locomotion = is_locomotion_task(cfg.task.name)
+    if not locomotion and EvalPolicy(cfg.eval.policy) is not EvalPolicy.planner:
+        raise ValueError(f"eval.policy={cfg.eval.policy} is for locomotion tasks; mazes use eval.policy=planner")
+    episodes = load_task_episodes(cfg.task.dataset, cfg.task.name)
+    reference = resolve_reference_scores(cfg.task.name, cfg.task.dataset, episodes.metadata,
+                                         ref_min=cfg.task.ref_min, ref_max=cfg.task.ref_max)
+    dataset = dataset_record(cfg.task.dataset, episodes)
+    setup = build_setup(cfg, strengths)
+    note = check_same_dataset(setup.trained_dataset, dataset, what=f"checkpoint {setup.checkpoint['path']}",
+                              key="task.dataset", fix="evaluate a checkpoint trained on this dataset (eval.checkpoint)")
+    setup.dataset = {**dataset, "matches_checkpoint": True if note is None else None,
+                     **({"note": note} if note else {})}
+    setup.reference = reference
+    return setup
+
+
+def build_setup(cfg: Config, strengths: EnvStrengths | None = None) -> EvaluationSetup:
+    """The policy ``cfg`` evaluates (the checkpoint's planner and controller, or a baseline) and
+    its provenance, without the dataset checks of :func:`prepare_evaluation`."""
+    from diffplan_envs.locomotion import is_locomotion_task
+
+    make_setup = _locomotion_setup if is_locomotion_task(cfg.task.name) else _maze_setup
+    return make_setup(cfg, strengths)
 
 
 def _load_model(cfg: Config, obs_dim: int, act_dim: int) -> TrainedModel:
@@ -147,8 +184,6 @@ def _value_checkpoint_info(cfg: Config) -> dict[str, Any]:
 def _maze_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
     from diffplan_envs import MazeBatch, get_maze_task, maze_geometry
 
-    if EvalPolicy(cfg.eval.policy) is not EvalPolicy.planner:
-        raise ValueError(f"eval.policy={cfg.eval.policy} is for locomotion tasks; mazes use eval.policy=planner")
     task = get_maze_task(cfg.task.name)
     device = select_device(cfg.eval.device)
     model = _load_model(cfg, task.obs_dim, task.act_dim)
@@ -179,7 +214,8 @@ def _maze_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
     info = _model_checkpoint_info(cfg, model)
     if GuidanceKind(cfg.guidance.kind) is GuidanceKind.value:
         info["value"] = _value_checkpoint_info(cfg)
-    return EvaluationSetup(policy, lambda n: MazeBatch(task, n), to_container(model.config), info, plot_paths=plot)
+    return EvaluationSetup(policy, lambda n: MazeBatch(task, n), to_container(model.config), info, plot_paths=plot,
+                           trained_dataset=model.dataset)
 
 
 def _forcing_policy(cfg: Config, model: TrainedModel, device: Any) -> Policy:
@@ -227,6 +263,7 @@ def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> Evaluation
         policy = BCPolicy(bc.network, device=device)
         trained: dict[str, Any] = {"bc": to_container(cfg)["bc"], "task": {"name": bc.task}}
         info = {"path": str(checkpoint.resolve()), "sha256": file_sha256(checkpoint), "step": bc.step}
+        trained_dataset = bc.dataset
     elif EvalPolicy(cfg.eval.policy) is EvalPolicy.offline:
         from diffplan.agents import load_offline_agent
         from diffplan.agents.trainer import config_dict
@@ -239,6 +276,7 @@ def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> Evaluation
         trained = {"offline": config_dict(agent.config), "task": {"name": agent.task},
                    "synthetic": agent.synthetic}
         info = {"path": str(checkpoint.resolve()), "sha256": file_sha256(checkpoint), "step": agent.step}
+        trained_dataset = agent.dataset
     else:
         from diffplan.planning.value_planner import ValuePlanner, ValuePolicy, value_guide
 
@@ -256,9 +294,11 @@ def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> Evaluation
         policy = ValuePolicy(planner, cfg.planner, strengths=strengths)
         trained = to_container(model.config)
         info = _model_checkpoint_info(cfg, model)
+        trained_dataset = model.dataset
         if needs_value:
             info["value"] = _value_checkpoint_info(cfg)
-    return EvaluationSetup(policy, lambda n: LocomotionBatch(task, n), trained, info, has_success=False)
+    return EvaluationSetup(policy, lambda n: LocomotionBatch(task, n), trained, info, has_success=False,
+                           trained_dataset=trained_dataset)
 
 
 def run_episodes(
@@ -279,7 +319,7 @@ def run_episodes(
     """
     from diffplan_envs.locomotion import is_locomotion_task
 
-    ref = reference_scores(cfg.task.dataset)
+    ref = setup.reference
     save_episodes = bool(cfg.eval.save_episodes)
     n_episodes = cfg.eval.n_episodes if n_episodes is None else n_episodes
     if n_traces is None:
@@ -320,13 +360,13 @@ def write_evaluation(
     """
     from diffplan_envs.locomotion import is_locomotion_task
 
-    ref = reference_scores(cfg.task.dataset)
+    ref = setup.reference
     results = build_results(
         output,
         task=cfg.task.name,
         config=to_container(cfg),
         trained_config=setup.trained_config,
-        dataset={"path": str(Path(cfg.task.dataset).resolve()), "sha256": file_sha256(cfg.task.dataset)},
+        dataset=setup.dataset,
         checkpoint=setup.checkpoint,
         seeds=list(cfg.eval.seeds),
         n_episodes_per_seed=cfg.eval.n_episodes,
@@ -356,9 +396,9 @@ def write_evaluation(
     score = results["normalized_score"]
     success = "n/a" if results["success_rate"] is None else f"{results['success_rate']:.2f}"
     log.info(
-        "%s: normalized score %.1f +- %.1f (%s reference scores) over %d episodes (%d failed), success %s, "
-        "%.3f s per plan -> %s",
-        cfg.task.name, score["mean"], score["stderr"], ref.get("method", "dataset"), results["n_episodes"],
+        "%s: normalized score %.1f +- %.1f (%s, reference returns from %s) over %d episodes (%d failed), "
+        "success %s, %.3f s per plan -> %s",
+        cfg.task.name, score["mean"], score["stderr"], scale_label(ref), ref.get("source", "?"), results["n_episodes"],
         results["n_failed"], success, results["plan_time_s"]["mean"], path,
     )
     return path

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diffplan.evaluation.reference import scale_label
 from diffplan.evaluation.results import package_versions
 from diffplan.reporting.cells import REFERENCE_POLICIES, Cell, ResultsFile, find_results, group_cells, load_results
 from diffplan.reporting.media import MediaItem, TaskMedia, slug, task_media
@@ -147,10 +148,22 @@ def _paired_rows(task: TaskSummary) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+def _scale(task: TaskSummary) -> str:
+    """`` (D4RL scale)`` and the like: the reference returns the task's results files normalize with."""
+    refs = {(str(r.get("method")), r.get("min"), r.get("max")) for c in task.cells for f in c.cell.files
+            if isinstance(r := f.data.get("reference_scores"), dict)}
+    if not refs:
+        return ""
+    if len(refs) > 1:
+        return " (mixed reference returns: the cells' scores are on different scales)"
+    method, low, high = refs.pop()
+    return f" ({scale_label({'method': method})}: min {low:g}, max {high:g})"
+
+
 def _findings(task: TaskSummary) -> list[str]:
     best = task.best
-    lines = [f"Best mean normalized score: {best.label} with {best.score.format(1)} (IQM {best.iqm.format(1)}) "
-             f"over {best.score.n} episodes, seeds {best.cell.seeds}."]
+    lines = [f"Best mean normalized score{_scale(task)}: {best.label} with {best.score.format(1)} "
+             f"(IQM {best.iqm.format(1)}) over {best.score.n} episodes, seeds {best.cell.seeds}."]
     lines.append(f"Baseline: {task.baseline.label} with {task.baseline.score.format(1)}.")
     for comparison in task.comparisons:
         if comparison.result is not None and comparison.result.difference.excludes(0.0):

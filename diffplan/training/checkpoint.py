@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,8 @@ class TrainedModel:
     path: Path
     #: The inverse-dynamics head (model.inverse_dynamics), else None.
     inverse_dynamics: InverseDynamics | None = None
+    #: The record of the dataset it was trained on (:func:`diffplan.data.identity.dataset_record`).
+    dataset: dict[str, Any] = field(default_factory=dict)
 
 
 def load_trained_model(
@@ -143,6 +145,7 @@ def load_trained_model(
         step=int(payload["step"]),
         path=Path(path),
         inverse_dynamics=inverse_dynamics,
+        dataset=json.loads(payload.get("dataset", "{}")),
     )
 
 

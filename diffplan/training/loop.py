@@ -151,12 +151,23 @@ def check_resume_config(
 
 
 def check_resume_dataset(path: Path, payload: Mapping[str, Any], dataset_info: Mapping[str, Any]) -> None:
-    """Refuse to resume ``path`` on another dataset (when both sha256 hashes are known).
+    """Refuse to resume ``path`` on another dataset: by identity (:mod:`diffplan.data.identity`) when
+    both records have one, else by the files' sha256 when both are known.
 
     Raises:
-        CheckpointError: naming both hashes and the fix.
+        CheckpointError: naming both datasets and the fix.
     """
-    saved_hash = json.loads(payload.get("dataset", "{}")).get("sha256")
+    saved = json.loads(payload.get("dataset", "{}"))
+    saved_identity, identity = saved.get("identity"), dataset_info.get("identity")
+    if saved_identity and identity:
+        if saved_identity != identity:
+            raise CheckpointError(
+                f"cannot resume {path}: it was trained on {saved.get('path')} (identity {saved_identity[:12]}…), "
+                f"but task.dataset={dataset_info.get('path')} has identity {identity[:12]}…; "
+                "use the original dataset or a new run_dir"
+            )
+        return
+    saved_hash = saved.get("sha256")
     if saved_hash and dataset_info.get("sha256") and saved_hash != dataset_info["sha256"]:
         raise CheckpointError(
             f"cannot resume {path}: it was trained on a dataset with sha256 {saved_hash[:12]}…, "
