@@ -18,20 +18,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
-from enum import StrEnum
 from typing import Any
 
 import torch
 from torch import nn
 
+from diffplan.enums import Precision
+
 log = logging.getLogger(__name__)
-
-
-class Precision(StrEnum):
-    """Numeric precision of network evaluations (``train.precision``, ``planner.precision``)."""
-
-    float32 = "float32"
-    bfloat16 = "bfloat16"
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -17,89 +16,31 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
-from diffplan.acceleration import Precision
-from diffplan.data.normalizer import NormalizerKind
-from diffplan.diffusion.levels import LevelWeighting, NoiseMode
-from diffplan.diffusion.sampler import SamplerKind, ScheduleMatrixKind
-from diffplan.diffusion.schedule import PredictionType, ScheduleKind
-from diffplan.guidance.base import GuidanceSchedule, GuideTarget
+from diffplan.enums import (
+    ActionSource,
+    EvalPolicy,
+    ExecutionMode,
+    GuidanceKind,
+    GuidanceSchedule,
+    GuideTarget,
+    LevelWeighting,
+    LrDecay,
+    ModelKind,
+    NoiseMode,
+    NormalizerKind,
+    OfflineAlgo,
+    Precision,
+    PredictionType,
+    SamplerKind,
+    ScheduleKind,
+    ScheduleMatrixKind,
+    Selection,
+    Tracking,
+)
 
 #: The shipped configs the commands compose: ``diffplan/conf`` in an installed package (the wheel holds
 #: copies), a link to the repository's top-level ``conf/`` in a clone.
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")
-
-class ModelKind(StrEnum):
-    unet = "unet"
-    # diffplan.models.transformer.TrajectoryTransformer (d_model, n_layers, n_heads, causal, frame_stack).
-    transformer = "transformer"
-
-
-class ExecutionMode(StrEnum):
-    """How a plan becomes actions: a PD tracker follows its states, or its actions run."""
-
-    tracker = "tracker"
-    actions = "actions"
-    # Diffusion Forcing MPC (diffplan.planning.forcing): plan a window after the executed history,
-    # run planner.execute of its own actions, replan.
-    forcing = "forcing"
-
-
-class Tracking(StrEnum):
-    """How the tracker picks its target on the plan: by elapsed time, or by progress along the path."""
-
-    time = "time"
-    pursuit = "pursuit"
-
-
-class ActionSource(StrEnum):
-    """Where planned actions come from: the diffused action channels, or the inverse-dynamics
-    head applied to consecutive planned states (Decision Diffuser)."""
-
-    diffused = "diffused"
-    inverse_dynamics = "inverse_dynamics"
-
-
-class GuidanceKind(StrEnum):
-    """Which guide steers denoising at planning time."""
-
-    none = "none"
-    value = "value"
-    # Policy-guided diffusion (Jackson et al. 2024): the target policy's action log-likelihood.
-    policy = "policy"
-    # Both: value gradient weighted by guidance.scale plus policy gradient by guidance.policy_scale.
-    value_policy = "value_policy"
-    # Goal reaching (mazes): minus the mean distance of the planned positions to the goal.
-    goal = "goal"
-
-
-class EvalPolicy(StrEnum):
-    """What ``diffplan-evaluate`` runs: the diffusion planner, the behaviour-cloning baseline, or
-    the offline RL agent of ``offline.run_dir`` (TD3+BC or IQL)."""
-
-    planner = "planner"
-    bc = "bc"
-    offline = "offline"
-
-
-class OfflineAlgo(StrEnum):
-    """Offline RL algorithm of ``diffplan-train-offline``."""
-
-    td3bc = "td3bc"
-    iql = "iql"
-
-
-class Selection(StrEnum):
-    """Which of the K candidate plans per environment is executed."""
-
-    first = "first"
-    smoothest = "smoothest"
-
-
-class LrDecay(StrEnum):
-    """The learning rate after warmup (:func:`diffplan.training.loop.warmup_lr`)."""
-
-    constant = "constant"
-    cosine = "cosine"
 
 
 @dataclass

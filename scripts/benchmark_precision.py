@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from diffplan.acceleration import Precision
 from diffplan.bench.builders import build_trainer, build_value_planner, compose_config, episodes_for, random_model
 from diffplan.bench.presets import REFERENCE_HOPPER
 from diffplan.bench.timing import time_alternating
+from diffplan.enums import Precision
 from diffplan.utils import hardware_info
 
 

@@ -15,9 +15,10 @@ import torch
 from data_fixtures import random_walk_episodes, tiny_maze_model
 from torch import nn
 
-from diffplan.acceleration import CompiledModule, Precision, autocast, compile_module
-from diffplan.config import Config, DiffusionConfig, LrDecay, ModelConfig, PlannerConfig, TaskConfig, TrainConfig
+from diffplan.acceleration import CompiledModule, autocast, compile_module
+from diffplan.config import Config, DiffusionConfig, ModelConfig, PlannerConfig, TaskConfig, TrainConfig
 from diffplan.data import Episodes, TrajectoryLayout, load_hdf5, write_hdf5
+from diffplan.enums import LrDecay, Precision
 from diffplan.planning.planner import GoalPlanner
 from diffplan.training.checkpoint import TrainedModel
 from diffplan.training.loop import make_adamw, update_ema, warmup_lr

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from diffplan.config import ActionSource, Config, DiffusionConfig, ModelConfig, PlannerConfig, TaskConfig, TrainConfig
+from diffplan.config import Config, DiffusionConfig, ModelConfig, PlannerConfig, TaskConfig, TrainConfig
 from diffplan.data import Episodes
 from diffplan.data.returns import discounted_suffix_sums, normalized_returns_to_go, returns_to_go
 from diffplan.diffusion.cfg import ClassifierFreeGuidance
 from diffplan.diffusion.schedule import NoiseSchedule
+from diffplan.enums import ActionSource
 from diffplan.models.factory import build_denoiser
 from diffplan.models.inverse_dynamics import InverseDynamics, inverse_dynamics_loss, plan_actions
 from diffplan.models.unet import TemporalUnet

@@ -11,7 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from diffplan.config import Config, as_config, register_configs, to_container
-from diffplan.diffusion.schedule import PredictionType
+from diffplan.enums import PredictionType
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("task", "model", "diffusion", "planner", "train", "eval", "collect", "bc", "offline", "value", "guidance")

@@ -20,8 +20,6 @@ from diffplan.data import Episodes
 from diffplan.diffusion import loss as loss_module
 from diffplan.diffusion.levels import (
     MIN_SNR_GAMMA,
-    LevelWeighting,
-    NoiseMode,
     full_sequence_levels,
     independent_levels,
     level_loss_weights,
@@ -31,13 +29,13 @@ from diffplan.diffusion.loss import diffusion_loss
 from diffplan.diffusion.sampler import (
     Constraints,
     Sampler,
-    ScheduleMatrixKind,
     full_sequence_matrix,
     make_sampler,
     scheduling_matrix,
     validate_matrix,
 )
-from diffplan.diffusion.schedule import NoiseSchedule, PredictionType
+from diffplan.diffusion.schedule import NoiseSchedule
+from diffplan.enums import LevelWeighting, NoiseMode, PredictionType, ScheduleMatrixKind
 from diffplan.models.unet import TemporalUnet
 from diffplan.planning.planner import planning_sampler
 from diffplan.training.checkpoint import CheckpointError, load_checkpoint, load_trained_model, save_checkpoint

@@ -10,7 +10,8 @@ import pytest
 import torch
 from diffplan_envs import StepResult
 
-from diffplan.config import ExecutionMode, PlannerConfig
+from diffplan.config import PlannerConfig
+from diffplan.enums import ExecutionMode
 from diffplan.evaluation.evaluator import EpisodeResult, EvaluationOutput, evaluate, normalize_score
 from diffplan.planning.planner import Plan
 from diffplan.planning.policy import PlanningPolicy

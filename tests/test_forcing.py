@@ -11,9 +11,9 @@ from torch import Tensor
 
 from diffplan.config import Config, DiffusionConfig
 from diffplan.data import LimitsNormalizer, TrajectoryLayout
-from diffplan.diffusion.levels import NoiseMode
 from diffplan.diffusion.sampler import Constraints, Sampler, scheduling_matrix
 from diffplan.diffusion.schedule import NoiseSchedule
+from diffplan.enums import NoiseMode
 from diffplan.guidance.base import Guidance, GuideOutput
 from diffplan.guidance.monte_carlo import MonteCarloGuide, future_tokens, wrap_monte_carlo
 from diffplan.models.transformer import TrajectoryTransformer
@@ -269,7 +269,8 @@ def test_guidance_with_real_model_under_per_token_matrices(kind: str, apply_to: 
 
 def test_build_guidance_wraps_the_guide_for_monte_carlo_samples() -> None:
     """guidance.mc_samples > 1 averages over re-noised futures; 1 keeps plain guidance; < 1 is refused."""
-    from diffplan.config import GuidanceConfig, GuidanceKind
+    from diffplan.config import GuidanceConfig
+    from diffplan.enums import GuidanceKind
     from diffplan.guidance import build_guidance
     from diffplan.guidance.monte_carlo import MonteCarloGuide
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffplan.config import Config, DiffusionConfig, GuidanceConfig, GuidanceKind, PlannerConfig, ValueConfig
+from diffplan.config import Config, DiffusionConfig, GuidanceConfig, PlannerConfig, ValueConfig
 from diffplan.data import LimitsNormalizer, TrajectoryLayout
 from diffplan.diffusion.loss import diffusion_loss
 from diffplan.diffusion.schedule import NoiseSchedule
+from diffplan.enums import GuidanceKind
 from diffplan.guidance import ValueGuide
 from diffplan.models.transformer import TrajectoryTransformer
 from diffplan.models.unet import TemporalUnet

@@ -10,12 +10,13 @@ import pytest
 import torch
 from torch import Tensor
 
-from diffplan.config import Config, DiffusionConfig, GuidanceConfig, GuidanceKind, PlannerConfig
+from diffplan.config import Config, DiffusionConfig, GuidanceConfig, PlannerConfig
 from diffplan.data import LimitsNormalizer, TrajectoryLayout
 from diffplan.diffusion.sampler import Constraints, Sampler, full_sequence_matrix, make_sampler
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.diffusion.warm_start import shift_plan, warm_start
-from diffplan.guidance import ConstantGuide, Guidance, GuideOutput, GuideTarget, ValueGuide
+from diffplan.enums import GuidanceKind, GuideTarget
+from diffplan.guidance import ConstantGuide, Guidance, GuideOutput, ValueGuide
 from diffplan.models.unet import TemporalUnet
 from diffplan.models.value import ValueNet
 from diffplan.planning.value_planner import ValuePlan, ValuePlanner, ValuePolicy
@@ -407,7 +408,8 @@ def test_value_planner_honours_return_condition_and_inverse_dynamics(model: Trai
     """A Decision Diffuser checkpoint (planner=dd) in the locomotion evaluator: the value planner
     must guide towards planner.return_target and execute the inverse-dynamics actions, as
     GoalPlanner does, instead of silently sampling unconditionally with the diffused actions."""
-    from diffplan.config import ActionSource, ModelConfig
+    from diffplan.config import ModelConfig
+    from diffplan.enums import ActionSource
     from diffplan.models.inverse_dynamics import InverseDynamics, plan_actions
 
     torch.manual_seed(0)

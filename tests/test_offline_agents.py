@@ -43,9 +43,10 @@ from diffplan.agents import (
 )
 from diffplan.agents.common import OfflineAgent
 from diffplan.baselines import load_bc_model
-from diffplan.config import Config, OfflineAlgo, OfflineConfig, as_config, register_configs
+from diffplan.config import Config, OfflineConfig, as_config, register_configs
 from diffplan.data import Episodes, write_hdf5
 from diffplan.data.errors import DatasetError
+from diffplan.enums import OfflineAlgo
 from diffplan.policies.base import TargetPolicy
 from diffplan.training.checkpoint import CheckpointError, load_trained_model
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 from data_fixtures import tiny_maze_model
 
-from diffplan.config import DiffusionConfig, ExecutionMode, PlannerConfig, Selection, Tracking
+from diffplan.config import DiffusionConfig, PlannerConfig
 from diffplan.data import TrajectoryLayout
+from diffplan.enums import ExecutionMode, Selection, Tracking
 from diffplan.planning.planner import GoalPlanner, Plan, select_candidates
 from diffplan.planning.policy import PlanningPolicy
 from diffplan.training.checkpoint import TrainedModel

@@ -10,21 +10,13 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from diffplan.config import Config, GuidanceConfig, GuidanceKind, as_config
+from diffplan.config import Config, GuidanceConfig, as_config
 from diffplan.data import GaussianNormalizer, LimitsNormalizer, TrajectoryLayout
 from diffplan.data.normalizer import Normalizer
 from diffplan.diffusion.sampler import Constraints, Sampler, make_sampler
 from diffplan.diffusion.schedule import NoiseSchedule
-from diffplan.guidance import (
-    CompositeGuide,
-    Guidance,
-    GuidanceSchedule,
-    GuideOutput,
-    GuideTarget,
-    PolicyGuide,
-    build_guidance,
-    schedule_coefficient,
-)
+from diffplan.enums import GuidanceKind, GuidanceSchedule, GuideTarget
+from diffplan.guidance import CompositeGuide, Guidance, GuideOutput, PolicyGuide, build_guidance, schedule_coefficient
 from diffplan.models.unet import TemporalUnet
 from diffplan.policies import LinearGaussianPolicy, loading
 from diffplan.training.checkpoint import TrainedModel

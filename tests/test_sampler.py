@@ -14,7 +14,8 @@ from diffplan.diffusion.sampler import (
     make_sampler,
     validate_matrix,
 )
-from diffplan.diffusion.schedule import NoiseSchedule, PredictionType
+from diffplan.diffusion.schedule import NoiseSchedule
+from diffplan.enums import PredictionType
 from diffplan.models.unet import TemporalUnet
 
 B, H, D = 2, 8, 3

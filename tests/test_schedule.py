@@ -8,13 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffplan.diffusion.schedule import (
-    NoiseSchedule,
-    PredictionType,
-    ScheduleKind,
-    cosine_alphas_cumprod,
-    linear_alphas_cumprod,
-)
+from diffplan.diffusion.schedule import NoiseSchedule, cosine_alphas_cumprod, linear_alphas_cumprod
+from diffplan.enums import PredictionType, ScheduleKind
 
 
 def _cosine_reference(n_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:

@@ -22,9 +22,7 @@ from diffplan.cli.train import run_train
 from diffplan.config import (
     Config,
     DiffusionConfig,
-    EvalPolicy,
     GuidanceConfig,
-    GuidanceKind,
     PlannerConfig,
     SweepCellConfig,
     as_config,
@@ -34,7 +32,8 @@ from diffplan.data import LimitsNormalizer, TrajectoryLayout
 from diffplan.diffusion.cfg import ClassifierFreeGuidance
 from diffplan.diffusion.sampler import Sampler, full_sequence_matrix
 from diffplan.diffusion.schedule import NoiseSchedule
-from diffplan.guidance import CompositeGuide, EnvStrengths, Guidance, GuideOutput, GuideTarget
+from diffplan.enums import EvalPolicy, GuidanceKind, GuideTarget
+from diffplan.guidance import CompositeGuide, EnvStrengths, Guidance, GuideOutput
 from diffplan.models.unet import TemporalUnet
 from diffplan.planning.planner import GoalPlanner
 from diffplan.planning.policy import PlanningPolicy

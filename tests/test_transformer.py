@@ -11,11 +11,11 @@ import torch
 from data_fixtures import random_walk_episodes, training_state
 from torch import Tensor
 
-from diffplan.config import Config, DiffusionConfig, ModelConfig, ModelKind, TaskConfig, TrainConfig
+from diffplan.config import Config, DiffusionConfig, ModelConfig, TaskConfig, TrainConfig
 from diffplan.data import Episodes
-from diffplan.diffusion.levels import NoiseMode
 from diffplan.diffusion.sampler import Constraints, make_sampler
 from diffplan.diffusion.schedule import NoiseSchedule
+from diffplan.enums import ModelKind, NoiseMode
 from diffplan.models.factory import build_denoiser
 from diffplan.models.transformer import TrajectoryTransformer, sinusoidal_positions
 from diffplan.training.checkpoint import load_checkpoint, load_trained_model

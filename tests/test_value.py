@@ -14,8 +14,8 @@ from data_fixtures import training_state
 from diffplan.cli.train_value import run_train_value
 from diffplan.config import Config, DiffusionConfig, ModelConfig, TaskConfig, TrainConfig, ValueConfig
 from diffplan.data import Episodes, GaussianNormalizer, TrajectoryLayout, write_hdf5
-from diffplan.data.normalizer import NormalizerKind
 from diffplan.diffusion.schedule import NoiseSchedule
+from diffplan.enums import NormalizerKind
 from diffplan.models.unet import TemporalUnet
 from diffplan.models.value import ValueNet, build_value_net
 from diffplan.training.checkpoint import CheckpointError, TrainedModel, load_checkpoint

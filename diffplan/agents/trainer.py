@@ -43,7 +43,8 @@ from diffplan.agents.replay import (
 )
 from diffplan.agents.td3bc import TD3BCAgent
 from diffplan.baselines.bc import observation_stats
-from diffplan.config import OfflineAlgo, OfflineConfig
+from diffplan.config import OfflineConfig
+from diffplan.enums import OfflineAlgo
 from diffplan.policies.base import TargetPolicy
 from diffplan.training.checkpoint import (
     CHECKPOINT_FORMAT,

@@ -16,11 +16,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from diffplan.config import CONF_DIR, Config, GuidanceKind, as_config, register_configs
+from diffplan.config import CONF_DIR, Config, as_config, register_configs
 from diffplan.data.episodes import Episodes
 from diffplan.data.layout import TrajectoryLayout
 from diffplan.data.normalizer import fit_normalizer
 from diffplan.diffusion.schedule import NoiseSchedule
+from diffplan.enums import GuidanceKind
 from diffplan.guidance import GoalGuide, GoalValueGuide, ValueGuide, build_guidance
 from diffplan.models.factory import build_denoiser
 from diffplan.models.value import build_value_net

@@ -48,7 +48,8 @@ from diffplan.bench.builders import (
 from diffplan.bench.presets import MAX_ENVS, Preset
 from diffplan.bench.reference import REFERENCE_FIGURES, TARGETS, reference_kind
 from diffplan.bench.timing import Measurement, time_runs
-from diffplan.config import Config, ExecutionMode, GuidanceKind
+from diffplan.config import Config
+from diffplan.enums import ExecutionMode, GuidanceKind
 from diffplan.planning.planner import planning_denoiser
 from diffplan.training.checkpoint import TrainedModel
 from diffplan.utils import cpu_name, git_revision, hardware_info

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from diffplan.acceleration import Precision
+from diffplan.enums import Precision
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from diffplan.cli.common import CommandHelp, hydra_entry
-from diffplan.config import Config, EvalPolicy, ExecutionMode, GuidanceKind, to_container
+from diffplan.config import Config, to_container
 from diffplan.data.identity import check_same_dataset, dataset_record
 from diffplan.data.layout import TrajectoryLayout
 from diffplan.data.loading import load_task_episodes
+from diffplan.enums import EvalPolicy, ExecutionMode, GuidanceKind
 from diffplan.evaluation.evaluator import BatchEnv, EpisodeTrace, EvaluationOutput, Policy, evaluate
 from diffplan.evaluation.reference import resolve_reference_scores, scale_label
 from diffplan.evaluation.results import build_results, write_json

@@ -31,11 +31,12 @@ import torch
 from tqdm.auto import tqdm
 
 from diffplan.cli.common import CommandHelp, hydra_entry
-from diffplan.config import Config, GuidanceKind, to_container
+from diffplan.config import Config, to_container
 from diffplan.data.episodes import Episodes
 from diffplan.data.hdf5 import write_hdf5
 from diffplan.data.loading import load_episodes
 from diffplan.diffusion.sampler import Sampler
+from diffplan.enums import GuidanceKind
 from diffplan.guidance.base import Guidance
 from diffplan.planning.planner import planning_sampler
 from diffplan.policies.base import TargetPolicy

@@ -8,18 +8,13 @@ Statistics are computed in float64 and stored as float32.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import StrEnum
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from diffplan.enums import NormalizerKind
 
-class NormalizerKind(StrEnum):
-    """Named normalizers (the ``diffusion.normalizer`` setting)."""
-
-    gaussian = "gaussian"
-    limits = "limits"
 #: Standard deviations below this are treated as constant dimensions (std set to 1).
 MIN_STD = 1e-6
 

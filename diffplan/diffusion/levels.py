@@ -20,30 +20,14 @@ x0 error.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import torch
 from torch import Tensor
 
-from diffplan.diffusion.schedule import NoiseSchedule, PredictionType
+from diffplan.diffusion.schedule import NoiseSchedule
+from diffplan.enums import LevelWeighting, NoiseMode, PredictionType
 
 #: gamma of Min-SNR-gamma weighting (the paper's recommended value).
 MIN_SNR_GAMMA = 5.0
-
-
-class NoiseMode(StrEnum):
-    """How training draws the noise level of each token of a window."""
-
-    full_sequence = "full_sequence"
-    independent = "independent"
-    mixture = "mixture"
-
-
-class LevelWeighting(StrEnum):
-    """Per-token loss weight as a function of the token's noise level."""
-
-    none = "none"
-    min_snr = "min_snr"
 
 
 def full_sequence_levels(

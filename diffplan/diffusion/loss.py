@@ -11,10 +11,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffplan.diffusion.levels import LevelWeighting, level_loss_weights
 from diffplan.diffusion.levels import full_sequence_levels as full_sequence_levels  # re-exported
+from diffplan.diffusion.levels import level_loss_weights
 from diffplan.diffusion.sampler import Denoiser
 from diffplan.diffusion.schedule import NoiseSchedule
+from diffplan.enums import LevelWeighting
 
 
 def noisy_input(

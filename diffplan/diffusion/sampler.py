@@ -23,24 +23,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 
 import torch
 from torch import Tensor
 
-from diffplan.acceleration import Precision, autocast
+from diffplan.acceleration import autocast
 from diffplan.diffusion.schedule import NoiseSchedule
-from diffplan.guidance.base import Guidance, GuideTarget
+from diffplan.enums import GuideTarget, Precision, SamplerKind, ScheduleMatrixKind
+from diffplan.guidance.base import Guidance
 
 #: A denoiser: (x_t (B, H, D), normalized noise level (B, H) in [0, 1]) -> output (B, H, D).
 Denoiser = Callable[[Tensor, Tensor], Tensor]
-
-
-class SamplerKind(StrEnum):
-    """Named reverse processes."""
-
-    ddpm = "ddpm"
-    ddim = "ddim"
 
 
 @dataclass
@@ -84,15 +77,6 @@ def full_sequence_matrix(n_timesteps: int, sampling_steps: int, horizon: int) ->
         )
     levels = torch.linspace(n_timesteps, 0, sampling_steps + 1, dtype=torch.float64).round().long()
     return levels.unsqueeze(1).expand(sampling_steps + 1, horizon).contiguous()
-
-
-class ScheduleMatrixKind(StrEnum):
-    """Named scheduling matrices (:func:`scheduling_matrix`)."""
-
-    full_sequence = "full_sequence"
-    autoregressive = "autoregressive"
-    pyramid = "pyramid"
-    trapezoid = "trapezoid"
 
 
 def scheduling_matrix(

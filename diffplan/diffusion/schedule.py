@@ -11,25 +11,11 @@ computed in float64 and stored as float32 buffers so they follow ``.to(device)``
 from __future__ import annotations
 
 import math
-from enum import StrEnum
 
 import torch
 from torch import Tensor, nn
 
-
-class ScheduleKind(StrEnum):
-    """Named beta schedules."""
-
-    cosine = "cosine"
-    linear = "linear"
-
-
-class PredictionType(StrEnum):
-    """What the denoiser predicts: the noise, the clean sample, or the velocity."""
-
-    epsilon = "epsilon"
-    x0 = "x0"
-    v = "v"
+from diffplan.enums import PredictionType, ScheduleKind
 
 
 def cosine_alphas_cumprod(n_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:

@@ -5,14 +5,13 @@ Kept free of :mod:`diffplan.config` imports at module level (the config imports
 :class:`GuideTarget` and :class:`GuidanceSchedule`).
 """
 
+from diffplan.enums import GuidanceSchedule, GuideTarget
 from diffplan.guidance.base import (
     PGD_SINE_WEIGHT,
     ConstantGuide,
     Guidance,
-    GuidanceSchedule,
     Guide,
     GuideOutput,
-    GuideTarget,
     parse_schedule,
     schedule_coefficient,
 )

@@ -12,47 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
-
-class GuideTarget(StrEnum):
-    """What the guide's gradient moves at each denoising step.
-
-    - ``x_t``: the noisy sample, evaluated at its noise level (Diffuser).
-    - ``x0``: the denoiser's x0 estimate, evaluated at level 0; the reverse update then uses
-      the moved estimate.
-    """
-
-    x_t = "x_t"
-    x0 = "x0"
-
-
-class GuidanceSchedule(StrEnum):
-    """How the guidance step size varies over the denoising steps (per token).
-
-    With ``u = level_from / T`` (the level a token is denoised from; 1 at the first step of a
-    full-sequence sampler, ``1 / S`` at its last) the step size is ``scale * c``:
-
-    - ``constant``: c = 1 (the default; the sampler then multiplies by nothing at all).
-    - ``linear``: c = u, decaying linearly to 0 as the level goes to 0.
-    - ``cosine``: c = (1 - cos(pi u)) / 2, cosine-annealed from 1 at level T to 0 at level 0.
-    - ``pgd``: policy-guided diffusion's schedule (Jackson et al. 2024, official code's
-      ``denoise_step``): ``c = u + PGD_SINE_WEIGHT * sin(pi * level_to / T)`` and exactly 0 on
-      a token's final step (``level_to = 0``). The official code writes it per step index i
-      of S: ``1 - i / S + 0.3 sin(pi (i + 1) / S)``, zero on the last step; on evenly spaced
-      levels ``1 - i / S = level_from / T`` and ``sin(pi (i + 1) / S) = sin(pi level_to / T)``,
-      so both agree, and the level form carries over to per-token (Diffusion Forcing) rows.
-    """
-
-    constant = "constant"
-    linear = "linear"
-    cosine = "cosine"
-    pgd = "pgd"
-
+from diffplan.enums import GuidanceSchedule, GuideTarget
 
 #: Weight of the sine bump of the ``pgd`` schedule (the official code's ``policy_guidance_cosine_coeff``
 #: default); 0 gives ``c = level_from / T`` with no guidance on the final step.

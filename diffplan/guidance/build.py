@@ -81,7 +81,7 @@ def build_guidance(
         ValueError: a value kind without ``value_guide``, ``goal`` without ``goal_guide``, or a
             policy kind without a usable ``guidance.policy``.
     """
-    from diffplan.config import GuidanceKind
+    from diffplan.enums import GuidanceKind
 
     kind = GuidanceKind(cfg.kind)
     if kind is GuidanceKind.none:

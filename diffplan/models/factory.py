@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from diffplan.config import ModelConfig, ModelKind
+from diffplan.config import ModelConfig
+from diffplan.enums import ModelKind
 from diffplan.models.inverse_dynamics import InverseDynamics
 from diffplan.models.transformer import TrajectoryTransformer
 from diffplan.models.unet import TemporalUnet

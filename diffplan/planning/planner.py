@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from diffplan.acceleration import Precision, compile_module
-from diffplan.config import ActionSource, DiffusionConfig, GuidanceConfig, GuidanceKind, PlannerConfig, Selection
+from diffplan.acceleration import compile_module
+from diffplan.config import DiffusionConfig, GuidanceConfig, PlannerConfig
 from diffplan.diffusion.cfg import ClassifierFreeGuidance
 from diffplan.diffusion.conditioning import goal_constraints
-from diffplan.diffusion.levels import NoiseMode
-from diffplan.diffusion.sampler import Denoiser, Sampler, ScheduleMatrixKind, check_clip, make_sampler
+from diffplan.diffusion.sampler import Denoiser, Sampler, check_clip, make_sampler
+from diffplan.enums import ActionSource, GuidanceKind, NoiseMode, Precision, ScheduleMatrixKind, Selection
 from diffplan.guidance import EnvStrengths, GoalGuide, Guidance, build_guidance
 from diffplan.guidance.goal import GoalTargets
 from diffplan.guidance.per_env import for_candidates

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from diffplan.config import ExecutionMode, PlannerConfig, Tracking
+from diffplan.config import PlannerConfig
+from diffplan.enums import ExecutionMode, Tracking
 from diffplan.guidance.per_env import EnvStrengths
 from diffplan.planning.planner import GoalPlanner, Plan
 

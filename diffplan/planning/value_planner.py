@@ -30,9 +30,10 @@ import torch
 from torch import Tensor
 
 from diffplan.acceleration import compile_module
-from diffplan.config import ActionSource, DiffusionConfig, GuidanceConfig, PlannerConfig
+from diffplan.config import DiffusionConfig, GuidanceConfig, PlannerConfig
 from diffplan.diffusion.conditioning import goal_constraints
 from diffplan.diffusion.warm_start import warm_start
+from diffplan.enums import ActionSource
 from diffplan.guidance import EnvStrengths, GoalValueGuide, Guidance, Guide, ValueGuide, build_guidance
 from diffplan.guidance.per_env import for_candidates
 from diffplan.models.inverse_dynamics import plan_actions

@@ -36,7 +36,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from diffplan.config import Config, ExecutionMode, to_container
+from diffplan.config import Config, to_container
+from diffplan.enums import ExecutionMode
 from diffplan.evaluation.evaluator import EvaluationOutput
 from diffplan.guidance.per_env import EnvStrengths
 from diffplan.sweep.grid import PlannedCell, flatten, with_overrides

@@ -35,7 +35,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from diffplan.config import Config, EvalPolicy, SweepConfig, to_container
+from diffplan.config import Config, SweepConfig, to_container
+from diffplan.enums import EvalPolicy
 
 #: The kinds a sweep cell may have.
 KINDS = ("none", "goal", "value", "policy", "value_policy", "cfg")

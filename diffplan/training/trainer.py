@@ -30,14 +30,15 @@ from diffplan.acceleration import autocast, compile_module
 from diffplan.config import Config, to_container
 from diffplan.data.episodes import Episodes
 from diffplan.data.layout import TrajectoryLayout
-from diffplan.data.normalizer import NormalizerKind, fit_normalizer
+from diffplan.data.normalizer import fit_normalizer
 from diffplan.data.returns import normalized_returns_to_go
 from diffplan.data.windows import TrajectoryBatch, WindowSampler
 from diffplan.diffusion.conditioning import conditioning_mask
-from diffplan.diffusion.levels import NoiseMode, check_mixture_p, training_levels
+from diffplan.diffusion.levels import check_mixture_p, training_levels
 from diffplan.diffusion.loss import diffusion_loss
 from diffplan.diffusion.sampler import Denoiser, check_clip
 from diffplan.diffusion.schedule import NoiseSchedule
+from diffplan.enums import NoiseMode, NormalizerKind
 from diffplan.models.factory import build_denoiser, build_inverse_dynamics
 from diffplan.models.inverse_dynamics import InverseDynamics, inverse_dynamics_loss
 from diffplan.training import distributed
