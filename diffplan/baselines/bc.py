@@ -38,7 +38,7 @@ from diffplan.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from diffplan.training.loop import TrainSummary
+from diffplan.training.loop import TrainSummary, check_resume_dataset
 from diffplan.utils import select_device, set_threads
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,11 @@ class BCTrainer:
                     f"cannot resume {self.checkpoint_path}: it was trained with {key}={saved[key]!r}, the current "
                     f"run has {value!r}; restore the setting or use a new bc.run_dir"
                 )
-        _check_dataset(self.checkpoint_path, payload, self.dataset_info.get("sha256"), self.dataset_info.get("path"))
+        if json.loads(payload.get("dataset", "{}")).get("identity") and self.dataset_info.get("identity"):
+            check_resume_dataset(self.checkpoint_path, payload, self.dataset_info)  # by the datasets' identities
+        else:
+            _check_dataset(self.checkpoint_path, payload, self.dataset_info.get("sha256"),
+                           self.dataset_info.get("path"))
         self.network.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.generator.set_state(payload["rng"]["generator"])

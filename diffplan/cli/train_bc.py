@@ -7,21 +7,20 @@ Example: ``diffplan-train-bc task=hopper-medium bc.steps=100000`` writes
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from diffplan.baselines.bc import BCSummary, BCTrainer
 from diffplan.cli.common import CommandHelp, hydra_entry
 from diffplan.config import Config
-from diffplan.data.loading import load_episodes
-from diffplan.utils import file_sha256
+from diffplan.data.identity import dataset_record
+from diffplan.data.loading import load_task_episodes
 
 log = logging.getLogger(__name__)
 
 
 def run_train_bc(cfg: Config) -> BCSummary:
     """Train BC (resuming from ``bc.run_dir/checkpoint.pt`` when it exists) and return a summary."""
-    episodes = load_episodes(cfg.task.dataset)
-    dataset_info = {"path": str(Path(cfg.task.dataset).resolve()), "sha256": file_sha256(cfg.task.dataset)}
+    episodes = load_task_episodes(cfg.task.dataset, cfg.task.name)
+    dataset_info = dataset_record(cfg.task.dataset, episodes)
     trainer = BCTrainer(cfg.bc, episodes, task=cfg.task.name, dataset_info=dataset_info)
     summary = trainer.train()
     log.info(

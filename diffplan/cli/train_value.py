@@ -14,12 +14,12 @@ from pathlib import Path
 
 from diffplan.cli.common import CommandHelp, hydra_entry
 from diffplan.config import Config
+from diffplan.data.identity import dataset_record
 from diffplan.data.loading import load_episodes
 from diffplan.training import distributed
 from diffplan.training.checkpoint import CheckpointError, load_checkpoint, load_trained_model
 from diffplan.training.loop import TrainSummary
 from diffplan.training.value_trainer import ValueTrainer
-from diffplan.utils import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 def run_train_value(cfg: Config) -> TrainSummary:
     """Train the value function of ``cfg.value`` (resuming when its checkpoint exists).
 
-    The dataset is ``value.dataset``, or when null the file recorded in the diffusion
-    checkpoint; either way its sha256 must match the one the diffusion model was trained on.
+    The dataset is ``value.dataset``, or when null the one recorded in the diffusion
+    checkpoint; either way it must be the dataset the diffusion model was trained on (by identity,
+    :mod:`diffplan.data.identity`; by the file's sha256 for checkpoints that record no identity).
 
     Raises:
         CheckpointError: missing diffusion checkpoint, or a dataset other than its own.
@@ -42,17 +43,22 @@ def run_train_value(cfg: Config) -> TrainSummary:
             f"diffusion checkpoint {checkpoint} records no dataset file; "
             "set value.dataset to the file it was trained on"
         )
-    sha256 = file_sha256(dataset)
-    if recorded.get("sha256") and recorded["sha256"] != sha256:
-        raise CheckpointError(
-            f"{dataset} has sha256 {sha256[:12]}…, but {checkpoint} was trained on a dataset with sha256 "
-            f"{recorded['sha256'][:12]}… ({recorded.get('path')}); set value.dataset to that file"
-        )
     diffusion = load_trained_model(checkpoint, device="cpu")
     episodes = load_episodes(
         dataset, expected_obs_dim=diffusion.layout.obs_dim, expected_act_dim=diffusion.layout.act_dim or None
     )
-    dataset_info = {"path": str(Path(dataset).resolve()), "sha256": sha256}
+    dataset_info = dataset_record(dataset, episodes)
+    if recorded.get("identity"):
+        if recorded["identity"] != dataset_info["identity"]:
+            raise CheckpointError(
+                f"{dataset} has identity {dataset_info['identity'][:12]}…, but {checkpoint} was trained on a dataset "
+                f"with identity {recorded['identity'][:12]}… ({recorded.get('path')}); set value.dataset to that one"
+            )
+    elif recorded.get("sha256") and recorded["sha256"] != dataset_info["sha256"]:
+        raise CheckpointError(
+            f"{dataset} has sha256 {str(dataset_info['sha256'])[:12]}…, but {checkpoint} was trained on a dataset "
+            f"with sha256 {recorded['sha256'][:12]}… ({recorded.get('path')}); set value.dataset to that file"
+        )
     with distributed.session(vc.device):
         trainer = ValueTrainer(vc, diffusion, episodes, dataset_info)
         summary = trainer.train()
