@@ -388,7 +388,9 @@ class GuidanceConfig:
     # No guidance for the last t_stopgrad levels (tokens at level <= t_stopgrad).
     t_stopgrad: int = 2
     scale_grad_by_std: bool = True
-    apply_to: GuideTarget = GuideTarget.x_t
+    # The rule that applies the gradient: x_t (the noisy sample, Diffuser), x0 (the x0 estimate), or a
+    # rule registered with diffplan.diffusion.guide.register_guidance_rule (checked when guidance is built).
+    apply_to: str = GuideTarget.x_t.value
     value_checkpoint: str = "${value.run_dir}/checkpoint.pt"
     # Policy guidance (kind policy / value_policy, diffplan.guidance.build_guidance): the target
     # policy "<kind>:<path>" (diffplan.policies.load_target_policy; kinds sb3-sac, sb3-td3, bc, offline),

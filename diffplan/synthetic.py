@@ -30,8 +30,8 @@ import torch
 from torch import Tensor
 
 from diffplan.diffusion.conditioning import goal_constraints
+from diffplan.diffusion.guide import Guidance
 from diffplan.diffusion.sampler import Sampler
-from diffplan.guidance.base import Guidance
 from diffplan.training.checkpoint import TrainedModel
 from diffplan.utils import atomic_path
 

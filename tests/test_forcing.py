@@ -11,10 +11,10 @@ from torch import Tensor
 
 from diffplan.config import Config, DiffusionConfig
 from diffplan.data import LimitsNormalizer, TrajectoryLayout
+from diffplan.diffusion.guide import Guidance, GuideOutput
 from diffplan.diffusion.sampler import Constraints, Sampler, scheduling_matrix
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.enums import NoiseMode
-from diffplan.guidance.base import Guidance, GuideOutput
 from diffplan.guidance.monte_carlo import MonteCarloGuide, future_tokens, wrap_monte_carlo
 from diffplan.models.transformer import TrajectoryTransformer
 from diffplan.models.unet import TemporalUnet

@@ -83,7 +83,7 @@ class LastTokenGuide:
         return x[:, -1].sum(dim=-1)
 
     def gradient(self, x: Tensor, levels: Tensor):  # type: ignore[no-untyped-def]
-        from diffplan.guidance.base import GuideOutput
+        from diffplan.diffusion.guide import GuideOutput
 
         grad = torch.zeros_like(x)
         grad[:, -1] = 1.0

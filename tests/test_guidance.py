@@ -206,8 +206,37 @@ def test_guidance_settings_are_validated() -> None:
         Guidance(LinearGuide(W), n_guide_steps=0)
     with pytest.raises(ValueError, match="t_stopgrad must be >= 0"):
         Guidance(LinearGuide(W), t_stopgrad=-1)
-    with pytest.raises(ValueError, match="'sideways' is not a valid GuideTarget"):
-        Guidance(LinearGuide(W), apply_to="sideways")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"apply_to='sideways' is not a guidance rule; use one of \['x_t', 'x0'"):
+        Guidance(LinearGuide(W), apply_to="sideways")
+
+
+def test_a_registered_guidance_rule_is_used_without_editing_the_sampler() -> None:
+    """A rule that guides the noisy sample but only on the first half of the horizon: registered by
+    name, chosen with apply_to, and equal to x_t where it guides and to unguided sampling elsewhere."""
+    from diffplan.diffusion.guide import GuidedRow, guide_noisy_sample, register_guidance_rule
+
+    def first_half(sampler, guidance, row: GuidedRow):  # type: ignore[no-untyped-def]
+        free = row.free.clone()
+        free[:, free.shape[1] // 2:] = False
+        return guide_noisy_sample(sampler, guidance, dataclasses.replace(row, free=free, guided=bool(free.any())))
+
+    register_guidance_rule("test-first-half", first_half, replace=True)
+    with pytest.raises(ValueError, match="registered already"):
+        register_guidance_rule("test-first-half", first_half)
+    schedule = NoiseSchedule(16)
+    sampler = Sampler(schedule)
+    matrix = full_sequence_matrix(16, 4, 8)
+    denoiser = _identity_x0
+    x = torch.randn(3, 8, 2, generator=torch.Generator().manual_seed(0))
+    results = {}
+    for rule in ("test-first-half", "x_t"):
+        guidance = Guidance(LinearGuide(torch.ones(2)), scale=0.5, apply_to=rule, t_stopgrad=0)
+        results[rule] = sampler.sample(denoiser, x.shape, matrix, generator=torch.Generator().manual_seed(1),
+                                       guidance=guidance, x_init=x.clone())
+    unguided = sampler.sample(denoiser, x.shape, matrix, generator=torch.Generator().manual_seed(1), x_init=x.clone())
+    assert not torch.equal(results["test-first-half"][:, :4], unguided[:, :4])
+    assert torch.equal(results["test-first-half"][:, 4:], unguided[:, 4:])  # tokens evolve independently here
+    assert not torch.equal(results["x_t"][:, 4:], unguided[:, 4:])
 
 
 # -- warm starts ---------------------------------------------------------------------------------

@@ -35,9 +35,9 @@ from diffplan.config import Config, to_container
 from diffplan.data.episodes import Episodes
 from diffplan.data.hdf5 import write_hdf5
 from diffplan.data.loading import load_episodes
+from diffplan.diffusion.guide import Guidance
 from diffplan.diffusion.sampler import Sampler
 from diffplan.enums import GuidanceKind
-from diffplan.guidance.base import Guidance
 from diffplan.planning.planner import planning_sampler
 from diffplan.policies.base import TargetPolicy
 from diffplan.synthetic import GenerationSpec, clear_partial, generate

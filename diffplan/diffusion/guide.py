@@ -1,16 +1,22 @@
-"""Guides: differentiable objectives that steer denoising (classifier guidance).
+"""The interface between guidance and the sampler: guides (differentiable objectives that steer
+denoising, classifier guidance), their settings, and the rules that apply a gradient.
 
 A guide looks at the current normalized sample x (B, H, D) together with its per-token noise
 levels (B, H), normalized to [0, 1] like the denoiser's input, and returns the gradient of
 its objective with respect to x (same shape) and the objective per sample (B,) for ranking
 candidates. :class:`Guidance` bundles a guide with its strength and schedule over the
 denoising steps (:class:`GuidanceSchedule`, :func:`schedule_coefficient`);
-:meth:`diffplan.diffusion.sampler.Sampler.sample` applies it.
+:meth:`diffplan.diffusion.sampler.Sampler.sample` applies it with the rule named by
+:attr:`Guidance.apply_to`: ``x_t`` (Diffuser: move the noisy sample) or ``x0`` (move the
+denoiser's clean estimate), and any rule added with :func:`register_guidance_rule`, so a new
+way of applying a gradient needs no change to the sampler. The guides themselves (value,
+policy, goal, composites) live in :mod:`diffplan.guidance`, a layer above.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -111,7 +117,8 @@ class Guidance:
         n_guide_steps: gradient steps per denoising row (>= 1).
         t_stopgrad: no guidance for tokens whose level is at most this (>= 0).
         scale_grad_by_std: multiply the gradient by the step's posterior variance.
-        apply_to: guide the noisy sample or the x0 estimate.
+        apply_to: the rule that applies the gradient, a name of :func:`guidance_rules`: ``x_t``
+            (the noisy sample), ``x0`` (the x0 estimate) or a registered one.
         schedule: how the step size varies over the denoising steps (``constant`` is the
             unscheduled sampler, bit for bit).
     """
@@ -121,7 +128,7 @@ class Guidance:
     n_guide_steps: int = 2
     t_stopgrad: int = 2
     scale_grad_by_std: bool = True
-    apply_to: GuideTarget = GuideTarget.x_t
+    apply_to: str = GuideTarget.x_t
     schedule: GuidanceSchedule = GuidanceSchedule.constant
 
     def __post_init__(self) -> None:
@@ -129,7 +136,12 @@ class Guidance:
             raise ValueError(f"guidance.n_guide_steps must be >= 1, got {self.n_guide_steps}")
         if self.t_stopgrad < 0:
             raise ValueError(f"guidance.t_stopgrad must be >= 0, got {self.t_stopgrad}")
-        object.__setattr__(self, "apply_to", GuideTarget(self.apply_to))
+        object.__setattr__(self, "apply_to", str(self.apply_to))
+        if self.apply_to not in _RULES:
+            raise ValueError(
+                f"guidance.apply_to={self.apply_to!r} is not a guidance rule; use one of {guidance_rules()} "
+                "(add one with diffplan.diffusion.guide.register_guidance_rule)"
+            )
         object.__setattr__(self, "schedule", parse_schedule(self.schedule))
         if isinstance(self.scale, Tensor) and (self.scale.dim() != 1 or not self.scale.is_floating_point()):
             raise ValueError(
@@ -159,3 +171,128 @@ class Guidance:
         if self.schedule is GuidanceSchedule.constant:
             return None
         return schedule_coefficient(self.schedule, level_from, level_to, n_timesteps).unsqueeze(-1)
+
+
+# ----------------------------------------------------------------------------- application rules
+
+
+class SamplerOps(Protocol):
+    """What a guidance rule may call on the sampler (:class:`diffplan.diffusion.sampler.Sampler`)."""
+
+    clip_denoised: float | None
+
+    def step(self, x_t: Tensor, output: Tensor, level_from: Tensor, level_to: Tensor,
+             generator: torch.Generator | None) -> tuple[Tensor, Tensor]: ...
+
+    def estimate_x0(self, x_t: Tensor, output: Tensor, level: Tensor) -> Tensor: ...
+
+    def update(self, x_t: Tensor, x0: Tensor, level_from: Tensor, level_to: Tensor,
+               generator: torch.Generator | None) -> tuple[Tensor, Tensor]: ...
+
+
+class Constraints(Protocol):
+    """Inpainted entries (:class:`diffplan.diffusion.conditioning.Constraints`)."""
+
+    mask: Tensor
+
+    def apply(self, x: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class GuidedRow:
+    """One row of guided sampling, as the sampler hands it to a rule.
+
+    Attributes:
+        denoiser: the network call ``(x, normalized levels) -> output``.
+        x: (B, H, D) the sample before the row.
+        level_from, level_to: (B, H) integer levels before and after the row.
+        normalized: (B, H) the levels the denoiser sees, in [0, 1].
+        free: (B, H, D) bool, where the gradient may move the sample (not inpainted, level changing,
+            above ``t_stopgrad``, non-zero schedule coefficient and scale).
+        guided: whether any entry is free (False: the rule must take the unguided step).
+        variance: (B, H, 1) multiplier of the gradient (posterior variance and/or the schedule's
+            coefficient), or None.
+        sample_scale: (B,) per-sample step sizes, or None for the float ``guidance.scale``.
+        constraints: the inpainted entries, or None.
+        generator: the sampling randomness.
+    """
+
+    denoiser: Callable[[Tensor, Tensor], Tensor]
+    x: Tensor
+    level_from: Tensor
+    level_to: Tensor
+    normalized: Tensor
+    free: Tensor
+    guided: bool
+    variance: Tensor | None
+    sample_scale: Tensor | None
+    constraints: Constraints | None
+    generator: torch.Generator | None
+
+
+#: A rule: (sampler, guidance, row) -> the sample after the row.
+GuidanceRule = Callable[[SamplerOps, "Guidance", GuidedRow], Tensor]
+
+_RULES: dict[str, GuidanceRule] = {}
+
+
+def register_guidance_rule(name: str, rule: GuidanceRule, *, replace: bool = False) -> None:
+    """Make ``Guidance(apply_to=name)`` (``guidance.apply_to=<name>``) apply gradients with ``rule``.
+
+    Raises:
+        ValueError: ``name`` is registered already and not ``replace``.
+    """
+    if name in _RULES and not replace:
+        raise ValueError(f"guidance rule {name!r} is registered already; pass replace=True to override it")
+    _RULES[name] = rule
+
+
+def guidance_rules() -> list[str]:
+    """The registered rule names."""
+    return list(_RULES)
+
+
+def guidance_rule(name: str) -> GuidanceRule:
+    """The rule registered as ``name`` (checked when the :class:`Guidance` was built)."""
+    return _RULES[name]
+
+
+def follow_gradient(guidance: Guidance, x: Tensor, levels: Tensor, row: GuidedRow) -> Tensor:
+    """``guidance.n_guide_steps`` steps of ``x += scale * g`` with g the guide's gradient at
+    (x, levels (B, H) in [0, 1]), times ``row.variance`` if given, zero where not ``row.free``.
+    ``row.sample_scale`` (B,) replaces the float ``guidance.scale`` by one step size per sample
+    (broadcast as (B, 1, 1)); the arithmetic per sample is the float's, so a sample's update is
+    bit-identical to a run with its scale as a float."""
+    scale: float | Tensor = guidance.scale if row.sample_scale is None else row.sample_scale.view(-1, 1, 1)
+    for _ in range(guidance.n_guide_steps):
+        grad = guidance.guide.gradient(x, levels).gradient
+        if row.variance is not None:
+            grad = grad * row.variance
+        x = x + scale * torch.where(row.free, grad, torch.zeros_like(grad))
+    return x
+
+
+def guide_noisy_sample(sampler: SamplerOps, guidance: Guidance, row: GuidedRow) -> Tensor:
+    """``x_t`` (Diffuser): the guide sees the noisy sample at the denoiser's levels; the denoiser
+    then runs on the moved sample."""
+    x = follow_gradient(guidance, row.x, row.normalized, row) if row.guided else row.x
+    x, _ = sampler.step(x, row.denoiser(x, row.normalized), row.level_from, row.level_to, row.generator)
+    return x
+
+
+def guide_clean_estimate(sampler: SamplerOps, guidance: Guidance, row: GuidedRow) -> Tensor:
+    """``x0``: the guide sees the denoiser's x0 estimate (inpainted entries written in) at level 0;
+    the reverse update uses the moved estimate (clipped again if ``clip_denoised``)."""
+    x0 = sampler.estimate_x0(row.x, row.denoiser(row.x, row.normalized), row.level_from)
+    if row.guided:
+        if row.constraints is not None:
+            x0 = row.constraints.apply(x0)
+        x0 = follow_gradient(guidance, x0, torch.zeros_like(row.normalized), row)
+        if sampler.clip_denoised is not None:
+            x0 = x0.clamp(-sampler.clip_denoised, sampler.clip_denoised)
+    x, _ = sampler.update(row.x, x0, row.level_from, row.level_to, row.generator)
+    return x
+
+
+register_guidance_rule(GuideTarget.x_t.value, guide_noisy_sample)
+register_guidance_rule(GuideTarget.x0.value, guide_clean_estimate)

@@ -28,9 +28,9 @@ import torch
 from torch import Tensor
 
 from diffplan.acceleration import autocast
+from diffplan.diffusion.guide import Guidance, GuidedRow, guidance_rule
 from diffplan.diffusion.schedule import NoiseSchedule
-from diffplan.enums import GuideTarget, Precision, SamplerKind, ScheduleMatrixKind
-from diffplan.guidance.base import Guidance
+from diffplan.enums import Precision, SamplerKind, ScheduleMatrixKind
 
 #: A denoiser: (x_t (B, H, D), normalized noise level (B, H) in [0, 1]) -> output (B, H, D).
 Denoiser = Callable[[Tensor, Tensor], Tensor]
@@ -355,11 +355,10 @@ class Sampler:
         (B,) (:attr:`Guidance.scale` as a tensor, broadcast as (B, 1, 1)), for samples whose
         scale is 0: those samples follow exactly the unguided updates.
 
-        - ``apply_to = x_t`` (Diffuser): the guide sees the noisy sample at ``model_level``
-          (what the denoiser sees); the denoiser then runs on the moved sample.
-        - ``apply_to = x0``: the guide sees the denoiser's x0 estimate (inpainted entries
-          written in) at level 0; the reverse update uses the moved estimate (clipped again
-          if ``clip_denoised``).
+        The rule named by ``guidance.apply_to`` takes the row (:mod:`diffplan.diffusion.guide`):
+        ``x_t`` (Diffuser) moves the noisy sample at ``model_level`` (what the denoiser sees),
+        then denoises the moved sample; ``x0`` moves the denoiser's x0 estimate (inpainted
+        entries written in) at level 0 and updates with it (clipped again if ``clip_denoised``).
         """
         normalized = self.schedule.normalized_level(model_level)
         free = ((level_from > guidance.t_stopgrad) & (level_to != level_from)).unsqueeze(-1).expand_as(x)
@@ -371,24 +370,12 @@ class Sampler:
         sample_scale = guidance.sample_scale(x)
         if sample_scale is not None:
             free = free & (sample_scale != 0).view(-1, 1, 1)
-        guided = bool(free.any())
         variance = self.posterior_variance(level_from, level_to) if guidance.scale_grad_by_std else None
         if coefficient is not None:
             variance = coefficient if variance is None else variance * coefficient
-        if guidance.apply_to is GuideTarget.x_t:
-            if guided:
-                x = _follow_gradient(guidance, x, normalized, free, variance, sample_scale)
-            x, _ = self.step(x, denoiser(x, normalized), level_from, level_to, generator)
-            return x
-        x0 = self.estimate_x0(x, denoiser(x, normalized), level_from)
-        if guided:
-            if constraints is not None:
-                x0 = constraints.apply(x0)
-            x0 = _follow_gradient(guidance, x0, torch.zeros_like(normalized), free, variance, sample_scale)
-            if self.clip_denoised is not None:
-                x0 = x0.clamp(-self.clip_denoised, self.clip_denoised)
-        x, _ = self.update(x, x0, level_from, level_to, generator)
-        return x
+        row = GuidedRow(denoiser, x, level_from, level_to, normalized, free, bool(free.any()), variance,
+                        sample_scale, constraints, generator)
+        return guidance_rule(guidance.apply_to)(self, guidance, row)
 
 
 def _float32_outputs(denoiser: Denoiser) -> Denoiser:
@@ -398,29 +385,6 @@ def _float32_outputs(denoiser: Denoiser) -> Denoiser:
         return denoiser(x_t, levels).float()
 
     return call
-
-
-def _follow_gradient(
-    guidance: Guidance,
-    x: Tensor,
-    levels: Tensor,
-    free: Tensor,
-    variance: Tensor | None,
-    sample_scale: Tensor | None = None,
-) -> Tensor:
-    """``guidance.n_guide_steps`` steps of ``x += scale * g`` with g the guide's gradient at
-    (x, levels (B, H) in [0, 1]), times ``variance`` (B, H, 1) if given (the posterior variance
-    and/or the schedule's coefficient), zero where not ``free``. ``sample_scale`` (B,) replaces
-    the float ``guidance.scale`` by one step size per sample (broadcast as (B, 1, 1)); the
-    arithmetic per sample is the float's, so a sample's update is bit-identical to a run with
-    its scale as a float."""
-    scale: float | Tensor = guidance.scale if sample_scale is None else sample_scale.view(-1, 1, 1)
-    for _ in range(guidance.n_guide_steps):
-        grad = guidance.guide.gradient(x, levels).gradient
-        if variance is not None:
-            grad = grad * variance
-        x = x + scale * torch.where(free, grad, torch.zeros_like(grad))
-    return x
 
 
 def check_clip(normalizer_kind: str, clip_denoised: float | None) -> None:

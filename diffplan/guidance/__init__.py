@@ -5,8 +5,7 @@ Kept free of :mod:`diffplan.config` imports at module level (the config imports
 :class:`GuideTarget` and :class:`GuidanceSchedule`).
 """
 
-from diffplan.enums import GuidanceSchedule, GuideTarget
-from diffplan.guidance.base import (
+from diffplan.diffusion.guide import (
     PGD_SINE_WEIGHT,
     ConstantGuide,
     Guidance,
@@ -15,6 +14,7 @@ from diffplan.guidance.base import (
     parse_schedule,
     schedule_coefficient,
 )
+from diffplan.enums import GuidanceSchedule, GuideTarget
 from diffplan.guidance.build import build_guidance, policy_guide
 from diffplan.guidance.composite import CompositeGuide
 from diffplan.guidance.goal import GoalGuide

@@ -8,7 +8,7 @@ that scale; ``kind = value_policy`` is a :class:`CompositeGuide` with weights
 shared; ``normalize_grad`` applies to the policy gradient only.
 
 Config types are imported for type checking only: :mod:`diffplan.config` imports
-:mod:`diffplan.guidance.base`, so this package must not import it at module level.
+:mod:`diffplan.diffusion.guide`, so this package must not import it at module level.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from diffplan.guidance.base import Guidance, Guide
+from diffplan.diffusion.guide import Guidance, Guide
 from diffplan.guidance.composite import CompositeGuide
 from diffplan.guidance.policy import PolicyGuide
 

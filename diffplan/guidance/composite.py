@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from diffplan.guidance.base import Guide, GuideOutput
+from diffplan.diffusion.guide import Guide, GuideOutput
 
 
 class CompositeGuide:

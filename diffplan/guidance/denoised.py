@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffplan.diffusion.guide import Guide, GuideOutput
 from diffplan.diffusion.sampler import Denoiser
 from diffplan.diffusion.schedule import NoiseSchedule
-from diffplan.guidance.base import Guide, GuideOutput
 
 
 class DenoisedGuide:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from diffplan.data.layout import TrajectoryLayout
 from diffplan.data.normalizer import Normalizer
-from diffplan.guidance.base import GuideOutput
+from diffplan.diffusion.guide import GuideOutput
 
 
 def position_channels(layout: TrajectoryLayout, goal_dims: list[int], what: str) -> list[int]:

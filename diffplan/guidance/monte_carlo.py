@@ -31,9 +31,9 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
+from diffplan.diffusion.guide import Guidance, Guide, GuideOutput
 from diffplan.diffusion.sampler import Denoiser
 from diffplan.diffusion.schedule import NoiseSchedule
-from diffplan.guidance.base import Guidance, Guide, GuideOutput
 
 
 def future_tokens(levels: Tensor) -> Tensor:

@@ -4,7 +4,7 @@
 strengths) as one batch of environments. :class:`EnvStrengths` holds, for each of the N
 environments, what the cell of that environment changes:
 
-- ``scale`` (N,): the :class:`~diffplan.guidance.base.Guidance` step size (``guidance.scale``
+- ``scale`` (N,): the :class:`~diffplan.diffusion.guide.Guidance` step size (``guidance.scale``
   of goal and value guidance, ``guidance.policy_scale`` of policy guidance; 0 for unguided
   cells, whose samples then follow the unguided updates exactly);
 - ``weights`` (N, T): the weights of the T terms of the guidance's
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffplan.guidance.base import Guidance, Guide
+from diffplan.diffusion.guide import Guidance, Guide
 from diffplan.guidance.composite import CompositeGuide
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from diffplan.guidance.base import GuideOutput
+from diffplan.diffusion.guide import GuideOutput
 from diffplan.policies.base import TargetPolicy
 
 if TYPE_CHECKING:  # runtime imports would tie diffplan.guidance to diffplan.data

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from diffplan.data.layout import TrajectoryLayout
 from diffplan.data.normalizer import Normalizer
-from diffplan.guidance.base import GuideOutput
+from diffplan.diffusion.guide import GuideOutput
 from diffplan.guidance.goal import GoalTargets, position_channels
 
 

@@ -27,9 +27,9 @@ import torch
 from torch import Tensor
 
 from diffplan.config import Config, DiffusionConfig, PlannerConfig
+from diffplan.diffusion.guide import Guidance
 from diffplan.diffusion.sampler import Constraints, scheduling_matrix
 from diffplan.enums import ScheduleMatrixKind
-from diffplan.guidance.base import Guidance
 from diffplan.guidance.build import build_guidance
 from diffplan.guidance.goal import GoalGuide
 from diffplan.planning.planner import planning_denoiser, planning_sampler
