@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 
 from diffplan import __version__
 from diffplan.config import BCConfig
+from diffplan.controllers import PlanRecord
 from diffplan.data.episodes import Episodes
 from diffplan.data.normalizer import MIN_STD
 from diffplan.models.mlp import mlp
-from diffplan.planning.policy import PlanRecord
 from diffplan.training.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,

@@ -67,3 +67,18 @@ class TrajectoryLayout:
     def from_dict(cls, data: dict[str, Any]) -> TrajectoryLayout:
         """Inverse of :meth:`to_dict`."""
         return cls(**data)
+
+
+def position_channels(layout: TrajectoryLayout, goal_dims: list[int], what: str) -> list[int]:
+    """The trajectory channels of the observation entries ``goal_dims`` (``task.goal_obs_dims``).
+
+    Raises:
+        ValueError: no entries, or entries outside the observation; ``what`` names the feature.
+    """
+    if not goal_dims:
+        raise ValueError(f"{what} needs the position channels (task.goal_obs_dims), got an empty list; "
+                         "it is for goal-reaching tasks (pointmaze-*)")
+    bad = [d for d in goal_dims if not 0 <= d < layout.obs_dim]
+    if bad:
+        raise ValueError(f"task.goal_obs_dims {bad} are outside the observation (obs_dim {layout.obs_dim})")
+    return [layout.obs.start + int(d) for d in goal_dims]

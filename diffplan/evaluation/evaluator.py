@@ -19,21 +19,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffplan.planning.policy import PlanRecord
+from diffplan.controllers import Controller, PlanRecord
 
 log = logging.getLogger(__name__)
 
 
-class Policy(Protocol):
-    """What the evaluator needs from a batched policy (PlanningPolicy, the BC baseline's BCPolicy)."""
-
-    records: list[PlanRecord]
-
-    def reset(self, n_envs: int) -> None: ...
-
-    def act(
-        self, step: int, observations: np.ndarray, goals: np.ndarray, active: np.ndarray, generator: torch.Generator
-    ) -> tuple[np.ndarray, np.ndarray]: ...
+#: The batched controller the evaluator drives (:class:`diffplan.controllers.Controller`).
+Policy = Controller
 
 
 class BatchEnv(Protocol):

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from diffplan.data.layout import TrajectoryLayout
+from diffplan.data.layout import TrajectoryLayout, position_channels
 from diffplan.data.normalizer import Normalizer
 from diffplan.diffusion.guide import GuideOutput
-from diffplan.guidance.goal import GoalTargets, position_channels
+from diffplan.guidance.goal import GoalTargets
 
 
 class ValueGuide:

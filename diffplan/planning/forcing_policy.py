@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from diffplan.controllers import PlanRecord
 from diffplan.guidance.goal import GoalGuide
 from diffplan.planning.forcing import ForcingPlanner
-from diffplan.planning.policy import PlanRecord
 
 
 @dataclass(frozen=True)

@@ -24,19 +24,10 @@ import numpy as np
 import torch
 
 from diffplan.config import PlannerConfig
+from diffplan.controllers import PlanRecord
 from diffplan.enums import ExecutionMode, Tracking
 from diffplan.guidance.per_env import EnvStrengths
 from diffplan.planning.planner import GoalPlanner, Plan
-
-
-@dataclass
-class PlanRecord:
-    """One planning call, kept for reports: which envs, when, and what was planned."""
-
-    step: int
-    env_index: np.ndarray
-    observations: np.ndarray  # (n, H, obs_dim)
-    time_s: float
 
 
 def check_strengths(strengths: EnvStrengths | None, n_envs: int) -> None:

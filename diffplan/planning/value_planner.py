@@ -31,6 +31,7 @@ from torch import Tensor
 
 from diffplan.acceleration import compile_module
 from diffplan.config import DiffusionConfig, GuidanceConfig, PlannerConfig
+from diffplan.controllers import PlanRecord
 from diffplan.diffusion.conditioning import goal_constraints
 from diffplan.diffusion.warm_start import warm_start
 from diffplan.enums import ActionSource
@@ -38,7 +39,7 @@ from diffplan.guidance import EnvStrengths, GoalValueGuide, Guidance, Guide, Val
 from diffplan.guidance.per_env import for_candidates
 from diffplan.models.inverse_dynamics import plan_actions
 from diffplan.planning.planner import Plan, check_planner, planning_denoiser, planning_sampler
-from diffplan.planning.policy import PlanRecord, RecedingHorizonPolicy, check_strengths
+from diffplan.planning.policy import RecedingHorizonPolicy, check_strengths
 from diffplan.training.checkpoint import TrainedModel
 from diffplan.training.value_trainer import load_value_model
 

@@ -45,12 +45,12 @@ from diffplan import __version__
 from diffplan.acceleration import autocast, compile_module
 from diffplan.config import ValueConfig
 from diffplan.data.episodes import Episodes
+from diffplan.data.layout import position_channels
 from diffplan.data.normalizer import Normalizer, normalizer_from_state_dict
 from diffplan.data.windows import WindowSampler
 from diffplan.diffusion.conditioning import conditioning_mask
 from diffplan.diffusion.loss import full_sequence_levels, noisy_input
 from diffplan.diffusion.schedule import NoiseSchedule
-from diffplan.guidance.goal import position_channels
 from diffplan.models.value import ValueNet, build_value_net
 from diffplan.training import distributed
 from diffplan.training.checkpoint import (
