@@ -20,9 +20,10 @@ import pytest
 from test_cli_errors import _digest, _one_line
 from test_commands import tiny_config, tiny_overrides
 
-from diffplan.cli.train import run_train
 from diffplan.data import load_episodes, write_hdf5
 from diffplan.data.identity import dataset_record
+from diffplan.pipeline.train import run_train
+from diffplan.reporting.markdown import eval_report
 
 #: D4RL's published reference returns for hopper (d4rl/infos.py).
 HOPPER_REF = (-20.272305, 3234.3)
@@ -156,6 +157,7 @@ def test_d4rl_maze_file_trains_and_evaluates_with_reference_returns_from_the_con
     assert results["reference_scores"] == {"method": "config", "min": 0.0, "max": 200.0,
                                            "source": "task.ref_min / task.ref_max"}
     _check_scores(results, 0.0, 200.0)
+    assert "(task.ref_min/ref_max scale; mean ± standard error" in eval_report(results)
     dataset = results["dataset"]
     assert dataset["path"] == str(data) and dataset["layout"] == "maze2d"
     assert dataset["identity"].startswith(MAZE_IDENTITY) and dataset["matches_checkpoint"] is True
@@ -169,6 +171,7 @@ def test_d4rl_locomotion_file_is_normalized_with_d4rl_reference_returns(tmp_path
     ref = results["reference_scores"]
     assert (ref["method"], ref["min"], ref["max"]) == ("d4rl", *HOPPER_REF) and "hopper" in ref["source"]
     _check_scores(results, *HOPPER_REF)
+    assert "(D4RL scale; mean ± standard error" in eval_report(results)
     assert results["dataset"]["identity"].startswith(HOPPER_IDENTITY)
     assert (results["dataset"]["layout"], results["dataset"]["n_episodes"]) == ("locomotion", 4)
 
@@ -187,6 +190,7 @@ def test_minari_dataset_by_id_and_by_folder(tmp_path: Path, monkeypatch: pytest.
     assert results["reference_scores"] == {"method": "minari", "min": 1.5, "max": 41.5,
                                            "source": f"{folder} metadata (ref_min_score, ref_max_score)"}
     _check_scores(results, 1.5, 41.5)
+    assert "(Minari-style scale; mean ± standard error" in eval_report(results)
     dataset = results["dataset"]
     assert dataset["path"] == str(folder) and dataset["layout"] == "minari" and dataset["sha256"] is None
     assert dataset["identity"].startswith(MINARI_IDENTITY) and dataset["matches_checkpoint"] is True

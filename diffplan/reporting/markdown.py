@@ -26,7 +26,8 @@ def eval_report(
         "",
         f"- normalized score: **{score['mean']:.1f} ± {score['stderr']:.1f}** ({scale_label(ref)}; mean ± standard "
         f"error over {results['n_episodes']} episodes, seeds {results['seeds']}; {results['n_failed']} failed)",
-        f"- success rate (reached the goal at least once): {results['success_rate']:.2f}",
+        "- success rate (reached the goal at least once): "
+        + ("n/a (scored by return only)" if results["success_rate"] is None else f"{results['success_rate']:.2f}"),
         f"- mean episode return: {results['return']['mean']:.1f}",
         f"- reference returns ({ref.get('method', '?')} method, from {ref.get('source', '?')}): "
         f"min {ref['min']:.2f}, max {ref['max']:.2f}{_reference_detail(ref, results['task'])}",
