@@ -21,7 +21,8 @@ from test_cli_errors import _digest, _one_line
 from test_commands import tiny_config, tiny_overrides
 
 from diffplan.data import load_episodes, write_hdf5
-from diffplan.data.identity import dataset_record
+from diffplan.data.errors import DatasetError
+from diffplan.data.identity import check_same_dataset, dataset_record
 from diffplan.pipeline.train import run_train
 from diffplan.reporting.markdown import eval_report
 
@@ -208,6 +209,16 @@ def test_identity_is_the_arrays_and_recipe_not_the_files_bytes(tmp_path: Path) -
     assert records["first.hdf5"]["sha256"] != records["again.hdf5"]["sha256"]
     assert records["first.hdf5"]["identity"] == records["again.hdf5"]["identity"]
     assert records["first.hdf5"]["identity"] != records["other.hdf5"]["identity"]
+    # Evaluation's check: the same data passes; other data at the trained-on path is named as changed;
+    # a checkpoint that records only a file hash (written before identities) is let through with a note.
+    check = {"what": "checkpoint c.pt", "key": "task.dataset", "fix": "retrain"}
+    assert check_same_dataset(records["first.hdf5"], records["again.hdf5"], **check) is None
+    moved = {**records["other.hdf5"], "path": records["first.hdf5"]["path"]}
+    with pytest.raises(DatasetError, match=r"first\.hdf5, identity .*changed since training: restore it there, or"):
+        check_same_dataset(records["first.hdf5"], moved, **check)
+    legacy = {"path": records["first.hdf5"]["path"], "sha256": records["first.hdf5"]["sha256"]}
+    assert check_same_dataset(legacy, records["first.hdf5"], **check) is None
+    assert "records only the file hash" in str(check_same_dataset(legacy, records["again.hdf5"], **check))
 
     # Training resumes on an identical re-collection (other bytes), and refuses other data.
     cfg = tiny_config(tmp_path, [f"task.dataset={first}"])

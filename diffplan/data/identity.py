@@ -122,12 +122,11 @@ def check_same_dataset(recorded: Mapping[str, Any], current: Mapping[str, Any], 
     if old and new:
         if old == new:
             return None
-        same_place = recorded.get("path") == current.get("path")
+        way_back = ("the data at that path changed since training: restore it there"
+                    if recorded.get("path") == current.get("path") else f"pass {key}={recorded.get('path')}")
         raise DatasetError(
             f"{key}={current.get('path')} (identity {new[:12]}…) is not the dataset {what} was trained on "
-            f"({recorded.get('path')}, identity {old[:12]}…)"
-            + ("; the data at that path changed since training" if same_place else "")
-            + f"; pass {key}={recorded.get('path')} (the original data) or {fix}"
+            f"({recorded.get('path')}, identity {old[:12]}…); {way_back}, or {fix}"
         )
     old_file, new_file = recorded.get("sha256"), current.get("sha256")
     if old_file and new_file and old_file == new_file:
