@@ -66,7 +66,7 @@ def make_config(
 def collect(task: str = "pointmaze-umaze", **settings: Any) -> Path:
     """Collect the task's dataset (``diffplan-collect``); returns its path. ``settings``: as
     :func:`make_config` (``run_dir``, ``dataset``, ``experiment``, ``overrides``)."""
-    from diffplan.cli.collect import run_collect
+    from diffplan.pipeline.collect import run_collect
 
     return run_collect(make_config(task, **settings))
 
@@ -74,7 +74,7 @@ def collect(task: str = "pointmaze-umaze", **settings: Any) -> Path:
 def train(task: str = "pointmaze-umaze", **settings: Any) -> TrainSummary:
     """Train the diffusion model (``diffplan-train``), resuming from ``run_dir/checkpoint.pt`` when
     it exists; returns what the run did. ``settings``: as :func:`make_config`."""
-    from diffplan.cli.train import run_train
+    from diffplan.pipeline.train import run_train
 
     return run_train(make_config(task, **settings))
 
@@ -88,7 +88,7 @@ def evaluate(task: str = "pointmaze-umaze", **settings: Any) -> dict[str, Any]:
         ValueError: a bad setting, a dataset or checkpoint that does not fit the task, or an
             evaluation in which every episode failed.
     """
-    from diffplan.cli.evaluate import run_evaluate
+    from diffplan.pipeline.evaluate import run_evaluate
 
     path = run_evaluate(make_config(task, **settings))
     results: dict[str, Any] = json.loads(path.read_text())
@@ -116,7 +116,7 @@ class LoadedPlanner:
     locomotion), with the settings the model was trained with unless overridden."""
 
     def __init__(self, config: Config, seed: int = 0) -> None:
-        from diffplan.cli.evaluate import build_setup
+        from diffplan.pipeline.evaluate import build_setup
 
         self.config = config
         self._setup = build_setup(config)

@@ -13,10 +13,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from diffplan.baselines import BCNetwork, BCPolicy, BCTrainer, load_bc_model
-from diffplan.cli.train_bc import run_train_bc
 from diffplan.config import BCConfig, as_config, register_configs
 from diffplan.data import Episodes, write_hdf5
 from diffplan.evaluation.evaluator import evaluate
+from diffplan.pipeline.train_bc import run_train_bc
 from diffplan.training.checkpoint import CheckpointError, load_checkpoint, load_trained_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from test_commands import tiny_config, tiny_overrides
 
-from diffplan.cli.collect import run_collect
-from diffplan.cli.evaluate import run_evaluate, write_evaluation
-from diffplan.cli.train import run_train
 from diffplan.evaluation.evaluator import EpisodeResult, EvaluationOutput
+from diffplan.pipeline.collect import run_collect
+from diffplan.pipeline.evaluate import run_evaluate, write_evaluation
+from diffplan.pipeline.train import run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +104,7 @@ def test_an_evaluation_whose_every_episode_failed_is_an_error_and_writes_nothing
     before = results.read_bytes()
     failed = [EpisodeResult(seed=0, episode=i, reset_seed=i, episode_return=0.0, normalized_score=0.0, success=False,
                             length=0, failed=True, reason="planner raised: boom") for i in range(2)]
-    from diffplan.cli.evaluate import prepare_evaluation
+    from diffplan.pipeline.evaluate import prepare_evaluation
 
     setup = prepare_evaluation(cfg)
     output = EvaluationOutput(episodes=failed, traces=[], plan_times_s=[], wall_time_s=0.1)

@@ -14,12 +14,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from diffplan.cli.collect import run_collect
-from diffplan.cli.evaluate import run_evaluate
-from diffplan.cli.train import run_train
 from diffplan.config import Config, as_config, register_configs
 from diffplan.data.errors import DatasetError
 from diffplan.evaluation.episodes import load_episodes
+from diffplan.pipeline.collect import run_collect
+from diffplan.pipeline.evaluate import run_evaluate
+from diffplan.pipeline.train import run_train
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")

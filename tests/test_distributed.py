@@ -17,13 +17,13 @@ import torch
 from data_fixtures import ACT_DIM, OBS_DIM, random_walk_episodes
 from hydra import compose, initialize_config_dir
 
-from diffplan.cli.train import run_train
-from diffplan.cli.train_value import run_train_value
 from diffplan.config import Config, as_config, register_configs
 from diffplan.data import write_hdf5
 from diffplan.diffusion.loss import diffusion_loss
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.models.inverse_dynamics import InverseDynamics, inverse_dynamics_loss
+from diffplan.pipeline.train import run_train
+from diffplan.pipeline.train_value import run_train_value
 from diffplan.training import distributed
 from diffplan.training.checkpoint import load_trained_model
 from diffplan.training.value_trainer import load_value_model

@@ -27,9 +27,9 @@ from diffplan_envs.locomotion import (
 )
 from hydra import compose, initialize_config_dir
 
-from diffplan.cli.collect import run_collect
 from diffplan.config import as_config, register_configs
 from diffplan.data.hdf5 import load_hdf5, read_metadata, reference_scores
+from diffplan.pipeline.collect import run_collect
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_PPO = {"n_steps": 64, "batch_size": 64, "n_epochs": 1}

@@ -176,9 +176,9 @@ def test_forcing_policy_with_a_tracker_steers_to_the_planned_states() -> None:
 
 
 def test_evaluator_runs_forcing_mpc_with_goal_guidance(tmp_path: Path) -> None:
-    from diffplan.cli.collect import run_collect
-    from diffplan.cli.evaluate import run_evaluate
-    from diffplan.cli.train import run_train
+    from diffplan.pipeline.collect import run_collect
+    from diffplan.pipeline.evaluate import run_evaluate
+    from diffplan.pipeline.train import run_train
 
     extra = ["model=transformer", "model.d_model=16", "model.n_layers=1", "model.n_heads=2", "model.frame_stack=2",
              "task.stride=1", "task.horizon=16", "train.noise_mode=independent", "train.condition_goal=false",
@@ -235,7 +235,7 @@ def test_real_maze_transitions_are_consistent_and_corrupted_ones_are_not() -> No
 
 
 def test_forcing_mpc_on_locomotion_is_refused_with_the_alternatives(tmp_path: Path) -> None:
-    from diffplan.cli.evaluate import run_evaluate
+    from diffplan.pipeline.evaluate import run_evaluate
 
     cfg = tiny_config(tmp_path, ["task=hopper-medium", "planner=forcing"])
     with pytest.raises(ValueError, match="planner.mode=forcing is wired for the mazes .*planner=value or "

@@ -11,15 +11,15 @@ import torch
 from data_fixtures import training_state
 from test_commands import tiny_config
 
-from diffplan.cli.collect import run_collect
-from diffplan.cli.evaluate import run_evaluate
-from diffplan.cli.train import run_train
-from diffplan.cli.train_value import run_train_value
 from diffplan.config import Config
 from diffplan.data import LimitsNormalizer, TrajectoryLayout
 from diffplan.data.loading import load_episodes
 from diffplan.guidance import GoalValueGuide
 from diffplan.models.value import ValueNet
+from diffplan.pipeline.collect import run_collect
+from diffplan.pipeline.evaluate import run_evaluate
+from diffplan.pipeline.train import run_train
+from diffplan.pipeline.train_value import run_train_value
 from diffplan.planning.planner import GoalPlanner
 from diffplan.planning.value_planner import value_guide
 from diffplan.training.checkpoint import load_checkpoint, load_trained_model

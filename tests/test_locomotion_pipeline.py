@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from locomotion_fixtures import tiny_locomotion_config
 
-from diffplan.cli.evaluate import run_evaluate
-from diffplan.cli.train import run_train
-from diffplan.cli.train_bc import run_train_bc
-from diffplan.cli.train_value import run_train_value
+from diffplan.pipeline.evaluate import run_evaluate
+from diffplan.pipeline.train import run_train
+from diffplan.pipeline.train_bc import run_train_bc
+from diffplan.pipeline.train_value import run_train_value
 from diffplan.training.checkpoint import CheckpointError
 
 

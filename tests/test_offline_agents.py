@@ -463,8 +463,8 @@ def hopper_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("algo", ["td3bc", "iql"])
 def test_train_offline_and_evaluate_commands(algo: str, tmp_path: Path, hopper_file: Path) -> None:
-    from diffplan.cli.evaluate import run_evaluate
-    from diffplan.cli.train_offline import run_train_offline
+    from diffplan.pipeline.evaluate import run_evaluate
+    from diffplan.pipeline.train_offline import run_train_offline
 
     cfg = _locomotion_config(tmp_path, hopper_file, algo, 300)
     assert cfg.offline.run_dir == str(tmp_path / "run" / f"offline-{algo}")

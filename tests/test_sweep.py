@@ -16,9 +16,6 @@ from hydra import compose, initialize_config_dir
 from test_commands import CONF, tiny_config
 from torch import Tensor
 
-from diffplan.cli.collect import run_collect
-from diffplan.cli.evaluate import prepare_evaluation, run_episodes
-from diffplan.cli.train import run_train
 from diffplan.config import (
     Config,
     DiffusionConfig,
@@ -35,6 +32,9 @@ from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.enums import EvalPolicy, GuidanceKind, GuideTarget
 from diffplan.guidance import CompositeGuide, EnvStrengths, Guidance, GuideOutput
 from diffplan.models.unet import TemporalUnet
+from diffplan.pipeline.collect import run_collect
+from diffplan.pipeline.evaluate import prepare_evaluation, run_episodes
+from diffplan.pipeline.train import run_train
 from diffplan.planning.planner import GoalPlanner
 from diffplan.planning.policy import PlanningPolicy
 from diffplan.planning.value_planner import ValuePlanner

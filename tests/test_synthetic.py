@@ -15,9 +15,9 @@ import torch
 from diffplan_envs.dynamics import dynamics_error, set_state_from_observation
 from locomotion_fixtures import tiny_locomotion_config
 
-from diffplan.cli.generate import run_generate
-from diffplan.cli.train import run_train
 from diffplan.data import TrajectoryLayout, load_episodes
+from diffplan.pipeline.generate import run_generate
+from diffplan.pipeline.train import run_train
 from diffplan.planning.planner import planning_sampler
 from diffplan.synthetic import GenerationSpec, generate, trajectories_to_transitions
 from diffplan.training.checkpoint import TrainedModel, load_trained_model
@@ -137,7 +137,7 @@ def test_real_transitions_replay_with_near_zero_dynamics_error() -> None:
 def test_offline_agent_trains_on_data_regenerated_towards_itself(reward_model: tuple[TrainedModel, Path]) -> None:
     """Policy-Guided Diffusion's loop through the command: every 3 updates the diffusion model
     regenerates the synthetic set, guided towards the TD3+BC agent being trained."""
-    from diffplan.cli.train_offline import run_train_offline
+    from diffplan.pipeline.train_offline import run_train_offline
 
     _, folder = reward_model
     run = folder / "pgd-agent"
@@ -158,7 +158,7 @@ def test_offline_agent_trains_on_data_regenerated_towards_itself(reward_model: t
 
 def test_the_first_regenerated_set_is_unguided(reward_model: tuple[TrainedModel, Path]) -> None:
     """At update 0 the agent is untrained: its set is sampled unguided; later sets follow the agent."""
-    from diffplan.cli.generate import generation_setup, policy_guided_regenerator
+    from diffplan.pipeline.generate import generation_setup, policy_guided_regenerator
     from diffplan.policies import LinearGaussianPolicy
 
     _, folder = reward_model
@@ -181,7 +181,7 @@ def test_the_first_regenerated_set_is_unguided(reward_model: tuple[TrainedModel,
 
 def test_generation_follows_planner_precision(reward_model: tuple[TrainedModel, Path]) -> None:
     """planner.precision reaches the generator's sampler: bfloat16 gives float32 transitions close to float32's."""
-    from diffplan.cli.generate import generation_setup
+    from diffplan.pipeline.generate import generation_setup
 
     _, folder = reward_model
     base = ["train.model_rewards=true", "train.model_terminals=true", "generate.n_trajectories=3", "generate.length=5"]

@@ -11,13 +11,13 @@ import pytest
 import torch
 from data_fixtures import training_state
 
-from diffplan.cli.train_value import run_train_value
 from diffplan.config import Config, DiffusionConfig, ModelConfig, TaskConfig, TrainConfig, ValueConfig
 from diffplan.data import Episodes, GaussianNormalizer, TrajectoryLayout, write_hdf5
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.enums import NormalizerKind
 from diffplan.models.unet import TemporalUnet
 from diffplan.models.value import ValueNet, build_value_net
+from diffplan.pipeline.train_value import run_train_value
 from diffplan.training.checkpoint import CheckpointError, TrainedModel, load_checkpoint
 from diffplan.training.trainer import Trainer
 from diffplan.training.value_targets import value_targets

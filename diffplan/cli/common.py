@@ -33,6 +33,8 @@ class CommandHelp:
 
     options: tuple[str, ...]
     examples: tuple[str, ...]
+    #: The command module's docstring; its first paragraph is the summary.
+    doc: str | None = None
 
 
 def hydra_entry(
@@ -46,7 +48,7 @@ def hydra_entry(
     Under torchrun the ranks > 0 log warnings and errors only and write no Hydra files.
     """
     register_configs()
-    summary = _summary(run)
+    summary = _summary(help.doc if help is not None and help.doc else inspect.getdoc(sys.modules[run.__module__]))
 
     @hydra.main(config_path=CONF_DIR, config_name=config_name, version_base="1.3")
     def _main(cfg: DictConfig) -> None:
@@ -77,10 +79,9 @@ def hydra_entry(
     return entry
 
 
-def _summary(run: Callable[..., Any]) -> str:
-    """The first paragraph of the docstring of ``run``'s module, without its ````command````: prefix."""
-    doc = inspect.getdoc(sys.modules[run.__module__]) or ""
-    first = " ".join(doc.split("\n\n", 1)[0].split())
+def _summary(doc: str | None) -> str:
+    """The first paragraph of a command module's docstring, without its ````command````: prefix."""
+    first = " ".join(inspect.cleandoc(doc or "").split("\n\n", 1)[0].split())
     return first.split(": ", 1)[1] if first.startswith("``") and ": " in first else first
 
 

@@ -1,4 +1,8 @@
-"""``diffplan-collect``: write the task's dataset with the recipe of its suite."""
+"""What ``diffplan-collect`` runs: write the task's dataset with the recipe of its suite.
+
+The command (:mod:`diffplan.cli.collect`) composes the config and calls :func:`run_collect`; the
+Python API (:mod:`diffplan.api`) and sweeps call it too.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from diffplan.cli.common import CommandHelp, hydra_entry
 from diffplan.config import Config
 
 log = logging.getLogger(__name__)
@@ -77,22 +80,3 @@ def _collect_locomotion(cfg: Config, n_steps: int) -> Path:
     for level, path in paths.items():
         log.info("%s-%s: %s", robot, level, path)
     return paths.get(task.level, next(iter(paths.values())))
-
-
-main = hydra_entry(run_collect, help=CommandHelp(
-    options=(
-        "task.name",
-        "task.dataset",
-        "collect.n_steps",
-        "collect.seed",
-        "collect.n_envs",
-        "collect.levels",
-    ),
-    examples=(
-        "diffplan-collect task=pointmaze-medium",
-        "diffplan-collect task=hopper-medium collect.n_steps=100000",
-    ),
-))
-
-if __name__ == "__main__":
-    main()

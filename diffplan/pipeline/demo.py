@@ -1,8 +1,7 @@
-"""``diffplan-demo``: collect a small umaze dataset, train, evaluate, write a report.
+"""What ``diffplan-demo`` runs: collect a small umaze dataset, train, evaluate, write a report.
 
-Everything goes under ``run_dir`` (default ``runs/demo``): the dataset, the checkpoint,
-``eval/results.json``, ``eval/paths.png`` and ``report.md``. Each stage resumes: a
-finished dataset is reused and training continues from its last checkpoint.
+The command (:mod:`diffplan.cli.demo`) composes the config and calls :func:`run_demo`; the
+Python API (:mod:`diffplan.api`) and sweeps call it too.
 """
 
 from __future__ import annotations
@@ -15,11 +14,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from diffplan.cli.collect import run_collect
-from diffplan.cli.common import CommandHelp, hydra_entry
-from diffplan.cli.evaluate import run_evaluate
-from diffplan.cli.train import run_train
 from diffplan.config import Config
+from diffplan.pipeline.collect import run_collect
+from diffplan.pipeline.evaluate import run_evaluate
+from diffplan.pipeline.train import run_train
 from diffplan.reporting.markdown import write_eval_report
 
 log = logging.getLogger(__name__)
@@ -43,22 +41,3 @@ def run_demo(cfg: Config) -> Path:
     )
     log.info("demo finished in %.0f s: %s", time.perf_counter() - start, report)
     return report
-
-
-main = hydra_entry(run_demo, config_name="demo", help=CommandHelp(
-    options=(
-        "task.name",
-        "run_dir",
-        "collect.n_steps",
-        "train.steps",
-        "eval.n_episodes",
-        "eval.seeds",
-    ),
-    examples=(
-        "diffplan-demo",
-        "diffplan-demo run_dir=runs/demo-long train.steps=20000",
-    ),
-))
-
-if __name__ == "__main__":
-    main()

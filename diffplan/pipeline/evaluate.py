@@ -1,17 +1,7 @@
-"""``diffplan-evaluate``: run a policy in N environments at once and write results.json.
+"""What ``diffplan-evaluate`` runs: run a policy in N environments at once and write results.json.
 
-Mazes: the goal-inpainting planner with a tracker (``planner.mode``). Locomotion
-(``<robot>-<level>`` tasks): ``eval.policy=planner`` plans with the diffusion model,
-value-guided (``guidance=value``) or not (``guidance=none``; candidates are still ranked by
-the value function when ``planner.n_candidates > 1``), and executes the plan's actions;
-``eval.policy=bc`` runs the behaviour-cloning baseline of ``bc.run_dir``, ``eval.policy=offline`` the
-offline RL agent (TD3+BC or IQL, deterministic actions) of ``offline.run_dir``.
-
-Programmatic use (``diffplan-sweep``): :func:`evaluate_config` evaluates a Config into a chosen
-folder and adds top-level keys to its results.json; :func:`prepare_evaluation`,
-:func:`run_episodes` and :func:`write_evaluation` are its three stages, so a batched sweep
-can build one policy with per-environment guidance strengths, run it once and write one
-results.json per cell exactly as a sequential evaluation does.
+The command (:mod:`diffplan.cli.evaluate`) composes the config and calls :func:`run_evaluate`; the
+Python API (:mod:`diffplan.api`) and sweeps call it too.
 """
 
 from __future__ import annotations
@@ -23,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffplan.cli.common import CommandHelp, hydra_entry
 from diffplan.config import Config, to_container
 from diffplan.data.identity import check_same_dataset, dataset_record
 from diffplan.data.layout import TrajectoryLayout
@@ -403,30 +392,3 @@ def write_evaluation(
         results["n_failed"], success, results["plan_time_s"]["mean"], path,
     )
     return path
-
-
-main = hydra_entry(run_evaluate, help=CommandHelp(
-    options=(
-        "task.name",
-        "run_dir",
-        "eval.checkpoint",
-        "eval.policy",
-        "eval.n_episodes",
-        "eval.n_envs",
-        "eval.seeds",
-        "eval.out_dir",
-        "planner.mode",
-        "guidance.kind",
-        "guidance.scale",
-        "guidance.policy",
-        "eval.device",
-    ),
-    examples=(
-        "diffplan-evaluate task=pointmaze-umaze",
-        "diffplan-evaluate task=hopper-medium planner=value guidance=value guidance.scale=0.1",
-        "diffplan-evaluate task=pointmaze-umaze eval.seeds=[4,5,6] eval.out_dir=runs/umaze/eval-heldout",
-    ),
-))
-
-if __name__ == "__main__":
-    main()

@@ -1,18 +1,7 @@
-"""``diffplan-generate``: synthetic experience from the diffusion model, in the D4RL file layout.
+"""What ``diffplan-generate`` runs: synthetic experience from the diffusion model, in the D4RL file layout.
 
-Example (policy-guided, Policy-Guided Diffusion)::
-
-    diffplan-generate +experiment=locomotion task=hopper-medium train.model_rewards=true \\
-        guidance=policy guidance.policy=bc:runs/hopper-medium/bc/checkpoint.pt guidance.policy_scale=0.1 \\
-        generate.n_trajectories=2000 generate.out=runs/hopper-medium/synthetic/bc-0.1.hdf5
-
-samples ``generate.n_trajectories`` trajectories of ``generate.length`` transitions from start
-states drawn from ``task.dataset`` with the model of ``eval.checkpoint``, writes them to
-``generate.out`` (any D4RL reader, and ``diffplan.data.load_episodes``, reads it back), and
-with ``generate.metrics`` writes ``<out>.metrics.json``: the dynamics error of the generated
-transitions against the simulator and the target policy's mean log-likelihood of the
-generated actions (and of the dataset's, for reference). Chunks are saved in
-``<out>.partial/`` as they finish: an interrupted run resumes.
+The command (:mod:`diffplan.cli.generate`) composes the config and calls :func:`run_generate`; the
+Python API (:mod:`diffplan.api`) and sweeps call it too.
 """
 
 from __future__ import annotations
@@ -30,7 +19,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from diffplan.cli.common import CommandHelp, hydra_entry
 from diffplan.config import Config, to_container
 from diffplan.data.episodes import Episodes
 from diffplan.data.hdf5 import write_hdf5
@@ -194,24 +182,3 @@ def run_generate(cfg: Config) -> Path:
                                                                                     "policy_log_prob")},
                                             default=str)[:400])
     return out
-
-
-main = hydra_entry(run_generate, help=CommandHelp(
-    options=(
-        "task.name",
-        "run_dir",
-        "guidance.kind",
-        "guidance.policy",
-        "generate.n_trajectories",
-        "generate.length",
-        "generate.out",
-        "generate.device",
-    ),
-    examples=(
-        "diffplan-generate task=hopper-medium guidance=policy "
-        "guidance.policy=td3bc:runs/hopper-medium/offline-td3bc/checkpoint.pt",
-    ),
-))
-
-if __name__ == "__main__":
-    main()

@@ -1,14 +1,13 @@
-"""``diffplan-train``: train the trajectory diffusion model on the task's dataset.
+"""What ``diffplan-train`` runs: train the trajectory diffusion model on the task's dataset.
 
-Data-parallel over N processes: ``torchrun --nproc-per-node N -m diffplan.cli.train ...``
-(:mod:`diffplan.training.distributed`).
+The command (:mod:`diffplan.cli.train`) composes the config and calls :func:`run_train`; the
+Python API (:mod:`diffplan.api`) and sweeps call it too.
 """
 
 from __future__ import annotations
 
 import logging
 
-from diffplan.cli.common import CommandHelp, hydra_entry
 from diffplan.config import Config
 from diffplan.data.identity import dataset_record
 from diffplan.data.loading import load_task_episodes
@@ -35,31 +34,3 @@ def run_train(cfg: Config) -> TrainSummary:
         summary.final_loss, summary.checkpoint,
     )
     return summary
-
-
-main = hydra_entry(run_train, help=CommandHelp(
-    options=(
-        "task.name",
-        "task.dataset",
-        "task.horizon",
-        "run_dir",
-        "model.name",
-        "model.dim",
-        "train.steps",
-        "train.batch_size",
-        "train.lr",
-        "train.lr_decay",
-        "train.device",
-        "train.precision",
-        "train.seed",
-    ),
-    examples=(
-        "diffplan-train task=pointmaze-medium train.steps=50000",
-        "diffplan-train +experiment=demo",
-        "diffplan-train task=hopper-medium task.dataset=path/to/d4rl-hopper-medium.hdf5",
-        "torchrun --nproc-per-node 4 -m diffplan.cli.train task=hopper-medium",
-    ),
-))
-
-if __name__ == "__main__":
-    main()

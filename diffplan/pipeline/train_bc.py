@@ -1,7 +1,7 @@
-"""``diffplan-train-bc``: train the behaviour-cloning baseline on the task's dataset.
+"""What ``diffplan-train-bc`` runs: train the behaviour-cloning baseline on the task's dataset.
 
-Example: ``diffplan-train-bc task=hopper-medium bc.steps=100000`` writes
-``runs/hopper-medium/bc/checkpoint.pt`` (``bc.run_dir``) and resumes from it when rerun.
+The command (:mod:`diffplan.cli.train_bc`) composes the config and calls :func:`run_train_bc`; the
+Python API (:mod:`diffplan.api`) and sweeps call it too.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 
 from diffplan.baselines.bc import BCSummary, BCTrainer
-from diffplan.cli.common import CommandHelp, hydra_entry
 from diffplan.config import Config
 from diffplan.data.identity import dataset_record
 from diffplan.data.loading import load_task_episodes
@@ -29,21 +28,3 @@ def run_train_bc(cfg: Config) -> BCSummary:
         summary.final_loss, summary.checkpoint,
     )
     return summary
-
-
-main = hydra_entry(run_train_bc, help=CommandHelp(
-    options=(
-        "task.name",
-        "run_dir",
-        "bc.steps",
-        "bc.batch_size",
-        "bc.run_dir",
-        "bc.device",
-    ),
-    examples=(
-        "diffplan-train-bc task=hopper-medium",
-    ),
-))
-
-if __name__ == "__main__":
-    main()

@@ -1,10 +1,7 @@
-"""``diffplan-train-offline``: train an offline RL agent (TD3+BC or IQL) on the task's dataset.
+"""What ``diffplan-train-offline`` runs: train an offline RL agent (TD3+BC or IQL) on the task's dataset.
 
-Examples: ``diffplan-train-offline task=hopper-medium`` (TD3+BC) or
-``diffplan-train-offline task=hopper-medium offline=iql`` write
-``runs/hopper-medium/offline-<algo>/checkpoint.pt`` (``offline.run_dir``) and resume from it when
-rerun; ``offline.synthetic=FILE offline.synthetic_ratio=0.9375`` mixes 240 synthetic transitions
-of a D4RL-layout file into each batch of 256. Evaluate with ``diffplan-evaluate eval.policy=offline``.
+The command (:mod:`diffplan.cli.train_offline`) composes the config and calls :func:`run_train_offline`; the
+Python API (:mod:`diffplan.api`) and sweeps call it too.
 """
 
 from __future__ import annotations
@@ -15,7 +12,6 @@ from typing import Any
 
 from diffplan.agents.replay import TransitionData
 from diffplan.agents.trainer import OfflineTrainer, RegenerateFn
-from diffplan.cli.common import CommandHelp, hydra_entry
 from diffplan.config import Config
 from diffplan.training.loop import TrainSummary
 from diffplan.utils import file_sha256
@@ -35,14 +31,14 @@ def run_train_offline(cfg: Config, regenerate: RegenerateFn | None = None) -> Tr
     Args:
         regenerate: the policy-guided diffusion hook ``(policy, step) -> Episodes``; None with
             ``offline.regenerate_every > 0`` builds it from the config
-            (:func:`diffplan.cli.generate.policy_guided_regenerator`: the model of
+            (:func:`diffplan.pipeline.generate.policy_guided_regenerator`: the model of
             ``eval.checkpoint``, ``generate.*``, ``guidance=policy``).
     """
     off = cfg.offline
     if regenerate is None and off.regenerate_every > 0:
         # Policy-Guided Diffusion's loop: the diffusion model of eval.checkpoint regenerates the
         # synthetic set (generate.*) guided towards the agent (guidance=policy) every U updates.
-        from diffplan.cli.generate import policy_guided_regenerator
+        from diffplan.pipeline.generate import policy_guided_regenerator
 
         regenerate = policy_guided_regenerator(cfg)
     real = TransitionData.from_file(cfg.task.dataset)
@@ -60,25 +56,3 @@ def run_train_offline(cfg: Config, regenerate: RegenerateFn | None = None) -> Tr
         losses or "none", summary.checkpoint,
     )
     return summary
-
-
-main = hydra_entry(run_train_offline, help=CommandHelp(
-    options=(
-        "task.name",
-        "run_dir",
-        "offline.algo",
-        "offline.steps",
-        "offline.synthetic",
-        "offline.synthetic_ratio",
-        "offline.run_dir",
-        "offline.device",
-    ),
-    examples=(
-        "diffplan-train-offline task=hopper-medium offline=td3bc",
-        "diffplan-train-offline task=hopper-medium offline=iql "
-        "offline.synthetic=runs/hopper-medium/synthetic/hopper-medium.hdf5 offline.synthetic_ratio=0.5",
-    ),
-))
-
-if __name__ == "__main__":
-    main()

@@ -1,9 +1,7 @@
-"""``diffplan-train-value``: train the value function that guides a trained diffusion model.
+"""What ``diffplan-train-value`` runs: train the value function that guides a trained diffusion model.
 
-Example: ``diffplan-train-value task=hopper-medium value.steps=200000`` trains on the dataset
-of ``runs/hopper-medium/checkpoint.pt`` (``value.diffusion_checkpoint``) and writes
-``runs/hopper-medium/value/checkpoint.pt`` (``value.run_dir``), resuming from it when rerun.
-Data-parallel over N processes: ``torchrun --nproc-per-node N -m diffplan.cli.train_value ...``.
+The command (:mod:`diffplan.cli.train_value`) composes the config and calls :func:`run_train_value`; the
+Python API (:mod:`diffplan.api`) and sweeps call it too.
 """
 
 from __future__ import annotations
@@ -12,7 +10,6 @@ import json
 import logging
 from pathlib import Path
 
-from diffplan.cli.common import CommandHelp, hydra_entry
 from diffplan.config import Config
 from diffplan.data.identity import dataset_record
 from diffplan.data.loading import load_episodes
@@ -68,23 +65,3 @@ def run_train_value(cfg: Config) -> TrainSummary:
         summary.final_loss, summary.checkpoint,
     )
     return summary
-
-
-main = hydra_entry(run_train_value, help=CommandHelp(
-    options=(
-        "task.name",
-        "run_dir",
-        "value.diffusion_checkpoint",
-        "value.discount",
-        "value.steps",
-        "value.batch_size",
-        "value.run_dir",
-        "value.device",
-    ),
-    examples=(
-        "diffplan-train-value task=hopper-medium +experiment=locomotion",
-    ),
-))
-
-if __name__ == "__main__":
-    main()

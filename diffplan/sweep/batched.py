@@ -163,7 +163,7 @@ def run_pass(cells: list[PlannedCell]) -> list[Path]:
     """Evaluate one pass as one batch per seed and write each cell's results.json; returns their paths."""
     from diffplan_envs.locomotion import is_locomotion_task
 
-    from diffplan.cli.evaluate import prepare_evaluation, run_episodes, write_evaluation
+    from diffplan.pipeline.evaluate import prepare_evaluation, run_episodes, write_evaluation
 
     base = pass_config(cells)
     n_episodes = base.eval.n_episodes

@@ -40,7 +40,7 @@ def run_sweep(cfg: Config) -> list[Path]:
     finished cell with the same config is skipped, one with another config stops the sweep
     before anything runs. Returns the results.json paths of the selected cells.
     """
-    from diffplan.cli.evaluate import evaluate_config
+    from diffplan.pipeline.evaluate import evaluate_config
     from diffplan.sweep.batched import batch_passes, batchable, run_pass
 
     planned = plan_cells(cfg)
