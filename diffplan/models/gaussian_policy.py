@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from diffplan.policies.base import gaussian_log_prob
+from diffplan.models.policy import gaussian_log_prob
 
 
 def _log_std(std: float | Sequence[float] | Tensor, act_dim: int) -> Tensor:
