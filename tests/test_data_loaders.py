@@ -216,7 +216,7 @@ def test_minari_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DatasetError, match=r"'actions' has dimension 1.*expected_act_dim=2"):
         load_minari("pendulum/random-v0", expected_act_dim=2)
     monkeypatch.setitem(sys.modules, "minari", None)
-    with pytest.raises(ImportError, match=r'pip install -e "\.\[minari\]"'):
+    with pytest.raises(ImportError, match=r'pip install "diffplan\[minari\]"'):
         load_minari("pendulum/random-v0")
 
 
