@@ -80,6 +80,17 @@ def _override_error(error: Exception, overrides: list[str]) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if text.startswith("Could not override '"):
         key = text.split("'", 2)[1]
+        cause = str(error.__cause__ or "")
+        if cause.startswith("Key '") and "' not in '" in cause:  # a key inside the value, e.g. a sweep cell's
+            import dataclasses
+
+            from diffplan import config as schemas
+
+            inner, schema = cause.split("'")[1], cause.split("'")[3]
+            node = getattr(schemas, schema, None)
+            fields = ", ".join(f.name for f in dataclasses.fields(node)) if dataclasses.is_dataclass(node) else "?"
+            return (f"{key}: unknown key {inner!r} in an entry ({schema}); an entry takes only {fields}: check the "
+                    f"spelling or drop {inner!r}")
         return f"unknown config key {key}; check the spelling (the keys are listed by --cfg job) and drop the override"
     if text.startswith("Error merging override "):
         cause = str(error.__cause__ or "").strip().splitlines()

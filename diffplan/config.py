@@ -514,11 +514,15 @@ def to_container(cfg: DictConfig | Config) -> dict[str, Any]:
     return {str(k): v for k, v in container.items()}
 
 
-def as_config(cfg: DictConfig | dict[str, Any]) -> Config:
+def as_config(cfg: DictConfig | dict[str, Any], *, check: bool = True) -> Config:
     """Typed object view of a composed config (validates against the schema).
 
+    ``check``: also check the ranges of the settings (:func:`diffplan.config_checks.check_settings`);
+    False for a config read back from a checkpoint, which is what it is.
+
     Raises:
-        ValueError: a key the schema does not have (Hydra's ``+key=value`` adds any key).
+        ValueError: a key the schema does not have (Hydra's ``+key=value`` adds any key), or a
+            setting out of its range.
     """
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
@@ -537,6 +541,10 @@ def as_config(cfg: DictConfig | dict[str, Any]) -> Config:
             f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; check the spelling "
             "(the keys of a section are listed by the command with --cfg job) and drop the override"
         )
+    if check:
+        from diffplan.config_checks import check_settings
+
+        check_settings(obj)
     return obj
 
 

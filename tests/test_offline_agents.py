@@ -47,7 +47,7 @@ from diffplan.config import Config, OfflineConfig, as_config, register_configs
 from diffplan.data import Episodes, write_hdf5
 from diffplan.data.errors import DatasetError
 from diffplan.enums import OfflineAlgo
-from diffplan.policies.base import TargetPolicy
+from diffplan.models.policy import TargetPolicy
 from diffplan.training.checkpoint import CheckpointError, load_trained_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """Offline RL agents for policy-guided diffusion experiments: TD3+BC and IQL.
 
-Each agent is a :class:`~diffplan.policies.base.TargetPolicy` (``log_prob`` in raw units) with a
+Each agent is a :class:`~diffplan.models.policy.TargetPolicy` (``log_prob`` in raw units) with a
 deterministic ``act`` for evaluation; :class:`OfflineTrainer` trains one on real transitions,
 optionally mixed with synthetic ones that a ``regenerate`` hook refreshes during training.
 """

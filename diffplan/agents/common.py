@@ -82,7 +82,7 @@ class Batch(NamedTuple):
 
 class OfflineAgent(nn.Module):
     """Base of the offline RL agents: observation normalization, the action interface, the
-    :class:`~diffplan.policies.base.TargetPolicy` interface.
+    :class:`~diffplan.models.policy.TargetPolicy` interface.
 
     Subclasses define :meth:`mean_action` (normalized observations -> deterministic action),
     :meth:`log_prob_normalized`, :meth:`update` and :meth:`optimizers`.

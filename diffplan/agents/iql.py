@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffplan.agents.common import Batch, OfflineAgent, TwinQ, frozen_copy, mlp, soft_update
-from diffplan.policies.base import gaussian_log_prob
+from diffplan.models.policy import gaussian_log_prob
 
 #: CORL's clamp of the policy's log standard deviation.
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0

@@ -2,7 +2,7 @@
 
 TD3 (twin critics, target policy smoothing, delayed actor and target updates) whose actor
 loss adds a behaviour-cloning term: ``-lambda * Q(s, pi(s)) + (pi(s) - a)^2`` with
-``lambda = alpha / mean|Q(s, pi(s))|``. As a :class:`~diffplan.policies.base.TargetPolicy`
+``lambda = alpha / mean|Q(s, pi(s))|``. As a :class:`~diffplan.models.policy.TargetPolicy`
 the deterministic actor is a Gaussian with a fixed standard deviation (``std``) around its action.
 """
 
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffplan.agents.common import Batch, OfflineAgent, TwinQ, frozen_copy, mlp, soft_update
-from diffplan.policies.base import gaussian_log_prob
+from diffplan.models.policy import gaussian_log_prob
 
 
 def td3bc_critic_target(rewards: Tensor, dones: Tensor, next_q1: Tensor, next_q2: Tensor, discount: float) -> Tensor:

@@ -45,7 +45,7 @@ from diffplan.agents.td3bc import TD3BCAgent
 from diffplan.baselines.bc import observation_stats
 from diffplan.config import OfflineConfig
 from diffplan.enums import OfflineAlgo
-from diffplan.policies.base import TargetPolicy
+from diffplan.models.policy import TargetPolicy
 from diffplan.training.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,

@@ -24,7 +24,7 @@ from diffplan.guidance.policy import PolicyGuide
 
 if TYPE_CHECKING:
     from diffplan.config import GuidanceConfig
-    from diffplan.policies.base import TargetPolicy
+    from diffplan.models.policy import TargetPolicy
     from diffplan.training.checkpoint import TrainedModel
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from diffplan.diffusion.guide import GuideOutput
-from diffplan.policies.base import TargetPolicy
+from diffplan.models.policy import TargetPolicy
 
 if TYPE_CHECKING:  # runtime imports would tie diffplan.guidance to diffplan.data
     from diffplan.data.layout import TrajectoryLayout

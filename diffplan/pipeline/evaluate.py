@@ -16,7 +16,6 @@ from typing import Any
 from diffplan.config import Config, to_container
 from diffplan.data.identity import check_same_dataset, dataset_record
 from diffplan.data.layout import TrajectoryLayout
-from diffplan.data.loading import load_task_episodes
 from diffplan.enums import EvalPolicy, ExecutionMode, GuidanceKind
 from diffplan.evaluation.evaluator import BatchEnv, EpisodeTrace, EvaluationOutput, Policy, evaluate
 from diffplan.evaluation.reference import resolve_reference_scores, scale_label
@@ -25,6 +24,7 @@ from diffplan.guidance.per_env import EnvStrengths
 from diffplan.planning.planner import GoalPlanner
 from diffplan.planning.policy import PlanningPolicy
 from diffplan.reporting.maze_plot import plot_maze_paths
+from diffplan.tasks import load_task_episodes
 from diffplan.training.checkpoint import TrainedModel, load_trained_model
 from diffplan.utils import ensure_writable_folder, file_sha256, select_device
 

@@ -26,8 +26,8 @@ from diffplan.data.loading import load_episodes
 from diffplan.diffusion.guide import Guidance
 from diffplan.diffusion.sampler import Sampler
 from diffplan.enums import GuidanceKind
+from diffplan.models.policy import TargetPolicy
 from diffplan.planning.planner import planning_sampler
-from diffplan.policies.base import TargetPolicy
 from diffplan.synthetic import GenerationSpec, clear_partial, generate
 from diffplan.training.checkpoint import TrainedModel, load_trained_model
 from diffplan.utils import file_sha256, hardware_info, select_device, set_threads

@@ -10,7 +10,7 @@ import logging
 
 from diffplan.config import Config
 from diffplan.data.identity import dataset_record
-from diffplan.data.loading import load_task_episodes
+from diffplan.tasks import load_task_episodes
 from diffplan.training import distributed
 from diffplan.training.trainer import Trainer, TrainSummary
 

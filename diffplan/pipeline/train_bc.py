@@ -11,7 +11,7 @@ import logging
 from diffplan.baselines.bc import BCSummary, BCTrainer
 from diffplan.config import Config
 from diffplan.data.identity import dataset_record
-from diffplan.data.loading import load_task_episodes
+from diffplan.tasks import load_task_episodes
 
 log = logging.getLogger(__name__)
 

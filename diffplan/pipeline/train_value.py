@@ -40,7 +40,7 @@ def run_train_value(cfg: Config) -> TrainSummary:
             f"diffusion checkpoint {checkpoint} records no dataset file; "
             "set value.dataset to the file it was trained on"
         )
-    diffusion = load_trained_model(checkpoint, device="cpu")
+    diffusion = load_trained_model(checkpoint, device="cpu", key="value.diffusion_checkpoint")
     episodes = load_episodes(
         dataset, expected_obs_dim=diffusion.layout.obs_dim, expected_act_dim=diffusion.layout.act_dim or None
     )

@@ -6,9 +6,9 @@ raw (un-normalized) units, differentiable with respect to both arguments.
 ``sb3-td3``, ``bc``, and any added with :func:`register_policy_loader`).
 """
 
-from diffplan.policies.base import TargetPolicy, gaussian_log_prob, tanh_gaussian_log_prob
+from diffplan.models.gaussian_policy import GaussianPolicy, LinearGaussianPolicy
+from diffplan.models.policy import TargetPolicy, gaussian_log_prob, tanh_gaussian_log_prob
 from diffplan.policies.bc import load_bc_policy
-from diffplan.policies.gaussian import GaussianPolicy, LinearGaussianPolicy
 from diffplan.policies.loading import (
     PolicyLoader,
     load_target_policy,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffplan.policies.gaussian import GaussianPolicy
+from diffplan.models.gaussian_policy import GaussianPolicy
 
 
 def load_bc_policy(path: Path, std: float, vecnormalize: Path | None) -> GaussianPolicy:

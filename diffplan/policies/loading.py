@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from diffplan.policies.base import TargetPolicy
+from diffplan.models.policy import TargetPolicy
 from diffplan.policies.bc import load_bc_policy
 from diffplan.policies.sb3 import load_sb3_sac, load_sb3_td3
 

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from diffplan.extras import require
-from diffplan.policies.base import tanh_gaussian_log_prob
-from diffplan.policies.gaussian import GaussianPolicy
+from diffplan.models.gaussian_policy import GaussianPolicy
+from diffplan.models.policy import tanh_gaussian_log_prob
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class SB3SACPolicy(_SB3Actor):
     """A stable-baselines3 SAC actor: a ``tanh``-squashed Gaussian rescaled to the action box.
 
     ``log_prob`` is the density of environment actions (change of variables through ``tanh``
-    and the affine rescale, :func:`diffplan.policies.base.tanh_gaussian_log_prob`); actions on
+    and the affine rescale, :func:`diffplan.models.policy.tanh_gaussian_log_prob`); actions on
     or beyond the box are clamped just inside it.
 
     Args:

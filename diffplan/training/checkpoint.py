@@ -54,21 +54,33 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; train first (diffplan-train) or set {key}")
+    fix = f"point {key} at a checkpoint.pt written by diffplan"
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({e}); it is not a diffplan checkpoint") from e
+        text = " ".join(str(e).split())
+        if "Weights only load failed" in text:  # a pickle of Python objects: never unpickled here
+            found = text.split("Trying to load unsupported ", 1)[-1].split(" whose module", 1)[0]
+            detail = f" ({found})" if "Trying to load unsupported " in text else ""
+            raise CheckpointError(
+                f"checkpoint {path} holds pickled Python objects{detail}, which diffplan does not load (checkpoints "
+                f"are read with torch.load(weights_only=True), so no code in them runs); {fix}"
+            ) from e
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read as a PyTorch checkpoint ({text.split('. ', 1)[0]}): it is truncated "
+            f"or not a checkpoint; {fix} (or train again)"
+        ) from e
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"checkpoint {path} has format {payload.get('format') if isinstance(payload, dict) else None!r}, "
-            f"expected {CHECKPOINT_FORMAT}; it was written by another program or version"
+            f"expected {CHECKPOINT_FORMAT}: it was written by another program or version; {fix}"
         )
     return payload
 
 
 def config_from_checkpoint(payload: dict[str, Any]) -> Config:
     """The resolved training config stored in a checkpoint."""
-    return as_config(json.loads(payload["config"]))
+    return as_config(json.loads(payload["config"]), check=False)  # a stored config is what it is
 
 
 @dataclass
@@ -96,29 +108,36 @@ def load_trained_model(
     use_ema: bool = True,
     expected_layout: TrajectoryLayout | None = None,
     expected_task: str | None = None,
+    key: str = "eval.checkpoint",
 ) -> TrainedModel:
     """Rebuild the denoiser (EMA weights by default), schedule and normalizer from a checkpoint.
+    ``key`` is the setting that names ``path``, for the messages.
 
     Raises:
         CheckpointError: if the checkpoint was trained for another task or layout.
     """
-    payload = load_checkpoint(path, map_location=device)
+    payload = load_checkpoint(path, map_location=device, key=key)
     if payload.get("kind", "diffusion") != "diffusion":
+        where = {"value": " (a value checkpoint goes in guidance.value_checkpoint)",
+                 "bc": " (a BC checkpoint is evaluated with eval.policy=bc from bc.run_dir)",
+                 "offline": " (an offline agent is evaluated with eval.policy=offline from offline.run_dir)"}
         raise CheckpointError(
-            f"checkpoint {path} holds a {payload['kind']!r} model, not a trajectory diffusion model"
+            f"checkpoint {path} holds a {payload['kind']!r} model, not a trajectory diffusion model; point {key} at "
+            f"the checkpoint.pt of diffplan-train{where.get(str(payload['kind']), '')}"
         )
     cfg = config_from_checkpoint(payload)
     layout = TrajectoryLayout.from_dict(payload["layout"])
     if expected_task is not None and cfg.task.name != expected_task:
         raise CheckpointError(
             f"checkpoint {path} was trained on task {cfg.task.name!r}, not {expected_task!r}; "
-            "pass the checkpoint of this task or change task="
+            f"point {key} at a checkpoint of {expected_task}, or set task={cfg.task.name}"
         )
     # Reward and terminal channels are extra outputs: a model with them still plans the task.
     if expected_layout is not None and (layout.obs_dim, layout.act_dim) != (expected_layout.obs_dim,
                                                                             expected_layout.act_dim):
         raise CheckpointError(
-            f"checkpoint {path} has layout {layout.to_dict()} but the task needs {expected_layout.to_dict()}"
+            f"checkpoint {path} has layout {layout.to_dict()} but the task needs {expected_layout.to_dict()}; "
+            f"point {key} at a checkpoint trained on this task's data"
         )
     horizon = int(payload["horizon"])
     denoiser = build_denoiser(cfg.model, transition_dim=layout.transition_dim, horizon=horizon)
