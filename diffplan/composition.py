@@ -81,7 +81,8 @@ def _override_error(error: Exception, overrides: list[str]) -> str:
     if text.startswith("Could not override '"):
         key = text.split("'", 2)[1]
         cause = str(error.__cause__ or "")
-        if cause.startswith("Key '") and "' not in '" in cause:  # a key inside the value, e.g. a sweep cell's
+        inner_key = cause.split("'")[1] if cause.startswith("Key '") and "' not in '" in cause else None
+        if inner_key is not None and inner_key != key.rsplit(".", 1)[-1]:  # a key inside the value (a sweep cell's)
             import dataclasses
 
             from diffplan import config as schemas

@@ -1,163 +1,173 @@
 """Bad input to the commands: one line naming the problem and the fix, exit status 2, no
-traceback, and no change to the files of an earlier successful run."""
+traceback, and no change to the files of an earlier successful run.
+
+This file: config overrides and checkpoints (in process, see errors_helpers), and the real
+console behaviour (subprocesses). test_errors_commands.py: evaluation, sweep, collection,
+report, bench, generate, train-offline; test_errors_pickle.py: pickle safety.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from test_commands import tiny_config, tiny_overrides
-
-from diffplan.evaluation.evaluator import EpisodeResult, EvaluationOutput
-from diffplan.pipeline.collect import run_collect
-from diffplan.pipeline.evaluate import run_evaluate, write_evaluation
-from diffplan.pipeline.train import run_train
-
-ROOT = Path(__file__).resolve().parents[1]
+import torch
+from errors_helpers import Command, build_trained, digest, make_runner, one_line, subprocess_command
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny collected, trained and evaluated umaze run; returns its folder."""
-    tmp_path = tmp_path_factory.mktemp("cli-errors")
-    cfg = tiny_config(tmp_path)
-    run_collect(cfg)
-    run_train(cfg)
-    run_evaluate(cfg)
-    return tmp_path
+    return build_trained(tmp_path_factory)
 
 
-def _digest(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (the run's dataset, checkpoint, results, Hydra record) by content hash."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+@pytest.fixture
+def run(trained: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Command:
+    return make_runner(trained, capsys, monkeypatch)
 
 
-def _command(
-    module: str, tmp_path: Path, *extra: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    # Hydra's record of each call goes to a fresh folder, so the run's own record stays as it was.
-    args = [*tiny_overrides(tmp_path), f"hydra.run.dir={tmp_path / 'hydra-calls' / module}", *extra]
-    return subprocess.run(
-        [sys.executable, "-m", f"diffplan.cli.{module}", *args],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300, env={**os.environ, **(env or {})},
-    )
-
-
-def _evaluate(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return _command("evaluate", tmp_path, *extra, env=env)
-
-
-def _one_line(proc: subprocess.CompletedProcess[str], *needles: str, command: str = "diffplan-evaluate") -> str:
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith(f"{command}: error: ")]
-    assert len(errors) == 1, proc.stderr[-2000:]
-    for needle in needles:
-        assert needle in errors[0], errors[0]
-    return errors[0]
-
-
-@pytest.mark.parametrize(
-    ("override", "needles"),
-    [
-        ("eval.seeds=[]", ("eval.seeds is empty", "eval.seeds=[0,1,2]")),
-        ("eval.seeds=[-1]", ("eval.seeds must be integers >= 0", "[-1]")),
-        ("eval.n_episodes=0", ("eval.n_episodes must be >= 1",)),
-        ("eval.n_envs=0", ("eval.n_envs must be >= 1",)),
-        ("eval.checkpoint=nowhere/checkpoint.pt", ("nowhere/checkpoint.pt", "eval.checkpoint")),
-        ("task.episode_steps=-1", ("task.episode_steps must be >= 1", "-1")),
-        ("+eval.foo=1", ("unknown config key eval.foo",)),
-    ],
-)
-def test_bad_evaluation_settings_give_one_line_and_keep_the_results(
-    trained: Path, override: str, needles: tuple[str, ...]
-) -> None:
-    before = _digest(trained / "run")
-    _one_line(_evaluate(trained, override), *needles)
-    assert _digest(trained / "run") == before
-
-
-def test_an_output_folder_that_is_a_file_is_refused_before_any_episode(trained: Path) -> None:
-    blocker = trained / "blocker"
-    blocker.write_text("keep me")
-    line = _one_line(_evaluate(trained, f"eval.out_dir={blocker}"), "eval.out_dir", "is a file")
-    assert "choose another eval.out_dir" in line
-    assert blocker.read_text() == "keep me"
-
-
-def test_full_error_shows_the_traceback(trained: Path) -> None:
-    proc = _evaluate(trained, "eval.seeds=[]", env={"HYDRA_FULL_ERROR": "1"})
-    assert proc.returncode != 0 and "Traceback" in proc.stderr and "eval.seeds is empty" in proc.stderr
-
-
-def test_an_evaluation_whose_every_episode_failed_is_an_error_and_writes_nothing(trained: Path) -> None:
-    cfg = tiny_config(trained)
-    results = Path(cfg.eval.out_dir) / "results.json"
-    before = results.read_bytes()
-    failed = [EpisodeResult(seed=0, episode=i, reset_seed=i, episode_return=0.0, normalized_score=0.0, success=False,
-                            length=0, failed=True, reason="planner raised: boom") for i in range(2)]
-    from diffplan.pipeline.evaluate import prepare_evaluation
-
-    setup = prepare_evaluation(cfg)
-    output = EvaluationOutput(episodes=failed, traces=[], plan_times_s=[], wall_time_s=0.1)
-    with pytest.raises(ValueError, match=r"every one of the 2 episodes failed \(first: planner raised: boom\)"):
-        write_evaluation(cfg, setup, output, refuse_all_failed=True)
-    assert results.read_bytes() == before
-    assert json.loads(before)["n_failed"] == 0
-    record = json.loads((results.parent / "results.failed.json").read_text())
-    assert record["n_failed"] == 2 and record["episodes"][0]["reason"] == "planner raised: boom"
-    # A sweep's cell (the default) is written as it is: a failed cell is a result of the sweep.
-    cell = write_evaluation(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, out_dir=str(trained / "cell"))),
-                            setup, output)
-    assert json.loads(cell.read_text())["n_failed"] == 2
-
-
-def _training_inputs(trained: Path) -> dict[str, str]:
-    return {**_digest(trained / "run"), "dataset": hashlib.sha256((trained / "umaze.hdf5").read_bytes()).hexdigest()}
-
-
+# -- configs: refused while composing, before Hydra starts or anything is read ----------------------
 @pytest.mark.parametrize(
     ("module", "override", "needles"),
     [
-        ("train", "+train.foo=1", ("unknown config key train.foo",)),
-        ("train", "task=hopper-medium", ("key 'observations' has dimension 4", "11")),
-        ("train", "train.steps=0", ("train.steps must be >= 1",)),
-        ("train_value", "value.diffusion_checkpoint=nowhere/checkpoint.pt", ("nowhere", "value.diffusion_checkpoint")),
+        # unknown group option, group, key (with and without +)
+        ("evaluate", "planner=nope", ("planner=nope is not an option", "use one of: actions")),
+        ("train", "nope=x", ("unknown config key nope", "drop the override")),
+        ("evaluate", "task=pointmaze-huge", ("task=pointmaze-huge is not an option", "pointmaze-umaze")),
+        ("evaluate", "eval.nope=1", ("unknown config key eval.nope", "drop the override")),
+        ("evaluate", "+eval.nope=1", ("unknown config key eval.nope", "drop the override")),
+        ("train", "+nope=1", ("unknown config key nope", "drop the override")),
+        # wrong type, unparsable
+        ("evaluate", "eval.n_episodes=abc", ("eval.n_episodes=abc", "Integer", "give a value of the setting's type")),
+        ("train", "train.steps=1.5", ("train.steps=1.5", "give a value of the setting's type")),
+        ("train", "model.dim_mults=abc", ("model.dim_mults=abc", "give a value of the setting's type")),
+        ("evaluate", "eval.seeds=[0,", ("cannot parse the override 'eval.seeds=[0,'", "each override is key=value")),
+        # unknown enum values
+        ("train", "train.precision=float8", ("train.precision=float8", "float32, bfloat16")),
+        ("evaluate", "planner.mode=nope", ("planner.mode=nope", "tracker, actions, forcing")),
+        ("train", "diffusion.sampler=nope", ("diffusion.sampler=nope", "ddim")),
+        # out of range
+        ("train", "train.steps=0", ("train.steps=0 is out of range", "integer >= 1", "e.g. train.steps=20000")),
+        ("train", "train.batch_size=0", ("train.batch_size=0 is out of range", "e.g. train.batch_size=32")),
+        ("train", "train.lr=-0.001", ("train.lr=-0.001 is out of range", "> 0", "e.g. train.lr=0.0002")),
+        ("train", "train.ema_decay=1.5", ("train.ema_decay=1.5 is out of range", "in [0, 1]")),
+        ("train", "diffusion.n_timesteps=0", ("diffusion.n_timesteps=0 is out of range",)),
+        ("evaluate", "diffusion.sampling_steps=100",
+         ("diffusion.sampling_steps=100 is more than diffusion.n_timesteps=8", "set diffusion.sampling_steps <= 8")),
+        ("train", "task.horizon=31", ("task.horizon=31 does not fit the U-Net", "multiple of 2",
+                                      "use task.horizon=32 or 30")),
+        ("train", "model.dim=12", ("model.dim=12 does not fit the U-Net", "multiple of 8", "e.g. model.dim=8")),
+        ("train_value", "value.lr=0", ("value.lr=0.0 is out of range", "e.g. value.lr=0.0002")),
+        ("evaluate", "guidance.mc_samples=0", ("guidance.mc_samples=0 is out of range", "e.g. guidance.mc_samples=1")),
+        ("train_offline", "offline.batch_size=0", ("offline.batch_size=0 is out of range",)),
     ],
 )
-def test_bad_training_input_gives_one_line_and_keeps_the_run(
-    trained: Path, module: str, override: str, needles: tuple[str, ...]
+def test_bad_overrides_give_one_line_before_anything_runs(
+    trained: Path, run: Command, module: str, override: str, needles: tuple[str, ...]
 ) -> None:
-    before = _training_inputs(trained)
-    command = "diffplan-" + module.replace("_", "-")
-    _one_line(_command(module, trained, override), *needles, command=command)
-    assert _training_inputs(trained) == before
+    before = digest(trained)
+    one_line(run(module, override), *needles, command=f"diffplan-{module.replace('_', '-')}")
+    # Refused before Hydra starts: not even its record folder is written.
+    assert digest(trained) == before and not (trained / "hydra-calls" / module).exists()
 
 
-def test_a_truncated_or_missing_dataset_gives_one_line(trained: Path) -> None:
-    truncated = trained / "truncated.hdf5"
-    truncated.write_bytes((trained / "umaze.hdf5").read_bytes()[:4096])
-    _one_line(_command("train", trained, f"task.dataset={truncated}", f"run_dir={trained / 'r1'}"),
-              str(truncated), command="diffplan-train")
-    folder = trained / "a-folder.hdf5"
-    folder.mkdir()
-    _one_line(_command("train", trained, f"task.dataset={folder}", f"run_dir={trained / 'r2'}"),
-              str(folder), command="diffplan-train")
-    assert not (trained / "r1" / "checkpoint.pt").exists() and not (trained / "r2" / "checkpoint.pt").exists()
+# -- checkpoints ----------------------------------------------------------------------------------
+class Evil:
+    """A pickled object whose unpickling would run code (it writes a marker file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {self.marker}",)
 
 
-def test_collecting_into_a_folder_gives_one_line(tmp_path: Path) -> None:
-    folder = tmp_path / "data.hdf5"
-    folder.mkdir()
-    proc = _command("collect", tmp_path, f"task.dataset={folder}")
-    line = _one_line(proc, "is a folder", "pointmaze-umaze.hdf5", command="diffplan-collect")
-    assert f"task.dataset={folder}" in line
-    assert list(folder.iterdir()) == []
+def _bad_checkpoint(kind: str, trained: Path, folder: Path) -> Path:
+    good = trained / "run" / "checkpoint.pt"
+    path = folder / f"{kind}.pt"
+    if kind == "truncated":
+        path.write_bytes(good.read_bytes()[:2000])
+    elif kind == "text":
+        path.write_text("not a checkpoint\n")
+    elif kind == "pickle":
+        torch.save({"format": 1, "payload": Evil(folder / "pwned")}, path)
+    elif kind == "foreign":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif kind == "dims":
+        payload = torch.load(good, weights_only=True)
+        payload["layout"] = {**payload["layout"], "obs_dim": 5}
+        torch.save(payload, path)
+    elif kind == "value":
+        path = trained / "run" / "value" / "checkpoint.pt"
+    elif kind == "folder":
+        path = trained / "run"
+    elif kind == "missing":
+        path = folder / "nowhere" / "checkpoint.pt"
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "needles"),
+    [
+        ("missing", ("does not exist", "train first (diffplan-train) or set eval.checkpoint")),
+        ("folder", ("is a folder", "set eval.checkpoint to the file", "/run/checkpoint.pt")),
+        ("truncated", ("cannot be read as a PyTorch checkpoint", "truncated", "point eval.checkpoint at")),
+        ("text", ("cannot be read as a PyTorch checkpoint", "point eval.checkpoint at")),
+        ("pickle", ("holds pickled Python objects", "system", "weights_only=True", "point eval.checkpoint at")),
+        ("foreign", ("has format None, expected 1", "point eval.checkpoint at")),
+        ("dims", ("has layout", "'obs_dim': 5", "point eval.checkpoint at")),
+        ("value", ("holds a 'value' model, not a trajectory diffusion model", "guidance.value_checkpoint")),
+    ],
+)
+def test_bad_checkpoints_give_one_line_naming_the_file(
+    trained: Path, run: Command, tmp_path: Path, kind: str, needles: tuple[str, ...]
+) -> None:
+    path = _bad_checkpoint(kind, trained, tmp_path)
+    before = digest(trained / "run")
+    line = one_line(run("evaluate", f"eval.checkpoint={path}", f"eval.out_dir={tmp_path / 'eval'}"), *needles,
+                    command="diffplan-evaluate")
+    assert str(path) in line
+    assert digest(trained / "run") == before
+    assert not (tmp_path / "pwned").exists()  # nothing in the pickle ran
+    assert not (tmp_path / "eval" / "results.json").exists()
+
+
+def test_a_checkpoint_of_another_task_names_both_tasks(trained: Path, run: Command) -> None:
+    medium = trained / "medium.hdf5"  # the umaze data under medium's name reaches the checkpoint check
+    medium.write_bytes((trained / "umaze.hdf5").read_bytes())
+    before = digest(trained / "run")
+    one_line(run("evaluate", "task=pointmaze-medium", f"task.dataset={medium}", "task.horizon=32"),
+             "trained on task 'pointmaze-umaze', not 'pointmaze-medium'", "set task=pointmaze-umaze",
+             command="diffplan-evaluate")
+    assert digest(trained / "run") == before
+
+
+@pytest.mark.parametrize("kind", ["truncated", "value"])
+def test_bad_diffusion_checkpoints_of_train_value_name_their_key(
+    trained: Path, run: Command, tmp_path: Path, kind: str
+) -> None:
+    path = _bad_checkpoint(kind, trained, tmp_path)
+    before = digest(trained / "run")
+    one_line(run("train_value", f"value.diffusion_checkpoint={path}", f"value.run_dir={tmp_path / 'value'}"),
+             str(path), "value.diffusion_checkpoint", command="diffplan-train-value")
+    assert digest(trained / "run") == before and not (tmp_path / "value" / "checkpoint.pt").exists()
+
+
+# -- the real console behaviour (subprocesses) ----------------------------------------------------
+def test_console_error_is_one_line_with_exit_status_2(trained: Path) -> None:
+    before = digest(trained / "run")
+    one_line(subprocess_command("evaluate", trained, "eval.seeds=[]"), "eval.seeds is empty", "eval.seeds=[0,1,2]",
+             command="diffplan-evaluate")
+    assert digest(trained / "run") == before
+
+
+def test_console_config_error_comes_before_hydra_writes_anything(trained: Path) -> None:
+    before = digest(trained)
+    one_line(subprocess_command("train", trained, "train.steps=0"), "train.steps=0 is out of range",
+             command="diffplan-train")
+    assert digest(trained) == before  # no Hydra record either
+
+
+def test_full_error_shows_the_traceback(trained: Path) -> None:
+    proc = subprocess_command("evaluate", trained, "eval.seeds=[]", env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "eval.seeds is empty" in proc.stderr

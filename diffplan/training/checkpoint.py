@@ -52,6 +52,8 @@ def load_checkpoint(
     ``key`` is the setting that names ``path``, for the message when it does not exist.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; set {key} to the file, e.g. {key}={path / 'checkpoint.pt'}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; train first (diffplan-train) or set {key}")
     fix = f"point {key} at a checkpoint.pt written by diffplan"
@@ -59,16 +61,17 @@ def load_checkpoint(
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         text = " ".join(str(e).split())
-        if "Weights only load failed" in text:  # a pickle of Python objects: never unpickled here
+        if "Trying to load unsupported " in text or "Unsupported global" in text:  # pickled Python objects
             found = text.split("Trying to load unsupported ", 1)[-1].split(" whose module", 1)[0]
             detail = f" ({found})" if "Trying to load unsupported " in text else ""
             raise CheckpointError(
                 f"checkpoint {path} holds pickled Python objects{detail}, which diffplan does not load (checkpoints "
                 f"are read with torch.load(weights_only=True), so no code in them runs); {fix}"
             ) from e
+        cause = text.split("WeightsUnpickler error: ", 1)[1] if "WeightsUnpickler error: " in text else text
         raise CheckpointError(
-            f"checkpoint {path} cannot be read as a PyTorch checkpoint ({text.split('. ', 1)[0]}): it is truncated "
-            f"or not a checkpoint; {fix} (or train again)"
+            f"checkpoint {path} cannot be read as a PyTorch checkpoint ({cause.split('. ', 1)[0].strip()}): it is "
+            f"truncated or not a checkpoint; {fix} (or train again)"
         ) from e
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
