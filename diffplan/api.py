@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from diffplan.composition import compose_config, overrides_of
 from diffplan.config import Config, as_config, to_container
+from diffplan.guidance.kinds import import_plugins
 from diffplan.training.loop import TrainSummary
 
 #: Overrides as a mapping (``{"train.steps": 1000}``) or Hydra strings (``["train.steps=1000"]``).
@@ -60,7 +61,9 @@ def make_config(
         given.append(f"+experiment={experiment}")
     named = {"run_dir": run_dir, "task.dataset": dataset}
     given += overrides_of({key: str(value) for key, value in named.items() if value is not None})
-    return as_config(compose_config("config", given + overrides_of(overrides)))
+    cfg = as_config(compose_config("config", given + overrides_of(overrides)))
+    import_plugins(cfg.plugins)
+    return cfg
 
 
 def collect(task: str = "pointmaze-umaze", **settings: Any) -> Path:
@@ -193,4 +196,6 @@ def load_planner(
     extra = OmegaConf.from_dotlist([o.lstrip("+") for o in overrides_of(overrides)])
     merged = OmegaConf.merge(base, extra)
     assert isinstance(merged, DictConfig)
-    return LoadedPlanner(as_config(merged), seed=seed)
+    cfg = as_config(merged)
+    import_plugins(cfg.plugins)
+    return LoadedPlanner(cfg, seed=seed)

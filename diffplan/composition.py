@@ -80,14 +80,14 @@ def _override_error(error: Exception, overrides: list[str]) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if text.startswith("Could not override '"):
         key = text.split("'", 2)[1]
-        cause = str(error.__cause__ or "")
-        inner_key = cause.split("'")[1] if cause.startswith("Key '") and "' not in '" in cause else None
+        reason = str(error.__cause__ or "")
+        inner_key = reason.split("'")[1] if reason.startswith("Key '") and "' not in '" in reason else None
         if inner_key is not None and inner_key != key.rsplit(".", 1)[-1]:  # a key inside the value (a sweep cell's)
             import dataclasses
 
             from diffplan import config as schemas
 
-            inner, schema = cause.split("'")[1], cause.split("'")[3]
+            inner, schema = inner_key, reason.split("'")[3]
             node = getattr(schemas, schema, None)
             fields = ", ".join(f.name for f in dataclasses.fields(node)) if dataclasses.is_dataclass(node) else "?"
             return (f"{key}: unknown key {inner!r} in an entry ({schema}); an entry takes only {fields}: check the "

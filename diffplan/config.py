@@ -20,7 +20,6 @@ from diffplan.enums import (
     ActionSource,
     EvalPolicy,
     ExecutionMode,
-    GuidanceKind,
     GuidanceSchedule,
     GuideTarget,
     LevelWeighting,
@@ -382,7 +381,9 @@ class ValueConfig:
 class GuidanceConfig:
     """Guided sampling: Diffuser's value guidance and/or policy guidance (PGD)."""
 
-    kind: GuidanceKind = GuidanceKind.none
+    # A registered guidance kind (diffplan.guidance.kinds): none, value, policy, value_policy, goal, or
+    # one a plugin module registers (plugins=[...]); checked when the guidance is built.
+    kind: str = "none"
     scale: float = 0.1
     n_guide_steps: int = 2
     # No guidance for the last t_stopgrad levels (tokens at level <= t_stopgrad).
@@ -395,11 +396,14 @@ class GuidanceConfig:
     # Policy guidance (kind policy / value_policy, diffplan.guidance.build_guidance): the target
     # policy "<kind>:<path>" (diffplan.policies.load_target_policy; kinds sb3-sac, sb3-td3, bc, offline),
     # its step size, the std of deterministic policies (env action units) and an optional
-    # VecNormalize pickle for SB3 agents (null: <stem>_vecnorm.pkl next to the zip if present).
+    # VecNormalize pickle for SB3 agents (null: none; a <stem>_vecnorm.pkl next to the zip is not loaded).
     policy: str | None = None
     policy_scale: float = 1.0
     policy_std: float = 0.1
     policy_vecnormalize: str | None = None
+    # SB3 zips and VecNormalize files are pickles, which run code when loaded: they are loaded only
+    # with trust_pickle=true (bc: and offline: policies are diffplan checkpoints, read without pickle).
+    trust_pickle: bool = False
     # Step size over the denoising steps, per token: constant | linear | cosine | pgd.
     schedule: GuidanceSchedule = GuidanceSchedule.constant
     # Rescale the policy gradient per sample to unit RMS per action entry (diffplan.guidance.PolicyGuide).
@@ -485,6 +489,9 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     run_dir: str = "runs/${task.name}"
+    # Modules imported before a command runs, e.g. plugins=[my_guides]: they may register guidance
+    # kinds (diffplan.guidance.register_guidance_kind), guidance rules or target-policy loaders.
+    plugins: list[str] = field(default_factory=list)
 
 
 def register_configs() -> None:

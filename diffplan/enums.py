@@ -75,18 +75,6 @@ class ActionSource(StrEnum):
     diffused = "diffused"
     inverse_dynamics = "inverse_dynamics"
 
-class GuidanceKind(StrEnum):
-    """Which guide steers denoising at planning time."""
-
-    none = "none"
-    value = "value"
-    # Policy-guided diffusion (Jackson et al. 2024): the target policy's action log-likelihood.
-    policy = "policy"
-    # Both: value gradient weighted by guidance.scale plus policy gradient by guidance.policy_scale.
-    value_policy = "value_policy"
-    # Goal reaching (mazes): minus the mean distance of the planned positions to the goal.
-    goal = "goal"
-
 class EvalPolicy(StrEnum):
     """What ``diffplan-evaluate`` runs: the diffusion planner, the behaviour-cloning baseline, or
     the offline RL agent of ``offline.run_dir`` (TD3+BC or IQL)."""

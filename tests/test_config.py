@@ -120,12 +120,12 @@ def test_as_config_validates_plain_dicts() -> None:
 
 def test_value_and_guidance_groups() -> None:
     cfg = as_config(_compose([]))
-    assert cfg.guidance.kind.value == "none" and cfg.value.discount == 0.997
+    assert cfg.guidance.kind == "none" and cfg.value.discount == 0.997
     assert cfg.value.termination_penalty == -100.0 and cfg.planner.warm_start_level == 0
     assert cfg.value.diffusion_checkpoint == "runs/pointmaze-umaze/checkpoint.pt"
     assert cfg.guidance.value_checkpoint == "runs/pointmaze-umaze/value/checkpoint.pt"
     guided = as_config(_compose(["guidance=value", "guidance.apply_to=x0", "value.run_dir=elsewhere"]))
-    assert guided.guidance.kind.value == "value" and guided.guidance.apply_to == "x0"
+    assert guided.guidance.kind == "value" and guided.guidance.apply_to == "x0"
     assert guided.guidance.scale == 0.1 and guided.guidance.n_guide_steps == 2 and guided.guidance.t_stopgrad == 2
     assert guided.guidance.value_checkpoint == "elsewhere/checkpoint.pt"
     # apply_to names a registered rule (an open set): a typo is refused when the guidance is built.

@@ -270,15 +270,14 @@ def test_guidance_with_real_model_under_per_token_matrices(kind: str, apply_to: 
 def test_build_guidance_wraps_the_guide_for_monte_carlo_samples() -> None:
     """guidance.mc_samples > 1 averages over re-noised futures; 1 keeps plain guidance; < 1 is refused."""
     from diffplan.config import GuidanceConfig
-    from diffplan.enums import GuidanceKind
     from diffplan.guidance import build_guidance
     from diffplan.guidance.monte_carlo import MonteCarloGuide
 
     model = _model("unet")
     value = SquareGuide()
-    plain = build_guidance(GuidanceConfig(kind=GuidanceKind.value), model, value_guide=value)
+    plain = build_guidance(GuidanceConfig(kind="value"), model, value_guide=value)
     assert plain is not None and plain.guide is value
-    wrapped = build_guidance(GuidanceConfig(kind=GuidanceKind.value, mc_samples=3), model, value_guide=value)
+    wrapped = build_guidance(GuidanceConfig(kind="value", mc_samples=3), model, value_guide=value)
     assert wrapped is not None and isinstance(wrapped.guide, MonteCarloGuide) and wrapped.guide.n_samples == 3
     with pytest.raises(ValueError, match="guidance.mc_samples must be >= 1"):
-        build_guidance(GuidanceConfig(kind=GuidanceKind.value, mc_samples=0), model, value_guide=value)
+        build_guidance(GuidanceConfig(kind="value", mc_samples=0), model, value_guide=value)

@@ -12,7 +12,6 @@ from diffplan.config import Config, DiffusionConfig, GuidanceConfig, PlannerConf
 from diffplan.data import LimitsNormalizer, TrajectoryLayout
 from diffplan.diffusion.loss import diffusion_loss
 from diffplan.diffusion.schedule import NoiseSchedule
-from diffplan.enums import GuidanceKind
 from diffplan.guidance import ValueGuide
 from diffplan.models.transformer import TrajectoryTransformer
 from diffplan.models.unet import TemporalUnet
@@ -66,7 +65,7 @@ def value_plans(device: str) -> tuple[torch.Tensor, torch.Tensor]:
         model, ValueGuide(value), planner=PlannerConfig(mode="actions", n_candidates=4, warm_start_level=4,
                                                        warm_start_steps=2),
         diffusion=DiffusionConfig(n_timesteps=10, sampling_steps=5),
-        guidance=GuidanceConfig(kind=GuidanceKind.value, scale=1.0), device=device,
+        guidance=GuidanceConfig(kind="value", scale=1.0), device=device,
     )
     generator = torch.Generator(device=device).manual_seed(0)
     observations = torch.tensor([[0.5, -1.0, 0.1, 0.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, -0.5, 0.5]])

@@ -15,7 +15,7 @@ from diffplan.data import GaussianNormalizer, LimitsNormalizer, TrajectoryLayout
 from diffplan.data.normalizer import Normalizer
 from diffplan.diffusion.sampler import Constraints, Sampler, make_sampler
 from diffplan.diffusion.schedule import NoiseSchedule
-from diffplan.enums import GuidanceKind, GuidanceSchedule, GuideTarget
+from diffplan.enums import GuidanceSchedule, GuideTarget
 from diffplan.guidance import CompositeGuide, Guidance, GuideOutput, PolicyGuide, build_guidance, schedule_coefficient
 from diffplan.models.unet import TemporalUnet
 from diffplan.policies import LinearGaussianPolicy, loading
@@ -270,18 +270,18 @@ def policy_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 def test_build_guidance_for_each_kind(model: TrainedModel, policy_spec: str) -> None:
     value_guide = LinearGuide(torch.ones(1, H, D))
     shared = dict(n_guide_steps=3, t_stopgrad=1, scale_grad_by_std=False, apply_to=GuideTarget.x0)
-    cfg = GuidanceConfig(kind=GuidanceKind.none, scale=0.2, policy=policy_spec, policy_scale=0.7, policy_std=0.4,
+    cfg = GuidanceConfig(kind="none", scale=0.2, policy=policy_spec, policy_scale=0.7, policy_std=0.4,
                          schedule=GuidanceSchedule.pgd, normalize_grad=True, **shared)  # type: ignore[arg-type]
     assert build_guidance(cfg, model) is None
-    cfg.kind = GuidanceKind.value
+    cfg.kind = "value"
     assert build_guidance(cfg, model, value_guide=value_guide) == Guidance(
         value_guide, scale=0.2, schedule=GuidanceSchedule.pgd, **shared)  # type: ignore[arg-type]
-    cfg.kind = GuidanceKind.policy
+    cfg.kind = "policy"
     policy = build_guidance(cfg, model)
     assert policy is not None and policy.scale == 0.7 and policy.schedule is GuidanceSchedule.pgd
     assert isinstance(policy.guide, PolicyGuide) and policy.guide.normalize_grad
     assert torch.allclose(policy.guide.policy.log_std, torch.full((2,), math.log(0.4)))  # type: ignore[attr-defined]
-    cfg.kind = GuidanceKind.value_policy
+    cfg.kind = "value_policy"
     both = build_guidance(cfg, model, value_guide=value_guide)
     assert both is not None and both.scale == 1.0 and both.n_guide_steps == 3
     assert isinstance(both.guide, CompositeGuide)
@@ -290,11 +290,11 @@ def test_build_guidance_for_each_kind(model: TrainedModel, policy_spec: str) -> 
 
 def test_build_guidance_errors(model: TrainedModel, policy_spec: str) -> None:
     with pytest.raises(ValueError, match="guidance.kind=value needs a value guide"):
-        build_guidance(GuidanceConfig(kind=GuidanceKind.value), model)
+        build_guidance(GuidanceConfig(kind="value"), model)
     with pytest.raises(ValueError, match="guidance.kind=value_policy needs a value guide"):
-        build_guidance(GuidanceConfig(kind=GuidanceKind.value_policy, policy=policy_spec), model)
+        build_guidance(GuidanceConfig(kind="value_policy", policy=policy_spec), model)
     with pytest.raises(ValueError, match=r"guidance.kind=policy needs guidance.policy='<kind>:<path>' \(kinds: "
                                          r"sb3-sac, sb3-td3, bc, offline, linear\)"):
-        build_guidance(GuidanceConfig(kind=GuidanceKind.policy), model)
+        build_guidance(GuidanceConfig(kind="policy"), model)
     with pytest.raises(ValueError, match="unknown kind 'sac'"):
-        build_guidance(GuidanceConfig(kind=GuidanceKind.policy, policy="sac:x.zip"), model)
+        build_guidance(GuidanceConfig(kind="policy", policy="sac:x.zip"), model)

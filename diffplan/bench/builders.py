@@ -21,8 +21,7 @@ from diffplan.data.episodes import Episodes
 from diffplan.data.layout import TrajectoryLayout
 from diffplan.data.normalizer import fit_normalizer
 from diffplan.diffusion.schedule import NoiseSchedule
-from diffplan.enums import GuidanceKind
-from diffplan.guidance import GoalGuide, GoalValueGuide, ValueGuide, build_guidance
+from diffplan.guidance import GoalTargets, GoalValueGuide, ValueGuide, build_guidance, guidance_kind
 from diffplan.models.factory import build_denoiser
 from diffplan.models.value import build_value_net
 from diffplan.planning.forcing import ForcingPlanner, maze_forcing_planner
@@ -129,7 +128,7 @@ def build_value_planner(
     ``guidance.kind`` to ``value`` (True) or ``none`` (False); None keeps the config's."""
     guidance = cfg.guidance
     if guided is not None:
-        guidance = dataclasses.replace(guidance, kind=GuidanceKind.value if guided else GuidanceKind.none)
+        guidance = dataclasses.replace(guidance, kind="value" if guided else "none")
     guide = ValueGuide(random_value_net(cfg, model, device))
     return ValuePlanner(
         model, guide, planner=cfg.planner, diffusion=cfg.diffusion, guidance=guidance, device=device
@@ -139,8 +138,8 @@ def build_value_planner(
 def build_goal_planner(cfg: Config, model: TrainedModel, device: torch.device) -> GoalPlanner:
     """``diffplan-evaluate``'s maze planner (goal inpainting, ``guidance`` none or goal; a
     value-guided one gets a random-weight goal-conditioned value network)."""
-    kind = GuidanceKind(cfg.guidance.kind)
-    if kind is not GuidanceKind.value:
+    spec = guidance_kind(cfg.guidance.kind)
+    if spec is None or not spec.needs_value:
         return GoalPlanner(
             model, planner=cfg.planner, diffusion=cfg.diffusion, goal_dims=cfg.task.goal_obs_dims, device=device,
             guidance=cfg.guidance,
@@ -162,7 +161,7 @@ def build_goal_planner(cfg: Config, model: TrainedModel, device: torch.device) -
 
 def build_forcing_planner(
     cfg: Config, model: TrainedModel, device: torch.device
-) -> tuple[ForcingPlanner, GoalGuide | None]:
+) -> tuple[ForcingPlanner, GoalTargets | None]:
     """``diffplan-evaluate``'s Diffusion Forcing planner (``planner.mode=forcing``) and the goal
     guide inside its guidance (None when unguided); set the guide's goals before planning."""
     return maze_forcing_planner(cfg, model, device)

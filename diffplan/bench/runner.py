@@ -49,7 +49,7 @@ from diffplan.bench.presets import MAX_ENVS, Preset
 from diffplan.bench.reference import REFERENCE_FIGURES, TARGETS, reference_kind
 from diffplan.bench.timing import Measurement, time_runs
 from diffplan.config import Config
-from diffplan.enums import ExecutionMode, GuidanceKind
+from diffplan.enums import ExecutionMode
 from diffplan.planning.planner import planning_denoiser
 from diffplan.training.checkpoint import TrainedModel
 from diffplan.utils import cpu_name, git_revision, hardware_info
@@ -168,9 +168,8 @@ def measure_value_plans(cfg: Config, model: TrainedModel, n: int, settings: Sett
     metrics: dict[str, Measurement] = {}
     warm = cfg.planner.warm_start_level > 0
     shift = max(cfg.planner.replan_every, 1)
-    guided_kind = GuidanceKind(cfg.guidance.kind)
     modes = [(True, "plan_guided"), (False, "plan_unguided")]
-    if guided_kind is GuidanceKind.none:
+    if cfg.guidance.kind == "none":
         modes = [(False, "plan_unguided")]
     for guided, name in modes:
         planner = build_value_planner(cfg, model, device, guided=guided)
@@ -195,7 +194,7 @@ def measure_goal_plan(cfg: Config, model: TrainedModel, n: int, settings: Settin
     obs, goals = _plan_inputs(cfg, model, n, device)
     planner = build_goal_planner(cfg, model, device)
     generator = torch.Generator(device=device).manual_seed(0)
-    note = (f"goal-inpainted plan, guidance={GuidanceKind(cfg.guidance.kind).value}, "
+    note = (f"goal-inpainted plan, guidance={cfg.guidance.kind}, "
             f"{cfg.planner.n_candidates} candidate(s) per environment")
     return {"plan": _plan_metric(lambda: planner.plan(obs, goals, generator), n, cfg.planner.n_candidates, note,
                                  settings)}
@@ -213,7 +212,7 @@ def measure_forcing_plan(cfg: Config, model: TrainedModel, n: int, settings: Set
         goal_guide.set_goals(goals.to(device))
     sample_generator = torch.Generator(device=device).manual_seed(0)
     note = (f"ForcingPlanner.plan_normalized, {planner.n_history} history tokens, "
-            f"guidance={GuidanceKind(cfg.guidance.kind).value}, matrix={cfg.diffusion.schedule_matrix}")
+            f"guidance={cfg.guidance.kind}, matrix={cfg.diffusion.schedule_matrix}")
     return {"plan": _plan_metric(lambda: planner.plan_normalized(history, current, sample_generator), n, 1,
                                  note, settings)}
 
@@ -232,7 +231,7 @@ def run_preset(preset: Preset, settings: Settings, log: TextIO = sys.stdout) -> 
             n_envs=n, n_envs_config=cfg.eval.n_envs, n_candidates=k, train_batch=cfg.train.batch_size,
             task=cfg.task.name, horizon=cfg.task.horizon, stride=cfg.task.stride, model=cfg.model.name.value,
             sampler=f"{cfg.diffusion.sampler.value} {cfg.diffusion.sampling_steps} of {cfg.diffusion.n_timesteps}",
-            schedule_matrix=cfg.diffusion.schedule_matrix.value, guidance=GuidanceKind(cfg.guidance.kind).value,
+            schedule_matrix=cfg.diffusion.schedule_matrix.value, guidance=cfg.guidance.kind,
             planner="forcing" if forcing else "value" if locomotion else "goal",
         )
         print(f"[{preset.name}] {preset.description}", file=log, flush=True)

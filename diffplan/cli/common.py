@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from diffplan.composition import compose_config, config_groups, config_options, preflight
 from diffplan.config import CONF_DIR, Config, as_config, register_configs
 from diffplan.extras import MissingExtraError
+from diffplan.guidance.kinds import import_plugins
 from diffplan.training.distributed import env_rank
 
 #: Hydra overrides of the ranks > 0 of a torchrun job: no record folder, no copy of the config and
@@ -58,7 +59,9 @@ def hydra_entry(
             for name in ("", "diffplan"):
                 logging.getLogger(name).setLevel(logging.WARNING)
         with error_boundary():
-            run(as_config(cfg))
+            config = as_config(cfg)
+            import_plugins(config.plugins)
+            run(config)
 
     def entry() -> None:
         args = sys.argv[1:]

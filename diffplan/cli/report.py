@@ -46,9 +46,11 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = BootstrapSettings(n_resamples=args.n_resamples, confidence=args.confidence, seed=args.seed)
     try:
+        if args.out.exists() and not args.out.is_dir():  # before any results are read
+            raise ValueError(f"--out {args.out} is a file, not a folder; choose another --out folder")
         report = build_report(args.inputs, args.out, baseline=args.baseline, title=args.title,
                               media=not args.no_media, settings=settings)
-    except (ResultsError, ValueError) as e:
+    except (ResultsError, ValueError, OSError) as e:
         print(f"diffplan-report: error: {e}", file=sys.stderr)
         return 2
     n_cells = sum(len(s.summary.cells) for s in report.sections)

@@ -1,5 +1,6 @@
 """Guides that steer denoising: a protocol, the sampler-facing settings and schedules, the
-value guide, the policy guide (PGD), weighted sums of guides, and :func:`build_guidance`.
+value guide, the policy guide (PGD), weighted sums of guides, the registry of guidance kinds
+(:mod:`diffplan.guidance.kinds`) and :func:`build_guidance`.
 
 Kept free of :mod:`diffplan.config` imports at module level (the config imports
 :class:`GuideTarget` and :class:`GuidanceSchedule`).
@@ -15,9 +16,18 @@ from diffplan.diffusion.guide import (
     schedule_coefficient,
 )
 from diffplan.enums import GuidanceSchedule, GuideTarget
-from diffplan.guidance.build import build_guidance, policy_guide
+from diffplan.guidance.build import build_guidance, build_guided, policy_guide
 from diffplan.guidance.composite import CompositeGuide
-from diffplan.guidance.goal import GoalGuide
+from diffplan.guidance.goal import GoalGuide, GoalTargets
+from diffplan.guidance.kinds import (
+    GuidanceKindSpec,
+    GuideContext,
+    check_kind_for_suite,
+    guidance_kind,
+    guidance_kinds,
+    import_plugins,
+    register_guidance_kind,
+)
 from diffplan.guidance.per_env import EnvStrengths
 from diffplan.guidance.policy import PolicyGuide, rms_normalize
 from diffplan.guidance.value import GoalValueGuide, ValueGuide
@@ -33,10 +43,19 @@ __all__ = [
     "GuideOutput",
     "GuideTarget",
     "GoalGuide",
+    "GoalTargets",
+    "GuidanceKindSpec",
+    "GuideContext",
     "GoalValueGuide",
     "PolicyGuide",
     "ValueGuide",
     "build_guidance",
+    "build_guided",
+    "check_kind_for_suite",
+    "guidance_kind",
+    "guidance_kinds",
+    "import_plugins",
+    "register_guidance_kind",
     "parse_schedule",
     "policy_guide",
     "rms_normalize",

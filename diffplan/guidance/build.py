@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from diffplan.diffusion.guide import Guidance, Guide
-from diffplan.guidance.composite import CompositeGuide
 from diffplan.guidance.policy import PolicyGuide
 
 if TYPE_CHECKING:
@@ -31,8 +30,8 @@ if TYPE_CHECKING:
 def policy_guide(
     cfg: GuidanceConfig, model: TrainedModel, device: torch.device | str = "cpu", policy: TargetPolicy | None = None
 ) -> PolicyGuide:
-    """The :class:`PolicyGuide` of ``guidance.policy`` (loaded with ``policy_std`` and
-    ``policy_vecnormalize``) on ``model``'s layout and normalizer, moved to ``device``; a given
+    """The :class:`PolicyGuide` of ``guidance.policy`` (loaded with ``policy_std``,
+    ``policy_vecnormalize`` and ``trust_pickle``) on ``model``'s layout and normalizer, moved to ``device``; a given
     ``policy`` (e.g. the offline agent being trained, Policy-Guided Diffusion's loop) replaces
     the loaded one.
 
@@ -49,7 +48,8 @@ def policy_guide(
             f"guidance.kind={cfg.kind} needs guidance.policy='<kind>:<path>' (kinds: {', '.join(policy_kinds())}), "
             "e.g. guidance.policy=sb3-sac:data/agents/hopper/medium.zip"
         )
-    policy = load_target_policy(cfg.policy, std=cfg.policy_std, vecnormalize=cfg.policy_vecnormalize)
+    policy = load_target_policy(cfg.policy, std=cfg.policy_std, vecnormalize=cfg.policy_vecnormalize,
+                                trust_pickle=cfg.trust_pickle)
     if isinstance(policy, nn.Module):
         policy.to(device)
     return PolicyGuide(policy, model.layout, model.normalizer, normalize_grad=cfg.normalize_grad)
@@ -63,34 +63,51 @@ def build_guidance(
     policy: TargetPolicy | None = None,
     goal_guide: Guide | None = None,
     clip_denoised: float | None = None,
+    goal_dims: list[int] | None = None,
 ) -> Guidance | None:
-    """The guidance ``cfg.kind`` asks for, or None for ``none`` (unguided sampling).
+    """The guidance ``cfg.kind`` asks for, or None for ``none`` (unguided sampling); see
+    :func:`build_guided` for the arguments."""
+    return build_guided(cfg, model, device, value_guide=value_guide, policy=policy, goal_guide=goal_guide,
+                        clip_denoised=clip_denoised, goal_dims=goal_dims)[0]
+
+
+def build_guided(
+    cfg: GuidanceConfig,
+    model: TrainedModel,
+    device: torch.device | str = "cpu",
+    *,
+    value_guide: Guide | None = None,
+    policy: TargetPolicy | None = None,
+    goal_guide: Guide | None = None,
+    clip_denoised: float | None = None,
+    goal_dims: list[int] | None = None,
+) -> tuple[Guidance | None, Guide | None]:
+    """The guidance of kind ``cfg.kind`` (:mod:`diffplan.guidance.kinds`) and the guide its kind
+    built (before the ``through_denoiser`` and Monte Carlo wrappers: the one to give each plan's
+    goals when it is a :class:`~diffplan.guidance.goal.GoalTargets`); (None, None) for ``none``.
 
     Args:
         cfg: the ``guidance`` settings.
         model: the diffusion model (its layout and normalizer feed the policy guide).
         device: where the policy runs.
         value_guide: the value guide (e.g. :func:`diffplan.planning.value_planner.value_guide`),
-            required by ``value`` and ``value_policy``.
+            required by kinds that need a value function (``value``, ``value_policy``).
         policy: the target policy of ``policy`` and ``value_policy`` (None: load ``guidance.policy``).
-        goal_guide: the goal guide (:class:`~diffplan.guidance.goal.GoalGuide`), required by ``goal``.
+        goal_guide: a goal guide made by the caller, used by ``goal`` (else it builds one on
+            ``goal_dims``).
         clip_denoised: the sampler's x0 clipping (``diffusion.clip_denoised``), applied to the x0
             estimates of ``through_denoiser`` and Monte Carlo guidance.
+        goal_dims: the goal position's observation entries (``task.goal_obs_dims``).
 
     Raises:
-        ValueError: a value kind without ``value_guide``, ``goal`` without ``goal_guide``, or a
-            policy kind without a usable ``guidance.policy``.
+        ValueError: an unknown kind, a value kind without ``value_guide``, or a policy kind without
+            a usable ``guidance.policy``.
     """
-    from diffplan.enums import GuidanceKind
+    from diffplan.guidance.kinds import GuideContext, guidance_kind
 
-    kind = GuidanceKind(cfg.kind)
-    if kind is GuidanceKind.none:
-        return None
-    if kind in (GuidanceKind.value, GuidanceKind.value_policy) and value_guide is None:
-        raise ValueError(
-            f"guidance.kind={kind.value} needs a value guide (a value function trained with diffplan-train-value, "
-            "guidance.value_checkpoint); pass value_guide"
-        )
+    spec = guidance_kind(cfg.kind)
+    if spec is None:
+        return None, None
     settings: dict[str, Any] = dict(
         n_guide_steps=cfg.n_guide_steps,
         t_stopgrad=cfg.t_stopgrad,
@@ -100,26 +117,15 @@ def build_guidance(
     )
     if cfg.mc_samples < 1:
         raise ValueError(f"guidance.mc_samples must be >= 1 (1: plain guidance), got {cfg.mc_samples}")
-    if kind is GuidanceKind.goal and goal_guide is None:
-        raise ValueError("guidance.kind=goal needs a goal guide (diffplan.guidance.goal.GoalGuide); pass goal_guide")
-    guide: Guide
-    if kind is GuidanceKind.value:
-        assert value_guide is not None
-        guide, scale = value_guide, cfg.scale
-    elif kind is GuidanceKind.goal:
-        assert goal_guide is not None
-        guide, scale = goal_guide, cfg.scale
-    elif kind is GuidanceKind.policy:
-        guide, scale = policy_guide(cfg, model, device, policy), cfg.policy_scale
-    else:
-        assert value_guide is not None
-        guide = CompositeGuide([(value_guide, cfg.scale), (policy_guide(cfg, model, device, policy), cfg.policy_scale)])
-        scale = 1.0
+    context = GuideContext(cfg, model, device, value_guide=value_guide, goal_guide=goal_guide,
+                           goal_dims=list(goal_dims or []), policy=policy)
+    guide, scale = spec.build(context)
+    built = guide
     if cfg.through_denoiser:
         from diffplan.guidance.denoised import DenoisedGuide
 
         guide = DenoisedGuide(guide, model.denoiser, model.schedule, clip_denoised=clip_denoised)
-    return _monte_carlo(cfg, model, Guidance(guide, scale=scale, **settings), clip_denoised)
+    return _monte_carlo(cfg, model, Guidance(guide, scale=scale, **settings), clip_denoised), built
 
 
 def _monte_carlo(

@@ -16,10 +16,11 @@ from typing import Any
 from diffplan.config import Config, to_container
 from diffplan.data.identity import check_same_dataset, dataset_record
 from diffplan.data.layout import TrajectoryLayout
-from diffplan.enums import EvalPolicy, ExecutionMode, GuidanceKind
+from diffplan.enums import EvalPolicy, ExecutionMode
 from diffplan.evaluation.evaluator import BatchEnv, EpisodeTrace, EvaluationOutput, Policy, evaluate
 from diffplan.evaluation.reference import resolve_reference_scores, scale_label
 from diffplan.evaluation.results import build_results, write_json
+from diffplan.guidance.kinds import check_kind_for_suite, guidance_kind
 from diffplan.guidance.per_env import EnvStrengths
 from diffplan.planning.planner import GoalPlanner
 from diffplan.planning.policy import PlanningPolicy
@@ -90,7 +91,8 @@ def check_evaluation(cfg: Config) -> None:
 
     Raises:
         ValueError: empty or negative ``eval.seeds``; ``eval.n_episodes``, ``eval.n_envs`` or
-            ``task.episode_steps`` < 1.
+            ``task.episode_steps`` < 1; a policy guidance whose ``guidance.policy`` is malformed,
+            missing or a pickle without ``guidance.trust_pickle``.
         OSError: ``eval.out_dir`` cannot be created or written (a file in the way, a read-only
             folder, a full disk; :func:`~diffplan.utils.ensure_writable_folder`).
     """
@@ -107,6 +109,12 @@ def check_evaluation(cfg: Config) -> None:
         raise ValueError(
             f"task.episode_steps must be >= 1 (environment steps per episode), got {cfg.task.episode_steps}"
         )
+    spec = guidance_kind(cfg.guidance.kind)  # an unknown kind fails here, before anything loads
+    if spec is not None and spec.needs_policy and cfg.guidance.policy:
+        from diffplan.policies.loading import check_target_policy
+
+        check_target_policy(cfg.guidance.policy, vecnormalize=cfg.guidance.policy_vecnormalize,
+                            trust_pickle=cfg.guidance.trust_pickle)
     ensure_writable_folder(cfg.eval.out_dir, "eval.out_dir")
 
 
@@ -202,7 +210,8 @@ def _maze_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
                         title=f"{cfg.task.name}: planned (dashed) vs executed (solid)")
 
     info = _model_checkpoint_info(cfg, model)
-    if GuidanceKind(cfg.guidance.kind) is GuidanceKind.value:
+    spec = guidance_kind(cfg.guidance.kind)
+    if spec is not None and spec.needs_value:
         info["value"] = _value_checkpoint_info(cfg)
     return EvaluationSetup(policy, lambda n: MazeBatch(task, n), to_container(model.config), info, plot_paths=plot,
                            trained_dataset=model.dataset)
@@ -213,9 +222,6 @@ def _forcing_policy(cfg: Config, model: TrainedModel, device: Any) -> Policy:
     from diffplan.planning.forcing import maze_forcing_planner
     from diffplan.planning.forcing_policy import ForcingPolicy
 
-    kind = GuidanceKind(cfg.guidance.kind)
-    if kind not in (GuidanceKind.goal, GuidanceKind.none):
-        raise ValueError(f"planner.mode=forcing on a maze takes guidance=goal or guidance=none, got {kind.value}")
     if model.config.task.stride != 1:
         raise ValueError(
             f"planner.mode=forcing executes the plan's own actions and needs a model trained with task.stride=1; "
@@ -271,8 +277,8 @@ def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> Evaluation
         from diffplan.planning.value_planner import ValuePlanner, ValuePolicy, value_guide
 
         model = _load_model(cfg, task.obs_dim, task.act_dim)
-        kind = GuidanceKind(cfg.guidance.kind)
-        needs_value = kind in (GuidanceKind.value, GuidanceKind.value_policy) or cfg.planner.n_candidates > 1
+        spec = check_kind_for_suite(cfg.guidance.kind, "locomotion", "the locomotion planner (planner=value)")
+        needs_value = (spec is not None and spec.needs_value) or cfg.planner.n_candidates > 1
         if needs_value:
             guide: Any = value_guide(model, cfg.guidance, device)
         else:

@@ -25,7 +25,7 @@ from diffplan.data.hdf5 import write_hdf5
 from diffplan.data.loading import load_episodes
 from diffplan.diffusion.guide import Guidance
 from diffplan.diffusion.sampler import Sampler
-from diffplan.enums import GuidanceKind
+from diffplan.guidance.kinds import guidance_kind
 from diffplan.models.policy import TargetPolicy
 from diffplan.planning.planner import planning_sampler
 from diffplan.synthetic import GenerationSpec, clear_partial, generate
@@ -37,14 +37,13 @@ log = logging.getLogger(__name__)
 
 def build_generation_guidance(cfg: Config, model: TrainedModel, device: torch.device) -> Guidance | None:
     """The guidance of ``cfg.guidance`` for generation (None for ``guidance=none``)."""
-    if GuidanceKind(cfg.guidance.kind) is GuidanceKind.none:
+    spec = guidance_kind(cfg.guidance.kind)
+    if spec is None:
         return None
     from diffplan.guidance import build_guidance
     from diffplan.planning.value_planner import value_guide
 
-    kind = GuidanceKind(cfg.guidance.kind)
-    uses_value = kind in (GuidanceKind.value, GuidanceKind.value_policy)
-    value = value_guide(model, cfg.guidance, device) if uses_value else None
+    value = value_guide(model, cfg.guidance, device) if spec.needs_value else None
     return build_guidance(cfg.guidance, model, device, value_guide=value)
 
 
@@ -68,7 +67,9 @@ def _metrics(cfg: Config, model: TrainedModel, data: dict[str, np.ndarray], epis
     if cfg.guidance.policy:
         from diffplan.policies import load_target_policy
 
-        policy = load_target_policy(cfg.guidance.policy, std=cfg.guidance.policy_std)
+        policy = load_target_policy(cfg.guidance.policy, std=cfg.guidance.policy_std,
+                                    vecnormalize=cfg.guidance.policy_vecnormalize,
+                                    trust_pickle=cfg.guidance.trust_pickle)
         real = rng.choice(episodes.n_transitions, size=len(idx), replace=False)
         with torch.no_grad():
             generated = policy.log_prob(torch.as_tensor(data["observations"][idx]),
@@ -94,14 +95,35 @@ class GenerationSetup:
     device: torch.device
 
 
+def check_generation(cfg: Config) -> None:
+    """Check what generation reads from ``guidance`` before any file is loaded: a policy kind needs
+    ``guidance.policy``, and a given ``guidance.policy`` must name an existing file of a known
+    kind, a pickle only with ``guidance.trust_pickle`` (:func:`~diffplan.policies.loading.check_target_policy`).
+
+    Raises:
+        ValueError: naming the setting, its value and the fix.
+    """
+    from diffplan.policies.loading import check_target_policy, policy_kinds
+
+    spec = guidance_kind(cfg.guidance.kind)
+    if spec is not None and spec.needs_policy and not cfg.guidance.policy:
+        raise ValueError(
+            f"guidance.kind={spec.name} needs guidance.policy='<kind>:<path>' (kinds: {', '.join(policy_kinds())}), "
+            "e.g. guidance.policy=bc:runs/hopper-medium/bc/checkpoint.pt"
+        )
+    if cfg.guidance.policy:  # the guide's target, and the metrics' policy
+        check_target_policy(cfg.guidance.policy, vecnormalize=cfg.guidance.policy_vecnormalize,
+                            trust_pickle=cfg.guidance.trust_pickle)
+
+
 def generation_setup(cfg: Config) -> GenerationSetup:
-    """Load the dataset and the model of ``eval.checkpoint``; check ``generate.*`` against them."""
+    """Load the model of ``eval.checkpoint`` and the dataset; check ``generate.*`` against them."""
     gc = cfg.generate
     set_threads(gc.threads)
     device = select_device(gc.device)
-    episodes = load_episodes(cfg.task.dataset)
     model = load_trained_model(cfg.eval.checkpoint, device=device, use_ema=cfg.eval.use_ema,
-                               expected_task=cfg.task.name)
+                               expected_task=cfg.task.name)  # before the (larger) dataset is read
+    episodes = load_episodes(cfg.task.dataset)
     spec = GenerationSpec(n_trajectories=gc.n_trajectories, length=gc.length, batch_size=gc.batch_size,
                           seed=gc.seed, terminal_threshold=gc.terminal_threshold,
                           action_low=float(episodes.actions.min()), action_high=float(episodes.actions.max()))
@@ -117,10 +139,15 @@ def policy_guided_regenerator(cfg: Config) -> Callable[[TargetPolicy, int], dict
     ``generate.seed + step``, so a resumed run regenerates the same data. The set of step 0 is
     sampled unguided: the agent is untrained then, and guiding towards a random policy fills the
     first U updates with its actions (on hopper-medium that cost TD3+BC half its score)."""
-    if GuidanceKind(cfg.guidance.kind) is not GuidanceKind.policy:
+    if cfg.guidance.kind != "policy":
         raise ValueError(
             f"regenerating synthetic data with the agent as target needs guidance=policy, got guidance.kind="
             f"{cfg.guidance.kind}; add guidance=policy (and guidance.policy_scale=...)"
+        )
+    if cfg.guidance.policy:
+        raise ValueError(
+            f"guidance.policy={cfg.guidance.policy!r} is not read when the agent regenerates its synthetic data "
+            "(offline.regenerate_every > 0): the data is guided towards the agent being trained; drop guidance.policy"
         )
     from diffplan.guidance import build_guidance
 
@@ -137,6 +164,7 @@ def policy_guided_regenerator(cfg: Config) -> Callable[[TargetPolicy, int], dict
 
 def run_generate(cfg: Config) -> Path:
     """Generate, write ``generate.out`` (and its metrics JSON); returns the dataset path."""
+    check_generation(cfg)
     gc = cfg.generate
     setup = generation_setup(cfg)
     model, sampler, matrix, episodes, spec, device = (setup.model, setup.sampler, setup.matrix, setup.episodes,

@@ -30,8 +30,9 @@ from diffplan.config import Config, DiffusionConfig, PlannerConfig
 from diffplan.diffusion.guide import Guidance
 from diffplan.diffusion.sampler import Constraints, scheduling_matrix
 from diffplan.enums import ScheduleMatrixKind
-from diffplan.guidance.build import build_guidance
-from diffplan.guidance.goal import GoalGuide
+from diffplan.guidance.build import build_guided
+from diffplan.guidance.goal import GoalTargets
+from diffplan.guidance.kinds import check_kind_for_suite
 from diffplan.planning.planner import planning_denoiser, planning_sampler
 from diffplan.training.checkpoint import TrainedModel
 
@@ -267,16 +268,24 @@ class ForcingPlanner:
 
 def maze_forcing_planner(
     cfg: Config, model: TrainedModel, device: torch.device | str
-) -> tuple[ForcingPlanner, GoalGuide | None]:
-    """The Diffusion Forcing planner of ``cfg`` on a maze (``planner.mode=forcing``), with the goal
-    guide inside its guidance (``guidance=goal``; None when unguided): set the guide's goals
-    before each plan. Used by ``diffplan-evaluate`` and ``diffplan-bench``."""
-    goal_guide = GoalGuide(model.layout, model.normalizer, list(cfg.task.goal_obs_dims))
-    guidance = build_guidance(
-        cfg.guidance, model, device, goal_guide=goal_guide, clip_denoised=cfg.diffusion.clip_denoised
-    )
+) -> tuple[ForcingPlanner, GoalTargets | None]:
+    """The Diffusion Forcing planner of ``cfg`` on a maze (``planner.mode=forcing``), with the guide
+    that takes each plan's goals (``guidance=goal``, or a registered maze kind implementing
+    :class:`~diffplan.guidance.goal.GoalTargets`; None otherwise): set its goals before each plan.
+    Used by ``diffplan-evaluate`` and ``diffplan-bench``.
+
+    Raises:
+        ValueError: a guidance kind that is not for mazes or needs a value function (the forcing
+            planner has none).
+    """
+    spec = check_kind_for_suite(cfg.guidance.kind, "maze", "planner.mode=forcing on a maze")
+    if spec is not None and spec.needs_value:
+        raise ValueError(f"planner.mode=forcing on a maze takes guidance kinds without a value function, got "
+                         f"guidance.kind={cfg.guidance.kind}; use guidance=goal or guidance=none")
+    guidance, built = build_guided(cfg.guidance, model, device, clip_denoised=cfg.diffusion.clip_denoised,
+                                   goal_dims=list(cfg.task.goal_obs_dims))
     planner = ForcingPlanner(
         model, diffusion=cfg.diffusion, execute=cfg.planner.execute, n_history=cfg.planner.n_history,
         planner=cfg.planner, guidance=guidance, device=device,
     )
-    return planner, goal_guide if guidance is not None else None
+    return planner, built if isinstance(built, GoalTargets) else None

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from diffplan.controllers import PlanRecord
-from diffplan.guidance.goal import GoalGuide
+from diffplan.guidance.goal import GoalTargets
 from diffplan.planning.forcing import ForcingPlanner
 
 
@@ -56,7 +56,7 @@ class ForcingPolicy:
     """
 
     planner: ForcingPlanner
-    goal_guide: GoalGuide | None = None
+    goal_guide: GoalTargets | None = None
     tracker: PDTracker | None = None
     action_low: float = -1.0
     action_high: float = 1.0

@@ -27,9 +27,8 @@ from diffplan.config import DiffusionConfig, GuidanceConfig, PlannerConfig
 from diffplan.diffusion.cfg import ClassifierFreeGuidance
 from diffplan.diffusion.conditioning import goal_constraints
 from diffplan.diffusion.sampler import Denoiser, Sampler, check_clip, make_sampler
-from diffplan.enums import ActionSource, GuidanceKind, NoiseMode, Precision, ScheduleMatrixKind, Selection
-from diffplan.guidance import EnvStrengths, GoalGuide, Guidance, build_guidance
-from diffplan.guidance.goal import GoalTargets
+from diffplan.enums import ActionSource, NoiseMode, Precision, ScheduleMatrixKind, Selection
+from diffplan.guidance import EnvStrengths, GoalTargets, Guidance, build_guided, check_kind_for_suite
 from diffplan.guidance.per_env import for_candidates
 from diffplan.models.inverse_dynamics import plan_actions
 from diffplan.training.checkpoint import TrainedModel
@@ -164,11 +163,12 @@ class GoalPlanner:
         diffusion: sampler kind, steps, eta and clipping used at planning time.
         goal_dims: observation channels that hold the goal (e.g. x, y).
         device: where sampling runs.
-        guidance: the ``guidance`` settings (kind ``none``, ``goal`` or ``value``), or None (unguided).
+        guidance: the ``guidance`` settings (a kind for maze tasks: ``none``, ``goal``, ``value``
+            or a registered one, :mod:`diffplan.guidance.kinds`), or None (unguided).
 
     Raises:
-        ValueError: a guidance kind other than ``none``, ``goal`` or ``value``, or a value
-            checkpoint that is not goal-conditioned.
+        ValueError: a guidance kind that is not for maze tasks, or a value checkpoint that is not
+            goal-conditioned.
     """
 
     def __init__(
@@ -190,28 +190,18 @@ class GoalPlanner:
         #: The guide that needs each plan's goals (goal or goal-conditioned value guidance), or None.
         self.goal_guide: GoalTargets | None = None
         self.guidance: Guidance | None = None
-        kind = GuidanceKind.none if guidance is None else GuidanceKind(guidance.kind)
-        if kind not in (GuidanceKind.none, GuidanceKind.goal, GuidanceKind.value):
-            raise ValueError(
-                f"the maze goal planner takes guidance=goal, guidance=value (a goal-conditioned value function) or "
-                f"guidance=none, got guidance.kind={kind.value} "
-                "(policy guidance is for locomotion tasks, planner=value)"
-            )
-        if guidance is not None and kind is GuidanceKind.goal:
-            goal_guide = GoalGuide(model.layout, model.normalizer, self.goal_dims)
-            self.guidance = build_guidance(
-                guidance, model, self.device, goal_guide=goal_guide, clip_denoised=diffusion.clip_denoised
-            )
-            self.goal_guide = goal_guide
-        elif guidance is not None and kind is GuidanceKind.value:
-            from diffplan.planning.value_planner import value_guide  # it imports this module
+        spec = None if guidance is None else check_kind_for_suite(guidance.kind, "maze", "the maze goal planner")
+        if guidance is not None and spec is not None:
+            value = None
+            if spec.needs_value:
+                from diffplan.planning.value_planner import value_guide  # it imports this module
 
-            value = value_guide(model, guidance, self.device, goal_dims=self.goal_dims)
-            self.guidance = build_guidance(
-                guidance, model, self.device, value_guide=value, clip_denoised=diffusion.clip_denoised
-            )
-            assert isinstance(value, GoalTargets)
-            self.goal_guide = value
+                value = value_guide(model, guidance, self.device, goal_dims=self.goal_dims)
+            self.guidance, built = build_guided(guidance, model, self.device, value_guide=value,
+                                                clip_denoised=diffusion.clip_denoised, goal_dims=self.goal_dims)
+            for candidate in (built, value):  # the guide that takes each plan's goals, if any
+                if isinstance(candidate, GoalTargets) and self.goal_guide is None:
+                    self.goal_guide = candidate
 
     @torch.no_grad()
     def plan(

@@ -32,6 +32,12 @@ _LOADERS: dict[str, PolicyLoader] = {
     "offline": _load_offline,
 }
 
+#: The kinds whose files are pickles (code runs when they load): loaded only with ``trust_pickle``.
+#: bc and offline are diffplan checkpoints, read with ``torch.load(weights_only=True)``.
+_PICKLE_KINDS: set[str] = {"sb3-sac", "sb3-td3"}
+#: The kinds whose loaders refuse a VecNormalize pickle without reading it (they normalize themselves).
+_OWN_NORMALIZATION = {"bc", "offline"}
+
 _EXAMPLE = "sb3-sac:data/agents/hopper/medium.zip"
 
 
@@ -40,8 +46,9 @@ def policy_kinds() -> list[str]:
     return list(_LOADERS)
 
 
-def register_policy_loader(kind: str, loader: PolicyLoader, *, replace: bool = False) -> None:
-    """Make ``load_target_policy("<kind>:<path>")`` call ``loader(path, std, vecnormalize)``.
+def register_policy_loader(kind: str, loader: PolicyLoader, *, replace: bool = False, unpickles: bool = False) -> None:
+    """Make ``load_target_policy("<kind>:<path>")`` call ``loader(path, std, vecnormalize)``;
+    ``unpickles``: the loader unpickles its file (it then runs only with ``trust_pickle``).
 
     Example: ``register_policy_loader("td3bc", lambda path, std, _: load_agent_policy(path, std))``.
 
@@ -53,6 +60,10 @@ def register_policy_loader(kind: str, loader: PolicyLoader, *, replace: bool = F
     if kind in _LOADERS and not replace:
         raise ValueError(f"policy kind {kind!r} is registered already; pass replace=True to override it")
     _LOADERS[kind] = loader
+    if unpickles:
+        _PICKLE_KINDS.add(kind)
+    else:
+        _PICKLE_KINDS.discard(kind)
 
 
 def parse_policy_spec(spec: str) -> tuple[str, Path]:
@@ -74,19 +85,16 @@ def parse_policy_spec(spec: str) -> tuple[str, Path]:
     return kind, Path(path)
 
 
-def load_target_policy(spec: str, *, std: float = 0.1, vecnormalize: str | None = None) -> TargetPolicy:
-    """The target policy named by ``spec`` = ``"<kind>:<path>"``, on the CPU.
-
-    Args:
-        spec: e.g. ``"sb3-sac:agent.zip"``, ``"sb3-td3:agent.zip"``, ``"bc:runs/hopper/bc/checkpoint.pt"``.
-        std: standard deviation (action units) of the Gaussian around deterministic policies
-            (TD3, BC); unused by policies with their own (SAC).
-        vecnormalize: SB3 agents only: the ``VecNormalize.save`` pickle of the agent's training
-            environment; None uses ``<stem>_vecnorm.pkl`` next to the zip if it exists.
+def check_target_policy(
+    spec: str, *, vecnormalize: str | None = None, trust_pickle: bool = False, key: str = "guidance"
+) -> tuple[str, Path, Path | None]:
+    """Check ``spec`` and ``vecnormalize`` as :func:`load_target_policy` would, without loading
+    anything: the spec's form and kind, that the files exist, and that a pickle (an SB3 zip, a
+    VecNormalize pickle) is loaded only with ``trust_pickle``. ``key`` is the config section
+    whose settings are named in the messages. Returns (kind, path, VecNormalize path or None).
 
     Raises:
-        ValueError: malformed spec, unknown kind, missing file (each naming the spec, the kinds
-            and the fix), or a file the kind's loader cannot read.
+        ValueError: each naming the setting, the value and the fix.
     """
     kind, path = parse_policy_spec(spec)
     kinds = ", ".join(_LOADERS)
@@ -99,8 +107,41 @@ def load_target_policy(spec: str, *, std: float = 0.1, vecnormalize: str | None 
     if pickle_path is not None and not pickle_path.is_file():
         raise ValueError(
             f"policy spec {spec!r}: no VecNormalize pickle {pickle_path}; pass the file VecNormalize.save wrote "
-            "for this agent, or none"
+            f"for this agent as {key}.policy_vecnormalize, or none"
         )
+    if not trust_pickle:
+        if kind in _PICKLE_KINDS:
+            raise ValueError(
+                f"{key}.policy={spec!r}: {path} is a pickle ({kind}), which runs code when it is loaded, and "
+                f"{key}.trust_pickle is false; if you trust the file, add {key}.trust_pickle=true"
+            )
+        if pickle_path is not None and kind not in _OWN_NORMALIZATION:
+            raise ValueError(
+                f"{key}.policy_vecnormalize={pickle_path} is a pickle (VecNormalize.save), which runs code when it "
+                f"is loaded, and {key}.trust_pickle is false; if you trust the file, add {key}.trust_pickle=true"
+            )
+    return kind, path, pickle_path
+
+
+def load_target_policy(
+    spec: str, *, std: float = 0.1, vecnormalize: str | None = None, trust_pickle: bool = False
+) -> TargetPolicy:
+    """The target policy named by ``spec`` = ``"<kind>:<path>"``, on the CPU.
+
+    Args:
+        spec: e.g. ``"sb3-sac:agent.zip"``, ``"sb3-td3:agent.zip"``, ``"bc:runs/hopper/bc/checkpoint.pt"``.
+        std: standard deviation (action units) of the Gaussian around deterministic policies
+            (TD3, BC); unused by policies with their own (SAC).
+        vecnormalize: SB3 agents only: the ``VecNormalize.save`` pickle of the agent's training
+            environment, or None (no normalization: nothing is loaded that is not named).
+        trust_pickle: load pickles (SB3 zips, ``vecnormalize``), which run code when loaded;
+            without it they are refused (``guidance.trust_pickle``).
+
+    Raises:
+        ValueError: malformed spec, unknown kind, missing file, a pickle without ``trust_pickle``
+            (each naming the spec and the fix), or a file the kind's loader cannot read.
+    """
+    kind, path, pickle_path = check_target_policy(spec, vecnormalize=vecnormalize, trust_pickle=trust_pickle)
     policy = _LOADERS[kind](path, float(std), pickle_path)
     if not isinstance(policy, TargetPolicy):
         raise TypeError(f"the {kind!r} loader returned {type(policy).__name__}, not a TargetPolicy")

@@ -7,15 +7,16 @@ evaluated on raw environment observations and actions:
 - Observations: SB3 agents trained inside ``VecNormalize`` see normalized observations
   ``clip((obs - mean) / sqrt(var + epsilon), -clip_obs, clip_obs)``. Pass the pickle
   ``VecNormalize.save`` wrote (``vecnormalize``) and the policy applies that frozen
-  normalization itself; without one, ``<stem>_vecnorm.pkl`` next to the zip is used when it
-  exists (the layout of :mod:`diffplan_envs.collect_locomotion` snapshots). Box observations
-  are otherwise used as float tensors, as SB3's preprocessing does.
+  normalization itself. No file is loaded that was not named: a ``<stem>_vecnorm.pkl`` next to
+  the zip (the layout of :mod:`diffplan_envs.collect_locomotion` snapshots) is only pointed out
+  in a warning. Box observations are otherwise used as float tensors, as SB3's preprocessing does.
 - Actions: SB3 acts in [-1, 1] and rescales to the action box ``[low, high]`` of
   ``policy.action_space`` as ``low + (scaled + 1) (high - low) / 2``; densities here are over
   the rescaled (environment) actions, Jacobian included.
 
-stable-baselines3 is imported only when an agent is loaded. Its files are pickles: load only
-files you trust.
+stable-baselines3 is imported only when an agent is loaded. Its files are pickles, which run code
+when loaded: load only files you trust. :func:`diffplan.policies.load_target_policy` (the
+``guidance.policy`` setting) loads them only with ``trust_pickle=True`` (``guidance.trust_pickle=true``).
 """
 
 from __future__ import annotations
@@ -141,15 +142,22 @@ class SB3DeterministicActor(_SB3Actor):
         return self.unscale(scaled).reshape(*observations.shape[:-1], self.act_dim)
 
 
+def vecnormalize_sibling(path: Path) -> Path:
+    """Where :mod:`diffplan_envs.collect_locomotion` saves the VecNormalize pickle of the agent at ``path``."""
+    return path.with_name(f"{path.stem}_vecnorm.pkl")
+
+
 def resolve_vecnormalize(path: Path, vecnormalize: Path | None) -> Path | None:
-    """``vecnormalize`` if given, else ``<stem>_vecnorm.pkl`` next to ``path`` if it exists, else None."""
-    if vecnormalize is not None:
-        return vecnormalize
-    sibling = path.with_name(f"{path.stem}_vecnorm.pkl")
-    if sibling.exists():
-        log.info("using the observation normalization of %s for %s", sibling, path)
-        return sibling
-    return None
+    """``vecnormalize`` as given: a pickle is never loaded without being named. When none is given
+    and ``<stem>_vecnorm.pkl`` lies next to ``path``, a warning says how to use it."""
+    sibling = vecnormalize_sibling(path)
+    if vecnormalize is None and sibling.exists():
+        log.warning(
+            "%s lies next to %s but is not loaded (no file is loaded without being named): the agent sees raw "
+            "observations; if it was trained with them normalized, pass guidance.policy_vecnormalize=%s "
+            "(and guidance.trust_pickle=true)", sibling, path, sibling,
+        )
+    return vecnormalize
 
 
 def _load_sb3(algo: str, path: Path, vecnormalize: Path | None) -> tuple[Any, ObservationNormalizer | None]:

@@ -471,9 +471,9 @@ def build_report(
         ValueError: ``baseline`` names no cell.
     """
     out = Path(out_dir)
+    files = [load_results(p) for p in find_results(inputs)]  # bad inputs leave no empty out_dir behind
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)
-    files = [load_results(p) for p in find_results(inputs)]
     cells, notes = group_cells(files)
     summaries = summarize(cells, baseline, settings)
     sections = []

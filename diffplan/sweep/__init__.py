@@ -23,6 +23,6 @@ floating-point rounding of the extra multiplication by 1. Plan times of batched 
 of the shared planner calls (one call plans for every cell).
 """
 
-from diffplan.sweep.grid import KINDS, PlannedCell, SweepCell, SweepError, expand_cells, plan_cells
+from diffplan.sweep.grid import PlannedCell, SweepCell, SweepError, expand_cells, plan_cells, sweep_kinds
 
-__all__ = ["KINDS", "PlannedCell", "SweepCell", "SweepError", "expand_cells", "plan_cells"]
+__all__ = ["PlannedCell", "SweepCell", "SweepError", "expand_cells", "plan_cells", "sweep_kinds"]

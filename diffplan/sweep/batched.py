@@ -39,6 +39,7 @@ from torch import Tensor
 from diffplan.config import Config, to_container
 from diffplan.enums import ExecutionMode
 from diffplan.evaluation.evaluator import EvaluationOutput
+from diffplan.guidance.kinds import guidance_kind
 from diffplan.guidance.per_env import EnvStrengths
 from diffplan.sweep.grid import PlannedCell, flatten, with_overrides
 
@@ -48,9 +49,18 @@ log = logging.getLogger(__name__)
 PER_ENV_KEYS = ("guidance.kind", "guidance.scale", "guidance.policy_scale", "planner.guidance_weight",
                 "eval.out_dir")
 
-#: Guided kinds that can share a pass: the goal guide alone; value, policy and value_policy through
-#: value_policy's CompositeGuide (on a maze a value cell's pass holds value and unguided cells only).
-FAMILIES = {"goal": "goal", "value": "composite", "policy": "composite", "value_policy": "composite"}
+#: Kinds that share a pass have one ``batch_family`` (:class:`~diffplan.guidance.kinds.GuidanceKindSpec`):
+#: the goal guide alone; value, policy and value_policy through value_policy's CompositeGuide (on a
+#: maze a value cell's pass holds value and unguided cells only). A kind without a family (a plugin's,
+#: by default) is evaluated one cell per pass, its strength in its own config.
+
+
+def _family(kind: str) -> str | None:
+    """The batch family of a cell's kind; None for unguided cells (none, cfg)."""
+    if kind in ("none", "cfg"):
+        return None
+    spec = guidance_kind(kind)
+    return None if spec is None else spec.batch_family or f"alone:{kind}"
 
 #: Environment ``j`` of a pass replays episode ``j % n_episodes`` of its cell.
 RESET_SEED_STRIDE = 1_000_003
@@ -81,9 +91,11 @@ def batch_passes(cells: list[PlannedCell]) -> list[list[PlannedCell]]:
         families: dict[str, list[PlannedCell]] = {}
         unguided: list[PlannedCell] = []
         for planned in members:
-            family = FAMILIES.get(planned.cell.kind)
+            family = _family(planned.cell.kind)
             if family is None:
                 unguided.append(planned)
+            elif family.startswith("alone:"):
+                passes.append([planned])
             else:
                 families.setdefault(family, []).append(planned)
         split = list(families.values())
@@ -92,7 +104,7 @@ def batch_passes(cells: list[PlannedCell]) -> list[list[PlannedCell]]:
         else:
             split = [unguided]
         order = {id(p): i for i, p in enumerate(cells)}
-        passes.extend(sorted(part, key=lambda p: order[id(p)]) for part in split)
+        passes.extend(sorted(part, key=lambda p: order[id(p)]) for part in split if part)
     passes.sort(key=lambda part: part[0].cell.index)
     return passes
 
@@ -113,6 +125,9 @@ def pass_strengths(cells: list[PlannedCell], n_episodes: int) -> EnvStrengths | 
     """Per-environment strengths of a pass: ``n_episodes`` rows per cell, in cell order; None when
     nothing varies per environment (a pass of unguided cells without ``cfg`` cells)."""
     kind = pass_kind(cells)
+    spec = guidance_kind(kind)
+    if spec is not None and spec.batch_family is None:
+        return None  # a kind that is never batched: one cell, its strength in its config
     scale: list[float] = []
     weights: list[list[float]] = []
     for planned in cells:

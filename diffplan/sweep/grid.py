@@ -37,24 +37,30 @@ from typing import Any
 
 from diffplan.config import Config, SweepConfig, to_container
 from diffplan.enums import EvalPolicy
+from diffplan.guidance.kinds import guidance_kind, guidance_kinds
 
-#: The kinds a sweep cell may have.
-KINDS = ("none", "goal", "value", "policy", "value_policy", "cfg")
+#: The sweep-only kind: classifier-free guidance weights of a return-conditioned model.
+CFG_KIND = "cfg"
 
-#: The config key each guided kind's strength sets.
-STRENGTH_KEYS = {
-    "goal": "guidance.scale",
-    "value": "guidance.scale",
-    "policy": "guidance.policy_scale",
-    "value_policy": "guidance.scale",
-    "cfg": "planner.guidance_weight",
-}
+
+def sweep_kinds() -> list[str]:
+    """The kinds a sweep cell may have: the registered guidance kinds (:mod:`diffplan.guidance.kinds`,
+    ``none`` first) and ``cfg``."""
+    return [*guidance_kinds(), CFG_KIND]
+
+
+def strength_key(kind: str) -> str:
+    """The config key a strength of ``kind`` sets (``cfg``: ``planner.guidance_weight``)."""
+    if kind == CFG_KIND:
+        return "planner.guidance_weight"
+    spec = guidance_kind(kind)
+    return "guidance.scale" if spec is None else spec.strength_key
 
 #: Config keys (prefixes) that do not decide whether a finished cell is still valid: where the
 #: sweep is written and which cells it lists (adding a cell keeps the others), and the progress bar.
 RESUME_IGNORED = (
     "sweep.name", "sweep.out_dir", "sweep.cells", "sweep.cells_index", "sweep.report", "sweep.report_title",
-    "eval.progress",
+    "eval.progress", "plugins",
 )
 
 RESULTS_FILE = "results.json"
@@ -71,7 +77,7 @@ class SweepCell:
     Attributes:
         index: position in the expanded grid (``sweep.cells_index``).
         entry: position of its entry in ``sweep.cells``.
-        kind: one of :data:`KINDS`.
+        kind: one of :func:`sweep_kinds`.
         strength: the strength (0 for ``none``).
         mc_samples: ``guidance.mc_samples`` of the cell, or None (the guidance config's).
     """
@@ -84,9 +90,9 @@ class SweepCell:
 
     def overrides(self) -> dict[str, Any]:
         """Dotted config keys and the values this cell sets."""
-        out: dict[str, Any] = {"guidance.kind": "none" if self.kind in ("none", "cfg") else self.kind}
-        if self.kind in STRENGTH_KEYS:
-            out[STRENGTH_KEYS[self.kind]] = self.strength
+        out: dict[str, Any] = {"guidance.kind": "none" if self.kind in ("none", CFG_KIND) else self.kind}
+        if self.kind != "none":
+            out[strength_key(self.kind)] = self.strength
         if self.mc_samples is not None:
             out["guidance.mc_samples"] = self.mc_samples
         return out
@@ -135,8 +141,11 @@ def expand_cells(sweep: SweepConfig) -> list[SweepCell]:
     for i, entry in enumerate(sweep.cells):
         key = f"sweep.cells[{i}]"
         kind = str(entry.kind)
-        if kind not in KINDS:
-            raise SweepError(f"{key}.kind={kind!r} is not a sweep kind; use one of {', '.join(KINDS)}")
+        if kind not in sweep_kinds():
+            raise SweepError(
+                f"{key}.kind={kind!r} is not a sweep kind; use one of {', '.join(sweep_kinds())} (more guidance "
+                "kinds: register them in a module listed in plugins=[...])"
+            )
         strengths = [float(s) for s in entry.strengths]
         if kind == "none":
             if any(s != 0 for s in strengths) or len(strengths) > 1:
@@ -148,16 +157,16 @@ def expand_cells(sweep: SweepConfig) -> list[SweepCell]:
         elif not strengths:
             raise SweepError(
                 f"{key}.strengths is empty; list the {kind} strengths to evaluate, e.g. strengths: [0.1, 1.0] "
-                f"(they set {STRENGTH_KEYS[kind]})"
+                f"(they set {strength_key(kind)})"
             )
         for j, strength in enumerate(strengths):
             if not math.isfinite(strength) or strength < 0:
                 raise SweepError(
-                    f"{key}.strengths[{j}]={strength} is not a strength >= 0; {STRENGTH_KEYS.get(kind, kind)} must be "
+                    f"{key}.strengths[{j}]={strength} is not a strength >= 0; {strength_key(kind)} must be "
                     "a finite number >= 0 (the unguided cell is {kind: none})"
                 )
         if entry.mc_samples is not None:
-            if kind in ("none", "cfg"):
+            if kind in ("none", CFG_KIND):
                 raise SweepError(
                     f"{key}.mc_samples={entry.mc_samples}: kind={kind} samples without a guide, so Monte Carlo "
                     "guidance does not apply; drop mc_samples from this entry"
@@ -172,7 +181,7 @@ def expand_cells(sweep: SweepConfig) -> list[SweepCell]:
 def cell_identity(cfg: Config, cell: SweepCell) -> tuple[str, str]:
     """(reported kind, label) of ``cell`` under its resolved config ``cfg`` (see the module docstring)."""
     kind = cell.kind
-    if kind not in ("none", "cfg") and cfg.guidance.mc_samples > 1:
+    if kind not in ("none", CFG_KIND) and cfg.guidance.mc_samples > 1:
         kind = f"{kind}+mc{cfg.guidance.mc_samples}"
     label = f"{kind}={_fmt(cell.strength)}"
     if cell.kind == "value_policy":

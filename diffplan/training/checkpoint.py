@@ -53,7 +53,9 @@ def load_checkpoint(
     """
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a folder; set {key} to the file, e.g. {key}={path / 'checkpoint.pt'}")
+        raise CheckpointError(
+            f"checkpoint {path} is a folder; set {key} to the file, e.g. {key}={path / 'checkpoint.pt'}"
+        )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; train first (diffplan-train) or set {key}")
     fix = f"point {key} at a checkpoint.pt written by diffplan"
