@@ -17,6 +17,9 @@ evaluated on raw environment observations and actions:
 stable-baselines3 is imported only when an agent is loaded. Its files are pickles, which run code
 when loaded: load only files you trust. :func:`diffplan.policies.load_target_policy` (the
 ``guidance.policy`` setting) loads them only with ``trust_pickle=True`` (``guidance.trust_pickle=true``).
+``diffplan-collect`` resumes from and replays its own agent snapshots (``collect.agent_dir``, written by
+:mod:`diffplan_envs.collect_locomotion` in the same folder) without the opt-in: those are files the
+project wrote itself, not input from elsewhere; do not put files from elsewhere in ``collect.agent_dir``.
 """
 
 from __future__ import annotations
