@@ -53,12 +53,23 @@ def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from hydra.core.global_hydra import GlobalHydra
+
     register_configs()
+    # Inside an initialized Hydra (a running command, a notebook or test that initialized one), compose
+    # with our own configs and put the caller's Hydra back afterwards.
+    instance = GlobalHydra.instance()
+    saved = instance.hydra if instance.is_initialized() else None
+    instance.clear()
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             return compose(config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as error:
         raise ValueError(_override_error(error, overrides)) from None
+    finally:
+        if saved is not None:
+            instance.clear()
+            instance.initialize(saved)
 
 
 def preflight(config_name: str, overrides: list[str]) -> Config:

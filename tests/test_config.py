@@ -134,3 +134,33 @@ def test_value_and_guidance_groups() -> None:
     with pytest.raises(ValueError, match=r"guidance.apply_to='xt' is not a guidance rule; use one of \['x_t', 'x0'"):
         build_guidance(as_config(_compose(["guidance=value", "guidance.apply_to=xt"])).guidance, None, "cpu",
                        value_guide=object())
+
+
+#: What each shipped experiment (the recipes behind the published numbers) composes to: task,
+#: tokens x stride, denoiser, width and multipliers, training steps, execution mode, run folder.
+EXPERIMENTS = {
+    "demo": ("pointmaze-umaze", 64, 2, "unet", 16, [1, 2, 4], 4000, "tracker", "runs/demo"),
+    "umaze-ref": ("pointmaze-umaze", 64, 2, "unet", 16, [1, 2, 4], 6000, "tracker", "runs/umaze-ref"),
+    "medium-ref": ("pointmaze-medium", 64, 4, "unet", 16, [1, 2, 4], 10000, "tracker", "runs/medium-ref"),
+    "large-ref": ("pointmaze-large", 96, 4, "unet", 16, [1, 2, 4], 10000, "tracker", "runs/large-ref"),
+    "medium-df": ("pointmaze-medium", 256, 1, "transformer", 32, [1, 4, 8], 10000, "forcing", "runs/medium-df"),
+    "large-df": ("pointmaze-large", 384, 1, "transformer", 32, [1, 4, 8], 10000, "forcing", "runs/large-df"),
+    "locomotion": ("hopper-medium", 32, 1, "unet", 16, [1, 2, 4], 8000, "actions", "runs/hopper-medium"),
+}
+
+
+def test_every_shipped_experiment_is_checked_here() -> None:
+    from diffplan.config import CONF_DIR
+
+    assert sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml")) == sorted(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_shipped_experiments_compose_to_their_recipes(name: str) -> None:
+    """Each experiment composes, passes the schema and range checks, and keeps its recipe."""
+    from diffplan.composition import preflight
+
+    cfg = preflight("config", [f"+experiment={name}"])
+    got = (cfg.task.name, cfg.task.horizon, cfg.task.stride, str(cfg.model.name), cfg.model.dim,
+           list(cfg.model.dim_mults), cfg.train.steps, str(cfg.planner.mode), cfg.run_dir)
+    assert got == EXPERIMENTS[name]

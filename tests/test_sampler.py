@@ -279,10 +279,17 @@ def test_pinned_unet_ddim_regression() -> None:
                               generator=torch.Generator().manual_seed(0))
 
     first, second = run(), run()
-    assert torch.equal(first, second)
+    assert torch.equal(first, second)  # determinism
     assert torch.equal(first[constraints.mask], constraints.values[constraints.mask])
     free = first[~constraints.mask]
-    assert torch.isfinite(free).all() and free.std() > 0
+    # Stored values (torch 2.13 CPU): a change to the U-Net, the schedule, the DDIM update or the
+    # inpainting shows here. The random, untrained network's epsilon makes the x0 estimates large.
+    expected = torch.tensor([-190.23478699, 107.62924957, 227.59060669, -19.37017441, -336.22155762,
+                             112.81410217, -147.75167847, 117.53360748, 187.33302307, 64.06033325,
+                             219.07305908, 307.96343994])
+    torch.testing.assert_close(free[:12], expected, rtol=1e-4, atol=1e-3)
+    assert free.numel() == 38
+    assert abs(float(free.sum()) - 2069.9932) < 0.05 and abs(float(free.abs().sum()) - 6265.0327) < 0.05
 
 
 def test_clean_condition_tokens_feed_level_zero_to_the_denoiser() -> None:
