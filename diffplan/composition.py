@@ -50,10 +50,9 @@ def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
         ValueError: an override Hydra cannot apply, in one line naming it and the fix.
     """
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
-
-    from hydra.core.global_hydra import GlobalHydra
 
     register_configs()
     # Inside an initialized Hydra (a running command, a notebook or test that initialized one), compose

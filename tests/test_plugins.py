@@ -68,7 +68,8 @@ def test_a_plugin_kind_through_evaluate_sweep_and_report(trained: Path) -> None:
     assert results["n_episodes"] == 6 and results["n_failed"] == 0
 
     swept = _run("sweep", trained, "plugins=[toy_guidance]", "sweep.batched=true",
-                 "sweep.cells=[{kind: none}, {kind: toy-center, strengths: [0.5, 2.0]}, {kind: goal, strengths: [0.5]}]",
+                 "sweep.cells=[{kind: none}, {kind: toy-center, strengths: [0.5, 2.0]}, "
+                 "{kind: goal, strengths: [0.5]}]",
                  f"sweep.out_dir={trained / 'sweep'}", f"sweep.report={trained / 'sweep-report'}")
     assert swept.returncode == 0, swept.stderr[-2000:]
     cells = sorted(p.parent.name for p in (trained / "sweep").glob("*/results.json"))

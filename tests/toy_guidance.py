@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffplan.guidance import GuideContext, GuideOutput, GuidanceKindSpec, register_guidance_kind
+from diffplan.guidance import GuidanceKindSpec, GuideContext, GuideOutput, register_guidance_kind
 
 
 class CenterGuide:
