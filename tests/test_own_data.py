@@ -17,7 +17,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from test_cli_errors import _digest, _one_line
+from errors_helpers import digest as _digest
+from errors_helpers import one_line
 from test_commands import tiny_config, tiny_overrides
 
 from diffplan.data import load_episodes, write_hdf5
@@ -113,6 +114,10 @@ def _write_minari(root: Path, dataset_id: str = "own/umaze-v0") -> Path:
 
 
 _CALLS = itertools.count()
+
+
+def _one_line(proc: subprocess.CompletedProcess[str], *needles: str, command: str = "diffplan-evaluate") -> str:
+    return one_line(proc, *needles, command=command)
 
 
 def _command(module: str, folder: Path, *overrides: str, locomotion: bool = False) -> subprocess.CompletedProcess[str]:
