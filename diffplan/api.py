@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from diffplan.composition import compose_config, overrides_of
 from diffplan.config import Config, as_config, to_container
 from diffplan.guidance.kinds import import_plugins
+from diffplan.tasks import is_locomotion
 from diffplan.training.loop import TrainSummary
 
 #: Overrides as a mapping (``{"train.steps": 1000}``) or Hydra strings (``["train.steps=1000"]``).
@@ -146,9 +147,7 @@ class LoadedPlanner:
 
     @property
     def _needs_goal(self) -> bool:
-        from diffplan_envs.locomotion import is_locomotion_task
-
-        return not is_locomotion_task(self.config.task.name)
+        return not is_locomotion(self.config.task)
 
     def act(self, observation: np.ndarray | Sequence[float], goal: np.ndarray | Sequence[float] | None = None
             ) -> np.ndarray:

@@ -48,6 +48,9 @@ class TaskConfig:
 
     name: str = MISSING
     env_id: str = MISSING
+    # maze (goal-reaching PointMaze: goal inpainting, trackers) or locomotion (<robot>-<level>: planned
+    # actions, value and policy guidance). null: inferred from the name (configs written before it).
+    suite: str | None = None
     dataset: str = MISSING
     dataset_steps: int = 1_000_000
     episode_steps: int = 300

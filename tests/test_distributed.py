@@ -61,6 +61,7 @@ def overrides(tmp_path: Path, run_dir: str, **extra: object) -> list[str]:
         "model.dim": 8,
         "model.dim_mults": "[1,2]",
         "diffusion.n_timesteps": 8,
+        "diffusion.sampling_steps": 4,
         "train.steps": STEPS,
         "train.batch_size": 8,
         "train.warmup_steps": 2,

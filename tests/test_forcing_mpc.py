@@ -203,7 +203,7 @@ def test_evaluator_runs_forcing_mpc_with_goal_guidance(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs a model trained with task.stride=1"):
         run_evaluate(strided)
     wrong = tiny_config(tmp_path, extra[:-7] + ["guidance=value"])
-    with pytest.raises(ValueError, match="takes guidance=goal or guidance=none, got value"):
+    with pytest.raises(ValueError, match="takes guidance kinds without a value function, got guidance.kind=value"):
         run_evaluate(wrong)
 
 

@@ -27,6 +27,7 @@ from diffplan.models.value import build_value_net
 from diffplan.planning.forcing import ForcingPlanner, maze_forcing_planner
 from diffplan.planning.planner import GoalPlanner
 from diffplan.planning.value_planner import ValuePlanner
+from diffplan.tasks import is_locomotion
 from diffplan.training.checkpoint import TrainedModel
 from diffplan.training.trainer import Trainer
 
@@ -44,16 +45,10 @@ def compose_config(overrides: Sequence[str]) -> Config:
 def task_dims(cfg: Config) -> tuple[int, int]:
     """(obs_dim, act_dim) of ``cfg.task`` (a locomotion robot or a point maze)."""
     from diffplan_envs import get_maze_task
-    from diffplan_envs.locomotion import get_locomotion_task, is_locomotion_task
+    from diffplan_envs.locomotion import get_locomotion_task
 
-    task = get_locomotion_task(cfg.task.name) if is_locomotion_task(cfg.task.name) else get_maze_task(cfg.task.name)
+    task = get_locomotion_task(cfg.task.name) if is_locomotion(cfg.task) else get_maze_task(cfg.task.name)
     return task.obs_dim, task.act_dim
-
-
-def is_locomotion(cfg: Config) -> bool:
-    from diffplan_envs.locomotion import is_locomotion_task
-
-    return is_locomotion_task(cfg.task.name)
 
 
 def synthetic_episodes(obs_dim: int, act_dim: int, *, span: int, n_episodes: int = 4, seed: int = 0) -> Episodes:

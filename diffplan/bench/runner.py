@@ -225,7 +225,7 @@ def run_preset(preset: Preset, settings: Settings, log: TextIO = sys.stdout) -> 
         cfg = compose_config([*preset.overrides, *settings.overrides()])
         n = n_envs_for(preset, cfg)
         forcing = ExecutionMode(cfg.planner.mode) is ExecutionMode.forcing
-        locomotion = is_locomotion(cfg)
+        locomotion = is_locomotion(cfg.task)
         k = 1 if forcing else cfg.planner.n_candidates
         record.update(
             n_envs=n, n_envs_config=cfg.eval.n_envs, n_candidates=k, train_batch=cfg.train.batch_size,

@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from diffplan.config import Config
+from diffplan.tasks import is_locomotion
 
 log = logging.getLogger(__name__)
 
@@ -25,15 +26,13 @@ def run_collect(cfg: Config) -> Path:
     file is left as it is.
     """
     from diffplan_envs import MAZE_TASKS, collect_maze_dataset
-    from diffplan_envs.locomotion import is_locomotion_task
-
     n_steps = cfg.collect.n_steps or cfg.task.dataset_steps
     if Path(cfg.task.dataset).is_dir():
         raise IsADirectoryError(
             f"task.dataset={cfg.task.dataset} is a folder; give the path of the .hdf5 file to write, "
             f"e.g. task.dataset={Path(cfg.task.dataset) / (cfg.task.name + '.hdf5')}"
         )
-    if is_locomotion_task(cfg.task.name):
+    if is_locomotion(cfg.task):
         return _collect_locomotion(cfg, n_steps)
     if cfg.task.name not in MAZE_TASKS:
         raise ValueError(

@@ -25,7 +25,7 @@ from diffplan.guidance.per_env import EnvStrengths
 from diffplan.planning.planner import GoalPlanner
 from diffplan.planning.policy import PlanningPolicy
 from diffplan.reporting.maze_plot import plot_maze_paths
-from diffplan.tasks import load_task_episodes
+from diffplan.tasks import is_locomotion, load_task_episodes
 from diffplan.training.checkpoint import TrainedModel, load_trained_model
 from diffplan.utils import ensure_writable_folder, file_sha256, select_device
 
@@ -109,6 +109,11 @@ def check_evaluation(cfg: Config) -> None:
         raise ValueError(
             f"task.episode_steps must be >= 1 (environment steps per episode), got {cfg.task.episode_steps}"
         )
+    if ExecutionMode(cfg.planner.mode) is ExecutionMode.forcing and is_locomotion(cfg.task):
+        raise ValueError(
+            "planner.mode=forcing is wired for the mazes (goal guidance); locomotion tasks plan with "
+            "planner=value or planner=actions (diffplan.planning.forcing.ForcingPlanner is usable from Python)"
+        )
     spec = guidance_kind(cfg.guidance.kind)  # an unknown kind fails here, before anything loads
     if spec is not None and spec.needs_policy and cfg.guidance.policy:
         from diffplan.policies.loading import check_target_policy
@@ -132,9 +137,7 @@ def prepare_evaluation(cfg: Config, strengths: EnvStrengths | None = None) -> Ev
         DatasetError: a missing or malformed dataset, dimensions other than the task's, no
             reference returns for the task, or a dataset other than the checkpoint's.
     """
-    from diffplan_envs.locomotion import is_locomotion_task
-
-    locomotion = is_locomotion_task(cfg.task.name)
+    locomotion = is_locomotion(cfg.task)
     if not locomotion and EvalPolicy(cfg.eval.policy) is not EvalPolicy.planner:
         raise ValueError(f"eval.policy={cfg.eval.policy} is for locomotion tasks; mazes use eval.policy=planner")
     episodes = load_task_episodes(cfg.task.dataset, cfg.task.name)
@@ -153,9 +156,7 @@ def prepare_evaluation(cfg: Config, strengths: EnvStrengths | None = None) -> Ev
 def build_setup(cfg: Config, strengths: EnvStrengths | None = None) -> EvaluationSetup:
     """The policy ``cfg`` evaluates (the checkpoint's planner and controller, or a baseline) and
     its provenance, without the dataset checks of :func:`prepare_evaluation`."""
-    from diffplan_envs.locomotion import is_locomotion_task
-
-    make_setup = _locomotion_setup if is_locomotion_task(cfg.task.name) else _maze_setup
+    make_setup = _locomotion_setup if is_locomotion(cfg.task) else _maze_setup
     return make_setup(cfg, strengths)
 
 
@@ -241,11 +242,6 @@ def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> Evaluation
     from diffplan_envs.locomotion import LocomotionBatch, get_locomotion_task
 
     task = get_locomotion_task(cfg.task.name)
-    if ExecutionMode(cfg.planner.mode) is ExecutionMode.forcing:
-        raise ValueError(
-            "planner.mode=forcing is wired for the mazes (goal guidance); locomotion tasks plan with "
-            "planner=value or planner=actions (diffplan.planning.forcing.ForcingPlanner is usable from Python)"
-        )
     device = select_device(cfg.eval.device)
     policy: Policy
     if strengths is not None and EvalPolicy(cfg.eval.policy) is not EvalPolicy.planner:
@@ -313,8 +309,6 @@ def run_episodes(
     The first ``N_PLOT_TRACES`` episodes are traced for paths.png, every episode with
     ``eval.save_episodes`` (their plans too, except on locomotion tasks, which replan every step).
     """
-    from diffplan_envs.locomotion import is_locomotion_task
-
     ref = setup.reference
     save_episodes = bool(cfg.eval.save_episodes)
     n_episodes = cfg.eval.n_episodes if n_episodes is None else n_episodes
@@ -331,7 +325,7 @@ def run_episodes(
         ref_max=float(ref["max"]),
         device=select_device(cfg.eval.device),
         n_traces=n_traces,
-        trace_plans=not (save_episodes and is_locomotion_task(cfg.task.name)),
+        trace_plans=not (save_episodes and is_locomotion(cfg.task)),
         progress=cfg.eval.progress,
         reset_seed_of=reset_seed_of,
     )
@@ -354,8 +348,6 @@ def write_evaluation(
     was, and a ValueError naming both is raised (the command exits non-zero). Sweeps keep the
     default: a cell whose every episode failed is a result of the sweep, written as results.json.
     """
-    from diffplan_envs.locomotion import is_locomotion_task
-
     ref = setup.reference
     results = build_results(
         output,
@@ -385,7 +377,7 @@ def write_evaluation(
         from diffplan.evaluation.episodes import save_episodes as write_episodes
 
         saved = write_episodes(path.parent / EPISODES_FILE, output.traces,
-                               include_plans=not is_locomotion_task(cfg.task.name))
+                               include_plans=not is_locomotion(cfg.task))
         log.info("%d episodes' observations -> %s", len(output.traces), saved)
     if cfg.eval.plots and output.traces and setup.plot_paths is not None:
         setup.plot_paths(output.traces[:N_PLOT_TRACES], path.parent / "paths.png")  # 6 panels

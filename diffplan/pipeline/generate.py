@@ -29,6 +29,7 @@ from diffplan.guidance.kinds import guidance_kind
 from diffplan.models.policy import TargetPolicy
 from diffplan.planning.planner import planning_sampler
 from diffplan.synthetic import GenerationSpec, clear_partial, generate
+from diffplan.tasks import is_locomotion
 from diffplan.training.checkpoint import TrainedModel, load_trained_model
 from diffplan.utils import file_sha256, hardware_info, select_device, set_threads
 
@@ -53,9 +54,8 @@ def _metrics(cfg: Config, model: TrainedModel, data: dict[str, np.ndarray], epis
     n = len(data["observations"])
     idx = np.sort(rng.choice(n, size=min(n, cfg.generate.metrics_transitions), replace=False))
     out: dict[str, Any] = {"n_transitions_scored": int(len(idx))}
-    from diffplan_envs import is_locomotion_task
 
-    if is_locomotion_task(cfg.task.name):
+    if is_locomotion(cfg.task):
         from diffplan_envs.dynamics import dynamics_error
 
         error = dynamics_error(

@@ -42,6 +42,7 @@ from diffplan.evaluation.evaluator import EvaluationOutput
 from diffplan.guidance.kinds import guidance_kind
 from diffplan.guidance.per_env import EnvStrengths
 from diffplan.sweep.grid import PlannedCell, flatten, with_overrides
+from diffplan.tasks import is_locomotion
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +177,6 @@ def split_output(output: EvaluationOutput, position: int, n_episodes: int) -> Ev
 
 def run_pass(cells: list[PlannedCell]) -> list[Path]:
     """Evaluate one pass as one batch per seed and write each cell's results.json; returns their paths."""
-    from diffplan_envs.locomotion import is_locomotion_task
-
     from diffplan.pipeline.evaluate import prepare_evaluation, run_episodes, write_evaluation
 
     base = pass_config(cells)
@@ -187,7 +186,7 @@ def run_pass(cells: list[PlannedCell]) -> list[Path]:
     log.info("batched pass: %d cells (%s) x %d episodes = %d environments per seed, guidance.kind=%s",
              len(cells), ", ".join(labels), n_episodes, n_envs, pass_kind(cells))
     setup = prepare_evaluation(base, pass_strengths(cells, n_episodes))
-    traced = base.eval.save_episodes or (base.eval.plots and not is_locomotion_task(base.task.name))
+    traced = base.eval.save_episodes or (base.eval.plots and not is_locomotion(base.task))
     output = run_episodes(
         base, setup, n_episodes=n_envs, n_envs=n_envs,
         reset_seed_of=lambda seed, j: seed * RESET_SEED_STRIDE + j % n_episodes,
