@@ -170,7 +170,7 @@ class LoadedPlanner:
             raise ValueError(f"eval.policy={self.config.eval.policy} acts without planning; use act()")
         if self._needs_goal:
             goals = torch.as_tensor(self._goal(goal), dtype=torch.float32)
-            result = planner.plan(obs, goals, self._generator)
+            result = planner.plan(obs, self._generator, goals=goals)
         else:
             result = planner.plan(obs, self._generator)
         return Trajectory(result.observations[0].numpy(), result.actions[0].numpy(), float(result.plan_time_s))

@@ -47,7 +47,7 @@ def _plan(model: TrainedModel, **planner: object) -> torch.Tensor:
         diffusion=DiffusionConfig(n_timesteps=10, sampler="ddim", sampling_steps=5),
         goal_dims=[0, 1],
     )
-    plan = goal_planner.plan(STARTS, GOALS, torch.Generator().manual_seed(0))
+    plan = goal_planner.plan(STARTS, torch.Generator().manual_seed(0), goals=GOALS)
     return model.normalizer.normalize(torch.cat([plan.observations, plan.actions], dim=-1))
 
 

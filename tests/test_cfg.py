@@ -311,7 +311,7 @@ def _plan(trainer: Trainer, **planner: Any) -> Any:
     goal_planner = GoalPlanner(model, planner=PlannerConfig(**planner), diffusion=trainer.cfg.diffusion,
                                goal_dims=[])
     observations = torch.tensor([[0.2, -0.1, 0.3], [0.0, 0.5, -0.4]])
-    return model, goal_planner.plan(observations, torch.zeros(2, 0), torch.Generator().manual_seed(0))
+    return model, goal_planner.plan(observations, torch.Generator().manual_seed(0), goals=torch.zeros(2, 0))
 
 
 def test_planner_guides_towards_the_return_target(id_run: tuple[Trainer, float]) -> None:

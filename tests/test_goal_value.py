@@ -176,7 +176,7 @@ def test_maze_value_guidance_end_to_end_and_deterministic(maze: tuple[Path, Conf
     for kind in ("value", "none"):
         planner = GoalPlanner(model, planner=cfg.planner, diffusion=cfg.diffusion, goal_dims=[0, 1],
                               guidance=tiny_config(tmp_path, extra + [f"guidance.kind={kind}"]).guidance)
-        plans.append(planner.plan(observations, goals, torch.Generator().manual_seed(0)).observations)
+        plans.append(planner.plan(observations, torch.Generator().manual_seed(0), goals=goals).observations)
         if kind == "value":
             assert isinstance(planner.goal_guide, GoalValueGuide)
             assert torch.equal(planner.goal_guide.goals, goals)

@@ -39,7 +39,7 @@ def test_cuda_plan_matches_cpu_plan_and_keeps_constraints() -> None:
                               device=device)
         start, goal = torch.tensor([[0.5, -1.0, 0.1, 0.0]]), torch.tensor([[1.0, 1.5]])
         x_init_generator = torch.Generator(device=device).manual_seed(0)
-        plan = planner.plan(start, goal, x_init_generator)
+        plan = planner.plan(start, x_init_generator, goals=goal)
         torch.testing.assert_close(plan.observations[0, 0], start[0], atol=1e-5, rtol=0)
         torch.testing.assert_close(plan.observations[0, -1, :2], goal[0], atol=1e-5, rtol=0)
         plans[device] = plan

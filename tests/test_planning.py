@@ -10,6 +10,7 @@ from data_fixtures import tiny_maze_model
 from diffplan.config import DiffusionConfig, PlannerConfig
 from diffplan.data import TrajectoryLayout
 from diffplan.enums import ExecutionMode, Selection, Tracking
+from diffplan.guidance.per_env import EnvStrengths
 from diffplan.planning.planner import GoalPlanner, Plan, select_candidates
 from diffplan.planning.policy import PlanningPolicy
 from diffplan.training.checkpoint import TrainedModel
@@ -40,15 +41,15 @@ GOALS = torch.tensor([[2.0, 1.5], [-1.5, -0.5]])
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
 def test_same_seed_same_plan_other_seed_other_plan(model: TrainedModel, sampler: str) -> None:
     planner = _planner(model, sampler=sampler)
-    a = planner.plan(STARTS, GOALS, torch.Generator().manual_seed(0))
-    b = planner.plan(STARTS, GOALS, torch.Generator().manual_seed(0))
-    c = planner.plan(STARTS, GOALS, torch.Generator().manual_seed(1))
+    a = planner.plan(STARTS, torch.Generator().manual_seed(0), goals=GOALS)
+    b = planner.plan(STARTS, torch.Generator().manual_seed(0), goals=GOALS)
+    c = planner.plan(STARTS, torch.Generator().manual_seed(1), goals=GOALS)
     assert torch.equal(a.observations, b.observations) and torch.equal(a.actions, b.actions)
     assert not torch.allclose(a.observations[:, 1:-1], c.observations[:, 1:-1])
 
 
 def test_plan_starts_at_observation_and_ends_at_goal(model: TrainedModel) -> None:
-    plan = _planner(model).plan(STARTS, GOALS, torch.Generator().manual_seed(0))
+    plan = _planner(model).plan(STARTS, torch.Generator().manual_seed(0), goals=GOALS)
     assert plan.observations.shape == (2, H, 4)
     assert plan.actions.shape == (2, H, 2)
     torch.testing.assert_close(plan.observations[:, 0], STARTS, rtol=0, atol=1e-5)
@@ -58,7 +59,7 @@ def test_plan_starts_at_observation_and_ends_at_goal(model: TrainedModel) -> Non
 
 
 def test_n_by_k_batching(model: TrainedModel) -> None:
-    plan = _planner(model, n_candidates=3).plan(STARTS, GOALS, torch.Generator().manual_seed(0))
+    plan = _planner(model, n_candidates=3).plan(STARTS, torch.Generator().manual_seed(0), goals=GOALS)
     assert plan.observations.shape == (2, H, 4)
     assert plan.candidates is not None and plan.candidates.shape == (2, 3, H, 4)
     # Every candidate of environment n is conditioned on environment n's start and goal.
@@ -72,7 +73,7 @@ def test_n_by_k_batching(model: TrainedModel) -> None:
 
 def test_smoothest_selection_in_planner(model: TrainedModel) -> None:
     plan = _planner(model, n_candidates=3, selection=Selection.smoothest).plan(
-        STARTS, GOALS, torch.Generator().manual_seed(0))
+        STARTS, torch.Generator().manual_seed(0), goals=GOALS)
     assert plan.candidates is not None
     jumps = plan.candidates.diff(dim=2).pow(2).sum(dim=(-1, -2))
     best = jumps.argmin(dim=1)
@@ -111,7 +112,9 @@ class StubPlanner:
         self.calls: list[tuple[np.ndarray, np.ndarray]] = []
         self.finite = finite
 
-    def plan(self, observations: torch.Tensor, goals: torch.Tensor, generator: torch.Generator) -> Plan:
+    def plan(self, observations: torch.Tensor, generator: torch.Generator, *, goals: torch.Tensor | None = None,
+             previous: torch.Tensor | None = None, shift: int = 0, strengths: EnvStrengths | None = None) -> Plan:
+        assert goals is not None
         self.calls.append((observations.numpy().copy(), goals.numpy().copy()))
         n = observations.shape[0]
         h = torch.arange(self.horizon, dtype=torch.float32)
@@ -124,7 +127,7 @@ class StubPlanner:
 
 def _policy(mode: ExecutionMode, replan_every: int = 0, planner: StubPlanner | None = None) -> PlanningPolicy:
     cfg = PlannerConfig(mode=mode, replan_every=replan_every, p_gain=2.0, d_gain=0.5)
-    return PlanningPolicy(planner or StubPlanner(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])  # type: ignore[arg-type]
+    return PlanningPolicy(planner or StubPlanner(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])
 
 
 OBS = np.array([[0.0, 0.0, 0.0, 0.0], [1.0, 2.0, -1.0, 1.0]])  # channel 3 = env id i
@@ -199,7 +202,7 @@ def test_policy_argument_errors() -> None:
     with pytest.raises(ValueError, match="replan_every must be >= 0"):
         _policy(ExecutionMode.tracker, replan_every=-1)
     with pytest.raises(ValueError, match="as many velocity dims as position dims"):
-        PlanningPolicy(StubPlanner(), PlannerConfig(), position_dims=[0, 1], velocity_dims=[2])  # type: ignore[arg-type]
+        PlanningPolicy(StubPlanner(), PlannerConfig(), position_dims=[0, 1], velocity_dims=[2])
 
 
 def test_policy_with_real_planner(model: TrainedModel) -> None:
@@ -207,7 +210,7 @@ def test_policy_with_real_planner(model: TrainedModel) -> None:
                             position_dims=[0, 1], velocity_dims=[2, 3])
     observations, goals = STARTS.numpy(), GOALS.numpy()
     actions, bad = policy.act(0, observations, goals, ALL, torch.Generator().manual_seed(0))
-    plan = _planner(model).plan(STARTS, GOALS, torch.Generator().manual_seed(0))
+    plan = _planner(model).plan(STARTS, torch.Generator().manual_seed(0), goals=GOALS)
     np.testing.assert_allclose(actions, plan.actions[:, 0].numpy(), rtol=1e-6)
     assert not bad.any()
 
@@ -217,7 +220,8 @@ class LinePlanner:
 
     horizon = 10
 
-    def plan(self, observations: torch.Tensor, goals: torch.Tensor, generator: torch.Generator) -> Plan:
+    def plan(self, observations: torch.Tensor, generator: torch.Generator, *, goals: torch.Tensor | None = None,
+             previous: torch.Tensor | None = None, shift: int = 0, strengths: EnvStrengths | None = None) -> Plan:
         n = observations.shape[0]
         h = torch.arange(self.horizon, dtype=torch.float32)
         states = torch.zeros(n, self.horizon, 4)
@@ -227,7 +231,7 @@ class LinePlanner:
 
 def test_pursuit_targets_lookahead_past_closest_point_and_never_backwards() -> None:
     cfg = PlannerConfig(mode=ExecutionMode.tracker, tracking=Tracking.pursuit, lookahead=2, p_gain=10.0, d_gain=1.0)
-    policy = PlanningPolicy(LinePlanner(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])  # type: ignore[arg-type]
+    policy = PlanningPolicy(LinePlanner(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])
     generator = torch.Generator()
     one = np.ones(1, dtype=bool)
     # At x = 3.2 the closest token is 3; the target is token 5 = (5, 0), target velocity 0.
@@ -246,7 +250,7 @@ def test_pursuit_targets_lookahead_past_closest_point_and_never_backwards() -> N
 
 def test_time_tracker_with_stride_advances_one_token_per_stride_steps() -> None:
     cfg = PlannerConfig(mode=ExecutionMode.tracker, tracking=Tracking.time, p_gain=1.0, d_gain=0.0)
-    policy = PlanningPolicy(LinePlanner(), cfg, position_dims=[0, 1], velocity_dims=[2, 3],  # type: ignore[arg-type]
+    policy = PlanningPolicy(LinePlanner(), cfg, position_dims=[0, 1], velocity_dims=[2, 3],
                             stride=3)
     generator = torch.Generator()
     one = np.ones(1, dtype=bool)
@@ -255,7 +259,7 @@ def test_time_tracker_with_stride_advances_one_token_per_stride_steps() -> None:
     # Steps 0-2 aim at token 1 (x = 1), steps 3-5 at token 2, step 6 at token 3.
     assert targets == [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0]
     with pytest.raises(ValueError, match="task.stride=1"):
-        PlanningPolicy(LinePlanner(), PlannerConfig(mode=ExecutionMode.actions), position_dims=[0, 1],  # type: ignore[arg-type]
+        PlanningPolicy(LinePlanner(), PlannerConfig(mode=ExecutionMode.actions), position_dims=[0, 1],
                        velocity_dims=[2, 3], stride=2)
 
 
@@ -263,12 +267,14 @@ def test_pursuit_replans_when_progress_stalls() -> None:
     class CountingLine(LinePlanner):
         calls = 0
 
-        def plan(self, observations: torch.Tensor, goals: torch.Tensor, generator: torch.Generator) -> Plan:
+        def plan(self, observations: torch.Tensor, generator: torch.Generator, *,
+                 goals: torch.Tensor | None = None, previous: torch.Tensor | None = None, shift: int = 0,
+                 strengths: EnvStrengths | None = None) -> Plan:
             CountingLine.calls += 1
-            return super().plan(observations, goals, generator)
+            return super().plan(observations, generator, goals=goals)
 
     cfg = PlannerConfig(mode=ExecutionMode.tracker, tracking=Tracking.pursuit, lookahead=2, replan_on_stall=3)
-    policy = PlanningPolicy(CountingLine(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])  # type: ignore[arg-type]
+    policy = PlanningPolicy(CountingLine(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])
     one, generator = np.ones(1, dtype=bool), torch.Generator()
     stuck = np.array([[1.0, 0.0, 0.0, 0.0]])  # never moves: progress stays at token 1
     for t in range(5):
@@ -280,11 +286,11 @@ def test_pursuit_replans_when_progress_stalls() -> None:
         policy.act(t, obs, GOAL[:1], one, generator)
     assert CountingLine.calls == 2  # steady progress: no replanning
     with pytest.raises(ValueError, match="replan_on_stall"):
-        PlanningPolicy(CountingLine(), PlannerConfig(replan_on_stall=-1), position_dims=[0, 1],  # type: ignore[arg-type]
+        PlanningPolicy(CountingLine(), PlannerConfig(replan_on_stall=-1), position_dims=[0, 1],
                        velocity_dims=[2, 3])
 
 
 def test_negative_lookahead_is_refused() -> None:
     with pytest.raises(ValueError, match="planner.lookahead must be >= 0"):
-        PlanningPolicy(LinePlanner(), PlannerConfig(lookahead=-1), position_dims=[0, 1],  # type: ignore[arg-type]
+        PlanningPolicy(LinePlanner(), PlannerConfig(lookahead=-1), position_dims=[0, 1],
                        velocity_dims=[2, 3])

@@ -35,7 +35,7 @@ from diffplan.models.unet import TemporalUnet
 from diffplan.pipeline.collect import run_collect
 from diffplan.pipeline.evaluate import prepare_evaluation, run_episodes
 from diffplan.pipeline.train import run_train
-from diffplan.planning.planner import GoalPlanner
+from diffplan.planning.planner import GoalPlanner, Plan
 from diffplan.planning.policy import PlanningPolicy
 from diffplan.planning.value_planner import ValuePlanner
 from diffplan.sweep import SweepError, plan_cells
@@ -313,7 +313,7 @@ def _goal_planner(model: TrainedModel, kind: str = "goal", k: int = 2,
 
 def _plan_goal(planner: GoalPlanner, scales: list[float] | None) -> Tensor:
     strengths = None if scales is None else EnvStrengths(scale=scales)
-    plan = planner.plan(STARTS, GOALS, torch.Generator().manual_seed(5), strengths=strengths)
+    plan = planner.plan(STARTS, torch.Generator().manual_seed(5), goals=GOALS, strengths=strengths)
     assert plan.candidates is not None
     return plan.candidates  # (N, K, H, obs)
 
@@ -376,16 +376,14 @@ def test_policy_hands_the_planner_the_rows_of_the_environments_it_replans() -> N
     seen: list[list[float]] = []
 
     class Spy:
-        def plan(self, observations: Tensor, goals: Tensor, generator: torch.Generator, *,
-                 strengths: EnvStrengths) -> object:
-            from diffplan.planning.planner import Plan
-
-            assert strengths.scale is not None
+        def plan(self, observations: Tensor, generator: torch.Generator, *, goals: Tensor | None = None,
+                 previous: Tensor | None = None, shift: int = 0, strengths: EnvStrengths | None = None) -> Plan:
+            assert strengths is not None and strengths.scale is not None
             seen.append(strengths.scale.tolist())
             n = observations.shape[0]
             return Plan(torch.zeros(n, 4, 4), torch.zeros(n, 4, 2), torch.ones(n, dtype=torch.bool), 0.0)
 
-    policy = PlanningPolicy(Spy(), PlannerConfig(), position_dims=[0, 1], velocity_dims=[2, 3],  # type: ignore[arg-type]
+    policy = PlanningPolicy(Spy(), PlannerConfig(), position_dims=[0, 1], velocity_dims=[2, 3],
                             strengths=EnvStrengths(scale=[0.0, 1.0, 2.0]))
     policy.reset(3)
     obs, goals = np.zeros((3, 4)), np.zeros((3, 2))

@@ -196,7 +196,7 @@ def measure_goal_plan(cfg: Config, model: TrainedModel, n: int, settings: Settin
     generator = torch.Generator(device=device).manual_seed(0)
     note = (f"goal-inpainted plan, guidance={cfg.guidance.kind}, "
             f"{cfg.planner.n_candidates} candidate(s) per environment")
-    return {"plan": _plan_metric(lambda: planner.plan(obs, goals, generator), n, cfg.planner.n_candidates, note,
+    return {"plan": _plan_metric(lambda: planner.plan(obs, generator, goals=goals), n, cfg.planner.n_candidates, note,
                                  settings)}
 
 

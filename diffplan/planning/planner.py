@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 import torch
 from torch import Tensor
@@ -25,8 +26,9 @@ from torch import Tensor
 from diffplan.acceleration import compile_module
 from diffplan.config import DiffusionConfig, GuidanceConfig, PlannerConfig
 from diffplan.diffusion.cfg import ClassifierFreeGuidance
-from diffplan.diffusion.conditioning import goal_constraints
+from diffplan.diffusion.conditioning import Constraints, goal_constraints
 from diffplan.diffusion.sampler import Denoiser, Sampler, check_clip, make_sampler
+from diffplan.diffusion.warm_start import warm_start
 from diffplan.enums import ActionSource, NoiseMode, Precision, ScheduleMatrixKind, Selection
 from diffplan.guidance import EnvStrengths, GoalTargets, Guidance, build_guided, check_kind_for_suite
 from diffplan.guidance.per_env import for_candidates
@@ -144,7 +146,118 @@ def check_planner(model: TrainedModel, planner: PlannerConfig) -> ActionSource:
     return source
 
 
-class GoalPlanner:
+class Planner(Protocol):
+    """What controllers (:mod:`diffplan.planning.policy`) need from a planner: one call that plans
+    for N environments (goals for goal-reaching planners, a previous plan to warm-start from,
+    per-environment guidance strengths). :class:`GoalPlanner` and :class:`ValuePlanner
+    <diffplan.planning.value_planner.ValuePlanner>` implement it through :class:`SamplingPlanner`."""
+
+    def plan(
+        self, observations: Tensor, generator: torch.Generator, *, goals: Tensor | None = None,
+        previous: Tensor | None = None, shift: int = 0, strengths: EnvStrengths | None = None,
+    ) -> Plan: ...
+
+
+#: The plan type a planner returns (:class:`Plan` or a subclass with more fields).
+PlanT = TypeVar("PlanT", bound="Plan")
+
+
+class SamplingPlanner(Generic[PlanT]):
+    """The planning sequence every sampling planner shares, with the steps that differ as hooks.
+
+    :meth:`plan`: condition (inpaint the current observation, and the goal where the planner
+    takes one: :meth:`_constraints`), optionally warm-start from the previous plan, build the
+    guidance for K candidates per environment (per-environment strengths of a batched sweep
+    included), give goal-taking guides their goals, sample N x K trajectories, read actions off
+    the inverse-dynamics head if asked, then select one candidate per environment
+    (:meth:`_select`, which also builds the returned :class:`Plan`).
+
+    Subclasses set :attr:`guidance` and :attr:`goal_guide` and implement the two hooks.
+    """
+
+    model: TrainedModel
+    cfg: PlannerConfig
+    device: torch.device
+    sampler: Sampler
+    matrix: Tensor
+    action_source: ActionSource
+    guidance: Guidance | None = None
+    #: The guide that takes each plan's goals (goal or goal-conditioned value guidance), or None.
+    goal_guide: GoalTargets | None = None
+
+    def _setup(self, model: TrainedModel, planner: PlannerConfig, diffusion: DiffusionConfig,
+               device: torch.device | str) -> None:
+        self.action_source = check_planner(model, planner)
+        self.model = model
+        self.cfg = planner
+        self.device = torch.device(device)
+        self.sampler, self.matrix = planning_sampler(model, diffusion, precision=planner.precision)
+
+    def _constraints(self, observations: Tensor, goals: Tensor | None) -> Constraints:
+        """The inpainted entries of N plans (one per environment), normalized."""
+        raise NotImplementedError
+
+    def _select(self, x: Tensor, n: int, k: int, start: float) -> PlanT:
+        """The plan of each environment from its K normalized candidates ``x`` (N x K, H, D);
+        ``start`` is the ``perf_counter`` at the start of the call (the plan's time)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def plan(
+        self, observations: Tensor, generator: torch.Generator, *, goals: Tensor | None = None,
+        previous: Tensor | None = None, shift: int = 0, strengths: EnvStrengths | None = None,
+    ) -> PlanT:
+        """Plans for N environments from ``observations`` (N, obs_dim), raw units.
+
+        Args:
+            generator: source of all sampling randomness.
+            goals: (N, goal_dim) each environment's goal, raw units (goal-reaching planners).
+            previous: (N, H, D) each environment's previous normalized plan, to warm-start from
+                (used when ``planner.warm_start_level > 0``); None samples from noise.
+            shift: environment steps executed since ``previous`` was planned.
+            strengths: per-environment guidance strengths of these N environments (a batched
+                guidance sweep, :class:`~diffplan.guidance.per_env.EnvStrengths`), repeated over
+                each environment's K candidates the way the environments are.
+        """
+        layout, horizon = self.model.layout, self.model.horizon
+        k = self.cfg.n_candidates
+        n = observations.shape[0]
+        start = time.perf_counter()
+        observations = observations.to(self.device, torch.float32)
+        if goals is not None:
+            goals = goals.to(self.device, torch.float32)
+        constraints = self._constraints(observations, goals).repeat_interleave(k)
+        matrix, x_init = self.matrix, None
+        if previous is not None and self.cfg.warm_start_level > 0:
+            x_init, matrix = warm_start(
+                previous.to(self.device, torch.float32).repeat_interleave(k, dim=0),
+                shift=shift,
+                schedule=self.model.schedule,
+                level=self.cfg.warm_start_level,
+                steps=self.cfg.warm_start_steps,
+                generator=generator,
+            )
+        guidance, cfg_weight = for_candidates(self.guidance, strengths, n, k)
+        if self.goal_guide is not None and goals is not None:
+            self.goal_guide.set_goals(goals)
+        x = self.sampler.sample(
+            planning_denoiser(self.model, self.cfg, n * k, self.device, cfg_weight),
+            (n * k, horizon, layout.transition_dim),
+            matrix,
+            constraints=constraints,
+            generator=generator,
+            device=self.device,
+            x_init=x_init,
+            guidance=guidance,
+        )
+        if self.action_source is ActionSource.inverse_dynamics:
+            assert self.model.inverse_dynamics is not None
+            x = x.clone()
+            x[..., layout.act] = plan_actions(self.model.inverse_dynamics, x[..., layout.obs])
+        return self._select(x, n, k, start)
+
+
+class GoalPlanner(SamplingPlanner[Plan]):
     """Plans from the current state to a goal by inpainting both into the trajectory.
 
     With ``guidance.kind = goal`` the sampler is also steered by goal guidance
@@ -181,15 +294,10 @@ class GoalPlanner:
         device: torch.device | str = "cpu",
         guidance: GuidanceConfig | None = None,
     ) -> None:
-        self.action_source = check_planner(model, planner)
-        self.model = model
-        self.cfg = planner
+        self._setup(model, planner, diffusion, device)
         self.goal_dims = list(goal_dims)
-        self.device = torch.device(device)
-        self.sampler, self.matrix = planning_sampler(model, diffusion, precision=planner.precision)
-        #: The guide that needs each plan's goals (goal or goal-conditioned value guidance), or None.
-        self.goal_guide: GoalTargets | None = None
-        self.guidance: Guidance | None = None
+        self.goal_guide = None
+        self.guidance = None
         spec = None if guidance is None else check_kind_for_suite(guidance.kind, "maze", "the maze goal planner")
         if guidance is not None and spec is not None:
             value = None
@@ -203,41 +311,15 @@ class GoalPlanner:
                 if isinstance(candidate, GoalTargets) and self.goal_guide is None:
                     self.goal_guide = candidate
 
-    @torch.no_grad()
-    def plan(
-        self, observations: Tensor, goals: Tensor, generator: torch.Generator, *, strengths: EnvStrengths | None = None
-    ) -> Plan:
-        """Plans for N environments: observations (N, obs_dim), goals (N, goal_dim), raw units.
+    def _constraints(self, observations: Tensor, goals: Tensor | None) -> Constraints:
+        if goals is None:
+            raise ValueError("the goal planner plans to a goal: pass goals (N, goal_dim)")
+        return goal_constraints(self.model.layout, self.model.normalizer, self.model.horizon, observations, goals,
+                                self.goal_dims)
 
-        ``strengths``: per-environment guidance strengths of these N environments (a batched
-        guidance sweep, :class:`~diffplan.guidance.per_env.EnvStrengths`), repeated over the K
-        candidates of each environment like the environments themselves.
-        """
+    def _select(self, x: Tensor, n: int, k: int, start: float) -> Plan:
+        """The candidate ``planner.selection`` picks (:func:`select_candidates`)."""
         layout, horizon = self.model.layout, self.model.horizon
-        k = self.cfg.n_candidates
-        n = observations.shape[0]
-        start = time.perf_counter()
-        observations = observations.to(self.device, torch.float32)
-        goals = goals.to(self.device, torch.float32)
-        constraints = goal_constraints(
-            layout, self.model.normalizer, horizon, observations, goals, self.goal_dims
-        ).repeat_interleave(k)
-        guidance, cfg_weight = for_candidates(self.guidance, strengths, n, k)
-        if self.goal_guide is not None:
-            self.goal_guide.set_goals(goals)
-        x = self.sampler.sample(
-            planning_denoiser(self.model, self.cfg, n * k, self.device, cfg_weight),
-            (n * k, horizon, layout.transition_dim),
-            self.matrix,
-            constraints=constraints,
-            generator=generator,
-            device=self.device,
-            guidance=guidance,
-        )
-        if self.action_source is ActionSource.inverse_dynamics:
-            assert self.model.inverse_dynamics is not None
-            x = x.clone()
-            x[..., layout.act] = plan_actions(self.model.inverse_dynamics, x[..., layout.obs])
         raw = self.model.normalizer.unnormalize(x).view(n, k, horizon, layout.transition_dim)
         states = raw[..., layout.obs]
         chosen = select_candidates(states, self.cfg.selection)

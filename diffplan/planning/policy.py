@@ -27,7 +27,7 @@ from diffplan.config import PlannerConfig
 from diffplan.controllers import PlanRecord
 from diffplan.enums import ExecutionMode, Tracking
 from diffplan.guidance.per_env import EnvStrengths
-from diffplan.planning.planner import GoalPlanner, Plan
+from diffplan.planning.planner import Plan, Planner
 
 
 def check_strengths(strengths: EnvStrengths | None, n_envs: int) -> None:
@@ -129,7 +129,7 @@ class RecedingHorizonPolicy:
 
 @dataclass
 class PlanningPolicy(RecedingHorizonPolicy):
-    """Batched closed-loop policy around a :class:`GoalPlanner`.
+    """Batched closed-loop policy around a goal-reaching :class:`~diffplan.planning.planner.Planner`.
 
     Args:
         planner: the batched planner.
@@ -141,7 +141,7 @@ class PlanningPolicy(RecedingHorizonPolicy):
             for; None plans with the planner's own guidance.
     """
 
-    planner: GoalPlanner
+    planner: Planner
     cfg: PlannerConfig
     position_dims: list[int]
     velocity_dims: list[int]
@@ -190,8 +190,8 @@ class PlanningPolicy(RecedingHorizonPolicy):
     ) -> list[tuple[np.ndarray, Plan]]:
         obs, goal = torch.as_tensor(observations[index]), torch.as_tensor(goals[index])
         if self.strengths is None:
-            return [(index, self.planner.plan(obs, goal, generator))]
-        return [(index, self.planner.plan(obs, goal, generator, strengths=self.strengths.select(index)))]
+            return [(index, self.planner.plan(obs, generator, goals=goal))]
+        return [(index, self.planner.plan(obs, generator, goals=goal, strengths=self.strengths.select(index)))]
 
     def _pursuit_index(self, positions: np.ndarray) -> np.ndarray:
         """(N,) plan index to steer to: ``lookahead`` tokens past the closest plan point

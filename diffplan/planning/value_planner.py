@@ -32,13 +32,9 @@ from torch import Tensor
 from diffplan.acceleration import compile_module
 from diffplan.config import DiffusionConfig, GuidanceConfig, PlannerConfig
 from diffplan.controllers import PlanRecord
-from diffplan.diffusion.conditioning import goal_constraints
-from diffplan.diffusion.warm_start import warm_start
-from diffplan.enums import ActionSource
-from diffplan.guidance import EnvStrengths, GoalValueGuide, Guidance, Guide, ValueGuide, build_guidance
-from diffplan.guidance.per_env import for_candidates
-from diffplan.models.inverse_dynamics import plan_actions
-from diffplan.planning.planner import Plan, check_planner, planning_denoiser, planning_sampler
+from diffplan.diffusion.conditioning import Constraints, goal_constraints
+from diffplan.guidance import EnvStrengths, GoalValueGuide, Guide, ValueGuide, build_guidance
+from diffplan.planning.planner import Plan, SamplingPlanner
 from diffplan.planning.policy import RecedingHorizonPolicy, check_strengths
 from diffplan.training.checkpoint import TrainedModel
 from diffplan.training.value_trainer import load_value_model
@@ -101,7 +97,7 @@ def value_guide(
     return ValueGuide(net)
 
 
-class ValuePlanner:
+class ValuePlanner(SamplingPlanner[ValuePlan]):
     """Plans from the current state by value-guided sampling and picks the best of K candidates.
 
     With ``planner.compile`` the denoiser and a :class:`ValueGuide`'s network run through
@@ -130,7 +126,6 @@ class ValuePlanner:
         guidance: GuidanceConfig,
         device: torch.device | str = "cpu",
     ) -> None:
-        self.action_source = check_planner(model, planner)
         n_timesteps = model.schedule.n_timesteps
         if not 0 <= planner.warm_start_level <= n_timesteps:
             raise ValueError(
@@ -142,74 +137,22 @@ class ValuePlanner:
                 f"planner.warm_start_steps must be in [1, planner.warm_start_level={planner.warm_start_level}], "
                 f"got {planner.warm_start_steps}"
             )
-        self.model = model
+        self._setup(model, planner, diffusion, device)
         if planner.compile and isinstance(guide, ValueGuide):
             guide.value_net = compile_module(guide.value_net, True, what="the value network")
         self.guide = guide
-        self.cfg = planner
-        self.device = torch.device(device)
-        self.sampler, self.matrix = planning_sampler(model, diffusion, precision=planner.precision)
         # Value, policy or both (guidance.kind); the value guide always ranks the candidates.
-        self.guidance: Guidance | None = build_guidance(
+        self.guidance = build_guidance(
             guidance, model, self.device, value_guide=guide, clip_denoised=diffusion.clip_denoised
         )
 
-    @torch.no_grad()
-    def plan(
-        self,
-        observations: Tensor,
-        generator: torch.Generator,
-        *,
-        previous: Tensor | None = None,
-        shift: int = 0,
-        strengths: EnvStrengths | None = None,
-    ) -> ValuePlan:
-        """Plans for N environments from ``observations`` (N, obs_dim), raw units.
+    def _constraints(self, observations: Tensor, goals: Tensor | None) -> Constraints:
+        """The current observation at the first token (no goal: the value function says where to go)."""
+        return goal_constraints(self.model.layout, self.model.normalizer, self.model.horizon, observations, None, [])
 
-        Args:
-            generator: source of all sampling randomness.
-            previous: (N, H, D) each environment's previous normalized plan, to warm-start
-                from (used when ``planner.warm_start_level > 0``); None samples from noise.
-            shift: environment steps executed since ``previous`` was planned.
-            strengths: per-environment guidance strengths of these N environments (a batched
-                guidance sweep, :class:`~diffplan.guidance.per_env.EnvStrengths`), repeated
-                over each environment's K candidates the way the environments are
-                (``repeat_interleave``: candidates of an environment contiguous). Candidates are
-                still ranked by the value guide alone.
-        """
+    def _select(self, x: Tensor, n: int, k: int, start: float) -> ValuePlan:
+        """The finite candidate of highest value (the guide's objective at level 0)."""
         layout, horizon = self.model.layout, self.model.horizon
-        k = self.cfg.n_candidates
-        n = observations.shape[0]
-        start = time.perf_counter()
-        observations = observations.to(self.device, torch.float32)
-        constraints = goal_constraints(
-            layout, self.model.normalizer, horizon, observations, None, []
-        ).repeat_interleave(k)
-        matrix, x_init = self.matrix, None
-        if previous is not None and self.cfg.warm_start_level > 0:
-            x_init, matrix = warm_start(
-                previous.to(self.device, torch.float32).repeat_interleave(k, dim=0),
-                shift=shift,
-                schedule=self.model.schedule,
-                level=self.cfg.warm_start_level,
-                steps=self.cfg.warm_start_steps,
-                generator=generator,
-            )
-        guidance, cfg_weight = for_candidates(self.guidance, strengths, n, k)
-        x = self.sampler.sample(
-            planning_denoiser(self.model, self.cfg, n * k, self.device, cfg_weight),
-            (n * k, horizon, layout.transition_dim),
-            matrix,
-            constraints=constraints,
-            generator=generator,
-            device=self.device,
-            x_init=x_init,
-            guidance=guidance,
-        )
-        if self.action_source is ActionSource.inverse_dynamics:
-            assert self.model.inverse_dynamics is not None
-            x = x.clone()
-            x[..., layout.act] = plan_actions(self.model.inverse_dynamics, x[..., layout.obs])
         values = self.guide.objective(x, torch.zeros(n * k, horizon, device=self.device)).view(n, k)
         finite = torch.isfinite(x).all(dim=(1, 2)).view(n, k) & torch.isfinite(values)
         chosen = torch.where(finite, values, torch.full_like(values, -torch.inf)).argmax(dim=1)
