@@ -135,10 +135,13 @@ class TrainConfig:
     reward_weight: float = 1.0
     terminal_weight: float = 1.0
     # Training noise levels (diffplan.diffusion.levels): full_sequence (one per window), independent
-    # (one per token, Diffusion Forcing) or mixture (independent windows with probability noise_mixture_p);
-    # per-token loss weight by level: none or min_snr (Min-SNR-5, Hang et al. 2023).
+    # (one per token, Diffusion Forcing), mixture (independent windows with probability noise_mixture_p)
+    # or schedule (the patterns the forcing planner asks for: diffusion.schedule_matrix, .uncertainty and
+    # .sampling_steps after the clean histories of planner.execute and planner.n_history, with a fraction
+    # schedule_independent_p of independent windows); per-token loss weight by level: none or min_snr.
     noise_mode: NoiseMode = NoiseMode.full_sequence
     noise_mixture_p: float = 0.5
+    schedule_independent_p: float = 0.0
     level_weighting: LevelWeighting = LevelWeighting.none
     seed: int = 0
     device: str = "auto"

@@ -51,6 +51,7 @@ RANGES: dict[str, str] = {
     "train.ema_decay": "fraction",
     "train.cond_dropout": "fraction",
     "train.noise_mixture_p": "fraction",
+    "train.schedule_independent_p": "fraction",
     "train.threads": "non_negative",
     "train.max_minutes": "positive_or_null",
     "planner.n_candidates": "positive_int",

@@ -27,6 +27,9 @@ class NoiseMode(StrEnum):
     full_sequence = "full_sequence"
     independent = "independent"
     mixture = "mixture"
+    # Schedule-matched (Diffusion Forcing planning): the level patterns the forcing planner's
+    # scheduling matrix asks for, after a clean history of the lengths it keeps.
+    schedule = "schedule"
 
 class LevelWeighting(StrEnum):
     """Per-token loss weight as a function of the token's noise level."""

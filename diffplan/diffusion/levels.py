@@ -8,6 +8,11 @@ Noise modes (``train.noise_mode``), all integer levels (B, H) in ``[low, T]``:
   2024), so the denoiser learns every mix of noise levels along the window, which
   per-token scheduling matrices (pyramid, autoregressive, trapezoid) need at sampling time.
 - ``mixture``: per window, ``independent`` with probability p, else ``full_sequence``.
+- ``schedule``: schedule-matched levels (:func:`planner_level_patterns`): per window, a
+  clean-history length the forcing planner keeps and a row of the scheduling matrix it walks
+  after that history, so a small model learns exactly the level patterns it will be asked for
+  instead of every pattern; optionally a fraction of independent windows. Tokens at level 0
+  (the history, finished tokens) are given clean and left out of the loss.
 
 Level weighting (``train.level_weighting``) multiplies each token's squared error by a
 weight of its level: ``none``, or ``min_snr``, Min-SNR-gamma with gamma = 5 (Hang et al.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffplan.diffusion.sampler import history_matrix
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.enums import LevelWeighting, NoiseMode, PredictionType
 
@@ -51,6 +57,62 @@ def independent_levels(
     return torch.randint(low, n_timesteps + 1, (size, horizon), generator=generator)
 
 
+def planner_history_lengths(n_history: int, execute: int) -> list[int]:
+    """The clean-history lengths a forcing planner keeping at most ``n_history`` tokens and executing
+    ``execute`` per plan uses over an episode: 0, execute, 2 execute, ..., capped at ``n_history``."""
+    if execute < 1 or n_history < 0:
+        raise ValueError(f"need execute >= 1 and n_history >= 0, got execute={execute}, n_history={n_history}")
+    return sorted({min(k * execute, n_history) for k in range(n_history // execute + 2)})
+
+
+def planner_level_patterns(
+    kind: str, *, n_timesteps: int, sampling_steps: int, horizon: int, uncertainty: float,
+    history_lengths: list[int], group: int = 1,
+) -> list[Tensor]:
+    """The level patterns the forcing planner's sampler asks the denoiser for: for each history
+    length, the rows (but the last, all clean) of its :func:`~diffplan.diffusion.sampler.history_matrix`;
+    one (rows, H) tensor per history length."""
+    return [history_matrix(kind, h, n_timesteps=n_timesteps, sampling_steps=sampling_steps, horizon=horizon,
+                           uncertainty=uncertainty, group=group)[:-1] for h in history_lengths]
+
+
+def schedule_levels(
+    size: int, patterns: list[Tensor], generator: torch.Generator, *, n_timesteps: int,
+    independent_p: float = 0.0,
+) -> Tensor:
+    """Integer levels (size, H): per window, a history length uniformly, then a row of its matrix
+    uniformly (:func:`planner_level_patterns`); with probability ``independent_p`` an independent
+    level per token instead (see :func:`schedule_levels_and_history` for the draws)."""
+    return schedule_levels_and_history(size, patterns, list(range(len(patterns))), generator,
+                                       n_timesteps=n_timesteps, independent_p=independent_p)[0]
+
+
+def schedule_levels_and_history(
+    size: int, patterns: list[Tensor], history_lengths: list[int], generator: torch.Generator, *,
+    n_timesteps: int, independent_p: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """:func:`schedule_levels`, and the history length of each window (size,): the index of the
+    token that holds the current state (0 for an independent window). ``history_lengths`` are
+    those of ``patterns``, in order.
+
+    Draws ``size`` history indices, ``size`` uniforms for the rows, and with ``independent_p > 0``
+    B x H independent levels and ``size`` uniforms.
+    """
+    which = torch.randint(len(patterns), (size,), generator=generator)
+    where = torch.rand(size, generator=generator)
+    rows = [patterns[int(i)][min(int(u * patterns[int(i)].shape[0]), patterns[int(i)].shape[0] - 1)]
+            for i, u in zip(which, where, strict=True)]
+    levels = torch.stack(rows)
+    pick = torch.zeros(size, dtype=torch.bool)
+    if independent_p > 0:
+        check_mixture_p(independent_p)
+        independent = independent_levels(size, levels.shape[1], n_timesteps, generator)
+        pick = torch.rand(size, generator=generator) < independent_p
+        levels = torch.where(pick.unsqueeze(1), independent, levels)
+    history = torch.tensor(history_lengths, dtype=torch.long)[which].masked_fill(pick, 0)
+    return levels, history
+
+
 def training_levels(
     mode: NoiseMode | str,
     size: int,
@@ -60,6 +122,8 @@ def training_levels(
     *,
     mixture_p: float = 0.5,
     low: int = 1,
+    patterns: list[Tensor] | None = None,
+    independent_p: float = 0.0,
 ) -> Tensor:
     """Integer noise levels (size, horizon) in [low, T] for a training batch, by ``mode``.
 
@@ -73,6 +137,8 @@ def training_levels(
             levels, then B x H independent levels, then B uniforms, whatever they select.
         mixture_p: probability of an independent window in ``mixture`` mode, in [0, 1].
         low: smallest level drawn.
+        patterns: ``schedule`` mode's level patterns (:func:`planner_level_patterns`).
+        independent_p: ``schedule`` mode's fraction of independent windows mixed in.
 
     Raises:
         ValueError: an unknown mode, or ``mixture_p`` outside [0, 1] in ``mixture`` mode.
@@ -86,6 +152,10 @@ def training_levels(
         return full_sequence_levels(size, horizon, n_timesteps, generator, low=low)
     if mode is NoiseMode.independent:
         return independent_levels(size, horizon, n_timesteps, generator, low=low)
+    if mode is NoiseMode.schedule:
+        if not patterns:
+            raise ValueError("train.noise_mode=schedule needs the planner's level patterns (planner_level_patterns)")
+        return schedule_levels(size, patterns, generator, n_timesteps=n_timesteps, independent_p=independent_p)
     check_mixture_p(mixture_p)
     shared = full_sequence_levels(size, horizon, n_timesteps, generator, low=low)
     independent = independent_levels(size, horizon, n_timesteps, generator, low=low)

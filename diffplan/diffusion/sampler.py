@@ -387,6 +387,46 @@ def _float32_outputs(denoiser: Denoiser) -> Denoiser:
     return call
 
 
+def history_matrix(
+    kind: ScheduleMatrixKind | str,
+    n_history: int,
+    *,
+    n_timesteps: int,
+    sampling_steps: int,
+    horizon: int,
+    uncertainty: float = 1,
+    group: int = 1,
+) -> Tensor:
+    """Scheduling matrix (rows, ``horizon``) for a window whose first ``n_history`` tokens are clean.
+
+    The first ``n_history`` columns are 0 in every row (history: level 0 throughout, never
+    updated); the remaining ``horizon - n_history`` columns are
+    :func:`scheduling_matrix` of ``kind`` over that many tokens
+    (so the pyramid starts at the first token after the history). With ``group = k > 1``
+    (a transformer stacking k timesteps per token, ``model.frame_stack``) the matrix is built
+    over groups of k timesteps and each group's column is repeated k times: the timesteps of
+    one token share their level, and a pyramid steps once per token, not once per timestep.
+
+    Raises:
+        ValueError: ``n_history`` outside [0, horizon - 1] (at least one token must be
+            generated), ``horizon`` or ``n_history`` not a multiple of ``group``, or what
+            :func:`scheduling_matrix` raises.
+    """
+    if not 0 <= n_history < horizon:
+        raise ValueError(f"n_history must be in [0, horizon - 1 = {horizon - 1}], got {n_history}")
+    if group < 1 or horizon % group or n_history % group:
+        raise ValueError(
+            f"the horizon ({horizon}) and the history length ({n_history}) must be multiples of the "
+            f"timesteps per token (model.frame_stack = {group})"
+        )
+    future = scheduling_matrix(
+        kind, n_timesteps=n_timesteps, sampling_steps=sampling_steps, horizon=(horizon - n_history) // group,
+        uncertainty=uncertainty,
+    ).repeat_interleave(group, dim=1)
+    history = future.new_zeros(future.shape[0], n_history)
+    return torch.cat([history, future], dim=1)
+
+
 def check_clip(normalizer_kind: str, clip_denoised: float | None) -> None:
     """Clipping x0 to [-c, c] only makes sense for data normalized into a box (limits)."""
     if clip_denoised is not None and normalizer_kind != "limits":

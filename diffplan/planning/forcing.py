@@ -20,6 +20,7 @@ Executed tokens are never changed by later plans.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -28,53 +29,22 @@ from torch import Tensor
 
 from diffplan.config import Config, DiffusionConfig, PlannerConfig
 from diffplan.diffusion.guide import Guidance
-from diffplan.diffusion.sampler import Constraints, scheduling_matrix
-from diffplan.enums import ScheduleMatrixKind
+from diffplan.diffusion.sampler import Constraints, history_matrix
+from diffplan.enums import NoiseMode
 from diffplan.guidance.build import build_guided
 from diffplan.guidance.goal import GoalTargets
 from diffplan.guidance.kinds import check_kind_for_suite
 from diffplan.planning.planner import planning_denoiser, planning_sampler
 from diffplan.training.checkpoint import TrainedModel
 
+log = logging.getLogger(__name__)
 
-def history_matrix(
-    kind: ScheduleMatrixKind | str,
-    n_history: int,
-    *,
-    n_timesteps: int,
-    sampling_steps: int,
-    horizon: int,
-    uncertainty: float = 1,
-    group: int = 1,
-) -> Tensor:
-    """Scheduling matrix (rows, ``horizon``) for a window whose first ``n_history`` tokens are clean.
 
-    The first ``n_history`` columns are 0 in every row (history: level 0 throughout, never
-    updated); the remaining ``horizon - n_history`` columns are
-    :func:`~diffplan.diffusion.sampler.scheduling_matrix` of ``kind`` over that many tokens
-    (so the pyramid starts at the first token after the history). With ``group = k > 1``
-    (a transformer stacking k timesteps per token, ``model.frame_stack``) the matrix is built
-    over groups of k timesteps and each group's column is repeated k times: the timesteps of
-    one token share their level, and a pyramid steps once per token, not once per timestep.
-
-    Raises:
-        ValueError: ``n_history`` outside [0, horizon - 1] (at least one token must be
-            generated), ``horizon`` or ``n_history`` not a multiple of ``group``, or what
-            :func:`scheduling_matrix` raises.
-    """
-    if not 0 <= n_history < horizon:
-        raise ValueError(f"n_history must be in [0, horizon - 1 = {horizon - 1}], got {n_history}")
-    if group < 1 or horizon % group or n_history % group:
-        raise ValueError(
-            f"the horizon ({horizon}) and the history length ({n_history}) must be multiples of the "
-            f"timesteps per token (model.frame_stack = {group})"
-        )
-    future = scheduling_matrix(
-        kind, n_timesteps=n_timesteps, sampling_steps=sampling_steps, horizon=(horizon - n_history) // group,
-        uncertainty=uncertainty,
-    ).repeat_interleave(group, dim=1)
-    history = future.new_zeros(future.shape[0], n_history)
-    return torch.cat([history, future], dim=1)
+def _trained_history(cfg: Config, horizon: int, group: int) -> int:
+    """The history length a schedule-matched model was trained for (``planner.n_history`` or its default)."""
+    if cfg.planner.n_history is not None:
+        return int(cfg.planner.n_history)
+    return (horizon - 1 - cfg.planner.execute) // group * group
 
 
 def model_frame_stack(model: TrainedModel) -> int:
@@ -156,6 +126,15 @@ class ForcingPlanner:
             raise ValueError(
                 f"with model.frame_stack={group}, planner.execute ({execute}) and planner.n_history ({n_history}) "
                 f"must be multiples of {group}"
+            )
+        trained = model.config
+        if NoiseMode(trained.train.noise_mode) is NoiseMode.schedule and (
+                execute, n_history) != (trained.planner.execute, _trained_history(trained, horizon, group)):
+            log.warning(
+                "%s was trained on the histories of planner.execute=%s, planner.n_history=%s "
+                "(train.noise_mode=schedule) but plans with execute=%s, n_history=%s; plan with the trained "
+                "settings or train for these",
+                model.path, trained.planner.execute, _trained_history(trained, horizon, group), execute, n_history,
             )
         self.group = group
         self.horizon = horizon

@@ -90,6 +90,16 @@ def planning_sampler(
             "(train.noise_mode=full_sequence); train with train.noise_mode=independent or mixture for it",
             kind.value, model.path,
         )
+    if NoiseMode(model.config.train.noise_mode) is NoiseMode.schedule:
+        trained = model.config.diffusion
+        had = (ScheduleMatrixKind(trained.schedule_matrix).value, float(trained.uncertainty), trained.sampling_steps)
+        asked = (kind.value, float(diffusion.uncertainty), diffusion.sampling_steps)
+        if asked != had:
+            log.warning(
+                "%s was trained on the level patterns of schedule_matrix=%s, uncertainty=%s, sampling_steps=%s "
+                "(train.noise_mode=schedule) but is asked for schedule_matrix=%s, uncertainty=%s, sampling_steps=%s; "
+                "plan with the trained settings or train for these", model.path, *had, *asked,
+            )
     return make_sampler(
         model.schedule,
         diffusion.sampler,

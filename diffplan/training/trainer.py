@@ -34,7 +34,13 @@ from diffplan.data.normalizer import fit_normalizer
 from diffplan.data.returns import normalized_returns_to_go
 from diffplan.data.windows import TrajectoryBatch, WindowSampler
 from diffplan.diffusion.conditioning import conditioning_mask
-from diffplan.diffusion.levels import check_mixture_p, training_levels
+from diffplan.diffusion.levels import (
+    check_mixture_p,
+    planner_history_lengths,
+    planner_level_patterns,
+    schedule_levels_and_history,
+    training_levels,
+)
 from diffplan.diffusion.loss import diffusion_loss
 from diffplan.diffusion.sampler import Denoiser, check_clip
 from diffplan.diffusion.schedule import NoiseSchedule
@@ -140,6 +146,10 @@ class Trainer(TrainingLoop):
         self.schedule = NoiseSchedule(
             cfg.diffusion.n_timesteps, kind=cfg.diffusion.schedule, prediction=cfg.diffusion.prediction
         ).to(self.device)
+        #: The level patterns of train.noise_mode=schedule (the forcing planner's) and their history
+        #: lengths, else None.
+        self.level_patterns = schedule_patterns(cfg, self.horizon) if NoiseMode(cfg.train.noise_mode) is \
+            NoiseMode.schedule else None
         torch.manual_seed(cfg.train.seed)
         self.model = build_denoiser(cfg.model, transition_dim=self.layout.transition_dim, horizon=self.horizon)
         self.model.to(self.device)
@@ -168,8 +178,6 @@ class Trainer(TrainingLoop):
             self.layout, self.horizon, cfg.train.action_weight, reward_weight=cfg.train.reward_weight,
             terminal_weight=cfg.train.terminal_weight,
         ).to(self.device)
-        #: (H,) entries of each token the loss counts (those not given clean by the condition mask).
-        self.loss_entries = (~self.condition_mask).sum(dim=-1).cpu()
         # The forward passes of training: in DistributedDataParallel under torchrun (gradients
         # averaged over the ranks in backward), else the networks themselves.
         self.train_model = compile_module(
@@ -249,9 +257,21 @@ class Trainer(TrainingLoop):
         size, horizon = batch.x.shape[:2]
         # Full-sequence diffusion (one level per window, shared by its H tokens) by default;
         # per-token levels (Diffusion Forcing) with train.noise_mode=independent or mixture.
-        levels = training_levels(
-            tc.noise_mode, size, horizon, self.schedule.n_timesteps, self.generator, mixture_p=tc.noise_mixture_p
-        )
+        condition_mask = self.condition_mask
+        if self.level_patterns is None:
+            levels = training_levels(
+                tc.noise_mode, size, horizon, self.schedule.n_timesteps, self.generator, mixture_p=tc.noise_mixture_p
+            )
+        else:
+            # Schedule-matched: the planner's patterns; its current state (given clean) sits after the
+            # history, and level-0 tokens (clean history, finished tokens) are inputs, not predicted.
+            patterns, lengths = self.level_patterns
+            levels, history = schedule_levels_and_history(
+                size, patterns, lengths, self.generator, n_timesteps=self.schedule.n_timesteps,
+                independent_p=tc.schedule_independent_p,
+            )
+            batch = batch._replace(valid=batch.valid & (levels > 0))
+            condition_mask = current_state_mask(self.condition_mask, history, self.layout, tc.condition_start)
         noise = torch.randn(batch.x.shape, generator=self.generator)
         # Return conditioning: each sample's condition is dropped to the null one at random.
         drop = torch.rand(size, generator=self.generator) < tc.cond_dropout if self.returns is not None else None
@@ -259,12 +279,14 @@ class Trainer(TrainingLoop):
         if self.part is not None:
             # Under torchrun every rank drew the global batch above (one process's draws) and
             # trains on its slice; the scales make the ranks' averaged gradient the global one's.
-            kept = (batch.valid * self.loss_entries).sum(dim=1)  # (B,) entries each window adds to the loss
+            kept = (batch.valid.unsqueeze(-1) & ~condition_mask.cpu().expand(batch.x.shape)).sum(dim=(1, 2))
             scale = distributed.loss_scale(kept, self.part)
             if self.inverse_dynamics is not None:
                 id_scale = distributed.loss_scale(self._pairs(batch).sum(dim=1), self.part)
             batch = TrajectoryBatch(*(field[self.part] for field in batch))
             levels, noise = levels[self.part], noise[self.part]
+            if condition_mask.dim() == 3:
+                condition_mask = condition_mask[self.part]
             drop = drop[self.part] if drop is not None else None
         x0 = batch.x.to(self.device)
         levels, noise = levels.to(self.device), noise.to(self.device)
@@ -281,7 +303,7 @@ class Trainer(TrainingLoop):
                 x0,
                 levels,
                 noise,
-                condition_mask=self.condition_mask,
+                condition_mask=condition_mask,
                 valid=batch.valid.to(self.device),
                 weights=self.weights,
                 clean_condition_tokens=self.cfg.diffusion.clean_condition_tokens,
@@ -323,3 +345,44 @@ class Trainer(TrainingLoop):
     def extra_losses(self) -> dict[str, float]:
         """The inverse-dynamics head's loss of the last step, when it is trained."""
         return {name: value for name, value in self.last_losses.items() if name != "diffusion"}
+
+
+def current_state_mask(mask: torch.Tensor, history: torch.Tensor, layout: TrajectoryLayout, start: bool
+                       ) -> torch.Tensor:
+    """The condition mask (B, H, D) of schedule-matched windows: ``mask`` (H, D) with the current
+    state's observation (given clean, as the forcing planner inpaints it) moved from token 0 to the
+    token after each window's ``history`` (B,) tokens (with ``train.condition_start``)."""
+    batch = history.shape[0]
+    out = mask.unsqueeze(0).expand(batch, *mask.shape).clone()
+    if start:
+        rows = torch.arange(batch, device=out.device)
+        out[:, 0, layout.obs] = False
+        out[rows, history.to(out.device), layout.obs.start:layout.obs.stop] = True
+    return out
+
+
+def schedule_patterns(cfg: Config, horizon: int) -> tuple[list[torch.Tensor], list[int]]:
+    """The level patterns ``train.noise_mode=schedule`` trains on, and their history lengths: those
+    the forcing planner of ``cfg`` (``diffusion.schedule_matrix``, ``uncertainty``, ``sampling_steps``;
+    ``planner.execute`` and ``planner.n_history``) asks for over a window of ``horizon`` tokens.
+
+    Raises:
+        ValueError: planner settings that do not fit the window (as the forcing planner would).
+    """
+    group = int(cfg.model.frame_stack) if str(cfg.model.name) == "transformer" else 1
+    execute = int(cfg.planner.execute)
+    n_history = cfg.planner.n_history
+    if n_history is None:
+        n_history = (horizon - 1 - execute) // group * group
+    if n_history < 0 or n_history + execute > horizon - 1:
+        raise ValueError(
+            f"train.noise_mode=schedule trains for the forcing planner, which needs planner.n_history + "
+            f"planner.execute <= task.horizon - 1 = {horizon - 1}; got n_history={n_history}, execute={execute}"
+        )
+    lengths = planner_history_lengths(n_history, execute)
+    patterns = planner_level_patterns(
+        str(cfg.diffusion.schedule_matrix), n_timesteps=cfg.diffusion.n_timesteps,
+        sampling_steps=cfg.diffusion.sampling_steps, horizon=horizon, uncertainty=cfg.diffusion.uncertainty,
+        history_lengths=lengths, group=group,
+    )
+    return patterns, lengths
