@@ -75,7 +75,8 @@ class StubPlanner:
     def __init__(self, finite: bool = True, raises: bool = False) -> None:
         self.finite, self.raises = finite, raises
 
-    def plan(self, observations: torch.Tensor, goals: torch.Tensor, generator: torch.Generator) -> Plan:
+    def plan(self, observations: torch.Tensor, generator: torch.Generator, *, goals: torch.Tensor | None = None,
+             previous: torch.Tensor | None = None, shift: int = 0, strengths: object = None) -> Plan:
         if self.raises:
             raise FloatingPointError("sampler diverged")
         n = observations.shape[0]
@@ -85,7 +86,7 @@ class StubPlanner:
 
 
 def _policy(planner: StubPlanner | None = None) -> PlanningPolicy:
-    return PlanningPolicy(planner or StubPlanner(), PlannerConfig(mode=ExecutionMode.actions, replan_every=0),  # type: ignore[arg-type]
+    return PlanningPolicy(planner or StubPlanner(), PlannerConfig(mode=ExecutionMode.actions, replan_every=0),
                           position_dims=[0, 1], velocity_dims=[2, 3])
 
 
