@@ -13,17 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from errors_helpers import Command, build_trained, digest, make_runner, one_line, subprocess_command
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_trained(tmp_path_factory)
-
-
-@pytest.fixture
-def run(trained: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Command:
-    return make_runner(trained, capsys, monkeypatch)
+from errors_helpers import Command, digest, one_line, subprocess_command
 
 
 # -- configs: refused while composing, before Hydra starts or anything is read ----------------------

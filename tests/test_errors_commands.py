@@ -8,17 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from errors_helpers import Command, build_trained, digest, make_runner, one_line, read_only_folder
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_trained(tmp_path_factory)
-
-
-@pytest.fixture
-def run(trained: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Command:
-    return make_runner(trained, capsys, monkeypatch)
+from errors_helpers import Command, digest, one_line, read_only_folder
 
 
 # -- evaluation -----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from errors_helpers import Command, build_trained, digest, make_runner, one_line
+from errors_helpers import Command, digest, one_line
 from test_policies import _agent
 
 from diffplan.policies import load_target_policy
@@ -24,16 +24,6 @@ class Evil:
 
     def __reduce__(self) -> tuple[object, tuple[str]]:
         return os.system, (f"touch {self.marker}",)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_trained(tmp_path_factory)
-
-
-@pytest.fixture
-def run(trained: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Command:
-    return make_runner(trained, capsys, monkeypatch)
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,13 @@ def independent_levels(
     return torch.randint(low, n_timesteps + 1, (size, horizon), generator=generator)
 
 
+def default_history(horizon: int, execute: int, group: int = 1) -> int:
+    """The forcing planner's history length when ``planner.n_history`` is null: the most tokens that
+    still leave room for the executed ones and the next state (``horizon - 1 - execute``), rounded
+    down to whole tokens of ``group`` timesteps (``model.frame_stack``)."""
+    return (horizon - 1 - execute) // group * group
+
+
 def planner_history_lengths(n_history: int, execute: int) -> list[int]:
     """The clean-history lengths a forcing planner keeping at most ``n_history`` tokens and executing
     ``execute`` per plan uses over an episode: 0, execute, 2 execute, ..., capped at ``n_history``."""

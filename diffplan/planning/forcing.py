@@ -29,6 +29,7 @@ from torch import Tensor
 
 from diffplan.config import Config, DiffusionConfig, PlannerConfig
 from diffplan.diffusion.guide import Guidance
+from diffplan.diffusion.levels import default_history
 from diffplan.diffusion.sampler import Constraints, history_matrix
 from diffplan.enums import NoiseMode
 from diffplan.guidance.build import build_guided
@@ -44,7 +45,7 @@ def _trained_history(cfg: Config, horizon: int, group: int) -> int:
     """The history length a schedule-matched model was trained for (``planner.n_history`` or its default)."""
     if cfg.planner.n_history is not None:
         return int(cfg.planner.n_history)
-    return (horizon - 1 - cfg.planner.execute) // group * group
+    return default_history(horizon, cfg.planner.execute, group)
 
 
 def model_frame_stack(model: TrainedModel) -> int:
@@ -116,7 +117,7 @@ class ForcingPlanner:
             raise ValueError(f"execute must be >= 1, got {execute}")
         group = model_frame_stack(model)
         if n_history is None:
-            n_history = (horizon - 1 - execute) // group * group
+            n_history = default_history(horizon, execute, group)
         if n_history < 0 or n_history + execute > horizon - 1:
             raise ValueError(
                 f"need n_history >= 0 and n_history + execute <= horizon - 1 = {horizon - 1} (the window must hold "

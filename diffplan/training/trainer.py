@@ -36,6 +36,7 @@ from diffplan.data.windows import TrajectoryBatch, WindowSampler
 from diffplan.diffusion.conditioning import conditioning_mask
 from diffplan.diffusion.levels import (
     check_mixture_p,
+    default_history,
     planner_history_lengths,
     planner_level_patterns,
     schedule_levels_and_history,
@@ -373,7 +374,7 @@ def schedule_patterns(cfg: Config, horizon: int) -> tuple[list[torch.Tensor], li
     execute = int(cfg.planner.execute)
     n_history = cfg.planner.n_history
     if n_history is None:
-        n_history = (horizon - 1 - execute) // group * group
+        n_history = default_history(horizon, execute, group)
     if n_history < 0 or n_history + execute > horizon - 1:
         raise ValueError(
             f"train.noise_mode=schedule trains for the forcing planner, which needs planner.n_history + "
