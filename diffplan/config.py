@@ -34,6 +34,7 @@ from diffplan.enums import (
     ScheduleKind,
     ScheduleMatrixKind,
     Selection,
+    TaskSuite,
     Tracking,
 )
 
@@ -50,7 +51,7 @@ class TaskConfig:
     env_id: str = MISSING
     # maze (goal-reaching PointMaze: goal inpainting, trackers) or locomotion (<robot>-<level>: planned
     # actions, value and policy guidance). null: inferred from the name (configs written before it).
-    suite: str | None = None
+    suite: TaskSuite | None = None
     dataset: str = MISSING
     dataset_steps: int = 1_000_000
     episode_steps: int = 300
@@ -498,6 +499,11 @@ class Config:
     # Modules imported before a command runs, e.g. plugins=[my_guides]: they may register guidance
     # kinds (diffplan.guidance.register_guidance_kind), guidance rules or target-policy loaders.
     plugins: list[str] = field(default_factory=list)
+
+
+def timesteps_per_token(model: ModelConfig) -> int:
+    """Timesteps per denoiser token: ``model.frame_stack`` for the transformer, 1 for the U-Net."""
+    return int(model.frame_stack) if str(model.name) == "transformer" else 1
 
 
 def register_configs() -> None:

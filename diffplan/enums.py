@@ -21,6 +21,15 @@ class PredictionType(StrEnum):
     x0 = "x0"
     v = "v"
 
+class TaskSuite(StrEnum):
+    """The family of a task: what its planners condition on and how it is scored."""
+
+    # Goal-reaching PointMaze: goal inpainting, trackers, success and normalized return.
+    maze = "maze"
+    # <robot>-<level> MuJoCo locomotion: planned actions, value and policy guidance, return only.
+    locomotion = "locomotion"
+
+
 class NoiseMode(StrEnum):
     """How training draws the noise level of each token of a window."""
 

@@ -15,29 +15,21 @@ from diffplan_envs.locomotion import get_locomotion_task, is_locomotion_task
 from diffplan.data.episodes import Episodes
 from diffplan.data.errors import DatasetError
 from diffplan.data.loading import load_episodes
+from diffplan.enums import TaskSuite
 
 if TYPE_CHECKING:
     from diffplan.config import TaskConfig
 
-#: The task suites: goal-reaching mazes and ``<robot>-<level>`` locomotion.
-SUITES = ("maze", "locomotion")
-
-
-def task_suite(task: TaskConfig) -> str:
-    """``task.suite``, or for configs without one, the suite its name belongs to.
-
-    Raises:
-        ValueError: a suite other than those of :data:`SUITES`.
-    """
-    suite = task.suite or ("locomotion" if is_locomotion_task(task.name) else "maze")
-    if suite not in SUITES:
-        raise ValueError(f"task.suite={suite} is not a task suite; use one of {', '.join(SUITES)}")
-    return suite
+def task_suite(task: TaskConfig) -> TaskSuite:
+    """``task.suite``, or for configs without one, the suite its name belongs to."""
+    if task.suite is not None:
+        return TaskSuite(task.suite)
+    return TaskSuite.locomotion if is_locomotion_task(task.name) else TaskSuite.maze
 
 
 def is_locomotion(task: TaskConfig) -> bool:
     """Whether the task is a locomotion task (planned actions, return-scored, no goals)."""
-    return task_suite(task) == "locomotion"
+    return task_suite(task) is TaskSuite.locomotion
 
 
 def task_dims(task_name: str) -> tuple[int, int] | None:

@@ -50,6 +50,9 @@ from errors_helpers import Command, digest, one_line, subprocess_command
         ("train_value", "value.lr=0", ("value.lr=0.0 is out of range", "e.g. value.lr=0.0002")),
         ("evaluate", "guidance.mc_samples=0", ("guidance.mc_samples=0 is out of range", "e.g. guidance.mc_samples=1")),
         ("train_offline", "offline.batch_size=0", ("offline.batch_size=0 is out of range",)),
+        ("train", "train.schedule_independent_p=1.5", ("train.schedule_independent_p=1.5 is out of range",
+                                                       "in [0, 1]")),
+        ("evaluate", "task.suite=nope", ("task.suite=nope", "expected one of [maze, locomotion]")),
     ],
 )
 def test_bad_overrides_give_one_line_before_anything_runs(

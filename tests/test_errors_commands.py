@@ -197,3 +197,26 @@ def test_bad_offline_regeneration_settings_give_one_line(
     one_line(run("train_offline", "guidance=policy", "offline.regenerate_every=2", "offline.steps=4",
                  f"offline.run_dir={tmp_path / 'offline'}", *overrides), *needles, command="diffplan-train-offline")
     assert digest(trained / "run") == before and not (tmp_path / "offline" / "checkpoint.pt").exists()
+
+
+# -- settings checked when the planner is built (registries), before any episode ---------------------
+@pytest.mark.parametrize(
+    ("module", "overrides", "needles"),
+    [
+        ("evaluate", ["guidance=goal", "guidance.apply_to=sideways"],
+         ("guidance.apply_to='sideways' is not a guidance rule", "use one of ['x_t', 'x0'", "register_guidance_rule")),
+        ("evaluate", ["guidance.kind=nope"], ("guidance.kind=nope is not a guidance kind", "plugins=[...]")),
+        ("evaluate", ["plugins=[no_such_module]"], ("plugins[0]=no_such_module: cannot import it", "PYTHONPATH")),
+        ("train", ["train.noise_mode=schedule", "planner.execute=40"],
+         ("train.noise_mode=schedule trains for the forcing planner", "planner.n_history + planner.execute")),
+    ],
+)
+def test_bad_registered_names_and_planner_settings_give_one_line(
+    trained: Path, run: Command, tmp_path: Path, module: str, overrides: list[str], needles: tuple[str, ...]
+) -> None:
+    before = digest(trained / "run")
+    out = tmp_path / "eval"
+    extra = [f"eval.out_dir={out}"] if module == "evaluate" else [f"run_dir={tmp_path / 'run'}"]
+    one_line(run(module, *overrides, *extra), *needles, command=f"diffplan-{module}")
+    assert digest(trained / "run") == before
+    assert not (out / "results.json").exists()

@@ -120,7 +120,8 @@ def test_schedule_matched_training_through_the_trainer(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match=r"train.schedule_independent_p=1.5 is out of range"):
         tiny_config(tmp_path, ["train.noise_mode=schedule", "train.schedule_independent_p=1.5"])
-    with pytest.raises(ValueError, match="planner.n_history \\+ planner.execute <= task.horizon - 1"):
+    with pytest.raises(ValueError, match="schedule trains for the forcing planner: need planner.n_history >= 0 "
+                                         "and planner.n_history \\+ planner.execute <= horizon - 1"):
         bad = tiny_config(tmp_path, ["train.noise_mode=schedule", "planner.execute=40"])
         schedule_patterns(bad, bad.task.horizon)
 

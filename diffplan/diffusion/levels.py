@@ -64,6 +64,32 @@ def default_history(horizon: int, execute: int, group: int = 1) -> int:
     return (horizon - 1 - execute) // group * group
 
 
+def resolve_history(horizon: int, execute: int, n_history: int | None, group: int = 1) -> int:
+    """The forcing planner's history length: ``n_history``, or :func:`default_history` when None,
+    checked against a window of ``horizon`` timesteps in tokens of ``group`` timesteps.
+
+    Raises:
+        ValueError: ``execute < 1``; a history that leaves no room for the executed tokens and the
+            next state; lengths that are not whole tokens.
+    """
+    if execute < 1:
+        raise ValueError(f"planner.execute must be >= 1, got {execute}")
+    if n_history is None:
+        n_history = default_history(horizon, execute, group)
+    if n_history < 0 or n_history + execute > horizon - 1:
+        raise ValueError(
+            f"need planner.n_history >= 0 and planner.n_history + planner.execute <= horizon - 1 = {horizon - 1} "
+            f"(the window must hold the history, the executed tokens and the next state), got "
+            f"n_history={n_history}, execute={execute}"
+        )
+    if execute % group or n_history % group:
+        raise ValueError(
+            f"with model.frame_stack={group}, planner.execute ({execute}) and planner.n_history ({n_history}) "
+            f"must be multiples of {group}"
+        )
+    return n_history
+
+
 def planner_history_lengths(n_history: int, execute: int) -> list[int]:
     """The clean-history lengths a forcing planner keeping at most ``n_history`` tokens and executing
     ``execute`` per plan uses over an episode: 0, execute, 2 execute, ..., capped at ``n_history``."""

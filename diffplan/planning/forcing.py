@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from diffplan.config import Config, DiffusionConfig, PlannerConfig
+from diffplan.config import Config, DiffusionConfig, PlannerConfig, timesteps_per_token
 from diffplan.diffusion.guide import Guidance
-from diffplan.diffusion.levels import default_history
+from diffplan.diffusion.levels import resolve_history
 from diffplan.diffusion.sampler import Constraints, history_matrix
 from diffplan.enums import NoiseMode
 from diffplan.guidance.build import build_guided
@@ -43,15 +43,12 @@ log = logging.getLogger(__name__)
 
 def _trained_history(cfg: Config, horizon: int, group: int) -> int:
     """The history length a schedule-matched model was trained for (``planner.n_history`` or its default)."""
-    if cfg.planner.n_history is not None:
-        return int(cfg.planner.n_history)
-    return default_history(horizon, cfg.planner.execute, group)
+    return resolve_history(horizon, cfg.planner.execute, cfg.planner.n_history, group)
 
 
 def model_frame_stack(model: TrainedModel) -> int:
     """Timesteps per token of ``model``: ``model.frame_stack`` for the transformer, else 1."""
-    cfg = model.config.model
-    return int(cfg.frame_stack) if cfg.name == "transformer" else 1
+    return timesteps_per_token(model.config.model)
 
 
 @dataclass
@@ -113,21 +110,8 @@ class ForcingPlanner:
         horizon = int(horizon) if horizon is not None else model.horizon
         if horizon < 2:
             raise ValueError(f"the planning window must hold at least 2 tokens, got horizon={horizon}")
-        if execute < 1:
-            raise ValueError(f"execute must be >= 1, got {execute}")
         group = model_frame_stack(model)
-        if n_history is None:
-            n_history = default_history(horizon, execute, group)
-        if n_history < 0 or n_history + execute > horizon - 1:
-            raise ValueError(
-                f"need n_history >= 0 and n_history + execute <= horizon - 1 = {horizon - 1} (the window must hold "
-                f"the history, the executed tokens and the next state), got n_history={n_history}, execute={execute}"
-            )
-        if execute % group or n_history % group:
-            raise ValueError(
-                f"with model.frame_stack={group}, planner.execute ({execute}) and planner.n_history ({n_history}) "
-                f"must be multiples of {group}"
-            )
+        n_history = resolve_history(horizon, execute, n_history, group)
         trained = model.config
         if NoiseMode(trained.train.noise_mode) is NoiseMode.schedule and (
                 execute, n_history) != (trained.planner.execute, _trained_history(trained, horizon, group)):

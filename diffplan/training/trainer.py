@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from diffplan.acceleration import autocast, compile_module
-from diffplan.config import Config, to_container
+from diffplan.config import Config, timesteps_per_token, to_container
 from diffplan.data.episodes import Episodes
 from diffplan.data.layout import TrajectoryLayout
 from diffplan.data.normalizer import fit_normalizer
@@ -36,9 +36,9 @@ from diffplan.data.windows import TrajectoryBatch, WindowSampler
 from diffplan.diffusion.conditioning import conditioning_mask
 from diffplan.diffusion.levels import (
     check_mixture_p,
-    default_history,
     planner_history_lengths,
     planner_level_patterns,
+    resolve_history,
     schedule_levels_and_history,
     training_levels,
 )
@@ -370,16 +370,12 @@ def schedule_patterns(cfg: Config, horizon: int) -> tuple[list[torch.Tensor], li
     Raises:
         ValueError: planner settings that do not fit the window (as the forcing planner would).
     """
-    group = int(cfg.model.frame_stack) if str(cfg.model.name) == "transformer" else 1
+    group = timesteps_per_token(cfg.model)
     execute = int(cfg.planner.execute)
-    n_history = cfg.planner.n_history
-    if n_history is None:
-        n_history = default_history(horizon, execute, group)
-    if n_history < 0 or n_history + execute > horizon - 1:
-        raise ValueError(
-            f"train.noise_mode=schedule trains for the forcing planner, which needs planner.n_history + "
-            f"planner.execute <= task.horizon - 1 = {horizon - 1}; got n_history={n_history}, execute={execute}"
-        )
+    try:
+        n_history = resolve_history(horizon, execute, cfg.planner.n_history, group)
+    except ValueError as error:
+        raise ValueError(f"train.noise_mode=schedule trains for the forcing planner: {error}") from None
     lengths = planner_history_lengths(n_history, execute)
     patterns = planner_level_patterns(
         str(cfg.diffusion.schedule_matrix), n_timesteps=cfg.diffusion.n_timesteps,
