@@ -135,6 +135,11 @@ def guidance_kind(name: str, *, key: str = "guidance.kind") -> GuidanceKindSpec 
     return _KINDS[name]
 
 
+def find_guidance_kind(name: str) -> GuidanceKindSpec | None:
+    """The spec of kind ``name``, or None when it is ``none`` or not registered in this process."""
+    return _KINDS.get(name)
+
+
 def check_kind_for_suite(name: str, suite: str, where: str) -> GuidanceKindSpec | None:
     """The spec of ``name`` after checking it applies to ``suite``; ``where`` names the planner.
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from diffplan.evaluation.episodes import EPISODES_FILE
+from diffplan.guidance.kinds import find_guidance_kind
 
 EPISODE_KEYS = ("seed", "episode", "reset_seed", "episode_return", "normalized_score", "success", "length", "failed")
 """Keys every entry of results.json's ``episodes`` list must have."""
@@ -246,10 +247,12 @@ def derive_cell(data: dict[str, Any], path: Path | str = "<results>") -> CellId:
         kind, strength = "cfg", float(weight)
     elif kind == "none":
         strength = 0.0
-    elif kind == "policy":
-        strength = float(_need(guidance, "policy_scale", path, "config.guidance."))
     else:
-        strength = float(_need(guidance, "scale", path, "config.guidance."))
+        # The setting a strength of this kind sets (the registry's; guidance.scale for kinds of plugins
+        # that are not imported here).
+        spec = find_guidance_kind(kind)
+        key = (spec.strength_key if spec is not None else "guidance.scale").removeprefix("guidance.")
+        strength = float(_need(guidance, key, path, "config.guidance."))
         if kind == "value_policy":
             extra = f",policy={_format_strength(float(guidance.get('policy_scale', 1.0)))}"
     mc = int(guidance.get("mc_samples", 1) or 1)
