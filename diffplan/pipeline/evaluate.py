@@ -18,8 +18,8 @@ from diffplan.data.identity import check_same_dataset, dataset_record
 from diffplan.data.layout import TrajectoryLayout
 from diffplan.enums import EvalPolicy, ExecutionMode
 from diffplan.evaluation.evaluator import BatchEnv, EpisodeTrace, EvaluationOutput, Policy, evaluate
-from diffplan.evaluation.reference import resolve_reference_scores, scale_label
-from diffplan.evaluation.results import build_results, write_json
+from diffplan.evaluation.reference import resolve_reference_scores
+from diffplan.evaluation.results import build_record, write_record
 from diffplan.guidance.kinds import check_kind_for_suite, guidance_kind
 from diffplan.guidance.per_env import EnvStrengths
 from diffplan.planning.planner import GoalPlanner
@@ -349,7 +349,7 @@ def write_evaluation(
     default: a cell whose every episode failed is a result of the sweep, written as results.json.
     """
     ref = setup.reference
-    results = build_results(
+    record = build_record(
         output,
         task=cfg.task.name,
         config=to_container(cfg),
@@ -359,19 +359,17 @@ def write_evaluation(
         seeds=list(cfg.eval.seeds),
         n_episodes_per_seed=cfg.eval.n_episodes,
         reference_scores=ref,
+        has_success=setup.has_success,
+        extra=extra,
     )
-    if not setup.has_success:
-        results["success_rate"] = None
-    if extra:
-        results.update(extra)
-    if refuse_all_failed and results["n_episodes"] and results["n_failed"] == results["n_episodes"]:
-        reason = next((e.get("reason") for e in results.get("episodes", []) if e.get("reason")), None)
-        failed = write_json(Path(cfg.eval.out_dir) / "results.failed.json", results)
+    if refuse_all_failed and record.n_episodes and record.n_failed == record.n_episodes:
+        reason = next((e.reason for e in record.episodes if e.reason), None)
+        failed = write_record(Path(cfg.eval.out_dir) / "results.failed.json", record)
         raise ValueError(
-            f"every one of the {results['n_episodes']} episodes failed (first: {reason or 'no reason recorded'}); "
+            f"every one of the {record.n_episodes} episodes failed (first: {reason or 'no reason recorded'}); "
             f"the record is in {failed}, and {failed.parent / 'results.json'} was not written"
         )
-    path = write_json(Path(cfg.eval.out_dir) / "results.json", results)
+    path = write_record(Path(cfg.eval.out_dir) / "results.json", record)
     if cfg.eval.save_episodes:
         from diffplan.evaluation.episodes import EPISODES_FILE
         from diffplan.evaluation.episodes import save_episodes as write_episodes
@@ -381,12 +379,12 @@ def write_evaluation(
         log.info("%d episodes' observations -> %s", len(output.traces), saved)
     if cfg.eval.plots and output.traces and setup.plot_paths is not None:
         setup.plot_paths(output.traces[:N_PLOT_TRACES], path.parent / "paths.png")  # 6 panels
-    score = results["normalized_score"]
-    success = "n/a" if results["success_rate"] is None else f"{results['success_rate']:.2f}"
+    score = record.normalized_score
+    success = "n/a" if record.success_rate is None else f"{record.success_rate:.2f}"
     log.info(
         "%s: normalized score %.1f +- %.1f (%s, reference returns from %s) over %d episodes (%d failed), "
         "success %s, %.3f s per plan -> %s",
-        cfg.task.name, score["mean"], score["stderr"], scale_label(ref), ref.get("source", "?"), results["n_episodes"],
-        results["n_failed"], success, results["plan_time_s"]["mean"], path,
+        cfg.task.name, score.mean, score.stderr, record.reference_scores.label, record.reference_scores.source or "?",
+        record.n_episodes, record.n_failed, success, record.plan_time_s.mean, path,
     )
     return path
