@@ -11,7 +11,7 @@ from torch import Tensor
 
 from diffplan.config import Config, DiffusionConfig
 from diffplan.data import LimitsNormalizer, TrajectoryLayout
-from diffplan.diffusion.guide import Guidance, GuideOutput
+from diffplan.diffusion.guide import Guidance, GuideContext, GuideOutput
 from diffplan.diffusion.sampler import Constraints, Sampler, scheduling_matrix
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.enums import NoiseMode
@@ -32,21 +32,21 @@ class LinearGuide:
     def __init__(self, w: Tensor) -> None:
         self.w = w
 
-    def objective(self, x: Tensor, levels: Tensor) -> Tensor:
+    def objective(self, x: Tensor, levels: Tensor, context: GuideContext) -> Tensor:
         return (x * self.w).sum(dim=(1, 2))
 
-    def gradient(self, x: Tensor, levels: Tensor) -> GuideOutput:
-        return GuideOutput(self.w.expand_as(x).clone(), self.objective(x, levels))
+    def gradient(self, x: Tensor, levels: Tensor, context: GuideContext) -> GuideOutput:
+        return GuideOutput(self.w.expand_as(x).clone(), self.objective(x, levels, context))
 
 
 class SquareGuide:
     """v(x) = -sum x^2: the gradient -2x depends on x (so re-noised copies change it)."""
 
-    def objective(self, x: Tensor, levels: Tensor) -> Tensor:
+    def objective(self, x: Tensor, levels: Tensor, context: GuideContext) -> Tensor:
         return -(x**2).sum(dim=(1, 2))
 
-    def gradient(self, x: Tensor, levels: Tensor) -> GuideOutput:
-        return GuideOutput(-2 * x, self.objective(x, levels))
+    def gradient(self, x: Tensor, levels: Tensor, context: GuideContext) -> GuideOutput:
+        return GuideOutput(-2 * x, self.objective(x, levels, context))
 
 
 def _model(kind: str) -> TrainedModel:
@@ -122,9 +122,11 @@ def test_rollout_is_reproducible_and_plan_holds_history() -> None:
     b = planner.rollout(start, 12, torch.Generator().manual_seed(3))
     assert torch.equal(a.trajectory, b.trajectory)
     history = a.trajectory[:, :4]
-    window = planner.plan(a.trajectory[:, 4, LAYOUT.obs], history, torch.Generator().manual_seed(0))
+    plan = planner.plan(a.trajectory[:, 4, LAYOUT.obs], torch.Generator().manual_seed(0), history=history)
+    assert plan.normalized is not None and plan.observations.shape[1] == H - 4  # from the current token on
+    window = model.normalizer.unnormalize(plan.normalized)
     torch.testing.assert_close(window[:, :4], history, rtol=0, atol=1e-5)
-    torch.testing.assert_close(window[:, 4, LAYOUT.obs], a.trajectory[:, 4, LAYOUT.obs], rtol=0, atol=1e-5)
+    torch.testing.assert_close(plan.observations[:, 0], a.trajectory[:, 4, LAYOUT.obs], rtol=0, atol=1e-5)
 
 
 def test_forcing_planner_rejects_bad_settings() -> None:
@@ -179,9 +181,10 @@ def test_monte_carlo_one_sample_equals_plain_guidance(guide_kind: str) -> None:
     assert torch.equal(a, b)
     assert wrap_monte_carlo(plain, 1) is plain
     x = torch.randn(2, H, D)
-    levels = torch.rand(2, H)
-    out = MonteCarloGuide(guide, 1, renoise=False).gradient(x, levels)
-    ref = guide.gradient(x, levels)
+    levels = torch.randint(0, 11, (2, H))
+    context = GuideContext(10)
+    out = MonteCarloGuide(guide, 1, renoise=False).gradient(x, levels, context)
+    ref = guide.gradient(x, levels, context)
     assert torch.equal(out.gradient, ref.gradient) and torch.equal(out.value, ref.value)
 
 
@@ -189,7 +192,9 @@ def test_monte_carlo_renoises_only_future_tokens() -> None:
     model = _model("unet")
     mc = MonteCarloGuide(SquareGuide(), 4, denoiser=model.denoiser, schedule=model.schedule, seed=5)
     x = torch.randn(2, H, D)
-    levels = torch.tensor([0.0, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.0]).expand(2, H)
+    n_timesteps = model.schedule.n_timesteps
+    levels = (torch.tensor([0.0, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.0]) * n_timesteps).round().long().expand(2, H)
+    context = GuideContext(n_timesteps)
     copies = mc.samples(x, levels)
     assert len(copies) == 4
     for copy in copies:
@@ -198,11 +203,11 @@ def test_monte_carlo_renoises_only_future_tokens() -> None:
     assert not torch.equal(copies[0][:, 3:], copies[1][:, 3:])
     # The same seed draws the same copies; the gradient is their average.
     out = MonteCarloGuide(SquareGuide(), 4, denoiser=model.denoiser, schedule=model.schedule, seed=5).gradient(
-        x, levels)
+        x, levels, context)
     torch.testing.assert_close(out.gradient, torch.stack([-2 * c for c in copies]).mean(0))
     # Full-sequence levels: nothing is future, the average is the plain gradient.
-    flat = torch.full((2, H), 0.5)
-    torch.testing.assert_close(mc.gradient(x, flat).gradient, -2 * x)
+    flat = torch.full((2, H), n_timesteps // 2)
+    torch.testing.assert_close(mc.gradient(x, flat, context).gradient, -2 * x)
     with pytest.raises(ValueError, match="denoiser"):
         MonteCarloGuide(SquareGuide(), 2)
     with pytest.raises(ValueError, match="mc_samples"):
@@ -263,8 +268,8 @@ def test_guidance_with_real_model_under_per_token_matrices(kind: str, apply_to: 
     guided = sampler.sample(model.denoiser, (4, H, D), matrix, constraints=constraints,
                             generator=torch.Generator().manual_seed(0), guidance=guidance)
     assert torch.equal(guided[mask], values[mask])
-    levels = torch.zeros(4, H)
-    assert (guide.objective(guided, levels) > guide.objective(plain, levels)).all()
+    levels, context = torch.zeros(4, H, dtype=torch.long), GuideContext(model.schedule.n_timesteps)
+    assert (guide.objective(guided, levels, context) > guide.objective(plain, levels, context)).all()
 
 
 def test_build_guidance_wraps_the_guide_for_monte_carlo_samples() -> None:

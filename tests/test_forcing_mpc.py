@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,12 +14,14 @@ from torch import Tensor
 
 from diffplan.config import DiffusionConfig
 from diffplan.data import LimitsNormalizer, TrajectoryLayout
+from diffplan.diffusion.guide import GuideContext
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.evaluation.consistency import trajectory_consistency
 from diffplan.guidance.denoised import DenoisedGuide
 from diffplan.guidance.goal import GoalGuide
 from diffplan.planning.forcing import ForcingPlanner, history_matrix
 from diffplan.planning.forcing_policy import ForcingPolicy
+from diffplan.planning.planner import Plan
 from tests.test_commands import tiny_config
 from tests.test_forcing import _model
 
@@ -36,11 +39,12 @@ def test_goal_guide_is_minus_mean_distance_in_raw_units() -> None:
     raw = torch.zeros(2, 3, 6)
     raw[0, :, 0] = torch.tensor([0.0, 1.0, 2.0])  # x positions; goal (2, 0): distances 2, 1, 0
     raw[1, :, 1] = torch.tensor([1.0, 1.0, 1.0])  # goal (0, -1): distances 2, 2, 2
-    guide.set_goals(torch.tensor([[2.0, 0.0], [0.0, -1.0]]))
+    context = GuideContext(10, goals=torch.tensor([[2.0, 0.0], [0.0, -1.0]]))
     x = normalizer.normalize(raw)
-    value = guide.objective(x, torch.zeros(2, 3))
+    levels = torch.zeros(2, 3, dtype=torch.long)
+    value = guide.objective(x, levels, context)
     assert torch.allclose(value, torch.tensor([-1.0, -2.0]))
-    out = guide.gradient(x, torch.zeros(2, 3))
+    out = guide.gradient(x, levels, context)
     assert torch.allclose(out.value, value)
     # Only position channels move; each token's gradient points at the goal with norm
     # (1/H) * d raw / d normalized (= 2 here), except the token sitting on the goal.
@@ -48,20 +52,19 @@ def test_goal_guide_is_minus_mean_distance_in_raw_units() -> None:
     assert torch.allclose(out.gradient[0, 0, :2], torch.tensor([2 / 3, 0.0]))
     assert torch.allclose(out.gradient[1, :, 1], torch.full((3,), -2 / 3))
     # A step along the gradient brings the plan closer to the goal.
-    assert (guide.objective(x + 0.1 * out.gradient, torch.zeros(2, 3)) > value).all()
+    assert (guide.objective(x + 0.1 * out.gradient, levels, context) > value).all()
 
 
-def test_goal_guide_candidates_share_their_env_goal_and_errors_name_the_fix() -> None:
+def test_goal_guide_reads_each_samples_goal_from_the_context_and_errors_name_the_fix() -> None:
     guide = GoalGuide(LAYOUT, _normalizer(), [0, 1])
-    with pytest.raises(RuntimeError, match="set_goals must be called"):
-        guide.objective(torch.zeros(2, 3, 6), torch.zeros(2, 3))
-    guide.set_goals(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))
-    distance = guide.distance(torch.zeros(4, 3, 6))  # 2 candidates per env, contiguous
+    levels = torch.zeros(2, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match="context holds none; plan with goals"):
+        guide.objective(torch.zeros(2, 3, 6), levels, GuideContext(10))
+    goals = torch.tensor([[1.0, 0.0], [-1.0, 0.0]]).repeat_interleave(2, dim=0)  # 2 candidates per env
+    distance = guide.distance(torch.zeros(4, 3, 6), GuideContext(10, goals))
     assert torch.allclose(distance, torch.ones(4, 3))
-    with pytest.raises(ValueError, match="not a whole multiple of the 2 goals"):
-        guide.distance(torch.zeros(3, 3, 6))
-    with pytest.raises(ValueError, match=r"goals must be \(N, 2\)"):
-        guide.set_goals(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match=r"one goal of 2 entries per sample \(3, 2\)"):
+        guide.distance(torch.zeros(3, 3, 6), GuideContext(10, goals))
     with pytest.raises(ValueError, match="task.goal_obs_dims"):
         GoalGuide(LAYOUT, _normalizer(), [])
     with pytest.raises(ValueError, match=r"task.goal_obs_dims \[7\] are outside"):
@@ -79,33 +82,34 @@ class CausalSum(torch.nn.Module):
 class LastTokenGuide:
     """v(x) = sum of the last token's channels: its plain gradient touches the last token only."""
 
-    def objective(self, x: Tensor, levels: Tensor) -> Tensor:
+    def objective(self, x: Tensor, levels: Tensor, context: GuideContext) -> Tensor:
         return x[:, -1].sum(dim=-1)
 
-    def gradient(self, x: Tensor, levels: Tensor):  # type: ignore[no-untyped-def]
+    def gradient(self, x: Tensor, levels: Tensor, context: GuideContext):  # type: ignore[no-untyped-def]
         from diffplan.diffusion.guide import GuideOutput
 
         grad = torch.zeros_like(x)
         grad[:, -1] = 1.0
-        return GuideOutput(grad, self.objective(x, levels))
+        return GuideOutput(grad, self.objective(x, levels, context))
 
 
 def test_denoised_guide_steers_earlier_tokens_through_a_causal_denoiser() -> None:
     schedule = NoiseSchedule(10, prediction="x0")
     guide = DenoisedGuide(LastTokenGuide(), CausalSum(), schedule)
     x = torch.randn(2, 4, 3)
-    levels = torch.full((2, 4), 0.5)
-    out = guide.gradient(x, levels)
+    levels = torch.full((2, 4), 5)
+    context = GuideContext(10)
+    out = guide.gradient(x, levels, context)
     # d sum(cumsum(x)[-1]) / d x = 1 for every token: the far objective reaches the near tokens.
     assert torch.allclose(out.gradient, torch.ones_like(x))
     assert torch.allclose(out.value, x.sum(dim=(1, 2)))
-    plain = LastTokenGuide().gradient(x, levels).gradient
+    plain = LastTokenGuide().gradient(x, levels, context).gradient
     assert (plain[:, :-1] == 0).all()
     # Tokens at level 0 are their own estimate (clean history): the gradient there is the guide's own.
-    levels[:, 0] = 0.0
-    out = guide.gradient(x, levels)
+    levels[:, 0] = 0
+    out = guide.gradient(x, levels, context)
     assert torch.allclose(out.gradient[:, 0], torch.ones(2, 3))
-    assert torch.allclose(guide.objective(x, levels), out.value)
+    assert torch.allclose(guide.objective(x, levels, context), out.value)
 
 
 # -- frame-stacked matrices ------------------------------------------------------------------------
@@ -128,13 +132,14 @@ def test_forcing_policy_feeds_the_real_history_and_runs_planned_actions() -> Non
     seen: list[Tensor] = []
     original = planner.plan
 
-    def spy(observations: Tensor, history: Tensor | None, generator: torch.Generator) -> Tensor:
+    def spy(observations: Tensor, generator: torch.Generator, **kwargs: Any) -> Plan:
+        history = kwargs["history"]
         assert history is not None
         seen.append(history.clone())
-        return original(observations, history, generator)
+        return original(observations, generator, **kwargs)
 
     planner.plan = spy  # type: ignore[method-assign]
-    policy = ForcingPolicy(planner)
+    policy = ForcingPolicy.of(planner)
     policy.reset(3)
     generator = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
@@ -164,13 +169,13 @@ def test_forcing_policy_with_a_tracker_steers_to_the_planned_states() -> None:
     planner = ForcingPlanner(model, diffusion=DiffusionConfig(sampling_steps=2, n_timesteps=10, clip_denoised=None),
                              execute=2, n_history=2)
     tracker = PDTracker([0, 1], [2, 3], p_gain=2.0, d_gain=0.5)
-    policy = ForcingPolicy(planner, tracker=tracker)
+    policy = ForcingPolicy.of(planner, tracker=tracker)
     policy.reset(2)
     generator = torch.Generator().manual_seed(0)
     obs = np.random.default_rng(0).normal(size=(2, 4))
     actions, _ = policy.act(0, obs, np.zeros((2, 2)), np.ones(2, dtype=bool), generator)
-    window = planner.plan(torch.as_tensor(obs, dtype=torch.float32), None, torch.Generator().manual_seed(0))
-    target = window[:, 1, :4].double().numpy()  # planned state 1 step after the current one
+    plan = planner.plan(torch.as_tensor(obs, dtype=torch.float32), torch.Generator().manual_seed(0))
+    target = plan.observations[:, 1].double().numpy()  # planned state 1 step after the current one
     expected = 2.0 * (target[:, :2] - obs[:, :2]) + 0.5 * (target[:, 2:] - obs[:, 2:])
     assert np.allclose(actions, expected, atol=1e-5)
 

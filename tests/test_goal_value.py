@@ -14,14 +14,14 @@ from test_commands import tiny_config
 from diffplan.config import Config
 from diffplan.data import LimitsNormalizer, TrajectoryLayout
 from diffplan.data.loading import load_episodes
-from diffplan.guidance import GoalValueGuide
+from diffplan.guidance import GoalValueGuide, GuideContext
+from diffplan.guidance.value import load_value_guide as value_guide
 from diffplan.models.value import ValueNet
 from diffplan.pipeline.collect import run_collect
 from diffplan.pipeline.evaluate import run_evaluate
 from diffplan.pipeline.train import run_train
 from diffplan.pipeline.train_value import run_train_value
 from diffplan.planning.planner import GoalPlanner
-from diffplan.planning.value_planner import value_guide
 from diffplan.training.checkpoint import load_checkpoint, load_trained_model
 from diffplan.training.value_targets import goal_reward_targets, relabel_goals
 from diffplan.training.value_trainer import ValueTrainer, load_value_model
@@ -178,8 +178,7 @@ def test_maze_value_guidance_end_to_end_and_deterministic(maze: tuple[Path, Conf
                               guidance=tiny_config(tmp_path, extra + [f"guidance.kind={kind}"]).guidance)
         plans.append(planner.plan(observations, torch.Generator().manual_seed(0), goals=goals).observations)
         if kind == "value":
-            assert isinstance(planner.goal_guide, GoalValueGuide)
-            assert torch.equal(planner.goal_guide.goals, goals)
+            assert planner.guidance is not None and isinstance(planner.guidance.guide, GoalValueGuide)
     assert not torch.allclose(plans[0], plans[1])
 
 
@@ -228,17 +227,18 @@ def test_goal_conditioning_needs_position_channels(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"task.goal_obs_dims \[7\] are outside the observation \(obs_dim 4\)"):
         GoalValueGuide(net, layout, normalizer, [0, 7])
     guide = GoalValueGuide(net, layout, normalizer, [0, 1])
-    with pytest.raises(RuntimeError, match=r"GoalValueGuide.set_goals must be called before planning"):
-        guide.objective(torch.zeros(2, 8, 6), torch.zeros(2, 8))
-    # Goals are normalized like the position channels and repeated over each environment's candidates.
+    with pytest.raises(ValueError, match=r"goal-conditioned value guidance steers towards goals, but the plan's "
+                                         r"guidance context holds none"):
+        guide.objective(torch.zeros(2, 8, 6), torch.zeros(2, 8, dtype=torch.long), GuideContext(10))
+    # Goals are normalized like the position channels; each sample reads its own (candidates share theirs).
     normalizer = LimitsNormalizer(torch.tensor([-2.0, -1.0, -1, -1, -1, -1]), torch.tensor([4.0, 3.0, 1, 1, 1, 1]))
     guide = GoalValueGuide(net, layout, normalizer, [0, 1])
-    goals = torch.tensor([[1.0, 2.0], [-1.5, 0.5]])
-    guide.set_goals(goals)
-    x, levels = torch.randn(4, 8, 6), torch.rand(4, 8)  # two candidates per goal
-    expected = net(x, levels, torch.tensor([[0.0, 0.5], [0.0, 0.5], [-5 / 6, -0.25], [-5 / 6, -0.25]]))
-    assert torch.allclose(guide.objective(x, levels), expected)
-    out = guide.gradient(x, levels)
+    goals = torch.tensor([[1.0, 2.0], [-1.5, 0.5]]).repeat_interleave(2, dim=0)
+    context = GuideContext(10, goals)
+    x, levels = torch.randn(4, 8, 6), torch.randint(0, 11, (4, 8))  # two candidates per goal
+    expected = net(x, levels / 10, torch.tensor([[0.0, 0.5], [0.0, 0.5], [-5 / 6, -0.25], [-5 / 6, -0.25]]))
+    assert torch.allclose(guide.objective(x, levels, context), expected)
+    out = guide.gradient(x, levels, context)
     assert out.gradient.shape == (4, 8, 6) and torch.allclose(out.value, expected)
 
 

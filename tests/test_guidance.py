@@ -16,10 +16,11 @@ from diffplan.diffusion.sampler import Constraints, Sampler, full_sequence_matri
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.diffusion.warm_start import shift_plan, warm_start
 from diffplan.enums import GuideTarget
-from diffplan.guidance import ConstantGuide, Guidance, GuideOutput, ValueGuide
+from diffplan.guidance import ConstantGuide, Guidance, GuideContext, GuideOutput, ValueGuide
 from diffplan.models.unet import TemporalUnet
 from diffplan.models.value import ValueNet
-from diffplan.planning.value_planner import ValuePlan, ValuePlanner, ValuePolicy
+from diffplan.planning.planner import Plan
+from diffplan.planning.value_planner import ValuePlanner, ValuePolicy
 from diffplan.training.checkpoint import TrainedModel
 
 B, H, D = 2, 8, 3
@@ -32,12 +33,12 @@ class LinearGuide:
         self.w = w
         self.levels_seen: list[Tensor] = []
 
-    def objective(self, x: Tensor, levels: Tensor) -> Tensor:
+    def objective(self, x: Tensor, levels: Tensor, context: GuideContext) -> Tensor:
         return (x * self.w).sum(dim=(1, 2))
 
-    def gradient(self, x: Tensor, levels: Tensor) -> GuideOutput:
+    def gradient(self, x: Tensor, levels: Tensor, context: GuideContext) -> GuideOutput:
         self.levels_seen.append(levels.clone())
-        return GuideOutput(self.w.expand_as(x).clone(), self.objective(x, levels))
+        return GuideOutput(self.w.expand_as(x).clone(), self.objective(x, levels, context))
 
 
 def _identity_x0(x_t: Tensor, levels: Tensor) -> Tensor:
@@ -116,7 +117,7 @@ def test_t_stopgrad_turns_guidance_off_for_the_last_levels() -> None:
     matrix = full_sequence_matrix(10, 5, H)  # levels 10, 8, 6, 4, 2, 0
     sampler.sample(_identity_x0, (B, H, D), matrix, x_init=X_INIT,
                    guidance=Guidance(guide, scale=0.1, n_guide_steps=2, t_stopgrad=4))
-    seen = sorted({round(float(lv[0, 0]) * 10) for lv in guide.levels_seen}, reverse=True)
+    seen = sorted({int(lv[0, 0]) for lv in guide.levels_seen}, reverse=True)
     assert seen == [10, 8, 6] and len(guide.levels_seen) == 6  # rows starting at 4 and 2 are unguided
 
 
@@ -186,18 +187,18 @@ def test_guided_sampling_keeps_inpainted_entries_exact(apply_to: GuideTarget) ->
 
 def test_value_guide_gradient_matches_autograd_and_leaves_parameters_alone() -> None:
     guide = _value_guide()
-    x, levels = torch.randn(B, H, D), torch.full((B, H), 0.3)
+    x, levels, context = torch.randn(B, H, D), torch.full((B, H), 3), GuideContext(10)
     with torch.no_grad():
-        grad, value = guide.gradient(x, levels)
+        grad, value = guide.gradient(x, levels, context)
     reference = x.clone().requires_grad_(True)
-    expected = guide.value_net(reference, levels)
+    expected = guide.value_net(reference, torch.full((B, H), 0.3))
     expected.sum().backward()
     assert reference.grad is not None
     torch.testing.assert_close(grad, reference.grad)
     torch.testing.assert_close(value, expected.detach())
-    torch.testing.assert_close(guide.objective(x, levels), value)
+    torch.testing.assert_close(guide.objective(x, levels, context), value)
     guide.value_net.zero_grad(set_to_none=True)
-    guide.gradient(x, levels)
+    guide.gradient(x, levels, context)
     assert all(p.grad is None for p in guide.value_net.parameters())
 
 
@@ -312,7 +313,7 @@ def test_value_planner_picks_the_highest_value_candidate(model: TrainedModel, ki
     w[:, :, 4] = 1.0  # value = sum of the first action channel over the plan (normalized units)
     guide = LinearGuide(w)
     plan = _planner(model, guide, kind=kind).plan(STARTS, torch.Generator().manual_seed(0))
-    assert isinstance(plan, ValuePlan) and plan.candidate_values is not None and plan.values is not None
+    assert isinstance(plan, Plan) and plan.candidate_values is not None and plan.values is not None
     assert plan.candidate_values.shape == (3, 4) and plan.observations.shape == (3, PH, 4)
     assert torch.equal(plan.values, plan.candidate_values.max(dim=1).values)
     assert plan.normalized is not None and plan.candidates is not None
@@ -345,7 +346,7 @@ def test_value_guidance_raises_the_value(model: TrainedModel) -> None:
 
 def test_constant_guide_plans_unguided_and_takes_the_first_candidate(model: TrainedModel) -> None:
     guide = ConstantGuide()
-    grad, value = guide.gradient(torch.ones(2, PH, 6), torch.zeros(2, PH))
+    grad, value = guide.gradient(torch.ones(2, PH, 6), torch.zeros(2, PH), GuideContext(10))
     assert torch.equal(grad, torch.zeros(2, PH, 6)) and torch.equal(value, torch.zeros(2))
     plan = _planner(model, guide, k=3).plan(STARTS, torch.Generator().manual_seed(0))
     assert plan.candidates is not None and torch.equal(plan.observations, plan.candidates[:, 0])
@@ -365,7 +366,7 @@ def _spy_planner(planner: ValuePlanner) -> list[dict[str, object]]:
     calls: list[dict[str, object]] = []
     original = planner.plan
 
-    def plan(observations: Tensor, generator: torch.Generator, **kwargs: object) -> ValuePlan:
+    def plan(observations: Tensor, generator: torch.Generator, **kwargs: object) -> Plan:
         calls.append({"observations": observations.clone(), **kwargs})
         return original(observations, generator, **kwargs)  # type: ignore[arg-type]
 

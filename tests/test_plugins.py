@@ -14,6 +14,7 @@ import torch
 from test_commands import tiny_config, tiny_overrides
 
 import diffplan
+from diffplan.diffusion.guide import GuideContext
 from diffplan.guidance import guidance_kinds
 from diffplan.pipeline.collect import run_collect
 from diffplan.pipeline.train import run_train
@@ -54,7 +55,8 @@ def test_a_plugin_kind_steers_plans(trained: Path) -> None:
         x = torch.cat([torch.as_tensor(plan.observations), torch.as_tensor(plan.actions)], dim=-1)[None]
         x = model.normalizer.normalize(x.float())
         guide = CenterGuide([model.layout.obs.start, model.layout.obs.start + 1])
-        objective[scale] = float(guide.objective(x[:, 1:-1], torch.zeros(1, x.shape[1] - 2)))
+        levels = torch.zeros(1, x.shape[1] - 2, dtype=torch.long)
+        objective[scale] = float(guide.objective(x[:, 1:-1], levels, GuideContext(1)))
     assert "toy-center" in guidance_kinds()
     assert objective[10.0] > objective[0.0] + 0.05, objective
 

@@ -16,7 +16,15 @@ from diffplan.data.normalizer import Normalizer
 from diffplan.diffusion.sampler import Constraints, Sampler, make_sampler
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.enums import GuidanceSchedule, GuideTarget
-from diffplan.guidance import CompositeGuide, Guidance, GuideOutput, PolicyGuide, build_guidance, schedule_coefficient
+from diffplan.guidance import (
+    CompositeGuide,
+    Guidance,
+    GuideContext,
+    GuideOutput,
+    PolicyGuide,
+    build_guidance,
+    schedule_coefficient,
+)
 from diffplan.models.unet import TemporalUnet
 from diffplan.policies import LinearGaussianPolicy, loading
 from diffplan.training.checkpoint import TrainedModel
@@ -28,6 +36,8 @@ _G = torch.Generator().manual_seed(0)
 WEIGHT, BIAS = torch.randn(2, 3, generator=_G), torch.randn(2, generator=_G)
 STD = torch.tensor([0.5, 0.8])
 X = torch.randn(B, H, D, generator=torch.Generator().manual_seed(1))
+
+CTX = GuideContext(10)
 
 
 def _policy() -> LinearGaussianPolicy:
@@ -68,21 +78,21 @@ def test_policy_guide_gradient_is_the_closed_form_on_action_channels_only(make_n
     normalizer = make_normalizer()
     guide = PolicyGuide(_policy(), LAYOUT, normalizer)
     with torch.no_grad():
-        grad, value = guide.gradient(X, torch.full((B, H), 0.5))
+        grad, value = guide.gradient(X, torch.full((B, H), 5), CTX)
     torch.testing.assert_close(grad, _expected_gradient(X, normalizer))
     assert torch.equal(grad[..., LAYOUT.obs], torch.zeros(B, H, 3)) and torch.equal(grad[..., LAYOUT.rew],
                                                                                    torch.zeros(B, H, 1))
     raw = normalizer.unnormalize(X)
     expected_value = _policy().log_prob(raw[..., LAYOUT.obs], raw[..., LAYOUT.act]).sum(-1)
     torch.testing.assert_close(value, expected_value)
-    torch.testing.assert_close(guide.objective(X, torch.zeros(B, H)), expected_value)
+    torch.testing.assert_close(guide.objective(X, torch.zeros(B, H), CTX), expected_value)
     assert all(p.grad is None for p in guide.policy.parameters())  # type: ignore[attr-defined]
 
 
 def test_normalized_policy_gradient_has_unit_rms_per_action_entry() -> None:
     normalizer = _gaussian_normalizer()
     guide = PolicyGuide(_policy(), LAYOUT, normalizer, normalize_grad=True)
-    grad, _ = guide.gradient(X, torch.zeros(B, H))
+    grad, _ = guide.gradient(X, torch.zeros(B, H), CTX)
     plain = _expected_gradient(X, normalizer)
     for b in range(B):
         actions = grad[b, :, LAYOUT.act]
@@ -120,7 +130,7 @@ def test_guided_sampling_moves_actions_by_the_closed_form_and_leaves_states_alon
                                                                                  X[..., LAYOUT.rew])
     assert not torch.equal(out[..., LAYOUT.act], X[..., LAYOUT.act])
     # Guidance raises the target policy's likelihood.
-    assert (guide.objective(out, torch.zeros(B, H)) > guide.objective(X, torch.zeros(B, H))).all()
+    assert (guide.objective(out, torch.zeros(B, H), CTX) > guide.objective(X, torch.zeros(B, H), CTX)).all()
 
 
 def _unet() -> TemporalUnet:
@@ -193,12 +203,12 @@ class LinearGuide:
         self.w = w
         self.calls = 0
 
-    def objective(self, x: Tensor, levels: Tensor) -> Tensor:
+    def objective(self, x: Tensor, levels: Tensor, context: GuideContext) -> Tensor:
         return (x * self.w).sum(dim=(1, 2))
 
-    def gradient(self, x: Tensor, levels: Tensor) -> GuideOutput:
+    def gradient(self, x: Tensor, levels: Tensor, context: GuideContext) -> GuideOutput:
         self.calls += 1
-        return GuideOutput(self.w.expand_as(x).clone(), self.objective(x, levels))
+        return GuideOutput(self.w.expand_as(x).clone(), self.objective(x, levels, context))
 
 
 @pytest.mark.parametrize(("schedule", "first", "second"), [("linear", 1.0, 0.5), ("pgd", 1.3, 0.0),
@@ -243,11 +253,11 @@ def test_composite_gradient_and_objective_are_weighted_sums() -> None:
     linear = LinearGuide(torch.randn(1, H, D, generator=torch.Generator().manual_seed(6)))
     composite = CompositeGuide([(linear, 0.3), (policy_guide, 2.0)])
     levels = torch.full((B, H), 0.25)
-    grad, value = composite.gradient(X, levels)
-    a, b = linear.gradient(X, levels), policy_guide.gradient(X, levels)
+    grad, value = composite.gradient(X, levels, CTX)
+    a, b = linear.gradient(X, levels, CTX), policy_guide.gradient(X, levels, CTX)
     torch.testing.assert_close(grad, 0.3 * a.gradient + 2.0 * b.gradient)
     torch.testing.assert_close(value, 0.3 * a.value + 2.0 * b.value)
-    torch.testing.assert_close(composite.objective(X, levels), value)
+    torch.testing.assert_close(composite.objective(X, levels, CTX), value)
     with pytest.raises(ValueError, match="at least one"):
         CompositeGuide([])
 

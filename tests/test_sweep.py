@@ -30,7 +30,7 @@ from diffplan.diffusion.cfg import ClassifierFreeGuidance
 from diffplan.diffusion.sampler import Sampler, full_sequence_matrix
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.enums import EvalPolicy, GuideTarget
-from diffplan.guidance import CompositeGuide, EnvStrengths, Guidance, GuideOutput
+from diffplan.guidance import CompositeGuide, EnvStrengths, Guidance, GuideContext, GuideOutput
 from diffplan.models.unet import TemporalUnet
 from diffplan.pipeline.collect import run_collect
 from diffplan.pipeline.evaluate import prepare_evaluation, run_episodes
@@ -44,6 +44,8 @@ from diffplan.sweep.runner import run_sweep
 from diffplan.training.checkpoint import TrainedModel
 
 SWEEP_CONF = Path(CONF) / "sweep"
+
+CTX = GuideContext(10)
 
 
 def _compose(overrides: list[str]) -> Config:
@@ -165,11 +167,11 @@ B, H, D = 2, 8, 3
 class SineGuide:
     """A non-linear objective sum(cos(x)): gradient -sin(x), different for every sample."""
 
-    def objective(self, x: Tensor, levels: Tensor) -> Tensor:
+    def objective(self, x: Tensor, levels: Tensor, context: GuideContext) -> Tensor:
         return torch.cos(x).sum(dim=(1, 2))
 
-    def gradient(self, x: Tensor, levels: Tensor) -> GuideOutput:
-        return GuideOutput(-torch.sin(x), self.objective(x, levels))
+    def gradient(self, x: Tensor, levels: Tensor, context: GuideContext) -> GuideOutput:
+        return GuideOutput(-torch.sin(x), self.objective(x, levels, context))
 
 
 class OffsetGuide:
@@ -178,11 +180,11 @@ class OffsetGuide:
     def __init__(self, c: float) -> None:
         self.c = c
 
-    def objective(self, x: Tensor, levels: Tensor) -> Tensor:
+    def objective(self, x: Tensor, levels: Tensor, context: GuideContext) -> Tensor:
         return (self.c * x).sum(dim=(1, 2))
 
-    def gradient(self, x: Tensor, levels: Tensor) -> GuideOutput:
-        return GuideOutput(torch.full_like(x, self.c), self.objective(x, levels))
+    def gradient(self, x: Tensor, levels: Tensor, context: GuideContext) -> GuideOutput:
+        return GuideOutput(torch.full_like(x, self.c), self.objective(x, levels, context))
 
 
 def _halving_x0(x_t: Tensor, levels: Tensor) -> Tensor:
@@ -234,18 +236,18 @@ def test_composite_guide_per_sample_weights() -> None:
     x = torch.randn(3, H, D, generator=torch.Generator().manual_seed(1))
     a, b = SineGuide(), OffsetGuide(2.0)
     weighted = CompositeGuide([(a, torch.tensor([1.0, 0.0, 0.5])), (b, torch.tensor([0.0, 1.0, 0.25]))])
-    out = weighted.gradient(x, torch.zeros(3, H))
-    assert torch.equal(out.gradient[0], a.gradient(x, x)[0][0])
-    assert torch.equal(out.gradient[1], b.gradient(x, x)[0][1])
-    assert torch.equal(out.gradient[2], CompositeGuide([(a, 0.5), (b, 0.25)]).gradient(x, x).gradient[2])
-    assert torch.equal(out.value, weighted.objective(x, x))
+    out = weighted.gradient(x, torch.zeros(3, H), CTX)
+    assert torch.equal(out.gradient[0], a.gradient(x, x, CTX)[0][0])
+    assert torch.equal(out.gradient[1], b.gradient(x, x, CTX)[0][1])
+    assert torch.equal(out.gradient[2], CompositeGuide([(a, 0.5), (b, 0.25)]).gradient(x, x, CTX).gradient[2])
+    assert torch.equal(out.value, weighted.objective(x, x, CTX))
 
     class Broken(OffsetGuide):
-        def gradient(self, x: Tensor, levels: Tensor) -> GuideOutput:
+        def gradient(self, x: Tensor, levels: Tensor, context: GuideContext) -> GuideOutput:
             return GuideOutput(torch.full_like(x, float("nan")), x.new_full((x.shape[0],), float("nan")))
 
     # A zero weight adds exactly nothing, even for a non-finite term.
-    masked = CompositeGuide([(a, 1.0), (Broken(0.0), torch.tensor([0.0, 0.0, 1.0]))]).gradient(x, x)
+    masked = CompositeGuide([(a, 1.0), (Broken(0.0), torch.tensor([0.0, 0.0, 1.0]))]).gradient(x, x, CTX)
     assert torch.isfinite(masked.gradient[:2]).all() and torch.isnan(masked.gradient[2]).all()
 
 
@@ -346,13 +348,13 @@ def test_goal_guidance_in_the_goal_planner_pulls_plans_to_the_goal(model: Traine
 
 
 class LinearValue:
-    def objective(self, x: Tensor, levels: Tensor) -> Tensor:
+    def objective(self, x: Tensor, levels: Tensor, context: GuideContext) -> Tensor:
         return x[..., 4].sum(dim=1)
 
-    def gradient(self, x: Tensor, levels: Tensor) -> GuideOutput:
+    def gradient(self, x: Tensor, levels: Tensor, context: GuideContext) -> GuideOutput:
         grad = torch.zeros_like(x)
         grad[..., 4] = 1.0
-        return GuideOutput(grad, self.objective(x, levels))
+        return GuideOutput(grad, self.objective(x, levels, context))
 
 
 def test_value_planner_per_env_scales_follow_its_candidate_layout(model: TrainedModel) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffplan.guidance import GuidanceKindSpec, GuideContext, GuideOutput, register_guidance_kind
+from diffplan.guidance import BuildContext, GuidanceKindSpec, GuideContext, GuideOutput, register_guidance_kind
 
 
 class CenterGuide:
@@ -17,18 +17,18 @@ class CenterGuide:
     def __init__(self, channels: list[int]) -> None:
         self.channels = channels
 
-    def objective(self, x: Tensor, levels: Tensor) -> Tensor:
+    def objective(self, x: Tensor, levels: Tensor, context: GuideContext) -> Tensor:
         return -x[..., self.channels].pow(2).mean(dim=(1, 2))
 
-    def gradient(self, x: Tensor, levels: Tensor) -> GuideOutput:
+    def gradient(self, x: Tensor, levels: Tensor, context: GuideContext) -> GuideOutput:
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            value = self.objective(x, levels)
+            value = self.objective(x, levels, context)
             (grad,) = torch.autograd.grad(value.sum(), x)
         return GuideOutput(grad, value.detach())
 
 
-def build_center(ctx: GuideContext) -> tuple[CenterGuide, float]:
+def build_center(ctx: BuildContext) -> tuple[CenterGuide, float]:
     layout = ctx.model.layout
     return CenterGuide([layout.obs.start + d for d in ctx.goal_dims]), ctx.cfg.scale
 

@@ -21,7 +21,7 @@ from diffplan.data.episodes import Episodes
 from diffplan.data.layout import TrajectoryLayout
 from diffplan.data.normalizer import fit_normalizer
 from diffplan.diffusion.schedule import NoiseSchedule
-from diffplan.guidance import GoalTargets, GoalValueGuide, ValueGuide, build_guidance, guidance_kind
+from diffplan.guidance import GoalValueGuide, ValueGuide, build_guidance, guidance_kind
 from diffplan.models.factory import build_denoiser
 from diffplan.models.value import build_value_net
 from diffplan.planning.forcing import ForcingPlanner, maze_forcing_planner
@@ -150,15 +150,11 @@ def build_goal_planner(cfg: Config, model: TrainedModel, device: torch.device) -
     planner.guidance = build_guidance(
         cfg.guidance, model, device, value_guide=guide, clip_denoised=cfg.diffusion.clip_denoised
     )
-    planner.goal_guide = guide
     return planner
 
 
-def build_forcing_planner(
-    cfg: Config, model: TrainedModel, device: torch.device
-) -> tuple[ForcingPlanner, GoalTargets | None]:
-    """``diffplan-evaluate``'s Diffusion Forcing planner (``planner.mode=forcing``) and the goal
-    guide inside its guidance (None when unguided); set the guide's goals before planning."""
+def build_forcing_planner(cfg: Config, model: TrainedModel, device: torch.device) -> ForcingPlanner:
+    """``diffplan-evaluate``'s Diffusion Forcing planner (``planner.mode=forcing``)."""
     return maze_forcing_planner(cfg, model, device)
 
 

@@ -203,17 +203,16 @@ def measure_goal_plan(cfg: Config, model: TrainedModel, n: int, settings: Settin
 def measure_forcing_plan(cfg: Config, model: TrainedModel, n: int, settings: Settings) -> dict[str, Measurement]:
     """One :meth:`ForcingPlanner.plan_normalized` call for N environments with a full history window."""
     device = settings.device
-    planner, goal_guide = build_forcing_planner(cfg, model, device)
+    planner = build_forcing_planner(cfg, model, device)
     obs, goals = _plan_inputs(cfg, model, n, device)
     generator = torch.Generator().manual_seed(3)
     history = torch.randn(n, planner.n_history, model.layout.transition_dim, generator=generator).clamp(-1, 1)
     current = torch.rand(n, model.layout.obs_dim, generator=generator) * 2 - 1
-    if goal_guide is not None:
-        goal_guide.set_goals(goals.to(device))
     sample_generator = torch.Generator(device=device).manual_seed(0)
     note = (f"ForcingPlanner.plan_normalized, {planner.n_history} history tokens, "
             f"guidance={cfg.guidance.kind}, matrix={cfg.diffusion.schedule_matrix}")
-    return {"plan": _plan_metric(lambda: planner.plan_normalized(history, current, sample_generator), n, 1,
+    return {"plan": _plan_metric(lambda: planner.plan_normalized(history, current, sample_generator,
+                                                                 goals=goals.to(device)), n, 1,
                                  note, settings)}
 
 

@@ -1,10 +1,12 @@
 """The interface between guidance and the sampler: guides (differentiable objectives that steer
 denoising, classifier guidance), their settings, and the rules that apply a gradient.
 
-A guide looks at the current normalized sample x (B, H, D) together with its per-token noise
-levels (B, H), normalized to [0, 1] like the denoiser's input, and returns the gradient of
-its objective with respect to x (same shape) and the objective per sample (B,) for ranking
-candidates. :class:`Guidance` bundles a guide with its strength and schedule over the
+A guide looks at the current normalized sample x (B, H, D) together with its per-token integer
+noise levels (B, H) (the levels the denoiser sees) and the :class:`GuideContext` of the plan (each
+sample's goal, the number of levels T; ``context.normalized(levels)`` is the denoiser's [0, 1]
+input), and returns the gradient of its objective with respect to x (same shape) and the objective
+per sample (B,) for ranking candidates. Nothing is set on a guide between plans: what differs from
+one plan to the next travels in the context. :class:`Guidance` bundles a guide with its strength and schedule over the
 denoising steps (:class:`GuidanceSchedule`, :func:`schedule_coefficient`);
 :meth:`diffplan.diffusion.sampler.Sampler.sample` applies it with the rule named by
 :attr:`Guidance.apply_to`: ``x_t`` (Diffuser: move the noisy sample) or ``x0`` (move the
@@ -16,9 +18,9 @@ policy, goal, composites) live in :mod:`diffplan.guidance`, a layer above.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -70,14 +72,51 @@ class GuideOutput(NamedTuple):
     value: Tensor
 
 
+@dataclass(frozen=True)
+class GuideContext:
+    """What a guide knows of the batch being sampled besides the sample and its levels.
+
+    The planner builds one per plan (its goals, one row per sample: K candidates of an environment
+    share the environment's goal) and hands it to the sampler inside the :class:`Guidance`
+    (:meth:`Guidance.with_context`); the sampler fills in ``n_timesteps`` when no context was given.
+
+    Attributes:
+        n_timesteps: T, the number of noise levels: ``levels / T`` is the denoiser's input.
+        goals: (B, G) each sample's goal in raw units, or None (no goals: locomotion, generation).
+        extras: anything else a plugin's planner and guide agree on, by name.
+    """
+
+    n_timesteps: int
+    goals: Tensor | None = None
+    extras: Mapping[str, Any] = field(default_factory=dict)
+
+    def normalized(self, levels: Tensor) -> Tensor:
+        """Integer levels (B, H) as the denoiser's [0, 1] input (as the sampler computes it)."""
+        return levels.float() / self.n_timesteps
+
+    def goals_for(self, x: Tensor, size: int, who: str) -> Tensor:
+        """(B, ``size``) the goals of the B samples of ``x``, on x's device.
+
+        Raises:
+            ValueError: the context holds no goals, or goals of another shape (``who`` names the guide).
+        """
+        if self.goals is None:
+            raise ValueError(f"{who} steers towards goals, but the plan's guidance context holds none; plan with "
+                             "goals (a goal-reaching planner passes each environment's goal)")
+        if self.goals.shape != (x.shape[0], size):
+            raise ValueError(f"{who} needs one goal of {size} entries per sample ({x.shape[0]}, {size}), got goals "
+                             f"of shape {tuple(self.goals.shape)}")
+        return self.goals.to(x.device)
+
+
 class Guide(Protocol):
     """An objective to maximise over normalized trajectories."""
 
-    def gradient(self, x: Tensor, levels: Tensor) -> GuideOutput:
-        """Gradient of the objective at x (B, H, D) with levels (B, H) in [0, 1], and the objective (B,)."""
+    def gradient(self, x: Tensor, levels: Tensor, context: GuideContext) -> GuideOutput:
+        """Gradient of the objective at x (B, H, D) with integer levels (B, H), and the objective (B,)."""
         ...
 
-    def objective(self, x: Tensor, levels: Tensor) -> Tensor:
+    def objective(self, x: Tensor, levels: Tensor, context: GuideContext) -> Tensor:
         """The objective (B,) alone (no gradient), e.g. to rank finished candidates at level 0."""
         ...
 
@@ -89,10 +128,10 @@ class ConstantGuide:
     one candidate, no value function); ranking ties pick the first candidate.
     """
 
-    def gradient(self, x: Tensor, levels: Tensor) -> GuideOutput:
+    def gradient(self, x: Tensor, levels: Tensor, context: GuideContext) -> GuideOutput:
         return GuideOutput(torch.zeros_like(x), x.new_zeros(x.shape[0]))
 
-    def objective(self, x: Tensor, levels: Tensor) -> Tensor:
+    def objective(self, x: Tensor, levels: Tensor, context: GuideContext) -> Tensor:
         return x.new_zeros(x.shape[0])
 
 
@@ -121,6 +160,7 @@ class Guidance:
             (the noisy sample), ``x0`` (the x0 estimate) or a registered one.
         schedule: how the step size varies over the denoising steps (``constant`` is the
             unscheduled sampler, bit for bit).
+        context: what the guide knows of this plan (goals); None: the sampler's default (no goals).
     """
 
     guide: Guide
@@ -130,6 +170,7 @@ class Guidance:
     scale_grad_by_std: bool = True
     apply_to: str = GuideTarget.x_t
     schedule: GuidanceSchedule = GuidanceSchedule.constant
+    context: GuideContext | None = None
 
     def __post_init__(self) -> None:
         if self.n_guide_steps < 1:
@@ -148,6 +189,23 @@ class Guidance:
                 f"a per-sample guidance scale must be a float tensor of shape (B,), got {self.scale.dtype} "
                 f"{tuple(self.scale.shape)}"
             )
+
+    def with_context(self, context: GuideContext) -> Guidance:
+        """This guidance for one plan: the same guide and settings with the plan's ``context``."""
+        return replace(self, context=context)
+
+    def context_for(self, n_timesteps: int) -> GuideContext:
+        """The context the guide sees in a sampler of ``n_timesteps`` levels.
+
+        Raises:
+            ValueError: the context was made for another number of levels.
+        """
+        if self.context is None:
+            return GuideContext(n_timesteps)
+        if self.context.n_timesteps != n_timesteps:
+            raise ValueError(f"the guidance context is for {self.context.n_timesteps} noise levels but the sampler "
+                             f"has {n_timesteps}; build the context from the model's schedule")
+        return self.context
 
     def sample_scale(self, x: Tensor) -> Tensor | None:
         """The per-sample scale (B,) on x's device and dtype for a batch x (B, ...), or None when
@@ -206,7 +264,9 @@ class GuidedRow:
         denoiser: the network call ``(x, normalized levels) -> output``.
         x: (B, H, D) the sample before the row.
         level_from, level_to: (B, H) integer levels before and after the row.
-        normalized: (B, H) the levels the denoiser sees, in [0, 1].
+        model_level: (B, H) the integer levels the denoiser sees (``level_from``, with inpainted
+            tokens at 0 for models trained with clean condition tokens).
+        normalized: (B, H) the same in [0, 1], the denoiser's input.
         free: (B, H, D) bool, where the gradient may move the sample (not inpainted, level changing,
             above ``t_stopgrad``, non-zero schedule coefficient and scale).
         guided: whether any entry is free (False: the rule must take the unguided step).
@@ -215,12 +275,14 @@ class GuidedRow:
         sample_scale: (B,) per-sample step sizes, or None for the float ``guidance.scale``.
         constraints: the inpainted entries, or None.
         generator: the sampling randomness.
+        context: the guide's context (:meth:`Guidance.context_for`).
     """
 
     denoiser: Callable[[Tensor, Tensor], Tensor]
     x: Tensor
     level_from: Tensor
     level_to: Tensor
+    model_level: Tensor
     normalized: Tensor
     free: Tensor
     guided: bool
@@ -228,6 +290,7 @@ class GuidedRow:
     sample_scale: Tensor | None
     constraints: Constraints | None
     generator: torch.Generator | None
+    context: GuideContext
 
 
 #: A rule: (sampler, guidance, row) -> the sample after the row.
@@ -259,13 +322,13 @@ def guidance_rule(name: str) -> GuidanceRule:
 
 def follow_gradient(guidance: Guidance, x: Tensor, levels: Tensor, row: GuidedRow) -> Tensor:
     """``guidance.n_guide_steps`` steps of ``x += scale * g`` with g the guide's gradient at
-    (x, levels (B, H) in [0, 1]), times ``row.variance`` if given, zero where not ``row.free``.
+    (x, integer levels (B, H), ``row.context``), times ``row.variance`` if given, zero where not ``row.free``.
     ``row.sample_scale`` (B,) replaces the float ``guidance.scale`` by one step size per sample
     (broadcast as (B, 1, 1)); the arithmetic per sample is the float's, so a sample's update is
     bit-identical to a run with its scale as a float."""
     scale: float | Tensor = guidance.scale if row.sample_scale is None else row.sample_scale.view(-1, 1, 1)
     for _ in range(guidance.n_guide_steps):
-        grad = guidance.guide.gradient(x, levels).gradient
+        grad = guidance.guide.gradient(x, levels, row.context).gradient
         if row.variance is not None:
             grad = grad * row.variance
         x = x + scale * torch.where(row.free, grad, torch.zeros_like(grad))
@@ -275,7 +338,7 @@ def follow_gradient(guidance: Guidance, x: Tensor, levels: Tensor, row: GuidedRo
 def guide_noisy_sample(sampler: SamplerOps, guidance: Guidance, row: GuidedRow) -> Tensor:
     """``x_t`` (Diffuser): the guide sees the noisy sample at the denoiser's levels; the denoiser
     then runs on the moved sample."""
-    x = follow_gradient(guidance, row.x, row.normalized, row) if row.guided else row.x
+    x = follow_gradient(guidance, row.x, row.model_level, row) if row.guided else row.x
     x, _ = sampler.step(x, row.denoiser(x, row.normalized), row.level_from, row.level_to, row.generator)
     return x
 
@@ -287,7 +350,7 @@ def guide_clean_estimate(sampler: SamplerOps, guidance: Guidance, row: GuidedRow
     if row.guided:
         if row.constraints is not None:
             x0 = row.constraints.apply(x0)
-        x0 = follow_gradient(guidance, x0, torch.zeros_like(row.normalized), row)
+        x0 = follow_gradient(guidance, x0, torch.zeros_like(row.model_level), row)
         if sampler.clip_denoised is not None:
             x0 = x0.clamp(-sampler.clip_denoised, sampler.clip_denoised)
     x, _ = sampler.update(row.x, x0, row.level_from, row.level_to, row.generator)

@@ -373,8 +373,8 @@ class Sampler:
         variance = self.posterior_variance(level_from, level_to) if guidance.scale_grad_by_std else None
         if coefficient is not None:
             variance = coefficient if variance is None else variance * coefficient
-        row = GuidedRow(denoiser, x, level_from, level_to, normalized, free, bool(free.any()), variance,
-                        sample_scale, constraints, generator)
+        row = GuidedRow(denoiser, x, level_from, level_to, model_level, normalized, free, bool(free.any()), variance,
+                        sample_scale, constraints, generator, guidance.context_for(self.schedule.n_timesteps))
         return guidance_rule(guidance.apply_to)(self, guidance, row)
 
 

@@ -11,17 +11,18 @@ from diffplan.diffusion.guide import (
     ConstantGuide,
     Guidance,
     Guide,
+    GuideContext,
     GuideOutput,
     parse_schedule,
     schedule_coefficient,
 )
 from diffplan.enums import GuidanceSchedule, GuideTarget
-from diffplan.guidance.build import build_guidance, build_guided, policy_guide
+from diffplan.guidance.build import build_guidance, policy_guide
 from diffplan.guidance.composite import CompositeGuide
-from diffplan.guidance.goal import GoalGuide, GoalTargets
+from diffplan.guidance.goal import GoalGuide
 from diffplan.guidance.kinds import (
+    BuildContext,
     GuidanceKindSpec,
-    GuideContext,
     check_kind_for_suite,
     guidance_kind,
     guidance_kinds,
@@ -43,14 +44,13 @@ __all__ = [
     "GuideOutput",
     "GuideTarget",
     "GoalGuide",
-    "GoalTargets",
     "GuidanceKindSpec",
+    "BuildContext",
     "GuideContext",
     "GoalValueGuide",
     "PolicyGuide",
     "ValueGuide",
     "build_guidance",
-    "build_guided",
     "check_kind_for_suite",
     "guidance_kind",
     "guidance_kinds",

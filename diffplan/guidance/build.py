@@ -59,32 +59,16 @@ def build_guidance(
     cfg: GuidanceConfig,
     model: TrainedModel,
     device: torch.device | str = "cpu",
-    value_guide: Guide | None = None,
-    policy: TargetPolicy | None = None,
-    goal_guide: Guide | None = None,
-    clip_denoised: float | None = None,
-    goal_dims: list[int] | None = None,
-) -> Guidance | None:
-    """The guidance ``cfg.kind`` asks for, or None for ``none`` (unguided sampling); see
-    :func:`build_guided` for the arguments."""
-    return build_guided(cfg, model, device, value_guide=value_guide, policy=policy, goal_guide=goal_guide,
-                        clip_denoised=clip_denoised, goal_dims=goal_dims)[0]
-
-
-def build_guided(
-    cfg: GuidanceConfig,
-    model: TrainedModel,
-    device: torch.device | str = "cpu",
     *,
     value_guide: Guide | None = None,
     policy: TargetPolicy | None = None,
     goal_guide: Guide | None = None,
     clip_denoised: float | None = None,
     goal_dims: list[int] | None = None,
-) -> tuple[Guidance | None, Guide | None]:
-    """The guidance of kind ``cfg.kind`` (:mod:`diffplan.guidance.kinds`) and the guide its kind
-    built (before the ``through_denoiser`` and Monte Carlo wrappers: the one to give each plan's
-    goals when it is a :class:`~diffplan.guidance.goal.GoalTargets`); (None, None) for ``none``.
+) -> Guidance | None:
+    """The guidance of kind ``cfg.kind`` (:mod:`diffplan.guidance.kinds`), or None for ``none``
+    (unguided sampling). Goals are not part of it: each plan's reach the guide in the
+    :class:`~diffplan.diffusion.guide.GuideContext` the planner attaches (:meth:`Guidance.with_context`).
 
     Args:
         cfg: the ``guidance`` settings.
@@ -103,11 +87,11 @@ def build_guided(
         ValueError: an unknown kind, a value kind without ``value_guide``, or a policy kind without
             a usable ``guidance.policy``.
     """
-    from diffplan.guidance.kinds import GuideContext, guidance_kind
+    from diffplan.guidance.kinds import BuildContext, guidance_kind
 
     spec = guidance_kind(cfg.kind)
     if spec is None:
-        return None, None
+        return None
     settings: dict[str, Any] = dict(
         n_guide_steps=cfg.n_guide_steps,
         t_stopgrad=cfg.t_stopgrad,
@@ -117,15 +101,14 @@ def build_guided(
     )
     if cfg.mc_samples < 1:
         raise ValueError(f"guidance.mc_samples must be >= 1 (1: plain guidance), got {cfg.mc_samples}")
-    context = GuideContext(cfg, model, device, value_guide=value_guide, goal_guide=goal_guide,
+    context = BuildContext(cfg, model, device, value_guide=value_guide, goal_guide=goal_guide,
                            goal_dims=list(goal_dims or []), policy=policy)
     guide, scale = spec.build(context)
-    built = guide
     if cfg.through_denoiser:
         from diffplan.guidance.denoised import DenoisedGuide
 
         guide = DenoisedGuide(guide, model.denoiser, model.schedule, clip_denoised=clip_denoised)
-    return _monte_carlo(cfg, model, Guidance(guide, scale=scale, **settings), clip_denoised), built
+    return _monte_carlo(cfg, model, Guidance(guide, scale=scale, **settings), clip_denoised)
 
 
 def _monte_carlo(

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from diffplan.diffusion.guide import Guide, GuideOutput
+from diffplan.diffusion.guide import Guide, GuideContext, GuideOutput
 
 
 class CompositeGuide:
@@ -60,18 +60,18 @@ class CompositeGuide:
         w = weight.to(term.device, term.dtype).view(-1, *([1] * (term.dim() - 1)))
         return torch.where(w != 0, w * term, torch.zeros_like(term))
 
-    def gradient(self, x: Tensor, levels: Tensor) -> GuideOutput:
+    def gradient(self, x: Tensor, levels: Tensor, context: GuideContext) -> GuideOutput:
         """Weighted sums of the guides' gradients (B, H, D) and objectives (B,)."""
         grad, value = torch.zeros_like(x), x.new_zeros(x.shape[0])
         for guide, weight in self.terms:
-            out = guide.gradient(x, levels)
+            out = guide.gradient(x, levels, context)
             grad = grad + self._weighted(weight, out.gradient)
             value = value + self._weighted(weight, out.value)
         return GuideOutput(grad, value)
 
-    def objective(self, x: Tensor, levels: Tensor) -> Tensor:
+    def objective(self, x: Tensor, levels: Tensor, context: GuideContext) -> Tensor:
         """Weighted sum (B,) of the guides' objectives."""
         value = x.new_zeros(x.shape[0])
         for guide, weight in self.terms:
-            value = value + self._weighted(weight, guide.objective(x, levels))
+            value = value + self._weighted(weight, guide.objective(x, levels, context))
         return value

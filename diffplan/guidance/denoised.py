@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from diffplan.diffusion.guide import Guide, GuideOutput
+from diffplan.diffusion.guide import Guide, GuideContext, GuideOutput
 from diffplan.diffusion.sampler import Denoiser
 from diffplan.diffusion.schedule import NoiseSchedule
 
@@ -39,23 +39,23 @@ class DenoisedGuide:
         self.clip_denoised = clip_denoised
 
     def estimate(self, x: Tensor, levels: Tensor) -> Tensor:
-        """The x0 estimate (B, H, D) of x at normalized ``levels`` (B, H); differentiable in x."""
-        integer = (levels * self.schedule.n_timesteps).round().long()
-        x0 = self.schedule.pred_original_sample(x, self.denoiser(x, levels), integer)
+        """The x0 estimate (B, H, D) of x at integer ``levels`` (B, H); differentiable in x."""
+        integer = levels.long()
+        x0 = self.schedule.pred_original_sample(x, self.denoiser(x, self.schedule.normalized_level(integer)), integer)
         if self.clip_denoised is not None:
             x0 = x0.clamp(-self.clip_denoised, self.clip_denoised)
         return torch.where((integer == 0).unsqueeze(-1), x, x0)
 
-    def gradient(self, x: Tensor, levels: Tensor) -> GuideOutput:
+    def gradient(self, x: Tensor, levels: Tensor, context: GuideContext) -> GuideOutput:
         """d guide(x0_hat(x)) / d x (B, H, D) and the objective (B,) at the estimate."""
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             x0 = self.estimate(x, levels)
-            out = self.guide.gradient(x0, torch.zeros_like(levels))
+            out = self.guide.gradient(x0, torch.zeros_like(levels), context)
             (grad,) = torch.autograd.grad(x0, x, grad_outputs=out.gradient)
         return GuideOutput(grad.detach(), out.value)
 
     @torch.no_grad()
-    def objective(self, x: Tensor, levels: Tensor) -> Tensor:
+    def objective(self, x: Tensor, levels: Tensor, context: GuideContext) -> Tensor:
         """The guide's objective (B,) at the x0 estimate."""
-        return self.guide.objective(self.estimate(x, levels), torch.zeros_like(levels))
+        return self.guide.objective(self.estimate(x, levels), torch.zeros_like(levels), context)

@@ -6,9 +6,9 @@ A kind says how to build its guide from the ``guidance`` settings, whether it ne
 value function, which task suites it applies to, which
 setting a sweep strength sets, and which kinds it can share a batched sweep pass with. The
 commands import the modules listed in the ``plugins`` setting before they run, so a kind
-defined outside the package is usable from the command line. A guide that implements
-:class:`~diffplan.guidance.goal.GoalTargets` gets each plan's goals (``set_goals``):
-``diffplan-evaluate plugins=[my_guides] guidance.kind=my-kind``.
+defined outside the package is usable from the command line
+(``diffplan-evaluate plugins=[my_guides] guidance.kind=my-kind``). A guide reads each plan's goals
+from the :class:`~diffplan.diffusion.guide.GuideContext` its methods receive.
 
 Built in: ``value`` (Diffuser), ``policy`` (policy-guided diffusion), ``value_policy`` (both),
 ``goal`` (goal reaching on the mazes); ``none`` is unguided sampling and has no entry.
@@ -36,7 +36,7 @@ SUITES = frozenset({"maze", "locomotion"})
 
 
 @dataclass
-class GuideContext:
+class BuildContext:
     """What a kind's builder may use.
 
     Attributes:
@@ -62,7 +62,7 @@ class GuideContext:
 
 
 #: A builder: the context -> (the guide, the step size of the :class:`~diffplan.diffusion.guide.Guidance`).
-GuideBuilder = Callable[[GuideContext], tuple[Guide, float]]
+GuideBuilder = Callable[[BuildContext], tuple[Guide, float]]
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class GuidanceKindSpec:
 
     Attributes:
         name: the ``guidance.kind`` value.
-        build: makes the guide and its step size from a :class:`GuideContext`.
+        build: makes the guide and its step size from a :class:`BuildContext`.
         strength_key: the setting a sweep strength of this kind sets (``guidance.scale``, or
             ``guidance.policy_scale`` for policy guidance).
         needs_value: the guide uses the value function of ``guidance.value_checkpoint``.
@@ -157,7 +157,7 @@ def check_kind_for_suite(name: str, suite: str, where: str) -> GuidanceKindSpec 
 # ----------------------------------------------------------------------------- built-in kinds
 
 
-def _value(ctx: GuideContext) -> tuple[Guide, float]:
+def _value(ctx: BuildContext) -> tuple[Guide, float]:
     if ctx.value_guide is None:
         raise ValueError(
             f"guidance.kind={ctx.cfg.kind} needs a value guide (a value function trained with diffplan-train-value, "
@@ -166,13 +166,13 @@ def _value(ctx: GuideContext) -> tuple[Guide, float]:
     return ctx.value_guide, ctx.cfg.scale
 
 
-def _policy(ctx: GuideContext) -> tuple[Guide, float]:
+def _policy(ctx: BuildContext) -> tuple[Guide, float]:
     from diffplan.guidance.build import policy_guide
 
     return policy_guide(ctx.cfg, ctx.model, ctx.device, ctx.policy), ctx.cfg.policy_scale
 
 
-def _value_policy(ctx: GuideContext) -> tuple[Guide, float]:
+def _value_policy(ctx: BuildContext) -> tuple[Guide, float]:
     from diffplan.guidance.build import policy_guide
     from diffplan.guidance.composite import CompositeGuide
 
@@ -181,7 +181,7 @@ def _value_policy(ctx: GuideContext) -> tuple[Guide, float]:
     return CompositeGuide([(value, ctx.cfg.scale), (policy, ctx.cfg.policy_scale)]), 1.0
 
 
-def _goal(ctx: GuideContext) -> tuple[Guide, float]:
+def _goal(ctx: BuildContext) -> tuple[Guide, float]:
     from diffplan.guidance.goal import GoalGuide
 
     if ctx.goal_guide is not None:

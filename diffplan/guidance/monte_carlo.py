@@ -31,7 +31,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from diffplan.diffusion.guide import Guidance, Guide, GuideOutput
+from diffplan.diffusion.guide import Guidance, Guide, GuideContext, GuideOutput
 from diffplan.diffusion.sampler import Denoiser
 from diffplan.diffusion.schedule import NoiseSchedule
 
@@ -39,7 +39,7 @@ from diffplan.diffusion.schedule import NoiseSchedule
 def future_tokens(levels: Tensor) -> Tensor:
     """(B, H) bool: tokens whose level is above 0 and above the smallest positive level of their row."""
     positive = levels > 0
-    inf = torch.full_like(levels, float("inf"))
+    inf = torch.full_like(levels, torch.iinfo(torch.long).max if not levels.is_floating_point() else float("inf"))
     lowest = torch.where(positive, levels, inf).min(dim=1, keepdim=True).values
     return positive & (levels > lowest)
 
@@ -91,7 +91,7 @@ class MonteCarloGuide:
         return self._generators[device]
 
     def samples(self, x: Tensor, levels: Tensor) -> list[Tensor]:
-        """The ``n_samples`` copies of x (B, H, D) the gradient is averaged over (levels (B, H) in [0, 1])."""
+        """The ``n_samples`` copies of x (B, H, D) the gradient is averaged over (integer levels (B, H))."""
         if not self.renoise:
             return [x] * self.n_samples
         future = future_tokens(levels)
@@ -99,9 +99,9 @@ class MonteCarloGuide:
             return [x] * self.n_samples
         assert self.denoiser is not None and self.schedule is not None
         sched = self.schedule
-        integer = (levels * sched.n_timesteps).round().long()
+        integer = levels.long()
         with torch.no_grad():
-            x0 = sched.pred_original_sample(x, self.denoiser(x, levels), integer)
+            x0 = sched.pred_original_sample(x, self.denoiser(x, sched.normalized_level(integer)), integer)
             if self.clip_denoised is not None:
                 x0 = x0.clamp(-self.clip_denoised, self.clip_denoised)
         mean = sched.at_levels(sched.sqrt_alphas_cumprod, integer) * x0
@@ -114,18 +114,18 @@ class MonteCarloGuide:
             copies.append(torch.where(mask, (mean + std * noise).to(x.dtype), x))
         return copies
 
-    def gradient(self, x: Tensor, levels: Tensor) -> GuideOutput:
+    def gradient(self, x: Tensor, levels: Tensor, context: GuideContext) -> GuideOutput:
         """The wrapped guide's gradient (B, H, D) and objective (B,), averaged over :meth:`samples`."""
-        outputs = [self.guide.gradient(copy, levels) for copy in self.samples(x, levels)]
+        outputs = [self.guide.gradient(copy, levels, context) for copy in self.samples(x, levels)]
         if len(outputs) == 1:
             return outputs[0]
         gradient = torch.stack([out.gradient for out in outputs]).mean(dim=0)
         value = torch.stack([out.value for out in outputs]).mean(dim=0)
         return GuideOutput(gradient, value)
 
-    def objective(self, x: Tensor, levels: Tensor) -> Tensor:
+    def objective(self, x: Tensor, levels: Tensor, context: GuideContext) -> Tensor:
         """The wrapped guide's objective (B,) at x itself (for ranking finished candidates)."""
-        return self.guide.objective(x, levels)
+        return self.guide.objective(x, levels, context)
 
 
 def wrap_monte_carlo(

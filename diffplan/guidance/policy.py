@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from diffplan.diffusion.guide import GuideOutput
+from diffplan.diffusion.guide import GuideContext, GuideOutput
 from diffplan.models.policy import TargetPolicy
 
 if TYPE_CHECKING:  # runtime imports would tie diffplan.guidance to diffplan.data
@@ -75,11 +75,11 @@ class PolicyGuide:
         return self.policy.log_prob(raw[..., self.layout.obs].detach(), raw[..., act]).sum(dim=-1)
 
     @torch.no_grad()
-    def objective(self, x: Tensor, levels: Tensor) -> Tensor:
+    def objective(self, x: Tensor, levels: Tensor, context: GuideContext) -> Tensor:
         """The log-likelihood (B,) of each sample's actions."""
         return self.log_likelihood(x)
 
-    def gradient(self, x: Tensor, levels: Tensor) -> GuideOutput:
+    def gradient(self, x: Tensor, levels: Tensor, context: GuideContext) -> GuideOutput:
         """d objective / d x (B, H, D), nonzero on action channels only, and the objective (B,);
         works inside ``torch.no_grad()``."""
         x = x.detach()

@@ -228,14 +228,14 @@ def _forcing_policy(cfg: Config, model: TrainedModel, device: Any) -> Policy:
             f"planner.mode=forcing executes the plan's own actions and needs a model trained with task.stride=1; "
             f"{model.path} has stride {model.config.task.stride}"
         )
-    planner, goal_guide = maze_forcing_planner(cfg, model, device)
+    planner = maze_forcing_planner(cfg, model, device)
     tracker = None
     if cfg.planner.forcing_tracker:
         from diffplan.planning.forcing_policy import PDTracker
 
         tracker = PDTracker(list(cfg.task.goal_obs_dims), list(cfg.task.velocity_obs_dims), cfg.planner.p_gain,
                             cfg.planner.d_gain)
-    return ForcingPolicy(planner, goal_guide=goal_guide, tracker=tracker)
+    return ForcingPolicy.of(planner, tracker=tracker)
 
 
 def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
@@ -270,13 +270,14 @@ def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> Evaluation
         info = {"path": str(checkpoint.resolve()), "sha256": file_sha256(checkpoint), "step": agent.step}
         trained_dataset = agent.dataset
     else:
-        from diffplan.planning.value_planner import ValuePlanner, ValuePolicy, value_guide
+        from diffplan.guidance.value import load_value_guide
+        from diffplan.planning.value_planner import ValuePlanner, ValuePolicy
 
         model = _load_model(cfg, task.obs_dim, task.act_dim)
         spec = check_kind_for_suite(cfg.guidance.kind, "locomotion", "the locomotion planner (planner=value)")
         needs_value = (spec is not None and spec.needs_value) or cfg.planner.n_candidates > 1
         if needs_value:
-            guide: Any = value_guide(model, cfg.guidance, device)
+            guide: Any = load_value_guide(model, cfg.guidance, device)
         else:
             from diffplan.guidance import ConstantGuide
 

@@ -42,9 +42,9 @@ def build_generation_guidance(cfg: Config, model: TrainedModel, device: torch.de
     if spec is None:
         return None
     from diffplan.guidance import build_guidance
-    from diffplan.planning.value_planner import value_guide
+    from diffplan.guidance.value import load_value_guide
 
-    value = value_guide(model, cfg.guidance, device) if spec.needs_value else None
+    value = load_value_guide(model, cfg.guidance, device) if spec.needs_value else None
     return build_guidance(cfg.guidance, model, device, value_guide=value)
 
 

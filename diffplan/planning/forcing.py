@@ -32,10 +32,9 @@ from diffplan.diffusion.guide import Guidance
 from diffplan.diffusion.levels import resolve_history
 from diffplan.diffusion.sampler import Constraints, history_matrix
 from diffplan.enums import NoiseMode
-from diffplan.guidance.build import build_guided
-from diffplan.guidance.goal import GoalTargets
+from diffplan.guidance.build import build_guidance
 from diffplan.guidance.kinds import check_kind_for_suite
-from diffplan.planning.planner import planning_denoiser, planning_sampler
+from diffplan.planning.planner import Conditioning, SamplingPlanner
 from diffplan.training.checkpoint import TrainedModel
 
 log = logging.getLogger(__name__)
@@ -72,8 +71,89 @@ class ForcingRollout:
     plan_times_s: list[float] = field(default_factory=list)
 
 
-class ForcingPlanner:
-    """Diffusion Forcing MPC: plans windows of the model's horizon conditioned on clean history.
+class HistoryConditioner:
+    """Diffusion Forcing's conditioning: the executed history on every channel of the window's first
+    h tokens (kept at level 0 by the matrix, :func:`history_matrix`) and the current observation on
+    token h; the scheduling matrix depends on h (cached per h).
+
+    Args:
+        model: the trained model (layout, normalizer, schedule).
+        diffusion: the planning-time settings (``schedule_matrix``, ``uncertainty``, ``sampling_steps``).
+        horizon: tokens per window.
+        n_history: the most history tokens a window holds.
+        group: timesteps per denoiser token (the transformer's ``frame_stack``).
+        device: where the constraints are built.
+    """
+
+    def __init__(self, model: TrainedModel, diffusion: DiffusionConfig, horizon: int, n_history: int, group: int,
+                 device: torch.device) -> None:
+        self.model = model
+        self.diffusion = diffusion
+        self.horizon = horizon
+        self.n_history = n_history
+        self.group = group
+        self.device = device
+        self._matrices: dict[int, Tensor] = {}
+
+    def matrix(self, n_history: int) -> Tensor:
+        """The scheduling matrix (rows, H) of a window with ``n_history`` history tokens (cached)."""
+        if n_history not in self._matrices:
+            self._matrices[n_history] = history_matrix(
+                self.diffusion.schedule_matrix,
+                n_history,
+                n_timesteps=self.model.schedule.n_timesteps,
+                sampling_steps=self.diffusion.sampling_steps,
+                horizon=self.horizon,
+                uncertainty=self.diffusion.uncertainty,
+                group=self.group,
+            )
+        return self._matrices[n_history]
+
+    def constraints(self, history: Tensor, current: Tensor) -> Constraints:
+        """Inpainting of one window: ``history`` (B, h, D) on every channel of tokens 0..h-1 and
+        ``current`` (B, obs_dim) on the observation channels of token h; both normalized.
+
+        Raises:
+            ValueError: more history tokens than the planner holds.
+        """
+        layout, horizon = self.model.layout, self.horizon
+        batch, n_hist = history.shape[0], history.shape[1]
+        if n_hist > self.n_history:
+            raise ValueError(f"got {n_hist} history tokens, the planner holds at most {self.n_history}")
+        mask = torch.zeros(batch, horizon, layout.transition_dim, dtype=torch.bool, device=self.device)
+        values = torch.zeros(batch, horizon, layout.transition_dim, device=self.device)
+        mask[:, :n_hist] = True
+        values[:, :n_hist] = history.to(self.device, torch.float32)
+        mask[:, n_hist, layout.obs] = True
+        values[:, n_hist, layout.obs] = current.to(self.device, torch.float32)
+        return Constraints(mask, values)
+
+    def normalized(self, history: Tensor, current: Tensor) -> Conditioning:
+        """The conditioning of normalized ``history`` (B, h, D) and ``current`` (B, obs_dim)."""
+        n_hist = history.shape[1]
+        return Conditioning(self.constraints(history, current), self.matrix(n_hist), current=n_hist)
+
+    def condition(self, observations: Tensor, goals: Tensor | None, history: Tensor | None) -> Conditioning:
+        """The conditioning of the current ``observations`` (B, obs_dim) after the executed ``history``
+        (B, h, D) (None: no history), raw units."""
+        layout, normalizer = self.model.layout, self.model.normalizer
+        batch = observations.shape[0]
+        if history is None:
+            history = torch.zeros(batch, 0, layout.transition_dim)
+        history = history.to(self.device, torch.float32)
+        raw_current = torch.zeros(batch, 1, layout.transition_dim, device=self.device)
+        raw_current[:, 0, layout.obs] = observations.to(self.device, torch.float32)
+        current = normalizer.normalize(raw_current)[:, 0, layout.obs]
+        norm_history = normalizer.normalize(history) if history.shape[1] else history
+        return self.normalized(norm_history, current)
+
+
+class ForcingPlanner(SamplingPlanner):
+    """Diffusion Forcing MPC: plans windows of the model's horizon conditioned on clean history (a
+    :class:`~diffplan.planning.planner.SamplingPlanner` with a :class:`HistoryConditioner`).
+
+    :meth:`plan` takes the executed ``history`` (raw units) and returns the plan from the current
+    token on (the window, history included, in :attr:`Plan.normalized`).
 
     Args:
         model: a trained model (ideally trained with per-token levels, ``train.noise_mode``
@@ -86,8 +166,8 @@ class ForcingPlanner:
             down to a multiple of the model's ``frame_stack``. ``n_history + execute`` must be
             at most ``horizon - 1``; with a frame-stacked transformer both must be multiples of
             its ``frame_stack`` (windows then start on token boundaries).
-        planner: return target and guidance weight for return-conditioned models (only
-            those fields are read); None: the defaults.
+        planner: candidates, return target and guidance weight for return-conditioned models,
+            precision; None: the defaults (one candidate).
         guidance: optional guidance for every plan (history and inpainted entries are never
             moved by it).
         device: where sampling runs.
@@ -121,79 +201,22 @@ class ForcingPlanner:
                 "settings or train for these",
                 model.path, trained.planner.execute, _trained_history(trained, horizon, group), execute, n_history,
             )
+        super().__init__(model, planner=planner if planner is not None else PlannerConfig(), diffusion=diffusion,
+                         device=device, guidance=guidance, horizon=horizon)
         self.group = group
-        self.horizon = horizon
-        self.model = model
-        self.diffusion = diffusion
         self.execute = int(execute)
         self.n_history = int(n_history)
-        self.planner_cfg = planner if planner is not None else PlannerConfig()
-        self.guidance = guidance
-        self.device = torch.device(device)
-        self.sampler, _ = planning_sampler(model, diffusion, precision=self.planner_cfg.precision)
-        self._matrices: dict[int, Tensor] = {}
-
-    def matrix(self, n_history: int) -> Tensor:
-        """The scheduling matrix (rows, H) of a window with ``n_history`` history tokens (cached)."""
-        if n_history not in self._matrices:
-            self._matrices[n_history] = history_matrix(
-                self.diffusion.schedule_matrix,
-                n_history,
-                n_timesteps=self.model.schedule.n_timesteps,
-                sampling_steps=self.diffusion.sampling_steps,
-                horizon=self.horizon,
-                uncertainty=self.diffusion.uncertainty,
-                group=self.group,
-            )
-        return self._matrices[n_history]
-
-    def constraints(self, history: Tensor, current: Tensor) -> Constraints:
-        """Inpainting of one window: ``history`` (B, h, D) on every channel of tokens 0..h-1 and
-        ``current`` (B, obs_dim) on the observation channels of token h; both normalized."""
-        layout, horizon = self.model.layout, self.horizon
-        batch, n_hist = history.shape[0], history.shape[1]
-        mask = torch.zeros(batch, horizon, layout.transition_dim, dtype=torch.bool, device=self.device)
-        values = torch.zeros(batch, horizon, layout.transition_dim, device=self.device)
-        mask[:, :n_hist] = True
-        values[:, :n_hist] = history.to(self.device, torch.float32)
-        mask[:, n_hist, layout.obs] = True
-        values[:, n_hist, layout.obs] = current.to(self.device, torch.float32)
-        return Constraints(mask, values)
+        self.history = HistoryConditioner(model, diffusion, horizon, self.n_history, group, self.device)
+        self.conditioner = self.history
 
     @torch.no_grad()
-    def plan_normalized(self, history: Tensor, current: Tensor, generator: torch.Generator) -> Tensor:
+    def plan_normalized(self, history: Tensor, current: Tensor, generator: torch.Generator, *,
+                        goals: Tensor | None = None) -> Tensor:
         """One window (B, H, D), normalized: history (B, h, D) with h <= ``n_history`` and
-        the current state (B, obs_dim), both normalized. Tokens 0..h-1 equal ``history``
-        exactly; token h's observation equals ``current``."""
-        n_hist = history.shape[1]
-        if n_hist > self.n_history:
-            raise ValueError(f"got {n_hist} history tokens, the planner holds at most {self.n_history}")
-        batch = history.shape[0]
-        shape = (batch, self.horizon, self.model.layout.transition_dim)
-        return self.sampler.sample(
-            planning_denoiser(self.model, self.planner_cfg, batch, self.device),
-            shape,
-            self.matrix(n_hist),
-            constraints=self.constraints(history, current),
-            generator=generator,
-            device=self.device,
-            guidance=self.guidance,
-        )
-
-    @torch.no_grad()
-    def plan(self, observations: Tensor, history: Tensor | None, generator: torch.Generator) -> Tensor:
-        """One window (B, H, D) in raw units from the current ``observations`` (B, obs_dim) and
-        the executed ``history`` (B, h, D) (None or h = 0: no history), raw units."""
-        layout, normalizer = self.model.layout, self.model.normalizer
-        batch = observations.shape[0]
-        if history is None:
-            history = torch.zeros(batch, 0, layout.transition_dim)
-        history = history.to(self.device, torch.float32)
-        raw_current = torch.zeros(batch, 1, layout.transition_dim, device=self.device)
-        raw_current[:, 0, layout.obs] = observations.to(self.device, torch.float32)
-        current = normalizer.normalize(raw_current)[:, 0, layout.obs]
-        norm_history = normalizer.normalize(history) if history.shape[1] else history
-        return normalizer.unnormalize(self.plan_normalized(norm_history, current, generator))
+        the current state (B, obs_dim), both normalized (goals (B, G) raw, for goal guidance).
+        Tokens 0..h-1 equal ``history`` exactly; token h's observation equals ``current``."""
+        x, _ = self.sample(self.history.normalized(history, current), history.shape[0], 1, generator, goals=goals)
+        return x
 
     @torch.no_grad()
     def rollout(self, start_obs: Tensor, n_steps: int, generator: torch.Generator) -> ForcingRollout:
@@ -230,13 +253,10 @@ class ForcingPlanner:
         return result
 
 
-def maze_forcing_planner(
-    cfg: Config, model: TrainedModel, device: torch.device | str
-) -> tuple[ForcingPlanner, GoalTargets | None]:
-    """The Diffusion Forcing planner of ``cfg`` on a maze (``planner.mode=forcing``), with the guide
-    that takes each plan's goals (``guidance=goal``, or a registered maze kind implementing
-    :class:`~diffplan.guidance.goal.GoalTargets`; None otherwise): set its goals before each plan.
-    Used by ``diffplan-evaluate`` and ``diffplan-bench``.
+def maze_forcing_planner(cfg: Config, model: TrainedModel, device: torch.device | str) -> ForcingPlanner:
+    """The Diffusion Forcing planner of ``cfg`` on a maze (``planner.mode=forcing``), guided by a maze
+    kind (``guidance=goal`` or a registered one; goals reach it with each plan). Used by
+    ``diffplan-evaluate`` and ``diffplan-bench``.
 
     Raises:
         ValueError: a guidance kind that is not for mazes or needs a value function (the forcing
@@ -246,10 +266,9 @@ def maze_forcing_planner(
     if spec is not None and spec.needs_value:
         raise ValueError(f"planner.mode=forcing on a maze takes guidance kinds without a value function, got "
                          f"guidance.kind={cfg.guidance.kind}; use guidance=goal or guidance=none")
-    guidance, built = build_guided(cfg.guidance, model, device, clip_denoised=cfg.diffusion.clip_denoised,
-                                   goal_dims=list(cfg.task.goal_obs_dims))
-    planner = ForcingPlanner(
+    guidance = build_guidance(cfg.guidance, model, device, clip_denoised=cfg.diffusion.clip_denoised,
+                              goal_dims=list(cfg.task.goal_obs_dims))
+    return ForcingPlanner(
         model, diffusion=cfg.diffusion, execute=cfg.planner.execute, n_history=cfg.planner.n_history,
         planner=cfg.planner, guidance=guidance, device=device,
     )
-    return planner, built if isinstance(built, GoalTargets) else None

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from diffplan.controllers import PlanRecord
-from diffplan.guidance.goal import GoalTargets
 from diffplan.planning.forcing import ForcingPlanner
+from diffplan.planning.planner import Planner
 
 
 @dataclass(frozen=True)
@@ -44,25 +44,36 @@ class PDTracker:
 
 @dataclass
 class ForcingPolicy:
-    """Batched policy around a :class:`ForcingPlanner` (``planner.mode=forcing``).
+    """Batched controller around a planner that conditions on history (``planner.mode=forcing``).
 
     Args:
-        planner: the Diffusion Forcing planner (its ``execute`` and ``n_history``).
-        goal_guide: the goal guide inside the planner's guidance, if any; it gets the active
-            environments' goals before each plan.
+        planner: the planner (a :class:`ForcingPlanner`); it gets the active environments' goals
+            and their last ``n_history`` real transitions with each plan.
+        execute: environment steps run per plan.
+        n_history: the most real transitions given as history.
         action_low / action_high: the action box; history holds the executed (clipped) actions.
         tracker: follow the planned states with this PD tracker instead of running the planned
             actions (None: the plan's own actions, Diffusion Forcing's protocol).
     """
 
-    planner: ForcingPlanner
-    goal_guide: GoalTargets | None = None
+    planner: Planner
+    execute: int
+    n_history: int
     tracker: PDTracker | None = None
     action_low: float = -1.0
     action_high: float = 1.0
     records: list[PlanRecord] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, planner: ForcingPlanner, *, tracker: PDTracker | None = None, action_low: float = -1.0,
+           action_high: float = 1.0) -> ForcingPolicy:
+        """The controller of ``planner``, with its ``execute`` and ``n_history``."""
+        return cls(planner, planner.execute, planner.n_history, tracker=tracker, action_low=action_low,
+                   action_high=action_high)
+
     def __post_init__(self) -> None:
+        if self.execute < 1 or self.n_history < 0:
+            raise ValueError(f"execute must be >= 1 and n_history >= 0, got {self.execute} and {self.n_history}")
         self._observations: list[np.ndarray] = []
         self._actions: list[np.ndarray] = []
         self._planned: np.ndarray | None = None
@@ -78,7 +89,7 @@ class ForcingPolicy:
     def _history(self, index: np.ndarray, step: int) -> torch.Tensor:
         """(n, h, D) raw: the last h = min(n_history, step) real transitions of envs ``index``."""
         layout = self.planner.model.layout
-        n_hist = min(self.planner.n_history, step)
+        n_hist = min(self.n_history, step)
         history = torch.zeros(len(index), n_hist, layout.transition_dim)
         if n_hist:
             obs = np.stack(self._observations[step - n_hist:step], axis=1)[index]
@@ -91,27 +102,23 @@ class ForcingPolicy:
         self, step: int, observations: np.ndarray, goals: np.ndarray, active: np.ndarray, generator: torch.Generator
     ) -> np.ndarray:
         """Plan for the active environments; returns the (N,) bool of non-finite plans."""
-        layout, execute = self.planner.model.layout, self.planner.execute
+        layout, execute = self.planner.model.layout, self.execute
         n = len(observations)
         index = np.flatnonzero(active)
         history = self._history(index, step)
-        if self.goal_guide is not None:
-            self.goal_guide.set_goals(torch.as_tensor(goals[index], dtype=torch.float32))
         start = time.perf_counter()
-        window = self.planner.plan(torch.as_tensor(observations[index], dtype=torch.float32), history, generator)
+        plan = self.planner.plan(torch.as_tensor(observations[index], dtype=torch.float32), generator,
+                                 goals=torch.as_tensor(goals[index], dtype=torch.float32), history=history)
         elapsed = time.perf_counter() - start
-        window = window.cpu()
-        n_hist = history.shape[1]
         if self._planned is None or self._targets is None:
             self._planned = np.zeros((n, execute, layout.act_dim))
             self._targets = np.zeros((n, execute, layout.obs_dim))
-        self._planned[index] = window[:, n_hist:n_hist + execute, layout.act].double().numpy()
-        self._targets[index] = window[:, n_hist + 1:n_hist + execute + 1, layout.obs].double().numpy()
+        self._planned[index] = plan.actions[:, :execute].double().numpy()
+        self._targets[index] = plan.observations[:, 1:execute + 1].double().numpy()
         self._planned_at = step
-        future = window[:, n_hist:]
-        self.records.append(PlanRecord(step, index, future[..., layout.obs].numpy(), elapsed))
+        self.records.append(PlanRecord(step, index, plan.observations.numpy(), elapsed))
         bad = np.zeros(n, dtype=bool)
-        bad[index] = ~torch.isfinite(future).flatten(1).all(dim=1).numpy()
+        bad[index] = ~plan.finite.numpy()
         return bad
 
     def act(
@@ -123,7 +130,7 @@ class ForcingPolicy:
                 f"ForcingPolicy.act called for step {step} after {len(self._actions)} steps; reset first"
             )
         bad = np.zeros(len(observations), dtype=bool)
-        if self._planned is None or step - self._planned_at >= self.planner.execute:
+        if self._planned is None or step - self._planned_at >= self.execute:
             bad = self._plan(step, observations, goals, active, generator)
         assert self._planned is not None and self._targets is not None
         if self.tracker is not None:

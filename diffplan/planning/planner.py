@@ -1,9 +1,16 @@
-"""Goal-conditioned planning by inpainting, for N environments in one sampler call.
+"""Planning for N environments in one sampler call: the :class:`Planner` protocol and the one
+composed planner every planner kind is a configuration of.
 
-The planner turns current observations (N, obs_dim) and goals (N, goal_dim) into plans:
-it inpaints the observation at the first token and the goal at the last, samples K
-candidates per environment as one batch of N x K trajectories, picks one per environment
-and returns it in raw (un-normalized) units.
+:class:`SamplingPlanner` is assembled from parts: a *conditioner* (what is inpainted and with which
+scheduling matrix: the start and goal, :class:`StartConditioner`, or Diffusion Forcing's clean
+history, :class:`diffplan.planning.forcing.HistoryConditioner`), the sampler, the guidance (with
+each plan's goals in its :class:`~diffplan.diffusion.guide.GuideContext` and a batched sweep's
+per-environment strengths), an optional warm start, an action source (the diffused actions or an
+inverse-dynamics head) and a *candidate selector* (first, smoothest, or highest objective). It
+samples K candidates per environment as one batch of N x K trajectories, picks one per
+environment and returns it in raw units. :class:`GoalPlanner` (maze goal inpainting),
+:class:`~diffplan.planning.value_planner.ValuePlanner` (value-guided locomotion) and
+:class:`~diffplan.planning.forcing.ForcingPlanner` (Diffusion Forcing MPC) only choose the parts.
 
 A return-conditioned model (``model.return_condition``) is sampled with classifier-free
 guidance towards ``planner.return_target`` with weight ``planner.guidance_weight``. With
@@ -18,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -27,11 +34,13 @@ from diffplan.acceleration import compile_module
 from diffplan.config import DiffusionConfig, GuidanceConfig, PlannerConfig
 from diffplan.diffusion.cfg import ClassifierFreeGuidance
 from diffplan.diffusion.conditioning import Constraints, goal_constraints
+from diffplan.diffusion.guide import Guide, GuideContext
 from diffplan.diffusion.sampler import Denoiser, Sampler, check_clip, make_sampler
 from diffplan.diffusion.warm_start import warm_start
 from diffplan.enums import ActionSource, NoiseMode, Precision, ScheduleMatrixKind, Selection
-from diffplan.guidance import EnvStrengths, GoalTargets, Guidance, build_guided, check_kind_for_suite
+from diffplan.guidance import EnvStrengths, Guidance, build_guidance, check_kind_for_suite
 from diffplan.guidance.per_env import for_candidates
+from diffplan.guidance.value import load_value_guide
 from diffplan.models.inverse_dynamics import plan_actions
 from diffplan.training.checkpoint import TrainedModel
 
@@ -40,14 +49,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Plan:
-    """A batch of selected plans in raw units.
+    """A batch of selected plans in raw units, from the current token on.
 
     Attributes:
-        observations: (N, H, obs_dim) planned states, token 0 = the state planned from.
-        actions: (N, H, act_dim) planned actions (diffused, or from inverse dynamics).
+        observations: (N, H', obs_dim) planned states, token 0 = the state planned from (a window
+            with h history tokens has H' = H - h).
+        actions: (N, H', act_dim) planned actions (diffused, or from inverse dynamics).
         finite: (N,) bool, False where sampling produced NaN/inf.
         plan_time_s: wall time of the sampler call.
-        candidates: (N, K, H, obs_dim) all candidates' states (for plots), or None.
+        candidates: (N, K, H', obs_dim) all candidates' states (for plots), or None.
+        normalized: (N, H, D) the selected windows as sampled (history included), normalized: the
+            next warm start's input.
+        values: (N,) the ranking objective of each selected plan (planners that rank), or None.
+        candidate_values: (N, K) the objective of every candidate, or None.
     """
 
     observations: Tensor
@@ -55,6 +69,9 @@ class Plan:
     finite: Tensor
     plan_time_s: float
     candidates: Tensor | None = field(default=None, repr=False)
+    normalized: Tensor | None = field(default=None, repr=False)
+    values: Tensor | None = None
+    candidate_values: Tensor | None = field(default=None, repr=False)
 
 
 def select_candidates(observations: Tensor, selection: Selection) -> Tensor:
@@ -157,102 +174,223 @@ def check_planner(model: TrainedModel, planner: PlannerConfig) -> ActionSource:
 
 
 class Planner(Protocol):
-    """What controllers (:mod:`diffplan.planning.policy`) need from a planner: one call that plans
-    for N environments (goals for goal-reaching planners, a previous plan to warm-start from,
-    per-environment guidance strengths). :class:`GoalPlanner` and :class:`ValuePlanner
-    <diffplan.planning.value_planner.ValuePlanner>` implement it through :class:`SamplingPlanner`."""
+    """What controllers (:mod:`diffplan.planning.policy`) need from a planner: the model it plans
+    with and one call that plans for N environments.
+
+    ``plan`` keywords: ``goals`` (N, goal_dim) for goal-reaching planners; ``history`` (N, h, D)
+    the executed transitions, raw units, for planners that condition on history; ``previous``
+    (N, H, D) the environments' previous normalized plans and ``shift`` the steps executed since,
+    for planners that warm-start; ``strengths`` a batched sweep's per-environment guidance
+    strengths. A planner ignores what its configuration does not use, and refuses what it needs
+    and did not get. ``warm_start`` says whether (and how) it replans from ``previous``."""
+
+    model: TrainedModel
+    warm_start: WarmStart | None
 
     def plan(
         self, observations: Tensor, generator: torch.Generator, *, goals: Tensor | None = None,
-        previous: Tensor | None = None, shift: int = 0, strengths: EnvStrengths | None = None,
+        history: Tensor | None = None, previous: Tensor | None = None, shift: int = 0,
+        strengths: EnvStrengths | None = None,
     ) -> Plan: ...
 
 
-#: The plan type a planner returns (:class:`Plan` or a subclass with more fields).
-PlanT = TypeVar("PlanT", bound="Plan")
+# ----------------------------------------------------------------------------- parts
 
 
-class SamplingPlanner(Generic[PlanT]):
-    """The planning sequence every sampling planner shares, with the steps that differ as hooks.
+@dataclass(frozen=True)
+class Conditioning:
+    """What a conditioner makes of one planning call.
 
-    :meth:`plan`: condition (inpaint the current observation, and the goal where the planner
-    takes one: :meth:`_constraints`), optionally warm-start from the previous plan, build the
-    guidance for K candidates per environment (per-environment strengths of a batched sweep
-    included), give goal-taking guides their goals, sample N x K trajectories, read actions off
-    the inverse-dynamics head if asked, then select one candidate per environment
-    (:meth:`_select`, which also builds the returned :class:`Plan`).
-
-    Subclasses set :attr:`guidance` and :attr:`goal_guide` and implement the two hooks.
+    Attributes:
+        constraints: (N, H, D) the inpainted entries, normalized.
+        matrix: the scheduling matrix (rows, H) to sample along.
+        current: index of the current token (the first planned one); tokens before it are history.
     """
 
-    model: TrainedModel
-    cfg: PlannerConfig
-    device: torch.device
-    sampler: Sampler
+    constraints: Constraints
     matrix: Tensor
-    action_source: ActionSource
-    guidance: Guidance | None = None
-    #: The guide that takes each plan's goals (goal or goal-conditioned value guidance), or None.
-    goal_guide: GoalTargets | None = None
+    current: int = 0
 
-    def _setup(self, model: TrainedModel, planner: PlannerConfig, diffusion: DiffusionConfig,
-               device: torch.device | str) -> None:
+
+class Conditioner(Protocol):
+    """Turns a planning call's observations, goals and history (raw units) into :class:`Conditioning`."""
+
+    def condition(self, observations: Tensor, goals: Tensor | None, history: Tensor | None) -> Conditioning: ...
+
+
+class StartConditioner:
+    """Inpaints the current observation at token 0 and, when ``goal_dims`` is given, the goal's
+    entries at the last token; one fixed scheduling matrix.
+
+    Args:
+        model: the trained model (layout, normalizer, horizon).
+        matrix: the scheduling matrix of every plan.
+        goal_dims: the observation entries of the goal (goal-reaching planners), or None (no goal).
+    """
+
+    def __init__(self, model: TrainedModel, matrix: Tensor, goal_dims: list[int] | None = None) -> None:
+        self.model = model
+        self.matrix = matrix
+        self.goal_dims = goal_dims
+
+    def condition(self, observations: Tensor, goals: Tensor | None, history: Tensor | None) -> Conditioning:
+        if history is not None and history.shape[1]:
+            raise ValueError("this planner does not condition on history; use planner.mode=forcing for that")
+        if self.goal_dims is None:
+            goals, dims = None, []
+        elif goals is None:
+            raise ValueError("the goal planner plans to a goal: pass goals (N, goal_dim)")
+        else:
+            dims = self.goal_dims
+        constraints = goal_constraints(self.model.layout, self.model.normalizer, self.model.horizon, observations,
+                                       goals, dims)
+        return Conditioning(constraints, self.matrix)
+
+
+class CandidateSelector(Protocol):
+    """Picks one of K candidates per environment.
+
+    ``select(x, raw, context)`` gets the normalized candidates ``x`` and raw ones ``raw`` (both
+    (N, K, H, D)) and the guide context of the N x K samples; returns the chosen index (N,) and
+    each candidate's objective (N, K), or None when it does not score them."""
+
+    def select(self, x: Tensor, raw: Tensor, context: GuideContext) -> tuple[Tensor, Tensor | None]: ...
+
+
+@dataclass(frozen=True)
+class PlausibilitySelector:
+    """``first`` takes candidate 0; ``smoothest`` the one whose states jump least (:func:`select_candidates`)."""
+
+    selection: Selection
+    obs: slice
+
+    def select(self, x: Tensor, raw: Tensor, context: GuideContext) -> tuple[Tensor, Tensor | None]:
+        return select_candidates(raw[..., self.obs], self.selection), None
+
+
+@dataclass(frozen=True)
+class ObjectiveSelector:
+    """The finite candidate of highest ``guide`` objective at level 0 (Diffuser's value ranking)."""
+
+    guide: Guide
+
+    def select(self, x: Tensor, raw: Tensor, context: GuideContext) -> tuple[Tensor, Tensor | None]:
+        n, k, horizon, width = x.shape
+        flat = x.reshape(n * k, horizon, width)
+        levels = torch.zeros(n * k, horizon, dtype=torch.long, device=x.device)
+        values = self.guide.objective(flat, levels, context).view(n, k)
+        finite = torch.isfinite(flat).all(dim=(1, 2)).view(n, k) & torch.isfinite(values)
+        return torch.where(finite, values, torch.full_like(values, -torch.inf)).argmax(dim=1), values
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """Start a replan from the previous plan, shifted by the steps executed since, re-noised to
+    ``level`` and denoised in ``steps`` DDIM steps (:func:`diffplan.diffusion.warm_start.warm_start`)."""
+
+    level: int
+    steps: int
+
+    @staticmethod
+    def of(planner: PlannerConfig, n_timesteps: int) -> WarmStart | None:
+        """The warm start of ``planner.warm_start_level``/``warm_start_steps`` (None when the level is 0).
+
+        Raises:
+            ValueError: a level outside [0, n_timesteps] or steps outside [1, level].
+        """
+        level, steps = planner.warm_start_level, planner.warm_start_steps
+        if not 0 <= level <= n_timesteps:
+            raise ValueError(f"planner.warm_start_level must be in [0, diffusion.n_timesteps={n_timesteps}] "
+                             f"(0 = off), got {level}")
+        if level == 0:
+            return None
+        if not 1 <= steps <= level:
+            raise ValueError(f"planner.warm_start_steps must be in [1, planner.warm_start_level={level}], got {steps}")
+        return WarmStart(level, steps)
+
+
+# ----------------------------------------------------------------------------- the composed planner
+
+
+class SamplingPlanner:
+    """The one planner: condition, warm-start, guide, sample N x K, read actions, select.
+
+    Args:
+        model: the trained model.
+        planner: ``n_candidates`` K, the action source, return target and guidance weight of
+            return-conditioned models, precision and compilation.
+        diffusion: the planning-time sampler settings.
+        device: where sampling runs.
+        conditioner: what is inpainted and the matrix (None: the current observation at token 0,
+            no goal, the full-sequence matrix of ``diffusion``).
+        guidance: steers every plan (None: unguided).
+        selector: picks a candidate per environment (None: ``planner.selection``).
+        warm_start: replans from the previous plan (None: every plan from noise).
+        horizon: tokens per plan (None: the model's).
+    """
+
+    def __init__(
+        self,
+        model: TrainedModel,
+        *,
+        planner: PlannerConfig,
+        diffusion: DiffusionConfig,
+        device: torch.device | str = "cpu",
+        conditioner: Conditioner | None = None,
+        guidance: Guidance | None = None,
+        selector: CandidateSelector | None = None,
+        warm_start: WarmStart | None = None,
+        horizon: int | None = None,
+    ) -> None:
         self.action_source = check_planner(model, planner)
         self.model = model
         self.cfg = planner
+        self.diffusion = diffusion
         self.device = torch.device(device)
+        self.horizon = int(horizon) if horizon is not None else model.horizon
         self.sampler, self.matrix = planning_sampler(model, diffusion, precision=planner.precision)
+        self.conditioner: Conditioner = conditioner or StartConditioner(model, self.matrix)
+        self.guidance = guidance
+        self.selector: CandidateSelector = selector or PlausibilitySelector(Selection(planner.selection),
+                                                                            model.layout.obs)
+        self.warm_start = warm_start
 
-    def _constraints(self, observations: Tensor, goals: Tensor | None) -> Constraints:
-        """The inpainted entries of N plans (one per environment), normalized."""
-        raise NotImplementedError
+    @property
+    def n_candidates(self) -> int:
+        return self.cfg.n_candidates
 
-    def _select(self, x: Tensor, n: int, k: int, start: float) -> PlanT:
-        """The plan of each environment from its K normalized candidates ``x`` (N x K, H, D);
-        ``start`` is the ``perf_counter`` at the start of the call (the plan's time)."""
-        raise NotImplementedError
+    def context(self, goals: Tensor | None, batch: int) -> GuideContext:
+        """The guide context of ``batch`` samples planned for N environments with ``goals`` (N, G)
+        (each environment's candidates contiguous, as :meth:`Constraints.repeat_interleave`)."""
+        if goals is None:
+            return GuideContext(self.model.schedule.n_timesteps)
+        return GuideContext(self.model.schedule.n_timesteps, goals.repeat_interleave(batch // goals.shape[0], dim=0))
 
-    @torch.no_grad()
-    def plan(
-        self, observations: Tensor, generator: torch.Generator, *, goals: Tensor | None = None,
-        previous: Tensor | None = None, shift: int = 0, strengths: EnvStrengths | None = None,
-    ) -> PlanT:
-        """Plans for N environments from ``observations`` (N, obs_dim), raw units.
-
-        Args:
-            generator: source of all sampling randomness.
-            goals: (N, goal_dim) each environment's goal, raw units (goal-reaching planners).
-            previous: (N, H, D) each environment's previous normalized plan, to warm-start from
-                (used when ``planner.warm_start_level > 0``); None samples from noise.
-            shift: environment steps executed since ``previous`` was planned.
-            strengths: per-environment guidance strengths of these N environments (a batched
-                guidance sweep, :class:`~diffplan.guidance.per_env.EnvStrengths`), repeated over
-                each environment's K candidates the way the environments are.
-        """
-        layout, horizon = self.model.layout, self.model.horizon
-        k = self.cfg.n_candidates
-        n = observations.shape[0]
-        start = time.perf_counter()
-        observations = observations.to(self.device, torch.float32)
-        if goals is not None:
-            goals = goals.to(self.device, torch.float32)
-        constraints = self._constraints(observations, goals).repeat_interleave(k)
-        matrix, x_init = self.matrix, None
-        if previous is not None and self.cfg.warm_start_level > 0:
+    def sample(
+        self, conditioning: Conditioning, n: int, k: int, generator: torch.Generator, *,
+        goals: Tensor | None = None, previous: Tensor | None = None, shift: int = 0,
+        strengths: EnvStrengths | None = None,
+    ) -> tuple[Tensor, GuideContext]:
+        """K normalized samples per environment (N x K, H, D) under ``conditioning`` (N plans), and
+        the guide context they were sampled with."""
+        constraints = conditioning.constraints.repeat_interleave(k)
+        matrix, x_init = conditioning.matrix, None
+        if previous is not None and self.warm_start is not None:
             x_init, matrix = warm_start(
                 previous.to(self.device, torch.float32).repeat_interleave(k, dim=0),
                 shift=shift,
                 schedule=self.model.schedule,
-                level=self.cfg.warm_start_level,
-                steps=self.cfg.warm_start_steps,
+                level=self.warm_start.level,
+                steps=self.warm_start.steps,
                 generator=generator,
             )
-        guidance, cfg_weight = for_candidates(self.guidance, strengths, n, k)
-        if self.goal_guide is not None and goals is not None:
-            self.goal_guide.set_goals(goals)
+        context = self.context(goals, n * k)
+        guidance, weight = for_candidates(self.guidance, strengths, n, k)
+        if guidance is not None:
+            guidance = guidance.with_context(context)
         x = self.sampler.sample(
-            planning_denoiser(self.model, self.cfg, n * k, self.device, cfg_weight),
-            (n * k, horizon, layout.transition_dim),
+            planning_denoiser(self.model, self.cfg, n * k, self.device, weight),
+            (n * k, self.horizon, self.model.layout.transition_dim),
             matrix,
             constraints=constraints,
             generator=generator,
@@ -262,17 +400,61 @@ class SamplingPlanner(Generic[PlanT]):
         )
         if self.action_source is ActionSource.inverse_dynamics:
             assert self.model.inverse_dynamics is not None
+            layout = self.model.layout
             x = x.clone()
             x[..., layout.act] = plan_actions(self.model.inverse_dynamics, x[..., layout.obs])
-        return self._select(x, n, k, start)
+        return x, context
+
+    @torch.no_grad()
+    def plan(
+        self, observations: Tensor, generator: torch.Generator, *, goals: Tensor | None = None,
+        history: Tensor | None = None, previous: Tensor | None = None, shift: int = 0,
+        strengths: EnvStrengths | None = None,
+    ) -> Plan:
+        """Plans for N environments from ``observations`` (N, obs_dim), raw units (see :class:`Planner`)."""
+        layout, horizon = self.model.layout, self.horizon
+        k = self.n_candidates
+        n = observations.shape[0]
+        start = time.perf_counter()
+        observations = observations.to(self.device, torch.float32)
+        if goals is not None:
+            goals = goals.to(self.device, torch.float32)
+        if history is not None:
+            history = history.to(self.device, torch.float32)
+        conditioning = self.conditioner.condition(observations, goals, history)
+        x, context = self.sample(conditioning, n, k, generator, goals=goals, previous=previous, shift=shift,
+                                 strengths=strengths)
+        normalized = x.view(n, k, horizon, layout.transition_dim)
+        raw = self.model.normalizer.unnormalize(x).view(n, k, horizon, layout.transition_dim)
+        chosen, values = self.selector.select(normalized, raw, context)
+        rows = torch.arange(n, device=raw.device)
+        now = conditioning.current
+        selected = raw[rows, chosen][:, now:]  # (N, H', D)
+        finite = torch.isfinite(selected).all(dim=(1, 2))
+        if values is not None:
+            finite = finite & torch.isfinite(values[rows, chosen])
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - start
+        return Plan(
+            observations=selected[..., layout.obs].cpu(),
+            actions=selected[..., layout.act].cpu(),
+            finite=finite.cpu(),
+            plan_time_s=elapsed,
+            candidates=raw[:, :, now:, layout.obs].cpu(),
+            normalized=normalized[rows, chosen].cpu(),
+            values=None if values is None else values[rows, chosen].cpu(),
+            candidate_values=None if values is None else values.cpu(),
+        )
 
 
-class GoalPlanner(SamplingPlanner[Plan]):
-    """Plans from the current state to a goal by inpainting both into the trajectory.
+class GoalPlanner(SamplingPlanner):
+    """Plans from the current state to a goal by inpainting both into the trajectory (a
+    :class:`SamplingPlanner` with a goal-inpainting :class:`StartConditioner`).
 
     With ``guidance.kind = goal`` the sampler is also steered by goal guidance
     (:class:`~diffplan.guidance.goal.GoalGuide`: minus the mean distance of the planned
-    positions to each environment's goal, set before every plan), built by
+    positions to each environment's goal, from the plan's guide context), built by
     :func:`~diffplan.guidance.build.build_guidance` with the ``guidance`` settings (scale,
     steps, ``through_denoiser``, ``mc_samples``). ``guidance.kind = value`` steers it by a
     goal-conditioned value function instead (``guidance.value_checkpoint`` trained with
@@ -304,44 +486,12 @@ class GoalPlanner(SamplingPlanner[Plan]):
         device: torch.device | str = "cpu",
         guidance: GuidanceConfig | None = None,
     ) -> None:
-        self._setup(model, planner, diffusion, device)
-        self.goal_dims = list(goal_dims)
-        self.goal_guide = None
-        self.guidance = None
+        built: Guidance | None = None
         spec = None if guidance is None else check_kind_for_suite(guidance.kind, "maze", "the maze goal planner")
         if guidance is not None and spec is not None:
-            value = None
-            if spec.needs_value:
-                from diffplan.planning.value_planner import value_guide  # it imports this module
-
-                value = value_guide(model, guidance, self.device, goal_dims=self.goal_dims)
-            self.guidance, built = build_guided(guidance, model, self.device, value_guide=value,
-                                                clip_denoised=diffusion.clip_denoised, goal_dims=self.goal_dims)
-            for candidate in (built, value):  # the guide that takes each plan's goals, if any
-                if isinstance(candidate, GoalTargets) and self.goal_guide is None:
-                    self.goal_guide = candidate
-
-    def _constraints(self, observations: Tensor, goals: Tensor | None) -> Constraints:
-        if goals is None:
-            raise ValueError("the goal planner plans to a goal: pass goals (N, goal_dim)")
-        return goal_constraints(self.model.layout, self.model.normalizer, self.model.horizon, observations, goals,
-                                self.goal_dims)
-
-    def _select(self, x: Tensor, n: int, k: int, start: float) -> Plan:
-        """The candidate ``planner.selection`` picks (:func:`select_candidates`)."""
-        layout, horizon = self.model.layout, self.model.horizon
-        raw = self.model.normalizer.unnormalize(x).view(n, k, horizon, layout.transition_dim)
-        states = raw[..., layout.obs]
-        chosen = select_candidates(states, self.cfg.selection)
-        rows = torch.arange(n, device=raw.device)
-        selected = raw[rows, chosen]  # (N, H, D)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        elapsed = time.perf_counter() - start
-        return Plan(
-            observations=selected[..., layout.obs].cpu(),
-            actions=selected[..., layout.act].cpu(),
-            finite=torch.isfinite(selected).all(dim=(1, 2)).cpu(),
-            plan_time_s=elapsed,
-            candidates=states.cpu(),
-        )
+            value = load_value_guide(model, guidance, device, goal_dims=list(goal_dims)) if spec.needs_value else None
+            built = build_guidance(guidance, model, device, value_guide=value, clip_denoised=diffusion.clip_denoised,
+                                   goal_dims=list(goal_dims))
+        super().__init__(model, planner=planner, diffusion=diffusion, device=device, guidance=built)
+        self.goal_dims = list(goal_dims)
+        self.conditioner = StartConditioner(model, self.matrix, self.goal_dims)
