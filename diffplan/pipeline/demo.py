@@ -6,7 +6,6 @@ Python API (:mod:`diffplan.api`) and sweeps call it too.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -15,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from diffplan.config import Config
+from diffplan.evaluation.results import read_record
 from diffplan.pipeline.collect import run_collect
 from diffplan.pipeline.evaluate import run_evaluate
 from diffplan.pipeline.train import run_train
@@ -29,7 +29,7 @@ def run_demo(cfg: Config) -> Path:
     run_collect(cfg)
     summary = run_train(cfg)
     results_path = run_evaluate(cfg)
-    results = json.loads(results_path.read_text())
+    results = read_record(results_path)
     training = {k: v for k, v in asdict(summary).items() if k != "checkpoint"}
     image = results_path.parent / "paths.png"
     report = write_eval_report(

@@ -6,29 +6,26 @@ commands) or, when absent, from the resolved config (:func:`derive_cell`). Files
 task and label are pooled into one cell when they come from the same checkpoint and hold
 different episodes (e.g. the same setting evaluated on more seeds later); otherwise each such
 file becomes its own cell, its label suffixed with the file name.
+
+Files are read through their typed record (:class:`diffplan.evaluation.results.EvaluationRecord`),
+which checks every key; a bad or old file fails with one line naming the file, the key and the fix.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from diffplan.evaluation.episodes import EPISODES_FILE
+from diffplan.evaluation.results import FIX, CellRecord, EvaluationRecord, ResultsError, read_record
 from diffplan.guidance.kinds import find_guidance_kind
-
-EPISODE_KEYS = ("seed", "episode", "reset_seed", "episode_return", "normalized_score", "success", "length", "failed")
-"""Keys every entry of results.json's ``episodes`` list must have."""
 
 REFERENCE_POLICIES = ("bc", "offline")
 """``eval.policy`` values that are baselines of their own rather than guided planners."""
-
-
-class ResultsError(ValueError):
-    """A results file is missing something the report needs; the message names the file and key."""
 
 
 @dataclass(frozen=True)
@@ -71,36 +68,38 @@ class Episode:
 
 @dataclass
 class ResultsFile:
-    """One evaluator results.json, validated.
+    """One evaluator results.json, read through its record.
 
     Attributes:
         path: where it was read from.
-        data: the parsed JSON.
-        cell: its cell (from ``data["cell"]`` or derived from the config).
+        record: the checked record (:class:`~diffplan.evaluation.results.EvaluationRecord`).
+        cell: its cell (from the record's ``cell`` or derived from the config).
         episodes: its episodes.
         episodes_npz: ``episodes.npz`` next to it, if that exists.
     """
 
     path: Path
-    data: dict[str, Any]
+    record: EvaluationRecord
     cell: CellId
     episodes: list[Episode]
     episodes_npz: Path | None = None
 
     @property
-    def checkpoint_sha256(self) -> str | None:
-        checkpoint = self.data.get("checkpoint")
-        return checkpoint.get("sha256") if isinstance(checkpoint, dict) else None
+    def checkpoint_sha256(self) -> str:
+        return self.record.checkpoint.sha256
+
+    @property
+    def dataset_sha256(self) -> str | None:
+        return self.record.dataset.sha256
 
     @property
     def plan_times(self) -> list[float]:
-        plan = self.data.get("plan_time_s")
-        return [float(t) for t in plan.get("per_plan", [])] if isinstance(plan, dict) else []
+        return [float(t) for t in self.record.plan_time_s.per_plan]
 
     @property
     def has_success(self) -> bool:
         """False where the evaluator wrote ``success_rate: null`` (locomotion)."""
-        return self.data.get("success_rate", 0.0) is not None
+        return self.record.has_success
 
 
 @dataclass
@@ -145,7 +144,7 @@ class Cell:
     def metric(self, key: str) -> tuple[float, float] | None:
         """(mean, stderr) of an optional per-cell metric (``dynamics_error``, ``target_log_likelihood``),
         averaged over the cell's files that carry it (stderr NaN when unknown); None when none does."""
-        values = [v for f in self.files if (v := read_metric(f.data, key, f.path)) is not None]
+        values = [v for f in self.files if (v := read_metric(f.record.extra, key, f.path)) is not None]
         if not values:
             return None
         mean = sum(v[0] for v in values) / len(values)
@@ -154,20 +153,11 @@ class Cell:
         return mean, stderr
 
 
-def _fail(path: Path, key: str, problem: str, fix: str) -> ResultsError:
-    return ResultsError(f"{path}: {problem} key {key!r}; {fix}")
+def _missing(path: Path | str, key: str) -> ResultsError:
+    return ResultsError(f"{path}: missing key {key!r}; {FIX}")
 
 
-_FIX_EVALUATE = "results files are written by diffplan-evaluate (rerun it, or fix the file)"
-
-
-def _need(data: dict[str, Any], key: str, path: Path, where: str = "") -> Any:
-    if key not in data:
-        raise _fail(path, f"{where}{key}", "missing", _FIX_EVALUATE)
-    return data[key]
-
-
-def read_metric(data: dict[str, Any], key: str, path: Path | str = "<results>") -> tuple[float, float] | None:
+def read_metric(data: Mapping[str, Any], key: str, path: Path | str = "<results>") -> tuple[float, float] | None:
     """An optional scalar metric of a results file as (mean, stderr); None when absent.
 
     Accepted forms: a number; ``{"mean", "stderr"?}``; the generation-metrics forms of
@@ -194,8 +184,9 @@ def _format_strength(strength: float) -> str:
     return f"{strength:g}"
 
 
-def derive_cell(data: dict[str, Any], path: Path | str = "<results>") -> CellId:
-    """The sweep cell of a results file.
+def derive_cell(data: EvaluationRecord | Mapping[str, Any], path: Path | str = "<results>") -> CellId:
+    """The sweep cell of a results file (its record, or the parsed JSON, of which only ``task``,
+    ``cell``, ``config`` and ``trained_config`` are read).
 
     With a top-level ``"cell"`` object, its ``task`` (default: the file's task), ``kind``,
     ``strength`` and ``label`` (default ``"kind=strength"``) are used as they are. Otherwise,
@@ -206,40 +197,43 @@ def derive_cell(data: dict[str, Any], path: Path | str = "<results>") -> CellId:
       ``none`` and the trained model is return-conditioned (``trained_config.model.
       return_condition``) with ``planner.guidance_weight`` set and != 1, kind ``cfg``
       (classifier-free guidance);
-    - strength: ``guidance.policy_scale`` for ``policy``, ``planner.guidance_weight`` for
-      ``cfg``, 0 for ``none``, ``guidance.scale`` otherwise (``value``, ``goal``,
-      ``value_policy``; the latter's label also names its policy scale);
+    - strength: the setting the guidance-kind registry names as the kind's strength
+      (``guidance.policy_scale`` for ``policy``; ``guidance.scale`` for kinds not registered in
+      this process), ``planner.guidance_weight`` for ``cfg``, 0 for ``none`` (``value_policy``'s
+      label also names its policy scale);
     - ``guidance.mc_samples`` > 1 (Monte Carlo guidance) makes the kind ``<kind>+mc<N>``.
 
     Raises:
         ResultsError: a missing ``task``/``config`` or a malformed ``cell``, naming the file and key.
     """
-    path = Path(path)
+    if isinstance(data, EvaluationRecord):
+        return _cell_id(data.task, data.cell, data.config, data.trained_config, path)
+    if not isinstance(data, Mapping):
+        raise ResultsError(f"{path}: not a results object (got {type(data).__name__}); {FIX}")
+    cell = None if data.get("cell") is None else CellRecord.from_json(data["cell"], path, key="cell")
     task = data.get("task")
-    cell = data.get("cell")
+    if not isinstance(task, str) and (cell is None or cell.task is None):
+        raise _missing(path, "task")
+    config = data.get("config")
+    if cell is None and not isinstance(config, Mapping):
+        if config is None:
+            raise _missing(path, "config")
+        raise ResultsError(f"{path}: key 'config' must be the resolved config (an object), got {config!r}; {FIX}")
+    trained = data.get("trained_config")
+    return _cell_id(str(task), cell, config or {}, trained if isinstance(trained, Mapping) else {}, path)
+
+
+def _cell_id(task: str, cell: CellRecord | None, config: Mapping[str, Any], trained_config: Mapping[str, Any],
+             path: Path | str) -> CellId:
     if cell is not None:
-        if not isinstance(cell, dict):
-            raise _fail(path, "cell", "malformed", "it must be an object {task, kind, strength, label}")
-        kind = _need(cell, "kind", path, "cell.")
-        strength = _need(cell, "strength", path, "cell.")
-        if not isinstance(strength, int | float) or isinstance(strength, bool):
-            raise _fail(path, "cell.strength", "non-numeric", f"it must be a number, got {strength!r}")
-        task = cell.get("task", task)
-        if not isinstance(task, str):
-            raise _fail(path, "task", "missing", _FIX_EVALUATE)
-        label = cell.get("label") or f"{kind}={_format_strength(float(strength))}"
-        return CellId(task, str(kind), float(strength), str(label))
-    if not isinstance(task, str):
-        raise _fail(path, "task", "missing", _FIX_EVALUATE)
-    config = _need(data, "config", path)
-    if not isinstance(config, dict):
-        raise _fail(path, "config", "malformed", "it must be the resolved config (an object)")
+        label = cell.label or f"{cell.kind}={_format_strength(float(cell.strength))}"
+        return CellId(cell.task or task, cell.kind, float(cell.strength), label)
     policy = str((config.get("eval") or {}).get("policy", "planner"))
     if policy in REFERENCE_POLICIES:
         return CellId(task, policy, 0.0, policy)
     guidance = config.get("guidance") or {}
     planner = config.get("planner") or {}
-    model = (data.get("trained_config") or {}).get("model") or {}
+    model = trained_config.get("model") or {}
     kind = str(guidance.get("kind", "none"))
     weight = planner.get("guidance_weight")
     extra = ""
@@ -252,7 +246,9 @@ def derive_cell(data: dict[str, Any], path: Path | str = "<results>") -> CellId:
         # that are not imported here).
         spec = find_guidance_kind(kind)
         key = (spec.strength_key if spec is not None else "guidance.scale").removeprefix("guidance.")
-        strength = float(_need(guidance, key, path, "config.guidance."))
+        if key not in guidance:
+            raise _missing(path, f"config.guidance.{key}")
+        strength = float(guidance[key])
         if kind == "value_policy":
             extra = f",policy={_format_strength(float(guidance.get('policy_scale', 1.0)))}"
     mc = int(guidance.get("mc_samples", 1) or 1)
@@ -261,42 +257,31 @@ def derive_cell(data: dict[str, Any], path: Path | str = "<results>") -> CellId:
     return CellId(task, kind, strength, f"{kind}={_format_strength(strength)}{extra}")
 
 
-def _episode(raw: Any, index: int, path: Path) -> Episode:
-    if not isinstance(raw, dict):
-        raise _fail(path, f"episodes[{index}]", "malformed", "each episode must be an object")
-    for key in EPISODE_KEYS:
-        _need(raw, key, path, f"episodes[{index}].")
-    try:
-        return Episode(
-            seed=int(raw["seed"]), episode=int(raw["episode"]), reset_seed=int(raw["reset_seed"]),
-            episode_return=float(raw["episode_return"]), normalized_score=float(raw["normalized_score"]),
-            success=bool(raw["success"]), length=int(raw["length"]), failed=bool(raw["failed"]),
-            reason=str(raw.get("reason", "")), source=path,
-        )
-    except (TypeError, ValueError) as e:
-        raise _fail(path, f"episodes[{index}]", "malformed value under", f"{e}") from e
-
-
 def parse_results(data: Any, path: str | Path) -> ResultsFile:
-    """Validate parsed results JSON and wrap it (see :func:`load_results`)."""
+    """Check parsed results JSON through its record and wrap it (see :func:`load_results`)."""
     path = Path(path)
-    if not isinstance(data, dict):
-        raise ResultsError(f"{path}: not a results object (got {type(data).__name__}); {_FIX_EVALUATE}")
-    raw = _need(data, "episodes", path)
-    if not isinstance(raw, list) or not raw:
-        raise _fail(path, "episodes", "empty or malformed", "it must be a non-empty list of episode records")
-    cell = derive_cell(data, path)
-    episodes = [_episode(e, i, path) for i, e in enumerate(raw)]
+    return _results_file(EvaluationRecord.from_json(data, source=path), path)
+
+
+def _results_file(record: EvaluationRecord, path: Path) -> ResultsFile:
+    if not record.episodes:
+        raise ResultsError(f"{path}: key 'episodes' is empty; it must list the evaluation's episodes ({FIX})")
+    episodes = [
+        Episode(seed=e.seed, episode=e.episode, reset_seed=e.reset_seed, episode_return=float(e.episode_return),
+                normalized_score=float(e.normalized_score), success=e.success, length=e.length, failed=e.failed,
+                reason=e.reason or "", source=path)
+        for e in record.episodes
+    ]
     keys = [e.key for e in episodes]
     if len(set(keys)) != len(keys):
         dup = sorted({k for k in keys if keys.count(k) > 1})[:5]
-        raise _fail(path, "episodes", "repeated (seed, reset_seed) under", f"episodes {dup} appear twice")
+        raise ResultsError(f"{path}: repeated (seed, reset_seed) under key 'episodes'; episodes {dup} appear twice")
     npz = path.parent / EPISODES_FILE if path.name == "results.json" else path.with_suffix(".episodes.npz")
-    return ResultsFile(path, data, cell, episodes, npz if npz.exists() else None)
+    return ResultsFile(path, record, derive_cell(record, path), episodes, npz if npz.exists() else None)
 
 
 def load_results(path: str | Path) -> ResultsFile:
-    """Read and validate one results.json.
+    """Read and check one results.json (:func:`~diffplan.evaluation.results.read_record`).
 
     ``episodes.npz`` is looked up next to a file named results.json, or as
     ``<stem>.episodes.npz`` beside any other name.
@@ -305,13 +290,7 @@ def load_results(path: str | Path) -> ResultsFile:
         ResultsError: unreadable JSON, or a missing/malformed key (named with the file).
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise ResultsError(f"{path}: no such file; pass results.json files or directories holding them") from e
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"{path}: not valid JSON ({e}); {_FIX_EVALUATE}") from e
-    return parse_results(data, path)
+    return _results_file(read_record(path), path)
 
 
 def find_results(inputs: Iterable[str | Path]) -> list[Path]:
