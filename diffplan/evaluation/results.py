@@ -171,8 +171,8 @@ class _Record:
 
     Attributes:
         extra: the object's keys that are not fields, as read (written back after the fields).
-        keys: the keys of the object this record was read from, in their order ('' when built in
-            code: then fields are written in their declared order, optional ones only when set).
+        keys: the keys of the object this record was read from, in their order (empty when built
+            in code: then fields are written in their declared order, optional ones only when set).
     """
 
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
