@@ -102,6 +102,10 @@ def _override_error(error: Exception, overrides: list[str]) -> str:
             fields = ", ".join(f.name for f in dataclasses.fields(node)) if dataclasses.is_dataclass(node) else "?"
             return (f"{key}: unknown key {inner!r} in an entry ({schema}); an entry takes only {fields}: check the "
                     f"spelling or drop {inner!r}")
+        from diffplan.config import LEGACY_KEYS
+
+        if key in LEGACY_KEYS:
+            return f"{key} has moved to {LEGACY_KEYS[key]}; write the override as {LEGACY_KEYS[key]}=<value>"
         return f"unknown config key {key}; check the spelling (the keys are listed by --cfg job) and drop the override"
     if text.startswith("Error merging override "):
         cause = str(error.__cause__ or "").strip().splitlines()

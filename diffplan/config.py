@@ -7,6 +7,7 @@ override fails early with its full key and, for choices, the allowed values (enu
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,17 +73,33 @@ class TaskConfig:
 
 
 @dataclass
-class ModelConfig:
-    name: ModelKind = ModelKind.unet
+class UnetConfig:
+    """The temporal U-Net (Diffuser): base width, width multipliers per resolution, kernel size."""
+
     dim: int = 32
     dim_mults: list[int] = field(default_factory=lambda: [1, 4, 8])
     kernel_size: int = 5
-    # name=transformer only: token width, blocks, heads, causal attention, timesteps per token.
+
+
+@dataclass
+class TransformerConfig:
+    """The trajectory transformer (Diffusion Forcing): token width, blocks, heads, causal attention,
+    timesteps per token."""
+
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4
     causal: bool = True
     frame_stack: int = 1
+
+
+@dataclass
+class ModelConfig:
+    """The denoiser (``name``: its settings are in the section of that name) and its heads."""
+
+    name: ModelKind = ModelKind.unet
+    unet: UnetConfig = field(default_factory=UnetConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
     # Condition on the normalized return-to-go (classifier-free guidance, Decision Diffuser).
     return_condition: bool = False
     # Train an inverse-dynamics head (s_t, s_t+1) -> a_t alongside the denoiser.
@@ -138,7 +155,7 @@ class TrainConfig:
     # Training noise levels (diffplan.diffusion.levels): full_sequence (one per window), independent
     # (one per token, Diffusion Forcing), mixture (independent windows with probability noise_mixture_p)
     # or schedule (the patterns the forcing planner asks for: diffusion.schedule_matrix, .uncertainty and
-    # .sampling_steps after the clean histories of planner.execute and planner.n_history, with a fraction
+    # .sampling_steps after the clean histories of planner.forcing.execute and .n_history, with a fraction
     # schedule_independent_p of independent windows); per-token loss weight by level: none or min_snr.
     noise_mode: NoiseMode = NoiseMode.full_sequence
     noise_mixture_p: float = 0.5
@@ -157,41 +174,74 @@ class TrainConfig:
 
 
 @dataclass
-class PlannerConfig:
-    mode: ExecutionMode = ExecutionMode.tracker
+class TrackerConfig:
+    """The PD tracker that follows planned states (``planner.mode=tracker``, and
+    ``planner.forcing.track_states``): ``time`` steers to the plan state of the current step,
+    ``pursuit`` to the point ``lookahead`` tokens past the closest one ahead (:mod:`diffplan.planning.policy`)."""
+
     tracking: Tracking = Tracking.time
     lookahead: int = 4
-    replan_every: int = 0
     # Pursuit only: replan an env whose progress along its plan has not advanced for this
     # many steps (stuck, e.g. against a wall the plan cut through); 0 = never.
     replan_on_stall: int = 0
-    n_candidates: int = 1
-    selection: Selection = Selection.first
-    # Value planning (diffplan.planning.value_planner): 0 = cold start from pure noise every plan;
-    # k in [1, diffusion.n_timesteps] = start from the previous plan, shifted by the steps executed
-    # since, re-noised to level k and denoised in warm_start_steps (<= k) DDIM steps.
-    warm_start_level: int = 0
-    warm_start_steps: int = 4
     p_gain: float = 1.0
     d_gain: float = 1.0
-    # Return-conditioned models only: the normalized return-to-go plans are conditioned on
-    # (task.return_scale units) and the guidance weight w (0 unconditional, 1 conditional).
-    return_target: float = 0.9
-    guidance_weight: float = 1.2
-    action_source: ActionSource = ActionSource.diffused
-    # mode=forcing (Diffusion Forcing MPC): environment steps executed per plan, and the most
-    # executed steps kept as clean history in the window (null: as many as fit, horizon - 1 - execute).
-    # With a frame-stacked transformer both must be multiples of model.frame_stack.
+
+
+@dataclass
+class WarmStartConfig:
+    """Replanning from the previous plan (:mod:`diffplan.diffusion.warm_start`): 0 = cold start from
+    pure noise every plan; k in [1, diffusion.n_timesteps] = start from the previous plan, shifted by
+    the steps executed since, re-noised to level k and denoised in ``steps`` (<= k) DDIM steps."""
+
+    level: int = 0
+    steps: int = 4
+
+
+@dataclass
+class ReturnGuidanceConfig:
+    """Classifier-free guidance of return-conditioned models (``model.return_condition``, Decision
+    Diffuser): the normalized return-to-go plans are conditioned on (``task.return_scale`` units) and
+    the guidance weight w (0 unconditional, 1 conditional, > 1 beyond)."""
+
+    target: float = 0.9
+    weight: float = 1.2
+
+
+@dataclass
+class ForcingConfig:
+    """Diffusion Forcing MPC (``planner.mode=forcing``): environment steps executed per plan, the most
+    executed steps kept as clean history in the window (null: as many as fit, horizon - 1 - execute),
+    and whether to follow the planned states with the tracker (``planner.tracker`` gains; the task's
+    position/velocity dims) instead of running the planned actions (Diffusion Forcing's protocol).
+    With a frame-stacked transformer ``execute`` and ``n_history`` must be multiples of
+    ``model.transformer.frame_stack``."""
+
     execute: int = 8
     n_history: int | None = None
-    # mode=forcing: follow the planned states with the PD tracker (p_gain, d_gain; the task's
-    # position/velocity dims) instead of running the planned actions (Diffusion Forcing's protocol).
-    forcing_tracker: bool = False
+    track_states: bool = False
+
+
+@dataclass
+class PlannerConfig:
+    """How plans are made and executed. The parts of one planner kind live in their own sections:
+    ``tracker``, ``warm_start``, ``return_guidance`` (classifier-free guidance of return-conditioned
+    models) and ``forcing``."""
+
+    mode: ExecutionMode = ExecutionMode.tracker
+    replan_every: int = 0
+    n_candidates: int = 1
+    selection: Selection = Selection.first
+    action_source: ActionSource = ActionSource.diffused
     # Compute of the networks while planning and generating (diffplan.acceleration): bfloat16
     # autocast for the denoiser and the guides' networks; compile runs the denoiser (and the locomotion planner's
     # value network) through torch.compile (eager fallback).
     precision: Precision = Precision.float32
     compile: bool = False
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    return_guidance: ReturnGuidanceConfig = field(default_factory=ReturnGuidanceConfig)
+    forcing: ForcingConfig = field(default_factory=ForcingConfig)
 
 
 @dataclass
@@ -447,8 +497,8 @@ class SweepCellConfig:
 
     ``kind`` is one of ``none`` (unguided; no strengths, or ``[0]``), ``goal`` and ``value``
     (strength = ``guidance.scale``), ``policy`` (``guidance.policy_scale``), ``value_policy``
-    (``guidance.scale``; the policy term keeps ``guidance.policy_scale``) and ``cfg``
-    (``planner.guidance_weight`` of return-conditioned models, unguided otherwise). It is a
+    (``guidance.scale``; the policy term keeps ``guidance.policy_scale``) and ``classifier_free``
+    (``planner.return_guidance.weight`` of return-conditioned models, unguided otherwise). It is a
     string, not an enum, so that a wrong kind is reported by ``diffplan-sweep`` with the fix
     (:mod:`diffplan.sweep.grid`). ``mc_samples`` sets ``guidance.mc_samples`` for these cells
     (null: the guidance config's).
@@ -502,8 +552,48 @@ class Config:
 
 
 def timesteps_per_token(model: ModelConfig) -> int:
-    """Timesteps per denoiser token: ``model.frame_stack`` for the transformer, 1 for the U-Net."""
-    return int(model.frame_stack) if str(model.name) == "transformer" else 1
+    """Timesteps per denoiser token: ``model.transformer.frame_stack`` for the transformer, 1 for the U-Net."""
+    return int(model.transformer.frame_stack) if str(model.name) == "transformer" else 1
+
+
+#: Settings that moved into a section of their own: old dotted key -> new one. Configs stored before
+#: the move (checkpoints, results) are read through :func:`migrate_legacy`; an override with an old
+#: key is refused with the new one named.
+LEGACY_KEYS: dict[str, str] = {
+    **{f"planner.{k}": f"planner.tracker.{k}" for k in ("tracking", "lookahead", "replan_on_stall", "p_gain",
+                                                        "d_gain")},
+    "planner.warm_start_level": "planner.warm_start.level",
+    "planner.warm_start_steps": "planner.warm_start.steps",
+    "planner.return_target": "planner.return_guidance.target",
+    "planner.guidance_weight": "planner.return_guidance.weight",
+    "planner.execute": "planner.forcing.execute",
+    "planner.n_history": "planner.forcing.n_history",
+    "planner.forcing_tracker": "planner.forcing.track_states",
+    **{f"model.{k}": f"model.unet.{k}" for k in ("dim", "dim_mults", "kernel_size")},
+    **{f"model.{k}": f"model.transformer.{k}" for k in ("d_model", "n_layers", "n_heads", "causal", "frame_stack")},
+}
+
+
+def migrate_legacy(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a stored config (plain dict) with settings written before :data:`LEGACY_KEYS` moved
+    them put in their sections (a value already at the new place wins); other keys are unchanged."""
+    out = copy.deepcopy(config)
+    for old, new in LEGACY_KEYS.items():
+        section, name = old.split(".", 1)
+        node = out.get(section)
+        if not isinstance(node, dict) or name not in node:
+            continue
+        value = node.pop(name)
+        target = out
+        *parents, leaf = new.split(".")
+        for part in parents:
+            child = target.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                target[part] = child
+            target = child
+        target.setdefault(leaf, value)
+    return out
 
 
 def register_configs() -> None:
@@ -543,6 +633,8 @@ def as_config(cfg: DictConfig | dict[str, Any], *, check: bool = True) -> Config
         ValueError: a key the schema does not have (Hydra's ``+key=value`` adds any key), or a
             setting out of its range.
     """
+    if isinstance(cfg, dict):
+        cfg = migrate_legacy(cfg)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), cfg)
         obj = OmegaConf.to_object(merged)

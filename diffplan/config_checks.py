@@ -35,8 +35,8 @@ RANGES: dict[str, str] = {
     "task.stride": "positive_int",
     "task.episode_steps": "positive_int",
     "task.dataset_steps": "positive_int",
-    "model.dim": "positive_int",
-    "model.kernel_size": "positive_int",
+    "model.unet.dim": "positive_int",
+    "model.unet.kernel_size": "positive_int",
     "diffusion.n_timesteps": "positive_int",
     "diffusion.sampling_steps": "positive_int",
     "diffusion.eta": "non_negative",
@@ -55,10 +55,10 @@ RANGES: dict[str, str] = {
     "train.threads": "non_negative",
     "train.max_minutes": "positive_or_null",
     "planner.n_candidates": "positive_int",
-    "planner.lookahead": "non_negative",
+    "planner.tracker.lookahead": "non_negative",
     "planner.replan_every": "non_negative",
-    "planner.replan_on_stall": "non_negative",
-    "planner.execute": "positive_int",
+    "planner.tracker.replan_on_stall": "non_negative",
+    "planner.forcing.execute": "positive_int",
     "collect.n_steps": "int_or_null",
     "collect.ref_episodes": "positive_int",
     "collect.n_envs": "positive_int",
@@ -99,10 +99,11 @@ def _show(value: Any) -> str:
 def check_settings(cfg: Config) -> None:
     """Raise ``ValueError`` for the first setting of ``cfg`` out of its range (see :data:`RANGES`),
     a ``diffusion.sampling_steps`` above ``diffusion.n_timesteps``, or a U-Net that cannot halve
-    ``task.horizon`` as often as ``model.dim_mults`` asks."""
+    ``task.horizon`` as often as ``model.unet.dim_mults`` asks."""
     for key, rule in RANGES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
         text, test = _RULES[rule]
         if isinstance(value, bool) or not test(value):
             default = _default(key)
@@ -117,23 +118,26 @@ def check_settings(cfg: Config) -> None:
         )
     model = cfg.model
     if str(model.name) == "unet":
-        if not model.dim_mults or any(m < 1 for m in model.dim_mults):
+        if not model.unet.dim_mults or any(m < 1 for m in model.unet.dim_mults):
             raise ValueError(
-                f"model.dim_mults={list(model.dim_mults)} is out of range: it must be a non-empty list of integers "
-                ">= 1; e.g. model.dim_mults=[1,4,8]"
+                f"model.unet.dim_mults={list(model.unet.dim_mults)} is out of range: it must be a non-empty "
+                f"list of integers "
+                ">= 1; e.g. model.unet.dim_mults=[1,4,8]"
             )
-        if model.dim % 8:
+        if model.unet.dim % 8:
             raise ValueError(
-                f"model.dim={model.dim} does not fit the U-Net: its GroupNorm uses 8 groups, so model.dim must be a "
-                f"multiple of 8; e.g. model.dim={max(8, model.dim // 8 * 8)}"
+                f"model.unet.dim={model.unet.dim} does not fit the U-Net: its GroupNorm uses 8 groups, so "
+                f"model.unet.dim must be a "
+                f"multiple of 8; e.g. model.unet.dim={max(8, model.unet.dim // 8 * 8)}"
             )
-        factor = 2 ** (len(model.dim_mults) - 1)
+        factor = 2 ** (len(model.unet.dim_mults) - 1)
         horizon = cfg.task.horizon
         if horizon % factor:
             lower, upper = horizon // factor * factor, (horizon // factor + 1) * factor
             options = f"task.horizon={upper}" + (f" or {lower}" if lower else "")
             raise ValueError(
-                f"task.horizon={horizon} does not fit the U-Net: model.dim_mults={list(model.dim_mults)} halves the "
-                f"horizon {len(model.dim_mults) - 1} time(s), so task.horizon must be a multiple of {factor}; use "
-                f"{options}, or fewer model.dim_mults"
+                f"task.horizon={horizon} does not fit the U-Net: "
+                f"model.unet.dim_mults={list(model.unet.dim_mults)} halves the "
+                f"horizon {len(model.unet.dim_mults) - 1} time(s), so task.horizon must be a multiple of {factor}; use "
+                f"{options}, or fewer model.unet.dim_mults"
             )

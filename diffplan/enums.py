@@ -71,7 +71,7 @@ class ExecutionMode(StrEnum):
     tracker = "tracker"
     actions = "actions"
     # Diffusion Forcing MPC (diffplan.planning.forcing): plan a window after the executed history,
-    # run planner.execute of its own actions, replan.
+    # run planner.forcing.execute of its own actions, replan.
     forcing = "forcing"
 
 class Tracking(StrEnum):

@@ -43,8 +43,8 @@ CONF_DIR = tree + "/conf"
 OVERRIDES = [
     "+experiment=locomotion",
     "guidance=value",
-    "model.dim=32",
-    "model.dim_mults=[1,2,4,8]",
+    "model.unet.dim=32",
+    "model.unet.dim_mults=[1,2,4,8]",
     "value.dim=32",
     "value.dim_mults=[1,2,4,8]",
     "diffusion=ddpm",
@@ -53,7 +53,7 @@ OVERRIDES = [
     "diffusion.normalizer=gaussian",
     "diffusion.clip_denoised=null",
     "planner.n_candidates=64",
-    "planner.warm_start_level=0",
+    "planner.warm_start.level=0",
 ]
 
 

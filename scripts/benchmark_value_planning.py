@@ -42,7 +42,7 @@ BASE = ["+experiment=locomotion", "guidance=value"]
 PRESETS: dict[str, list[str]] = {
     "diffuser-default (U-Net + value dim32 (1,2,4,8), K=64, DDPM 20, 2 guide steps)": list(REFERENCE_HOPPER.overrides),
     "ours-cold (dim16 (1,2,4) nets, K=64, DDIM 10, cold start)": [
-        *BASE, "planner.n_candidates=64", "planner.warm_start_level=0",
+        *BASE, "planner.n_candidates=64", "planner.warm_start.level=0",
     ],
     "ours-warm (same, warm start: re-noise to level 6, 3 steps)": [*BASE, "planner.n_candidates=64"],
     "ours-eval (+experiment=locomotion as evaluated: K=8, warm start)": [*BASE],

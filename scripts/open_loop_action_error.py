@@ -36,7 +36,7 @@ def main() -> None:
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = as_config(compose("config", overrides=[
-            "+experiment=locomotion", f"task={args.task}", "planner.n_candidates=1", "planner.warm_start_level=0",
+            "+experiment=locomotion", f"task={args.task}", "planner.n_candidates=1", "planner.warm_start.level=0",
         ]))
     model = load_trained_model(args.checkpoint)
     episodes = load_episodes(cfg.task.dataset)

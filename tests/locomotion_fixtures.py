@@ -19,12 +19,12 @@ def tiny_locomotion_config(tmp_path: Path, extra: list[str] | None = None) -> Co
     overrides = [
         "+experiment=locomotion", "task=hopper-medium", f"run_dir={tmp_path / 'run'}",
         f"task.dataset={tmp_path / 'hopper-medium.hdf5'}", "task.horizon=8", "task.episode_steps=12",
-        "model.dim=8", "model.dim_mults=[1,2]", "value.dim=8", "value.dim_mults=[1,2]",
+        "model.unet.dim=8", "model.unet.dim_mults=[1,2]", "value.dim=8", "value.dim_mults=[1,2]",
         "diffusion.n_timesteps=8", "diffusion.sampling_steps=4",
         "train.steps=4", "train.batch_size=4", "train.ckpt_every=2", "train.progress=false", "train.threads=1",
         "value.steps=4", "value.batch_size=4", "value.ckpt_every=2", "value.progress=false", "value.threads=1",
         "bc.steps=30", "bc.batch_size=16", "bc.progress=false", "bc.threads=1",
-        "planner.n_candidates=3", "planner.warm_start_level=2", "planner.warm_start_steps=1",
+        "planner.n_candidates=3", "planner.warm_start.level=2", "planner.warm_start.steps=1",
         "eval.n_episodes=3", "eval.n_envs=2", "eval.seeds=[0]", "eval.progress=false",
     ]
     register_configs()

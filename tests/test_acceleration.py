@@ -16,7 +16,7 @@ from data_fixtures import random_walk_episodes, tiny_maze_model
 from torch import nn
 
 from diffplan.acceleration import CompiledModule, autocast, compile_module
-from diffplan.config import Config, DiffusionConfig, ModelConfig, PlannerConfig, TaskConfig, TrainConfig
+from diffplan.config import Config, DiffusionConfig, ModelConfig, PlannerConfig, TaskConfig, TrainConfig, UnetConfig
 from diffplan.data import Episodes, TrajectoryLayout, load_hdf5, write_hdf5
 from diffplan.enums import LrDecay, Precision
 from diffplan.planning.planner import GoalPlanner
@@ -188,7 +188,7 @@ def episodes(tmp_path_factory: pytest.TempPathFactory) -> Episodes:
 def _trainer(episodes: Episodes, run_dir: Path, steps: int = 3, **train: object) -> Trainer:
     cfg = Config(
         task=TaskConfig(name="tiny", env_id="Tiny-v0", dataset="tiny.hdf5", horizon=16),
-        model=ModelConfig(dim=8, dim_mults=[1, 2], kernel_size=3),
+        model=ModelConfig(unet=UnetConfig(dim=8, dim_mults=[1, 2], kernel_size=3)),
         diffusion=DiffusionConfig(n_timesteps=10, sampling_steps=5),
         train=TrainConfig(steps=steps, batch_size=4, warmup_steps=1, ckpt_every=1000, log_every=1, device="cpu",
                           progress=False, **train),  # type: ignore[arg-type]

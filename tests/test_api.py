@@ -12,7 +12,7 @@ from diffplan.composition import overrides_of
 
 TINY = {
     "task.horizon": 32, "collect.n_steps": 3000, "collect.ref_episodes": 2, "collect.progress": False,
-    "model.dim": 8, "model.dim_mults": [1, 2], "diffusion.n_timesteps": 8, "diffusion.sampling_steps": 4,
+    "model.unet.dim": 8, "model.unet.dim_mults": [1, 2], "diffusion.n_timesteps": 8, "diffusion.sampling_steps": 4,
     "train.steps": 4, "train.batch_size": 4, "train.progress": False, "train.threads": 1,
     "eval.n_episodes": 2, "eval.n_envs": 2, "eval.progress": False, "eval.plots": False,
 }
@@ -60,7 +60,7 @@ def test_collect_train_evaluate_and_plan(tmp_path: Path, monkeypatch: pytest.Mon
     assert Path("run/eval/results.json").exists()
 
     planner = diffplan.load_planner("run/checkpoint.pt", seed=3)
-    assert planner.config.task.horizon == 32 and planner.config.model.dim == 8  # the checkpoint's own settings
+    assert planner.config.task.horizon == 32 and planner.config.model.unet.dim == 8  # the checkpoint's own settings
     start, goal = [1.0, 0.5, 0.0, 0.0], [-1.0, -1.0]
     plan = planner.plan(start, goal=goal)
     assert plan.observations.shape == (32, 4) and plan.actions.shape == (32, 2)

@@ -10,10 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from diffplan.config import Config, DiffusionConfig, ModelConfig, PlannerConfig, TaskConfig, TrainConfig
+from diffplan.config import (
+    Config,
+    DiffusionConfig,
+    ModelConfig,
+    PlannerConfig,
+    ReturnGuidanceConfig,
+    TaskConfig,
+    TrainConfig,
+    UnetConfig,
+)
 from diffplan.data import Episodes
 from diffplan.data.returns import discounted_suffix_sums, normalized_returns_to_go, returns_to_go
-from diffplan.diffusion.cfg import ClassifierFreeGuidance
+from diffplan.diffusion.classifier_free import ClassifierFreeGuidance
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.enums import ActionSource
 from diffplan.models.factory import build_denoiser
@@ -62,7 +71,7 @@ def _config(steps: int, *, inverse_dynamics: bool = False, dropout: float = 0.25
     return Config(
         task=TaskConfig(name="linear", env_id="Linear-v0", dataset="linear.hdf5", horizon=H, goal_obs_dims=[],
                         velocity_obs_dims=[], return_scale=SCALE, return_discount=DISCOUNT),
-        model=ModelConfig(dim=8, dim_mults=[1, 2], kernel_size=3, return_condition=True,
+        model=ModelConfig(unet=UnetConfig(dim=8, dim_mults=[1, 2], kernel_size=3), return_condition=True,
                           inverse_dynamics=inverse_dynamics, inverse_dynamics_hidden=[32, 32]),
         diffusion=DiffusionConfig(n_timesteps=10, sampling_steps=4),
         train=TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=2, ckpt_every=1000, log_every=5,
@@ -136,9 +145,9 @@ def test_guidance_commutes_with_prediction_type_conversions() -> None:
 
 
 def test_condition_option_keeps_the_unconditional_network_unchanged() -> None:
-    plain = build_denoiser(ModelConfig(dim=8, dim_mults=[1, 2]), transition_dim=4, horizon=H)
-    conditioned = build_denoiser(ModelConfig(dim=8, dim_mults=[1, 2], return_condition=True), transition_dim=4,
-                                 horizon=H)
+    plain = build_denoiser(ModelConfig(unet=UnetConfig(dim=8, dim_mults=[1, 2])), transition_dim=4, horizon=H)
+    conditioned = build_denoiser(ModelConfig(unet=UnetConfig(dim=8, dim_mults=[1, 2]), return_condition=True),
+                                 transition_dim=4, horizon=H)
     extra = set(conditioned.state_dict()) - set(plain.state_dict())
     assert extra and all(k.startswith(("condition_embedding.", "null_condition")) for k in extra)
     assert set(plain.state_dict()) <= set(conditioned.state_dict())
@@ -249,7 +258,7 @@ def test_return_condition_and_inverse_dynamics_resume_bit_identically(episodes: 
 
 def test_old_checkpoints_without_the_new_keys_still_resume_and_load(episodes: Episodes, tmp_path: Path) -> None:
     cfg = _config(2)
-    cfg.model = ModelConfig(dim=8, dim_mults=[1, 2], kernel_size=3)
+    cfg.model = ModelConfig(unet=UnetConfig(dim=8, dim_mults=[1, 2], kernel_size=3))
     Trainer(cfg, episodes, tmp_path, {}).train()
     payload = load_checkpoint(tmp_path / "checkpoint.pt")
     config = json.loads(payload["config"])
@@ -260,7 +269,7 @@ def test_old_checkpoints_without_the_new_keys_still_resume_and_load(episodes: Ep
     payload["config"] = json.dumps(config)
     save_checkpoint(tmp_path / "checkpoint.pt", payload)
     cfg = _config(3)  # absent keys take the schema defaults, which the current config must match
-    cfg.model = ModelConfig(dim=8, dim_mults=[1, 2], kernel_size=3)
+    cfg.model = ModelConfig(unet=UnetConfig(dim=8, dim_mults=[1, 2], kernel_size=3))
     cfg.task.return_scale, cfg.task.return_discount = 1.0, 0.99
     assert Trainer(cfg, episodes, tmp_path, {}).train().resumed_from == 2
     model = load_trained_model(tmp_path / "checkpoint.pt")
@@ -316,12 +325,12 @@ def _plan(trainer: Trainer, **planner: Any) -> Any:
 
 def test_planner_guides_towards_the_return_target(id_run: tuple[Trainer, float]) -> None:
     trainer, _ = id_run
-    _, low = _plan(trainer, return_target=0.1, guidance_weight=1.0)
-    _, high = _plan(trainer, return_target=2.0, guidance_weight=1.0)
+    _, low = _plan(trainer, return_guidance=ReturnGuidanceConfig(0.1, 1.0))
+    _, high = _plan(trainer, return_guidance=ReturnGuidanceConfig(2.0, 1.0))
     assert not torch.equal(low.observations, high.observations)
     # w = 0 ignores the target: the unconditional rows of the batched call do not depend on it.
-    _, low0 = _plan(trainer, return_target=0.1, guidance_weight=0.0)
-    _, high0 = _plan(trainer, return_target=2.0, guidance_weight=0.0)
+    _, low0 = _plan(trainer, return_guidance=ReturnGuidanceConfig(0.1, 0.0))
+    _, high0 = _plan(trainer, return_guidance=ReturnGuidanceConfig(2.0, 0.0))
     torch.testing.assert_close(low0.observations, high0.observations, rtol=0, atol=1e-6)
 
 

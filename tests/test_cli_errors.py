@@ -30,7 +30,7 @@ from errors_helpers import Command, digest, one_line, subprocess_command
         # wrong type, unparsable
         ("evaluate", "eval.n_episodes=abc", ("eval.n_episodes=abc", "Integer", "give a value of the setting's type")),
         ("train", "train.steps=1.5", ("train.steps=1.5", "give a value of the setting's type")),
-        ("train", "model.dim_mults=abc", ("model.dim_mults=abc", "give a value of the setting's type")),
+        ("train", "model.unet.dim_mults=abc", ("model.unet.dim_mults=abc", "give a value of the setting's type")),
         ("evaluate", "eval.seeds=[0,", ("cannot parse the override 'eval.seeds=[0,'", "each override is key=value")),
         # unknown enum values
         ("train", "train.precision=float8", ("train.precision=float8", "float32, bfloat16")),
@@ -46,8 +46,12 @@ from errors_helpers import Command, digest, one_line, subprocess_command
          ("diffusion.sampling_steps=100 is more than diffusion.n_timesteps=8", "set diffusion.sampling_steps <= 8")),
         ("train", "task.horizon=31", ("task.horizon=31 does not fit the U-Net", "multiple of 2",
                                       "use task.horizon=32 or 30")),
-        ("train", "model.dim=12", ("model.dim=12 does not fit the U-Net", "multiple of 8", "e.g. model.dim=8")),
+        ("train", "model.unet.dim=12", ("model.unet.dim=12 does not fit the U-Net", "multiple of 8", "e.g. "
+            "model.unet.dim=8")),
         ("train_value", "value.lr=0", ("value.lr=0.0 is out of range", "e.g. value.lr=0.0002")),
+        ("evaluate", "planner.p_gain=2", ("planner.p_gain has moved to planner.tracker.p_gain",
+                                          "write the override as planner.tracker.p_gain=<value>")),
+        ("train", "model.frame_stack=2", ("model.frame_stack has moved to model.transformer.frame_stack",)),
         ("evaluate", "guidance.mc_samples=0", ("guidance.mc_samples=0 is out of range", "e.g. guidance.mc_samples=1")),
         ("train_offline", "offline.batch_size=0", ("offline.batch_size=0 is out of range",)),
         ("train", "train.schedule_independent_p=1.5", ("train.schedule_independent_p=1.5 is out of range",

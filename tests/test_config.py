@@ -61,7 +61,7 @@ def test_every_option_composes_and_validates(group: str, option: str) -> None:
 
 def test_defaults() -> None:
     cfg = as_config(_compose([]))
-    assert cfg.task.name == "pointmaze-umaze" and cfg.model.dim == 16 and cfg.diffusion.sampling_steps == 20
+    assert cfg.task.name == "pointmaze-umaze" and cfg.model.unet.dim == 16 and cfg.diffusion.sampling_steps == 20
     assert cfg.eval.checkpoint == "runs/pointmaze-umaze/checkpoint.pt"
     assert cfg.diffusion.clip_denoised == 1.0
 
@@ -71,7 +71,7 @@ def test_demo_config_composes() -> None:
     assert cfg.run_dir == "runs/demo"
     assert cfg.task.dataset == "runs/demo/pointmaze-umaze-200000.hdf5"
     assert cfg.collect.n_steps == 200_000 and cfg.train.steps == 4000 and cfg.train.lr_decay.value == "cosine"
-    assert cfg.model.dim == 16 and cfg.diffusion.sampler.value == "ddim"
+    assert cfg.model.unet.dim == 16 and cfg.diffusion.sampler.value == "ddim"
     assert cfg.eval.checkpoint == "runs/demo/checkpoint.pt"
 
 
@@ -121,7 +121,7 @@ def test_as_config_validates_plain_dicts() -> None:
 def test_value_and_guidance_groups() -> None:
     cfg = as_config(_compose([]))
     assert cfg.guidance.kind == "none" and cfg.value.discount == 0.997
-    assert cfg.value.termination_penalty == -100.0 and cfg.planner.warm_start_level == 0
+    assert cfg.value.termination_penalty == -100.0 and cfg.planner.warm_start.level == 0
     assert cfg.value.diffusion_checkpoint == "runs/pointmaze-umaze/checkpoint.pt"
     assert cfg.guidance.value_checkpoint == "runs/pointmaze-umaze/value/checkpoint.pt"
     guided = as_config(_compose(["guidance=value", "guidance.apply_to=x0", "value.run_dir=elsewhere"]))
@@ -161,6 +161,32 @@ def test_shipped_experiments_compose_to_their_recipes(name: str) -> None:
     from diffplan.composition import preflight
 
     cfg = preflight("config", [f"+experiment={name}"])
-    got = (cfg.task.name, cfg.task.horizon, cfg.task.stride, str(cfg.model.name), cfg.model.dim,
-           list(cfg.model.dim_mults), cfg.train.steps, str(cfg.planner.mode), cfg.run_dir)
+    got = (cfg.task.name, cfg.task.horizon, cfg.task.stride, str(cfg.model.name), cfg.model.unet.dim,
+           list(cfg.model.unet.dim_mults), cfg.train.steps, str(cfg.planner.mode), cfg.run_dir)
     assert got == EXPERIMENTS[name]
+
+
+def test_configs_stored_before_the_sections_split_load_into_the_sections() -> None:
+    from diffplan.config import as_config, migrate_legacy
+
+    old = {
+        "task": {"name": "pointmaze-umaze", "env_id": "PointMaze_UMaze-v3", "dataset": "data/umaze.hdf5"},
+        "model": {"name": "transformer", "dim": 16, "d_model": 48, "n_heads": 3, "frame_stack": 2},
+        "planner": {"mode": "forcing", "p_gain": 3.0, "tracking": "pursuit", "warm_start_level": 5,
+                    "warm_start_steps": 2, "return_target": 0.7, "guidance_weight": 1.5, "execute": 4,
+                    "n_history": 6, "forcing_tracker": True, "n_candidates": 2},
+    }
+    migrated = migrate_legacy(old)
+    assert old["planner"]["p_gain"] == 3.0  # the input is left as it was
+    assert migrated["planner"]["tracker"] == {"p_gain": 3.0, "tracking": "pursuit"}
+    cfg = as_config(old, check=False)
+    assert cfg.model.unet.dim == 16 and cfg.model.transformer.d_model == 48 and cfg.model.transformer.frame_stack == 2
+    planner = cfg.planner
+    assert (planner.tracker.p_gain, planner.tracker.tracking.value) == (3.0, "pursuit")
+    assert (planner.warm_start.level, planner.warm_start.steps) == (5, 2)
+    assert (planner.return_guidance.target, planner.return_guidance.weight) == (0.7, 1.5)
+    assert (planner.forcing.execute, planner.forcing.n_history, planner.forcing.track_states) == (4, 6, True)
+    assert planner.n_candidates == 2 and planner.tracker.d_gain == 1.0
+    # A value already in its section wins over a stray old one.
+    both = migrate_legacy({"planner": {"p_gain": 3.0, "tracker": {"p_gain": 5.0}}})
+    assert both["planner"]["tracker"]["p_gain"] == 5.0

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 from torch import Tensor
 
-from diffplan.config import Config, DiffusionConfig, ModelConfig, TaskConfig, TrainConfig
+from diffplan.config import Config, DiffusionConfig, ModelConfig, TaskConfig, TrainConfig, UnetConfig
 from diffplan.data import Episodes
 from diffplan.diffusion import loss as loss_module
 from diffplan.diffusion.levels import (
@@ -421,7 +421,7 @@ def episodes() -> Episodes:
 def _config(steps: int, *, noise_mode: str = "independent", level_weighting: str = "min_snr") -> Config:
     return Config(
         task=TaskConfig(name="tiny", env_id="Tiny-v0", dataset="tiny.hdf5", horizon=16),
-        model=ModelConfig(dim=8, dim_mults=[1, 2], kernel_size=3),
+        model=ModelConfig(unet=UnetConfig(dim=8, dim_mults=[1, 2], kernel_size=3)),
         diffusion=DiffusionConfig(n_timesteps=10, sampling_steps=5),
         train=TrainConfig(steps=steps, batch_size=4, warmup_steps=2, ckpt_every=1000, log_every=2, ema_decay=0.5,
                           device="cpu", progress=False, noise_mode=NoiseMode(noise_mode),

@@ -207,8 +207,9 @@ def test_bad_offline_regeneration_settings_give_one_line(
          ("guidance.apply_to='sideways' is not a guidance rule", "use one of ['x_t', 'x0'", "register_guidance_rule")),
         ("evaluate", ["guidance.kind=nope"], ("guidance.kind=nope is not a guidance kind", "plugins=[...]")),
         ("evaluate", ["plugins=[no_such_module]"], ("plugins[0]=no_such_module: cannot import it", "PYTHONPATH")),
-        ("train", ["train.noise_mode=schedule", "planner.execute=40"],
-         ("train.noise_mode=schedule trains for the forcing planner", "planner.n_history + planner.execute")),
+        ("train", ["train.noise_mode=schedule", "planner.forcing.execute=40"],
+         ("train.noise_mode=schedule trains for the forcing planner", "planner.forcing.n_history + "
+             "planner.forcing.execute")),
     ],
 )
 def test_bad_registered_names_and_planner_settings_give_one_line(

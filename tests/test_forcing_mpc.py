@@ -119,7 +119,7 @@ def test_history_matrix_groups_timesteps_of_one_token() -> None:
     expected_token_levels = torch.tensor([[4, 4, 4], [2, 4, 4], [0, 2, 4], [0, 0, 2], [0, 0, 0]])
     assert torch.equal(matrix[:, 2:], expected_token_levels.repeat_interleave(2, dim=1))
     assert (matrix[:, :2] == 0).all()
-    with pytest.raises(ValueError, match=r"multiples of the timesteps per token \(model.frame_stack = 2\)"):
+    with pytest.raises(ValueError, match=r"multiples of the timesteps per token \(model.transformer.frame_stack = 2\)"):
         history_matrix("pyramid", 1, n_timesteps=4, sampling_steps=2, horizon=8, group=2)
 
 
@@ -185,9 +185,11 @@ def test_evaluator_runs_forcing_mpc_with_goal_guidance(tmp_path: Path) -> None:
     from diffplan.pipeline.evaluate import run_evaluate
     from diffplan.pipeline.train import run_train
 
-    extra = ["model=transformer", "model.d_model=16", "model.n_layers=1", "model.n_heads=2", "model.frame_stack=2",
+    extra = ["model=transformer", "model.transformer.d_model=16", "model.transformer.n_layers=1",
+             "model.transformer.n_heads=2", "model.transformer.frame_stack=2",
              "task.stride=1", "task.horizon=16", "train.noise_mode=independent", "train.condition_goal=false",
-             "planner=forcing", "planner.execute=4", "planner.n_history=4", "guidance=goal", "guidance.scale=10",
+             "planner=forcing", "planner.forcing.execute=4", "planner.forcing.n_history=4", "guidance=goal",
+             "guidance.scale=10",
              "guidance.mc_samples=2", "diffusion.schedule_matrix=pyramid", "diffusion.uncertainty=0.5",
              "task.episode_steps=12", "eval.plots=false"]
     cfg = tiny_config(tmp_path, extra)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffplan.config import Config, DiffusionConfig, GuidanceConfig, PlannerConfig, ValueConfig
+from diffplan.config import Config, DiffusionConfig, GuidanceConfig, PlannerConfig, ValueConfig, WarmStartConfig
 from diffplan.data import LimitsNormalizer, TrajectoryLayout
 from diffplan.diffusion.loss import diffusion_loss
 from diffplan.diffusion.schedule import NoiseSchedule
@@ -62,8 +62,8 @@ def value_plans(device: str) -> tuple[torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     value = build_value_net(ValueConfig(dim=8, dim_mults=[1, 2]), transition_dim=6, horizon=16).eval().to(device)
     planner = ValuePlanner(
-        model, ValueGuide(value), planner=PlannerConfig(mode="actions", n_candidates=4, warm_start_level=4,
-                                                       warm_start_steps=2),
+        model, ValueGuide(value), planner=PlannerConfig(mode="actions", n_candidates=4,
+                                                       warm_start=WarmStartConfig(level=4, steps=2)),
         diffusion=DiffusionConfig(n_timesteps=10, sampling_steps=5),
         guidance=GuidanceConfig(kind="value", scale=1.0), device=device,
     )

@@ -10,7 +10,15 @@ import pytest
 import torch
 from torch import Tensor
 
-from diffplan.config import Config, DiffusionConfig, GuidanceConfig, PlannerConfig
+from diffplan.config import (
+    Config,
+    DiffusionConfig,
+    GuidanceConfig,
+    ModelConfig,
+    PlannerConfig,
+    ReturnGuidanceConfig,
+    WarmStartConfig,
+)
 from diffplan.data import LimitsNormalizer, TrajectoryLayout
 from diffplan.diffusion.sampler import Constraints, Sampler, full_sequence_matrix, make_sampler
 from diffplan.diffusion.schedule import NoiseSchedule
@@ -356,10 +364,10 @@ def test_value_planner_settings_are_validated(model: TrainedModel) -> None:
     guide = LinearGuide(torch.zeros(1, PH, 6))
     with pytest.raises(ValueError, match="n_candidates must be >= 1"):
         _planner(model, guide, k=0)
-    with pytest.raises(ValueError, match=r"warm_start_level must be in \[0, diffusion.n_timesteps=10\]"):
-        _planner(model, guide, warm_start_level=11)
-    with pytest.raises(ValueError, match=r"warm_start_steps must be in \[1, planner.warm_start_level=3\]"):
-        _planner(model, guide, warm_start_level=3, warm_start_steps=4)
+    with pytest.raises(ValueError, match=r"warm_start.level must be in \[0, diffusion.n_timesteps=10\]"):
+        _planner(model, guide, warm_start=WarmStartConfig(level=11))
+    with pytest.raises(ValueError, match=r"warm_start.steps must be in \[1, planner.warm_start.level=3\]"):
+        _planner(model, guide, warm_start=WarmStartConfig(level=3, steps=4))
 
 
 def _spy_planner(planner: ValuePlanner) -> list[dict[str, object]]:
@@ -412,9 +420,9 @@ def test_value_policy_executes_planned_actions(model: TrainedModel) -> None:
 
 
 def test_value_policy_warm_starts_from_the_shifted_previous_plan(model: TrainedModel) -> None:
-    planner = _planner(model, LinearGuide(torch.zeros(1, PH, 6)), k=2, warm_start_level=4, warm_start_steps=2)
+    planner = _planner(model, LinearGuide(torch.zeros(1, PH, 6)), k=2, warm_start=WarmStartConfig(level=4, steps=2))
     calls = _spy_planner(planner)
-    policy = ValuePolicy(planner, PlannerConfig(replan_every=2, warm_start_level=4, warm_start_steps=2))
+    policy = ValuePolicy(planner, PlannerConfig(replan_every=2, warm_start=WarmStartConfig(level=4, steps=2)))
     obs, goals, active = STARTS.numpy()[:2], np.zeros((2, 0)), np.ones(2, dtype=bool)
     generator = torch.Generator().manual_seed(0)
     policy.act(0, obs, goals, active, generator)
@@ -436,9 +444,8 @@ def test_value_policy_warm_starts_from_the_shifted_previous_plan(model: TrainedM
 
 def test_value_planner_honours_return_condition_and_inverse_dynamics(model: TrainedModel) -> None:
     """A Decision Diffuser checkpoint (planner=dd) in the locomotion evaluator: the value planner
-    must guide towards planner.return_target and execute the inverse-dynamics actions, as
+    must guide towards planner.return_guidance.target and execute the inverse-dynamics actions, as
     GoalPlanner does, instead of silently sampling unconditionally with the diffused actions."""
-    from diffplan.config import ModelConfig
     from diffplan.enums import ActionSource
     from diffplan.models.inverse_dynamics import InverseDynamics, plan_actions
 
@@ -459,8 +466,8 @@ def test_value_planner_honours_return_condition_and_inverse_dynamics(model: Trai
     head = InverseDynamics(LAYOUT.obs_dim, LAYOUT.act_dim, (16,)).eval()
     dd = dataclasses.replace(model, denoiser=unet, config=Config(model=ModelConfig(return_condition=True)),
                              inverse_dynamics=head)
-    planner = _planner(dd, ConstantGuide(), k=1, kind="none", return_target=0.7,
-                       guidance_weight=1.2, action_source=ActionSource.inverse_dynamics)
+    planner = _planner(dd, ConstantGuide(), k=1, kind="none",
+                       return_guidance=ReturnGuidanceConfig(0.7, 1.2), action_source=ActionSource.inverse_dynamics)
     plan = planner.plan(STARTS, torch.Generator().manual_seed(0))
     assert seen and all(isinstance(c, Tensor) and torch.allclose(c, torch.full_like(c, 0.7)) for c in seen)
     assert plan.normalized is not None

@@ -36,9 +36,9 @@ MINARI_IDENTITY = "14a0db686eac"
 
 TINY_LOCOMOTION = [
     "+experiment=locomotion", "task=hopper-medium", "task.horizon=8", "task.episode_steps=12",
-    "model.dim=8", "model.dim_mults=[1,2]", "diffusion.n_timesteps=8", "diffusion.sampling_steps=4",
+    "model.unet.dim=8", "model.unet.dim_mults=[1,2]", "diffusion.n_timesteps=8", "diffusion.sampling_steps=4",
     "train.steps=4", "train.batch_size=4", "train.ckpt_every=2", "train.progress=false", "train.threads=1",
-    "guidance=none", "planner.n_candidates=1", "planner.warm_start_level=2", "planner.warm_start_steps=1",
+    "guidance=none", "planner.n_candidates=1", "planner.warm_start.level=2", "planner.warm_start.steps=1",
     "eval.n_episodes=2", "eval.n_envs=2", "eval.seeds=[0]", "eval.progress=false",
 ]
 #: Two 60-step episodes instead of tiny_overrides' six of 300.

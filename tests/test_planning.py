@@ -7,7 +7,7 @@ import pytest
 import torch
 from data_fixtures import tiny_maze_model
 
-from diffplan.config import DiffusionConfig, PlannerConfig
+from diffplan.config import DiffusionConfig, PlannerConfig, TrackerConfig
 from diffplan.data import TrajectoryLayout
 from diffplan.enums import ExecutionMode, Selection, Tracking
 from diffplan.guidance.per_env import EnvStrengths
@@ -126,7 +126,7 @@ class StubPlanner:
 
 
 def _policy(mode: ExecutionMode, replan_every: int = 0, planner: StubPlanner | None = None) -> PlanningPolicy:
-    cfg = PlannerConfig(mode=mode, replan_every=replan_every, p_gain=2.0, d_gain=0.5)
+    cfg = PlannerConfig(mode=mode, replan_every=replan_every, tracker=TrackerConfig(p_gain=2.0, d_gain=0.5))
     return PlanningPolicy(planner or StubPlanner(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])
 
 
@@ -230,7 +230,8 @@ class LinePlanner:
 
 
 def test_pursuit_targets_lookahead_past_closest_point_and_never_backwards() -> None:
-    cfg = PlannerConfig(mode=ExecutionMode.tracker, tracking=Tracking.pursuit, lookahead=2, p_gain=10.0, d_gain=1.0)
+    cfg = PlannerConfig(mode=ExecutionMode.tracker,
+                        tracker=TrackerConfig(tracking=Tracking.pursuit, lookahead=2, p_gain=10.0, d_gain=1.0))
     policy = PlanningPolicy(LinePlanner(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])
     generator = torch.Generator()
     one = np.ones(1, dtype=bool)
@@ -249,7 +250,8 @@ def test_pursuit_targets_lookahead_past_closest_point_and_never_backwards() -> N
 
 
 def test_time_tracker_with_stride_advances_one_token_per_stride_steps() -> None:
-    cfg = PlannerConfig(mode=ExecutionMode.tracker, tracking=Tracking.time, p_gain=1.0, d_gain=0.0)
+    cfg = PlannerConfig(mode=ExecutionMode.tracker,
+                        tracker=TrackerConfig(tracking=Tracking.time, p_gain=1.0, d_gain=0.0))
     policy = PlanningPolicy(LinePlanner(), cfg, position_dims=[0, 1], velocity_dims=[2, 3],
                             stride=3)
     generator = torch.Generator()
@@ -273,7 +275,8 @@ def test_pursuit_replans_when_progress_stalls() -> None:
             CountingLine.calls += 1
             return super().plan(observations, generator, goals=goals)
 
-    cfg = PlannerConfig(mode=ExecutionMode.tracker, tracking=Tracking.pursuit, lookahead=2, replan_on_stall=3)
+    cfg = PlannerConfig(mode=ExecutionMode.tracker,
+                        tracker=TrackerConfig(tracking=Tracking.pursuit, lookahead=2, replan_on_stall=3))
     policy = PlanningPolicy(CountingLine(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])
     one, generator = np.ones(1, dtype=bool), torch.Generator()
     stuck = np.array([[1.0, 0.0, 0.0, 0.0]])  # never moves: progress stays at token 1
@@ -286,11 +289,11 @@ def test_pursuit_replans_when_progress_stalls() -> None:
         policy.act(t, obs, GOAL[:1], one, generator)
     assert CountingLine.calls == 2  # steady progress: no replanning
     with pytest.raises(ValueError, match="replan_on_stall"):
-        PlanningPolicy(CountingLine(), PlannerConfig(replan_on_stall=-1), position_dims=[0, 1],
+        PlanningPolicy(CountingLine(), PlannerConfig(tracker=TrackerConfig(replan_on_stall=-1)), position_dims=[0, 1],
                        velocity_dims=[2, 3])
 
 
 def test_negative_lookahead_is_refused() -> None:
-    with pytest.raises(ValueError, match="planner.lookahead must be >= 0"):
-        PlanningPolicy(LinePlanner(), PlannerConfig(lookahead=-1), position_dims=[0, 1],
+    with pytest.raises(ValueError, match="planner.tracker.lookahead must be >= 0"):
+        PlanningPolicy(LinePlanner(), PlannerConfig(tracker=TrackerConfig(lookahead=-1)), position_dims=[0, 1],
                        velocity_dims=[2, 3])

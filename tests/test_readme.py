@@ -58,7 +58,7 @@ def test_python_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     budget = re.search(r"^budget = \{.*\}$", code, flags=re.M)
     assert budget is not None
     tiny = ('budget = {"collect.n_steps": 3000, "collect.ref_episodes": 2, "train.steps": 4, "train.batch_size": 4, '
-            '"task.horizon": 32, "task.stride": 1, "model.dim": 8, "model.dim_mults": [1, 2], '
+            '"task.horizon": 32, "task.stride": 1, "model.unet.dim": 8, "model.unet.dim_mults": [1, 2], '
             '"diffusion.n_timesteps": 8, "diffusion.sampling_steps": 4, "eval.n_episodes": 2, "eval.n_envs": 2, '
             '"collect.progress": False, "train.progress": False, "eval.progress": False, "eval.plots": False}')
     monkeypatch.chdir(tmp_path)

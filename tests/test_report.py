@@ -241,10 +241,16 @@ def test_cell_derivation(base_config: dict[str, Any]) -> None:
     assert derive_cell(data).label == "value+mc4=0.3"
     cfg["guidance"].update(kind="none", mc_samples=1)
     data["trained_config"]["model"]["return_condition"] = True
-    cfg["planner"]["guidance_weight"] = 1.8
-    assert derive_cell(data).label == "cfg=1.8"
-    cfg["planner"]["guidance_weight"] = 1.0
+    cfg["planner"]["return_guidance"]["weight"] = 1.8
+    assert derive_cell(data).label == "classifier_free=1.8"
+    cfg["planner"]["return_guidance"]["weight"] = 1.0
     assert derive_cell(data).label == "none=0"
+    # Results written before the planner's sections held the weight at planner.guidance_weight.
+    old_planner = cfg["planner"].pop("return_guidance")
+    cfg["planner"]["guidance_weight"] = 1.5
+    assert derive_cell(data).label == "classifier_free=1.5"
+    del cfg["planner"]["guidance_weight"]
+    cfg["planner"]["return_guidance"] = old_planner
     cfg["eval"]["policy"] = "bc"
     assert derive_cell(data).label == "bc"
     data["cell"] = {"task": "hopper-medium", "kind": "value", "strength": 0.5}

@@ -74,7 +74,7 @@ def test_trained_patterns_are_exactly_those_the_forcing_planner_asks_for(kind: s
     config = Config()
     config.train.noise_mode = NoiseMode.schedule
     config.diffusion = DiffusionConfig(n_timesteps=T, sampling_steps=S, schedule_matrix=kind, uncertainty=1)
-    config.planner.execute, config.planner.n_history = 2, 5
+    config.planner.forcing.execute, config.planner.forcing.n_history = 2, 5
     spy = LevelSpy()
     planner = ForcingPlanner(_model(spy, config), diffusion=config.diffusion, execute=2, n_history=5)
     planner.rollout(torch.zeros(2, 4), n_steps=14, generator=torch.Generator().manual_seed(0))
@@ -94,12 +94,12 @@ def test_planning_with_other_patterns_warns(caplog: pytest.LogCaptureFixture) ->
                                                 uncertainty=2))
     assert "trained on the level patterns of schedule_matrix=pyramid, uncertainty=1.0" in caplog.text
     caplog.clear()
-    config.planner.execute, config.planner.n_history = 2, 5
+    config.planner.forcing.execute, config.planner.forcing.n_history = 2, 5
     with caplog.at_level(logging.WARNING):
         ForcingPlanner(model, diffusion=config.diffusion, execute=2, n_history=5)
         assert not caplog.records
         ForcingPlanner(model, diffusion=config.diffusion, execute=1, n_history=5)
-    assert "trained on the histories of planner.execute=2, planner.n_history=5" in caplog.text
+    assert "trained on the histories of planner.forcing.execute=2, planner.forcing.n_history=5" in caplog.text
 
 
 def test_schedule_matched_training_through_the_trainer(tmp_path: Path) -> None:
@@ -108,21 +108,22 @@ def test_schedule_matched_training_through_the_trainer(tmp_path: Path) -> None:
     from diffplan.pipeline.collect import run_collect
     from diffplan.pipeline.train import run_train
 
-    cfg = tiny_config(tmp_path, ["model=transformer", "model.d_model=16", "model.n_layers=1", "model.n_heads=2",
+    cfg = tiny_config(tmp_path, ["model=transformer", "model.transformer.d_model=16", "model.transformer.n_layers=1",
+                                 "model.transformer.n_heads=2",
                                  "train.noise_mode=schedule", "train.schedule_independent_p=0.1",
-                                 "diffusion.schedule_matrix=pyramid", "planner.execute=4", "task.horizon=16"])
+                                 "diffusion.schedule_matrix=pyramid", "planner.forcing.execute=4", "task.horizon=16"])
     run_collect(cfg)
     summary = run_train(cfg)
     assert summary.steps == 4 and torch.isfinite(torch.tensor(summary.final_loss))
     model = load_trained_model(summary.checkpoint)
-    assert model.config.train.noise_mode is NoiseMode.schedule and model.config.planner.execute == 4
+    assert model.config.train.noise_mode is NoiseMode.schedule and model.config.planner.forcing.execute == 4
     assert model.config.train.schedule_independent_p == 0.1
 
     with pytest.raises(ValueError, match=r"train.schedule_independent_p=1.5 is out of range"):
         tiny_config(tmp_path, ["train.noise_mode=schedule", "train.schedule_independent_p=1.5"])
-    with pytest.raises(ValueError, match="schedule trains for the forcing planner: need planner.n_history >= 0 "
-                                         "and planner.n_history \\+ planner.execute <= horizon - 1"):
-        bad = tiny_config(tmp_path, ["train.noise_mode=schedule", "planner.execute=40"])
+    with pytest.raises(ValueError, match="schedule trains for the forcing planner: need planner.forcing.n_history >= 0 "
+                                         "and planner.forcing.n_history \\+ planner.forcing.execute <= horizon - 1"):
+        bad = tiny_config(tmp_path, ["train.noise_mode=schedule", "planner.forcing.execute=40"])
         schedule_patterns(bad, bad.task.horizon)
 
 

@@ -26,7 +26,7 @@ from diffplan.config import (
     register_configs,
 )
 from diffplan.data import LimitsNormalizer, TrajectoryLayout
-from diffplan.diffusion.cfg import ClassifierFreeGuidance
+from diffplan.diffusion.classifier_free import ClassifierFreeGuidance
 from diffplan.diffusion.sampler import Sampler, full_sequence_matrix
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.enums import EvalPolicy, GuideTarget
@@ -73,8 +73,8 @@ def _with_cells(cfg: Config, cells: list[dict], **sweep: object) -> Config:
     ([{"kind": "goal", "strengths": [0.5]}, {"kind": "goal", "strengths": [1.0, 0.5]}],
      r"sweep.cells\[1\] repeats cell 'goal=0.5' of sweep.cells\[0\]; remove the duplicate"),
     ([{"kind": "none", "strengths": [0.3]}], r"sweep.cells\[0\]: kind=none is unguided and takes no strengths"),
-    ([{"kind": "cfg", "strengths": [1.2], "mc_samples": 4}],
-     r"sweep.cells\[0\].mc_samples=4: kind=cfg .* drop mc_samples"),
+    ([{"kind": "classifier_free", "strengths": [1.2], "mc_samples": 4}],
+     r"sweep.cells\[0\].mc_samples=4: kind=classifier_free .* drop mc_samples"),
     ([{"kind": "goal", "strengths": [1.0], "mc_samples": 0}], r"sweep.cells\[0\].mc_samples must be >= 1"),
 ])
 def test_bad_sweeps_name_the_key_and_the_fix(base: Config, cells: list[dict], message: str) -> None:
@@ -94,13 +94,14 @@ def test_bad_sweeps_from_the_command_line(base: Config) -> None:
 
 
 def test_cells_become_overrides_labels_and_folders() -> None:
-    cfg = _compose(["guidance=policy", "guidance.policy_scale=0.02", "sweep.name=grid", "planner.guidance_weight=1.2",
+    cfg = _compose(["guidance=policy", "guidance.policy_scale=0.02", "sweep.name=grid",
+                    "planner.return_guidance.weight=1.2",
                     "sweep.cells=[{kind: none}, {kind: value, strengths: [0.1, 1]}, {kind: policy, strengths: [0.03]},"
-                    " {kind: value_policy, strengths: [0.2]}, {kind: cfg, strengths: [1.5]},"
+                    " {kind: value_policy, strengths: [0.2]}, {kind: classifier_free, strengths: [1.5]},"
                     " {kind: goal, strengths: [2], mc_samples: 4}]"])
     planned = plan_cells(cfg)
     assert [p.label for p in planned] == ["none=0", "value=0.1", "value=1", "policy=0.03",
-                                          "value_policy=0.2,policy=0.02", "cfg=1.5", "goal+mc4=2"]
+                                          "value_policy=0.2,policy=0.02", "classifier_free=1.5", "goal+mc4=2"]
     assert [p.cell.index for p in planned] == list(range(7))
     by = {p.label: p for p in planned}
     assert by["none=0"].cfg.guidance.kind == "none" and by["none=0"].key == {
@@ -109,23 +110,24 @@ def test_cells_become_overrides_labels_and_folders() -> None:
     assert by["policy=0.03"].cfg.guidance.policy_scale == 0.03
     vp = by["value_policy=0.2,policy=0.02"].cfg.guidance
     assert vp.kind == "value_policy" and vp.scale == 0.2 and vp.policy_scale == 0.02
-    cfg_cell = by["cfg=1.5"].cfg
-    assert cfg_cell.guidance.kind == "none" and cfg_cell.planner.guidance_weight == 1.5
+    classifier_free_cell = by["classifier_free=1.5"].cfg
+    assert classifier_free_cell.guidance.kind == "none" and classifier_free_cell.planner.return_guidance.weight == 1.5
     assert by["goal+mc4=2"].cfg.guidance.mc_samples == 4 and by["goal+mc4=2"].key["kind"] == "goal+mc4"
     assert by["value=0.1"].out_dir == Path("runs/sweeps/grid/value=0.1")
     assert by["value=0.1"].cfg.eval.out_dir == "runs/sweeps/grid/value=0.1"
     # Passes: goal (mazes) never shares a batch with the locomotion kinds; mc_samples=4 is its own structure.
     passes = batch_passes(planned)
     assert [[p.label for p in part] for part in passes] == [
-        ["none=0", "value=0.1", "value=1", "policy=0.03", "value_policy=0.2,policy=0.02", "cfg=1.5"], ["goal+mc4=2"]]
+        ["none=0", "value=0.1", "value=1", "policy=0.03", "value_policy=0.2,policy=0.02", "classifier_free=1.5"],
+        ["goal+mc4=2"]]
     assert pass_kind(passes[0]) == "value_policy" and pass_kind(passes[1]) == "goal"
     strengths = pass_strengths(passes[0], n_episodes=2)
     assert strengths is not None and len(strengths) == 12
-    assert strengths.scale is not None and strengths.weights is not None and strengths.cfg_weight is not None
+    assert strengths.scale is not None and strengths.weights is not None and strengths.return_weight is not None
     assert strengths.scale[::2].tolist() == pytest.approx([0.0, 0.1, 1.0, 0.03, 1.0, 0.0])
     torch.testing.assert_close(strengths.weights[::2], torch.tensor(
         [[0, 0], [1, 0], [1, 0], [0, 1], [0.2, 0.02], [0, 0]]))
-    assert strengths.cfg_weight[::2].tolist() == pytest.approx([1.2, 1.2, 1.2, 1.2, 1.2, 1.5])
+    assert strengths.return_weight[::2].tolist() == pytest.approx([1.2, 1.2, 1.2, 1.2, 1.2, 1.5])
     assert torch.equal(strengths.scale[::2], strengths.scale[1::2])  # each cell's episodes are contiguous
 
 
@@ -252,10 +254,10 @@ def test_composite_guide_per_sample_weights() -> None:
 
 
 def test_env_strengths_select_repeat_and_apply() -> None:
-    strengths = EnvStrengths(scale=[0.0, 1.0, 2.0], weights=[[1, 0], [0, 1], [0.5, 0.5]], cfg_weight=[1, 1.2, 1.5])
+    strengths = EnvStrengths(scale=[0.0, 1.0, 2.0], weights=[[1, 0], [0, 1], [0.5, 0.5]], return_weight=[1, 1.2, 1.5])
     picked = strengths.select(np.array([2, 0])).repeat_interleave(2)
     assert picked.scale is not None and picked.scale.tolist() == [2.0, 2.0, 0.0, 0.0]
-    assert picked.cfg_weight is not None and picked.cfg_weight.tolist() == pytest.approx([1.5, 1.5, 1.0, 1.0])
+    assert picked.return_weight is not None and picked.return_weight.tolist() == pytest.approx([1.5, 1.5, 1.0, 1.0])
     composite = CompositeGuide([(SineGuide(), 0.1), (OffsetGuide(1.0), 0.2)])
     applied = picked.apply(Guidance(composite, scale=1.0))
     assert applied is not None and isinstance(applied.guide, CompositeGuide)
@@ -266,7 +268,7 @@ def test_env_strengths_select_repeat_and_apply() -> None:
     with pytest.raises(ValueError, match="need a CompositeGuide"):
         picked.apply(Guidance(SineGuide(), scale=1.0))
     with pytest.raises(ValueError, match="different numbers of environments"):
-        EnvStrengths(scale=[0.0, 1.0], cfg_weight=[1.0])
+        EnvStrengths(scale=[0.0, 1.0], return_weight=[1.0])
     with pytest.raises(IndexError):
         strengths.select([3])
 
@@ -514,6 +516,7 @@ def test_single_cell_batched_pass_equals_the_sequential_cell(trained: Path, sequ
     assert [e["length"] for e in bat["episodes"]] == [e["length"] for e in seq["episodes"]]
 
 
-def test_cfg_cells_need_a_return_conditioned_model(trained: Path) -> None:
-    with pytest.raises(SweepError, match=r"kind=cfg varies planner.guidance_weight.*model.return_condition=false"):
-        run_sweep(_sweep_config(trained, "cfg", "[{kind: cfg, strengths: [1.0, 1.5]}]"))
+def test_classifier_free_cells_need_a_return_conditioned_model(trained: Path) -> None:
+    with pytest.raises(SweepError, match=r"kind=classifier_free varies "
+        "planner.return_guidance.weight.*model.return_condition=false"):
+        run_sweep(_sweep_config(trained, "classifier-free", "[{kind: classifier_free, strengths: [1.0, 1.5]}]"))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from data_fixtures import random_walk_episodes, training_state
 
-from diffplan.config import Config, DiffusionConfig, ModelConfig, TaskConfig, TrainConfig
+from diffplan.config import Config, DiffusionConfig, ModelConfig, TaskConfig, TrainConfig, UnetConfig
 from diffplan.data import Episodes, TrajectoryLayout, load_hdf5, write_hdf5
 from diffplan.diffusion.loss import diffusion_loss
 from diffplan.diffusion.schedule import NoiseSchedule
@@ -33,7 +33,7 @@ def episodes(tmp_path_factory: pytest.TempPathFactory) -> Episodes:
 def _config(steps: int, *, ckpt_every: int = 1000, dim: int = 8) -> Config:
     return Config(
         task=TaskConfig(name="tiny", env_id="Tiny-v0", dataset="tiny.hdf5", horizon=16),
-        model=ModelConfig(dim=dim, dim_mults=[1, 2], kernel_size=3),
+        model=ModelConfig(unet=UnetConfig(dim=dim, dim_mults=[1, 2], kernel_size=3)),
         diffusion=DiffusionConfig(n_timesteps=10, sampling_steps=5),
         train=TrainConfig(steps=steps, batch_size=4, warmup_steps=2, ckpt_every=ckpt_every, log_every=2,
                           ema_decay=0.5, device="cpu", progress=False),
@@ -131,7 +131,7 @@ def test_failed_save_keeps_previous_checkpoint(straight_run: Trainer, monkeypatc
 
 def test_resume_with_other_model_config_raises(straight_run: Trainer, episodes: Episodes) -> None:
     other = Trainer(_config(8, dim=16), episodes, straight_run.run_dir, {})
-    with pytest.raises(CheckpointError, match="trained with model.dim=8, the current config has 16"):
+    with pytest.raises(CheckpointError, match="trained with model.unet.dim=8, the current config has 16"):
         other.train(resume=True)
 
 

@@ -11,7 +11,7 @@ import torch
 from data_fixtures import random_walk_episodes, training_state
 from torch import Tensor
 
-from diffplan.config import Config, DiffusionConfig, ModelConfig, TaskConfig, TrainConfig
+from diffplan.config import Config, DiffusionConfig, ModelConfig, TaskConfig, TrainConfig, TransformerConfig
 from diffplan.data import Episodes
 from diffplan.diffusion.sampler import Constraints, make_sampler
 from diffplan.diffusion.schedule import NoiseSchedule
@@ -38,7 +38,8 @@ def _inputs(horizon: int = H) -> tuple[Tensor, Tensor]:
 def test_output_shape_and_factory() -> None:
     x, levels = _inputs()
     assert _net()(x, levels).shape == (B, H, D)
-    cfg = ModelConfig(name=ModelKind.transformer, d_model=32, n_layers=2, n_heads=2, causal=False, frame_stack=2)
+    cfg = ModelConfig(name=ModelKind.transformer,
+                      transformer=TransformerConfig(d_model=32, n_layers=2, n_heads=2, causal=False, frame_stack=2))
     model = build_denoiser(cfg, transition_dim=D, horizon=H)
     assert isinstance(model, TrajectoryTransformer)
     assert not model.causal and model.frame_stack == 2 and len(model.blocks) == 2
@@ -106,14 +107,14 @@ def test_frame_stack_shapes_and_divisibility() -> None:
     assert net(x, levels).shape == (B, H, D)
     x, levels = _inputs(6)
     assert net(x, levels).shape == (B, 6, D)
-    with pytest.raises(ValueError, match=r"horizon 7 must be a positive multiple of model.frame_stack=2"):
+    with pytest.raises(ValueError, match=r"horizon 7 must be a positive multiple of model.transformer.frame_stack=2"):
         net(*_inputs(7))
-    with pytest.raises(ValueError, match=r"horizon 15 must be a positive multiple of model.frame_stack=4"):
+    with pytest.raises(ValueError, match=r"horizon 15 must be a positive multiple of model.transformer.frame_stack=4"):
         _net(frame_stack=4, horizon=15)
 
 
 def test_bad_settings_raise() -> None:
-    with pytest.raises(ValueError, match="divisible by model.n_heads"):
+    with pytest.raises(ValueError, match="divisible by model.transformer.n_heads"):
         TrajectoryTransformer(transition_dim=D, horizon=H, d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="frame_stack must be >= 1"):
         TrajectoryTransformer(transition_dim=D, horizon=H, frame_stack=0)
@@ -178,7 +179,8 @@ def episodes() -> Episodes:
 def _config(steps: int) -> Config:
     return Config(
         task=TaskConfig(name="tiny", env_id="Tiny-v0", dataset="tiny.hdf5", horizon=16),
-        model=ModelConfig(name=ModelKind.transformer, d_model=16, n_layers=2, n_heads=2, frame_stack=2),
+        model=ModelConfig(name=ModelKind.transformer,
+                          transformer=TransformerConfig(d_model=16, n_layers=2, n_heads=2, frame_stack=2)),
         diffusion=DiffusionConfig(n_timesteps=10, sampling_steps=5),
         train=TrainConfig(steps=steps, batch_size=4, warmup_steps=2, ckpt_every=1000, log_every=2,
                           ema_decay=0.5, device="cpu", progress=False, noise_mode=NoiseMode.mixture),

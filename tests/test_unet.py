@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffplan.config import ModelConfig
+from diffplan.config import ModelConfig, UnetConfig
 from diffplan.models.factory import build_denoiser
 from diffplan.models.unet import SinusoidalEmbedding, TemporalUnet
 
@@ -26,7 +26,7 @@ def test_output_shape_any_valid_horizon(horizon: int) -> None:
 
 
 def test_horizon_not_divisible_raises_naming_dim_mults() -> None:
-    with pytest.raises(ValueError, match=r"horizon 10 must be divisible by 4 \(2 \*\* \(len\(model.dim_mults\)"):
+    with pytest.raises(ValueError, match=r"horizon 10 must be divisible by 4 \(2 \*\* \(len\(model.unet.dim_mults\)"):
         _unet(horizon=10)
     model = _unet(horizon=16)
     with pytest.raises(ValueError, match="horizon 6 must be divisible by 4"):
@@ -35,7 +35,7 @@ def test_horizon_not_divisible_raises_naming_dim_mults() -> None:
 
 @pytest.mark.parametrize("dim", [4, 12])
 def test_dim_not_multiple_of_8_raises(dim: int) -> None:
-    with pytest.raises(ValueError, match=f"model.dim must be a multiple of 8.*got {dim}"):
+    with pytest.raises(ValueError, match=f"model.unet.dim must be a multiple of 8.*got {dim}"):
         TemporalUnet(transition_dim=D, horizon=8, dim=dim, dim_mults=(1, 2))
 
 
@@ -54,7 +54,8 @@ def test_sinusoidal_embedding_values() -> None:
 
 
 def test_factory_builds_unet_from_config() -> None:
-    model = build_denoiser(ModelConfig(dim=8, dim_mults=[1, 2], kernel_size=3), transition_dim=5, horizon=8)
+    config = ModelConfig(unet=UnetConfig(dim=8, dim_mults=[1, 2], kernel_size=3))
+    model = build_denoiser(config, transition_dim=5, horizon=8)
     assert isinstance(model, TemporalUnet)
     assert model.downsample_factor == 2
     assert model(torch.randn(1, 8, 5), torch.rand(1, 8)).shape == (1, 8, 5)

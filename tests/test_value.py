@@ -11,7 +11,7 @@ import pytest
 import torch
 from data_fixtures import training_state
 
-from diffplan.config import Config, DiffusionConfig, ModelConfig, TaskConfig, TrainConfig, ValueConfig
+from diffplan.config import Config, DiffusionConfig, ModelConfig, TaskConfig, TrainConfig, UnetConfig, ValueConfig
 from diffplan.data import Episodes, GaussianNormalizer, TrajectoryLayout, write_hdf5
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.enums import NormalizerKind
@@ -130,7 +130,7 @@ def _diffusion_model(normalizer: GaussianNormalizer, *, horizon: int = H, task: 
                      n_timesteps: int = 10) -> TrainedModel:
     cfg = Config(
         task=TaskConfig(name=task, env_id="Tiny-v0", dataset="tiny.hdf5", horizon=horizon, goal_obs_dims=[]),
-        model=ModelConfig(dim=8, dim_mults=[1, 2], kernel_size=3),
+        model=ModelConfig(unet=UnetConfig(dim=8, dim_mults=[1, 2], kernel_size=3)),
         diffusion=DiffusionConfig(n_timesteps=n_timesteps, normalizer=NormalizerKind.gaussian, clip_denoised=None),
         train=TrainConfig(condition_goal=False),
     )
@@ -257,7 +257,7 @@ def test_train_value_command(data: Episodes, tmp_path: Path) -> None:
     dataset = write_hdf5(tmp_path / "tiny.hdf5", data, {"task": "tiny"})
     cfg = Config(
         task=TaskConfig(name="tiny", env_id="Tiny-v0", dataset=str(dataset), horizon=H, goal_obs_dims=[]),
-        model=ModelConfig(dim=8, dim_mults=[1, 2], kernel_size=3),
+        model=ModelConfig(unet=UnetConfig(dim=8, dim_mults=[1, 2], kernel_size=3)),
         diffusion=DiffusionConfig(n_timesteps=10, normalizer=NormalizerKind.gaussian, clip_denoised=None),
         train=TrainConfig(steps=1, batch_size=2, condition_goal=False, device="cpu", progress=False),
         run_dir=str(tmp_path / "run"),

@@ -46,10 +46,10 @@ REFERENCE_HOPPER = Preset(
     "Diffuser's Hopper shape: U-Net + value net dim 32 (1,2,4,8), H 32, K 64, DDPM 20, 2 guide steps, N 1",
     (
         "task=hopper-medium",
-        "model=unet_small", "model.dim=32", "model.dim_mults=[1,2,4,8]", "model.kernel_size=5",
+        "model=unet_small", "model.unet.dim=32", "model.unet.dim_mults=[1,2,4,8]", "model.unet.kernel_size=5",
         "diffusion=ddpm", "diffusion.n_timesteps=20", "diffusion.sampling_steps=20",
         "diffusion.normalizer=gaussian", "diffusion.clip_denoised=null",
-        "planner=value", "planner.n_candidates=64", "planner.warm_start_level=0",
+        "planner=value", "planner.n_candidates=64", "planner.warm_start.level=0",
         "guidance=value",
         "value.dim=32", "value.dim_mults=[1,2,4,8]", "value.kernel_size=5",
         "train.batch_size=32", "train.pad=true", "train.action_weight=10", "train.condition_goal=false",

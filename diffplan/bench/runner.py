@@ -166,7 +166,7 @@ def measure_value_plans(cfg: Config, model: TrainedModel, n: int, settings: Sett
     obs, _ = _plan_inputs(cfg, model, n, device)
     k = cfg.planner.n_candidates
     metrics: dict[str, Measurement] = {}
-    warm = cfg.planner.warm_start_level > 0
+    warm = cfg.planner.warm_start.level > 0
     shift = max(cfg.planner.replan_every, 1)
     modes = [(True, "plan_guided"), (False, "plan_unguided")]
     if cfg.guidance.kind == "none":
@@ -179,7 +179,7 @@ def measure_value_plans(cfg: Config, model: TrainedModel, n: int, settings: Sett
             previous = planner.plan(obs, generator).normalized
             metrics[name] = _plan_metric(
                 functools.partial(planner.plan, obs, generator, previous=previous, shift=shift), n, k,
-                f"{what}, warm-started (level {cfg.planner.warm_start_level}, {cfg.planner.warm_start_steps} steps)",
+                f"{what}, warm-started (level {cfg.planner.warm_start.level}, {cfg.planner.warm_start.steps} steps)",
                 settings,
             )
             name = f"{name}_cold"

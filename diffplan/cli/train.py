@@ -17,7 +17,7 @@ main = hydra_entry(run_train, help=CommandHelp(
         "task.horizon",
         "run_dir",
         "model.name",
-        "model.dim",
+        "model.unet.dim",
         "train.steps",
         "train.batch_size",
         "train.lr",

@@ -58,9 +58,9 @@ def independent_levels(
 
 
 def default_history(horizon: int, execute: int, group: int = 1) -> int:
-    """The forcing planner's history length when ``planner.n_history`` is null: the most tokens that
+    """The forcing planner's history length when ``planner.forcing.n_history`` is null: the most tokens that
     still leave room for the executed ones and the next state (``horizon - 1 - execute``), rounded
-    down to whole tokens of ``group`` timesteps (``model.frame_stack``)."""
+    down to whole tokens of ``group`` timesteps (``model.transformer.frame_stack``)."""
     return (horizon - 1 - execute) // group * group
 
 
@@ -73,18 +73,20 @@ def resolve_history(horizon: int, execute: int, n_history: int | None, group: in
             next state; lengths that are not whole tokens.
     """
     if execute < 1:
-        raise ValueError(f"planner.execute must be >= 1, got {execute}")
+        raise ValueError(f"planner.forcing.execute must be >= 1, got {execute}")
     if n_history is None:
         n_history = default_history(horizon, execute, group)
     if n_history < 0 or n_history + execute > horizon - 1:
         raise ValueError(
-            f"need planner.n_history >= 0 and planner.n_history + planner.execute <= horizon - 1 = {horizon - 1} "
+            f"need planner.forcing.n_history >= 0 and planner.forcing.n_history + planner.forcing.execute <= "
+            f"horizon - 1 = {horizon - 1} "
             f"(the window must hold the history, the executed tokens and the next state), got "
             f"n_history={n_history}, execute={execute}"
         )
     if execute % group or n_history % group:
         raise ValueError(
-            f"with model.frame_stack={group}, planner.execute ({execute}) and planner.n_history ({n_history}) "
+            f"with model.transformer.frame_stack={group}, planner.forcing.execute ({execute}) and "
+            f"planner.forcing.n_history ({n_history}) "
             f"must be multiples of {group}"
         )
     return n_history

@@ -403,7 +403,7 @@ def history_matrix(
     updated); the remaining ``horizon - n_history`` columns are
     :func:`scheduling_matrix` of ``kind`` over that many tokens
     (so the pyramid starts at the first token after the history). With ``group = k > 1``
-    (a transformer stacking k timesteps per token, ``model.frame_stack``) the matrix is built
+    (a transformer stacking k timesteps per token, ``model.transformer.frame_stack``) the matrix is built
     over groups of k timesteps and each group's column is repeated k times: the timesteps of
     one token share their level, and a pyramid steps once per token, not once per timestep.
 
@@ -417,7 +417,7 @@ def history_matrix(
     if group < 1 or horizon % group or n_history % group:
         raise ValueError(
             f"the horizon ({horizon}) and the history length ({n_history}) must be multiples of the "
-            f"timesteps per token (model.frame_stack = {group})"
+            f"timesteps per token (model.transformer.frame_stack = {group})"
         )
     future = scheduling_matrix(
         kind, n_timesteps=n_timesteps, sampling_steps=sampling_steps, horizon=(horizon - n_history) // group,

@@ -61,12 +61,12 @@ def warm_start(
     n_timesteps = schedule.n_timesteps
     if not 0 <= level <= n_timesteps:
         raise ValueError(
-            f"warm start level must be in [0, n_timesteps={n_timesteps}], got {level}; fix planner.warm_start_level"
+            f"warm start level must be in [0, n_timesteps={n_timesteps}], got {level}; fix planner.warm_start.level"
         )
     if not 1 <= steps <= max(level, 1):
         raise ValueError(
             f"warm start steps must be in [1, {max(level, 1)}] (at most one per level), got {steps}; "
-            "fix planner.warm_start_steps"
+            "fix planner.warm_start.steps"
         )
     batch, horizon, _ = previous.shape
     shifted = shift_plan(previous, shift)

@@ -11,7 +11,7 @@ environments, what the cell of that environment changes:
   :class:`~diffplan.guidance.composite.CompositeGuide` (value and policy guidance mixed in
   one batch: a value cell weighs (1, 0), a policy cell (0, 1), a value_policy cell
   (``scale``, ``policy_scale``) under a step size of 1, as ``build_guidance`` builds it);
-- ``cfg_weight`` (N,): the classifier-free guidance weight (``planner.guidance_weight``) of
+- ``return_weight`` (N,): the classifier-free guidance weight (``planner.return_guidance.weight``) of
   return-conditioned models.
 
 A policy hands the planner the rows of the environments it plans for (:meth:`select`), and
@@ -48,16 +48,16 @@ class EnvStrengths:
     Attributes:
         scale: (N,) Guidance step size per environment, or None (keep ``Guidance.scale``).
         weights: (N, T) CompositeGuide term weights per environment, or None.
-        cfg_weight: (N,) classifier-free guidance weight per environment, or None.
+        return_weight: (N,) classifier-free guidance weight per environment, or None.
     """
 
     scale: Tensor | None = None
     weights: Tensor | None = None
-    cfg_weight: Tensor | None = None
+    return_weight: Tensor | None = None
 
     def __post_init__(self) -> None:
         sizes = []
-        for name in ("scale", "weights", "cfg_weight"):
+        for name in ("scale", "weights", "return_weight"):
             value = getattr(self, name)
             if value is None:
                 continue
@@ -69,12 +69,12 @@ class EnvStrengths:
             object.__setattr__(self, name, tensor)
             sizes.append(tensor.shape[0])
         if not sizes:
-            raise ValueError("EnvStrengths needs at least one of scale, weights, cfg_weight")
+            raise ValueError("EnvStrengths needs at least one of scale, weights, return_weight")
         if len(set(sizes)) != 1:
             raise ValueError(f"EnvStrengths fields cover different numbers of environments: {sizes}")
 
     def __len__(self) -> int:
-        for value in (self.scale, self.weights, self.cfg_weight):
+        for value in (self.scale, self.weights, self.return_weight):
             if value is not None:
                 return int(value.shape[0])
         raise AssertionError("unreachable: __post_init__ requires a field")
@@ -83,7 +83,7 @@ class EnvStrengths:
         return EnvStrengths(
             scale=None if self.scale is None else fn(self.scale),
             weights=None if self.weights is None else fn(self.weights),
-            cfg_weight=None if self.cfg_weight is None else fn(self.cfg_weight),
+            return_weight=None if self.return_weight is None else fn(self.return_weight),
         )
 
     def select(self, index: np.ndarray | Tensor | list[int]) -> EnvStrengths:
@@ -134,7 +134,7 @@ def for_candidates(
     if len(strengths) != n_envs:
         raise ValueError(f"strengths cover {len(strengths)} environments but {n_envs} are planned for")
     per_sample = strengths.repeat_interleave(n_candidates)
-    return per_sample.apply(guidance), per_sample.cfg_weight
+    return per_sample.apply(guidance), per_sample.return_weight
 
 
 def _with_sample_weights(guide: Guide, weights: list[Tensor]) -> Guide:

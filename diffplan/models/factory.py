@@ -17,20 +17,20 @@ def build_denoiser(cfg: ModelConfig, *, transition_dim: int, horizon: int) -> nn
         return TemporalUnet(
             transition_dim=transition_dim,
             horizon=horizon,
-            dim=cfg.dim,
-            dim_mults=tuple(cfg.dim_mults),
-            kernel_size=cfg.kernel_size,
+            dim=cfg.unet.dim,
+            dim_mults=tuple(cfg.unet.dim_mults),
+            kernel_size=cfg.unet.kernel_size,
             return_condition=cfg.return_condition,
         )
     if ModelKind(cfg.name) is ModelKind.transformer:
         return TrajectoryTransformer(
             transition_dim=transition_dim,
             horizon=horizon,
-            d_model=cfg.d_model,
-            n_layers=cfg.n_layers,
-            n_heads=cfg.n_heads,
-            causal=cfg.causal,
-            frame_stack=cfg.frame_stack,
+            d_model=cfg.transformer.d_model,
+            n_layers=cfg.transformer.n_layers,
+            n_heads=cfg.transformer.n_heads,
+            causal=cfg.transformer.causal,
+            frame_stack=cfg.transformer.frame_stack,
             return_condition=cfg.return_condition,
         )
     raise ValueError(f"unknown model {cfg.name!r}; allowed: {[k.value for k in ModelKind]}")

@@ -113,13 +113,14 @@ class TrajectoryTransformer(nn.Module):
     ) -> None:
         super().__init__()
         if frame_stack < 1:
-            raise ValueError(f"model.frame_stack must be >= 1, got {frame_stack}")
+            raise ValueError(f"model.transformer.frame_stack must be >= 1, got {frame_stack}")
         if n_heads < 1 or d_model % n_heads:
-            raise ValueError(f"model.d_model ({d_model}) must be divisible by model.n_heads ({n_heads})")
+            raise ValueError(f"model.transformer.d_model ({d_model}) must be divisible by "
+                f"model.transformer.n_heads ({n_heads})")
         if d_model % 2:
-            raise ValueError(f"model.d_model must be even (sinusoidal positions), got {d_model}")
+            raise ValueError(f"model.transformer.d_model must be even (sinusoidal positions), got {d_model}")
         if n_layers < 1:
-            raise ValueError(f"model.n_layers must be >= 1, got {n_layers}")
+            raise ValueError(f"model.transformer.n_layers must be >= 1, got {n_layers}")
         self.transition_dim = transition_dim
         self.frame_stack = frame_stack
         self.d_model = d_model
@@ -145,7 +146,7 @@ class TrajectoryTransformer(nn.Module):
         """Raise a ValueError if ``horizon`` is not a positive multiple of ``frame_stack``."""
         if horizon < 1 or horizon % self.frame_stack:
             raise ValueError(
-                f"horizon {horizon} must be a positive multiple of model.frame_stack={self.frame_stack}"
+                f"horizon {horizon} must be a positive multiple of model.transformer.frame_stack={self.frame_stack}"
             )
 
     def forward(

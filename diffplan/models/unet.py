@@ -11,7 +11,7 @@ return-to-go of Decision Diffuser): an MLP embeds it and the embedding is added 
 token's level embedding. A learned null embedding (initialised at zero) stands for "no
 condition"; training drops the condition at random so one network gives both the
 conditional and the unconditional prediction (classifier-free guidance,
-:mod:`diffplan.diffusion.cfg`).
+:mod:`diffplan.diffusion.classifier_free`).
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ class TemporalUnet(nn.Module):
     ) -> None:
         super().__init__()
         if dim % 8:
-            raise ValueError(f"model.dim must be a multiple of 8 (GroupNorm with 8 groups), got {dim}")
+            raise ValueError(f"model.unet.dim must be a multiple of 8 (GroupNorm with 8 groups), got {dim}")
         self.downsample_factor = 2 ** (len(dim_mults) - 1)
         check_horizon(horizon, self.downsample_factor)
         self.transition_dim = transition_dim
@@ -300,6 +300,6 @@ def check_horizon(horizon: int, factor: int) -> None:
     """Raise if the U-Net cannot process this horizon."""
     if horizon % factor:
         raise ValueError(
-            f"horizon {horizon} must be divisible by {factor} (2 ** (len(model.dim_mults) - 1)); "
+            f"horizon {horizon} must be divisible by {factor} (2 ** (len(model.unet.dim_mults) - 1)); "
             f"use a multiple of {factor} or fewer dim_mults"
         )

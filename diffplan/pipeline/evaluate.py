@@ -230,11 +230,11 @@ def _forcing_policy(cfg: Config, model: TrainedModel, device: Any) -> Policy:
         )
     planner = maze_forcing_planner(cfg, model, device)
     tracker = None
-    if cfg.planner.forcing_tracker:
+    if cfg.planner.forcing.track_states:
         from diffplan.planning.forcing_policy import PDTracker
 
-        tracker = PDTracker(list(cfg.task.goal_obs_dims), list(cfg.task.velocity_obs_dims), cfg.planner.p_gain,
-                            cfg.planner.d_gain)
+        tracker = PDTracker(list(cfg.task.goal_obs_dims), list(cfg.task.velocity_obs_dims), cfg.planner.tracker.p_gain,
+                            cfg.planner.tracker.d_gain)
     return ForcingPolicy.of(planner, tracker=tracker)
 
 

@@ -41,12 +41,12 @@ log = logging.getLogger(__name__)
 
 
 def _trained_history(cfg: Config, horizon: int, group: int) -> int:
-    """The history length a schedule-matched model was trained for (``planner.n_history`` or its default)."""
-    return resolve_history(horizon, cfg.planner.execute, cfg.planner.n_history, group)
+    """The history length a schedule-matched model was trained for (``planner.forcing.n_history`` or its default)."""
+    return resolve_history(horizon, cfg.planner.forcing.execute, cfg.planner.forcing.n_history, group)
 
 
 def model_frame_stack(model: TrainedModel) -> int:
-    """Timesteps per token of ``model``: ``model.frame_stack`` for the transformer, else 1."""
+    """Timesteps per token of ``model``: ``model.transformer.frame_stack`` for the transformer, else 1."""
     return timesteps_per_token(model.config.model)
 
 
@@ -194,12 +194,13 @@ class ForcingPlanner(SamplingPlanner):
         n_history = resolve_history(horizon, execute, n_history, group)
         trained = model.config
         if NoiseMode(trained.train.noise_mode) is NoiseMode.schedule and (
-                execute, n_history) != (trained.planner.execute, _trained_history(trained, horizon, group)):
+                execute, n_history) != (trained.planner.forcing.execute, _trained_history(trained, horizon, group)):
             log.warning(
-                "%s was trained on the histories of planner.execute=%s, planner.n_history=%s "
+                "%s was trained on the histories of planner.forcing.execute=%s, planner.forcing.n_history=%s "
                 "(train.noise_mode=schedule) but plans with execute=%s, n_history=%s; plan with the trained "
                 "settings or train for these",
-                model.path, trained.planner.execute, _trained_history(trained, horizon, group), execute, n_history,
+                model.path, trained.planner.forcing.execute, _trained_history(trained, horizon, group), execute,
+                n_history,
             )
         super().__init__(model, planner=planner if planner is not None else PlannerConfig(), diffusion=diffusion,
                          device=device, guidance=guidance, horizon=horizon)
@@ -269,6 +270,6 @@ def maze_forcing_planner(cfg: Config, model: TrainedModel, device: torch.device 
     guidance = build_guidance(cfg.guidance, model, device, clip_denoised=cfg.diffusion.clip_denoised,
                               goal_dims=list(cfg.task.goal_obs_dims))
     return ForcingPlanner(
-        model, diffusion=cfg.diffusion, execute=cfg.planner.execute, n_history=cfg.planner.n_history,
+        model, diffusion=cfg.diffusion, execute=cfg.planner.forcing.execute, n_history=cfg.planner.forcing.n_history,
         planner=cfg.planner, guidance=guidance, device=device,
     )

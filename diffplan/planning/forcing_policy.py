@@ -25,7 +25,7 @@ from diffplan.planning.planner import Planner
 
 @dataclass(frozen=True)
 class PDTracker:
-    """Follow planned states instead of running planned actions (``planner.forcing_tracker``):
+    """Follow planned states instead of running planned actions (``planner.forcing.track_states``):
     the action ``k`` steps after a plan is ``p_gain (pos_{k+1} - pos) + d_gain (vel_{k+1} - vel)``
     towards planned state k + 1 (Diffuser's maze tracker, time-indexed)."""
 

@@ -13,7 +13,7 @@ environment and returns it in raw units. :class:`GoalPlanner` (maze goal inpaint
 :class:`~diffplan.planning.forcing.ForcingPlanner` (Diffusion Forcing MPC) only choose the parts.
 
 A return-conditioned model (``model.return_condition``) is sampled with classifier-free
-guidance towards ``planner.return_target`` with weight ``planner.guidance_weight``. With
+guidance towards ``planner.return_guidance.target`` with weight ``planner.return_guidance.weight``. With
 ``planner.action_source = inverse_dynamics`` the plan's actions are read off the
 checkpoint's inverse-dynamics head from consecutive planned states (token 0 is the
 inpainted current observation, so the first action is ``f(s_now, s_1)`` as in Decision
@@ -32,7 +32,7 @@ from torch import Tensor
 
 from diffplan.acceleration import compile_module
 from diffplan.config import DiffusionConfig, GuidanceConfig, PlannerConfig
-from diffplan.diffusion.cfg import ClassifierFreeGuidance
+from diffplan.diffusion.classifier_free import ClassifierFreeGuidance
 from diffplan.diffusion.conditioning import Constraints, goal_constraints
 from diffplan.diffusion.guide import Guide, GuideContext
 from diffplan.diffusion.sampler import Denoiser, Sampler, check_clip, make_sampler
@@ -136,7 +136,7 @@ def planning_denoiser(
     model: TrainedModel, planner: PlannerConfig, batch: int, device: torch.device, weight: Tensor | None = None
 ) -> Denoiser:
     """The model's denoiser (compiled with ``planner.compile``), wrapped in classifier-free
-    guidance towards ``planner.return_target`` (weight ``planner.guidance_weight``, or the
+    guidance towards ``planner.return_guidance.target`` (weight ``planner.return_guidance.weight``, or the
     per-sample weights ``weight`` (batch,) of a batched guidance sweep) when the model is
     return-conditioned.
 
@@ -147,12 +147,13 @@ def planning_denoiser(
     if not model.config.model.return_condition:
         if weight is not None:
             raise ValueError(
-                f"classifier-free guidance weights (sweep kind=cfg, planner.guidance_weight) need a model trained "
+                f"classifier-free guidance weights (sweep kind=classifier_free, planner.return_guidance.weight) need a "
+                f"model trained "
                 f"with model.return_condition=true; {model.path} is not return-conditioned"
             )
         return denoiser
-    target = torch.full((batch,), float(planner.return_target), device=device)
-    return ClassifierFreeGuidance(denoiser, target, planner.guidance_weight if weight is None else weight)
+    target = torch.full((batch,), float(planner.return_guidance.target), device=device)
+    return ClassifierFreeGuidance(denoiser, target, planner.return_guidance.weight if weight is None else weight)
 
 
 def check_planner(model: TrainedModel, planner: PlannerConfig) -> ActionSource:
@@ -293,19 +294,19 @@ class WarmStart:
 
     @staticmethod
     def of(planner: PlannerConfig, n_timesteps: int) -> WarmStart | None:
-        """The warm start of ``planner.warm_start_level``/``warm_start_steps`` (None when the level is 0).
+        """The warm start of ``planner.warm_start.level``/``warm_start_steps`` (None when the level is 0).
 
         Raises:
             ValueError: a level outside [0, n_timesteps] or steps outside [1, level].
         """
-        level, steps = planner.warm_start_level, planner.warm_start_steps
+        level, steps = planner.warm_start.level, planner.warm_start.steps
         if not 0 <= level <= n_timesteps:
-            raise ValueError(f"planner.warm_start_level must be in [0, diffusion.n_timesteps={n_timesteps}] "
+            raise ValueError(f"planner.warm_start.level must be in [0, diffusion.n_timesteps={n_timesteps}] "
                              f"(0 = off), got {level}")
         if level == 0:
             return None
         if not 1 <= steps <= level:
-            raise ValueError(f"planner.warm_start_steps must be in [1, planner.warm_start_level={level}], got {steps}")
+            raise ValueError(f"planner.warm_start.steps must be in [1, planner.warm_start.level={level}], got {steps}")
         return WarmStart(level, steps)
 
 

@@ -150,10 +150,11 @@ class PlanningPolicy(RecedingHorizonPolicy):
     strengths: EnvStrengths | None = None
 
     def __post_init__(self) -> None:
-        if self.cfg.replan_on_stall < 0:
-            raise ValueError(f"planner.replan_on_stall must be >= 0 (0 = off), got {self.cfg.replan_on_stall}")
-        if self.cfg.lookahead < 0:
-            raise ValueError(f"planner.lookahead must be >= 0, got {self.cfg.lookahead}")
+        if self.cfg.tracker.replan_on_stall < 0:
+            raise ValueError(f"planner.tracker.replan_on_stall must be >= 0 (0 = off), got "
+                f"{self.cfg.tracker.replan_on_stall}")
+        if self.cfg.tracker.lookahead < 0:
+            raise ValueError(f"planner.tracker.lookahead must be >= 0, got {self.cfg.tracker.lookahead}")
         if self.stride < 1:
             raise ValueError(f"stride must be >= 1, got {self.stride}")
         if self.stride > 1 and ExecutionMode(self.cfg.mode) is ExecutionMode.actions:
@@ -181,8 +182,8 @@ class PlanningPolicy(RecedingHorizonPolicy):
 
     def _needs_plan(self, active: np.ndarray) -> np.ndarray:
         fresh = super()._needs_plan(active)
-        if self.cfg.replan_on_stall > 0 and self._stalled is not None:
-            fresh |= (self._stalled >= self.cfg.replan_on_stall) & active
+        if self.cfg.tracker.replan_on_stall > 0 and self._stalled is not None:
+            fresh |= (self._stalled >= self.cfg.tracker.replan_on_stall) & active
         return fresh
 
     def _plan(
@@ -207,10 +208,10 @@ class PlanningPolicy(RecedingHorizonPolicy):
         progress = distance.argmin(axis=1)
         if self._stalled is not None:
             # Stalled: no progress while the plan's end is still ahead of the lookahead target.
-            stuck = (progress <= self._progress) & (progress + self.cfg.lookahead < horizon - 1) & ~fresh
+            stuck = (progress <= self._progress) & (progress + self.cfg.tracker.lookahead < horizon - 1) & ~fresh
             self._stalled = np.where(stuck, self._stalled + 1, 0)
         self._progress = progress
-        return np.minimum(self._progress + self.cfg.lookahead, horizon - 1)
+        return np.minimum(self._progress + self.cfg.tracker.lookahead, horizon - 1)
 
     def _actions_from_plans(self, observations: np.ndarray) -> np.ndarray:
         assert self._states is not None and self._actions is not None and self._age is not None
@@ -220,7 +221,7 @@ class PlanningPolicy(RecedingHorizonPolicy):
         if ExecutionMode(self.cfg.mode) is ExecutionMode.actions:
             return self._planned_actions()
         pos, vel = self.position_dims, self.velocity_dims
-        if Tracking(self.cfg.tracking) is Tracking.pursuit:
+        if Tracking(self.cfg.tracker.tracking) is Tracking.pursuit:
             index = self._pursuit_index(observations[:, pos])
             target = self._states[rows, index].copy()
             target[:, vel] = 0.0
@@ -229,6 +230,6 @@ class PlanningPolicy(RecedingHorizonPolicy):
             target = self._states[rows, np.minimum(token, horizon - 1)].copy()
             past_end = token >= horizon
             target[np.ix_(past_end, vel)] = 0.0
-        return self.cfg.p_gain * (target[:, pos] - observations[:, pos]) + self.cfg.d_gain * (
+        return self.cfg.tracker.p_gain * (target[:, pos] - observations[:, pos]) + self.cfg.tracker.d_gain * (
             target[:, vel] - observations[:, vel]
         )

@@ -7,14 +7,14 @@ N x K trajectories (the value function's gradient steers every denoising step, s
 at level 0 and returns the best one per environment. As in
 :class:`diffplan.planning.planner.GoalPlanner`, a return-conditioned model
 (``model.return_condition``) is sampled with classifier-free guidance towards
-``planner.return_target`` and ``planner.action_source = inverse_dynamics`` replaces the
+``planner.return_guidance.target`` and ``planner.action_source = inverse_dynamics`` replaces the
 plan's actions by the inverse-dynamics head's (Decision Diffuser, ``planner=dd``).
 
 :class:`ValuePolicy` executes the planned actions in closed loop: it replans every
 ``planner.replan_every`` steps (1 = every step, as Diffuser does) and executes the plan's
-actions in between. With ``planner.warm_start_level = k > 0`` a replan starts from the
+actions in between. With ``planner.warm_start.level = k > 0`` a replan starts from the
 previous plan, shifted by the steps executed since, re-noised to level k and denoised in
-``planner.warm_start_steps`` steps (:func:`diffplan.diffusion.warm_start.warm_start`);
+``planner.warm_start.steps`` steps (:func:`diffplan.diffusion.warm_start.warm_start`);
 ``0`` samples every plan from pure noise.
 """
 

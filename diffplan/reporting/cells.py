@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diffplan.config import migrate_legacy
 from diffplan.evaluation.episodes import EPISODES_FILE
 from diffplan.evaluation.results import FIX, CellRecord, EvaluationRecord, ResultsError, read_record
 from diffplan.guidance.kinds import find_guidance_kind
@@ -34,7 +35,7 @@ class CellId:
 
     Attributes:
         task: the task name (e.g. ``hopper-medium``).
-        kind: the guidance kind (``none``, ``value``, ``policy``, ``goal``, ``cfg``, ...).
+        kind: the guidance kind (``none``, ``value``, ``policy``, ``goal``, ``classifier_free``, ...).
         strength: the guidance strength (0 for ``none``).
         label: the cell's display name, unique within a task (``"value=0.3"``).
     """
@@ -195,11 +196,11 @@ def derive_cell(data: EvaluationRecord | Mapping[str, Any], path: Path | str = "
     - ``eval.policy=bc`` or ``offline``: kind ``bc`` / ``offline``, strength 0 (baselines);
     - kind = ``guidance.kind`` (``none`` when the config has no guidance section); when it is
       ``none`` and the trained model is return-conditioned (``trained_config.model.
-      return_condition``) with ``planner.guidance_weight`` set and != 1, kind ``cfg``
+      return_condition``) with ``planner.return_guidance.weight`` set and != 1, kind ``classifier_free``
       (classifier-free guidance);
     - strength: the setting the guidance-kind registry names as the kind's strength
       (``guidance.policy_scale`` for ``policy``; ``guidance.scale`` for kinds not registered in
-      this process), ``planner.guidance_weight`` for ``cfg``, 0 for ``none`` (``value_policy``'s
+      this process), ``planner.return_guidance.weight`` for ``classifier_free``, 0 for ``none`` (``value_policy``'s
       label also names its policy scale);
     - ``guidance.mc_samples`` > 1 (Monte Carlo guidance) makes the kind ``<kind>+mc<N>``.
 
@@ -232,13 +233,13 @@ def _cell_id(task: str, cell: CellRecord | None, config: Mapping[str, Any], trai
     if policy in REFERENCE_POLICIES:
         return CellId(task, policy, 0.0, policy)
     guidance = config.get("guidance") or {}
-    planner = config.get("planner") or {}
+    planner = migrate_legacy(dict(config)).get("planner") or {}  # results written before the planner sections
     model = trained_config.get("model") or {}
     kind = str(guidance.get("kind", "none"))
-    weight = planner.get("guidance_weight")
+    weight = (planner.get("return_guidance") or {}).get("weight")
     extra = ""
     if kind == "none" and model.get("return_condition") and weight is not None and float(weight) != 1.0:
-        kind, strength = "cfg", float(weight)
+        kind, strength = "classifier_free", float(weight)
     elif kind == "none":
         strength = 0.0
     else:

@@ -1,7 +1,7 @@
 """Batched sweeps: the cells that differ only in guidance kind and strength, in one batch.
 
 Cells whose resolved configs are equal once the strength keys (``guidance.kind``,
-``guidance.scale``, ``guidance.policy_scale``, ``planner.guidance_weight``) and the output
+``guidance.scale``, ``guidance.policy_scale``, ``planner.return_guidance.weight``) and the output
 folder are set aside share a *pass* (:func:`batch_passes`): one policy and one batch of
 ``n_envs = cells x eval.n_episodes`` environments per seed. Environment ``i`` belongs to cell
 ``i // n_episodes`` and replays that cell's episode ``i % n_episodes``: it resets with the
@@ -10,10 +10,10 @@ so every cell sees the same start states and goals as sequentially (and as each 
 policy carries per-environment strengths (:class:`~diffplan.guidance.per_env.EnvStrengths`,
 :func:`pass_strengths`) built on the pass's guidance kind:
 
-- only ``none``/``cfg`` cells: unguided; ``cfg`` cells give per-environment classifier-free
+- only ``none``/``classifier_free`` cells: unguided; ``classifier_free`` cells give per-environment classifier-free
   guidance weights;
-- ``goal`` (mazes), ``value`` or ``policy`` with ``none``/``cfg``: that guide, one step size per
-  environment (0 for ``none``/``cfg`` cells, whose samples then follow the unguided updates);
+- ``goal`` (mazes), ``value`` or ``policy`` with ``none``/``classifier_free``: that guide, one step size per
+  environment (0 for ``none``/``classifier_free`` cells, whose samples then follow the unguided updates);
 - ``value``, ``policy`` and ``value_policy`` mixed: ``value_policy``'s CompositeGuide with
   per-environment term weights (value (1, 0) x scale, policy (0, 1) x policy_scale,
   value_policy (scale, policy_scale) x 1, none (0, 0)).
@@ -47,7 +47,7 @@ from diffplan.tasks import is_locomotion
 log = logging.getLogger(__name__)
 
 #: Config keys a batched pass varies per environment (plus the cell's output folder).
-PER_ENV_KEYS = ("guidance.kind", "guidance.scale", "guidance.policy_scale", "planner.guidance_weight",
+PER_ENV_KEYS = ("guidance.kind", "guidance.scale", "guidance.policy_scale", "planner.return_guidance.weight",
                 "eval.out_dir")
 
 #: Kinds that share a pass have one ``batch_family`` (:class:`~diffplan.guidance.kinds.GuidanceKindSpec`):
@@ -58,7 +58,7 @@ PER_ENV_KEYS = ("guidance.kind", "guidance.scale", "guidance.policy_scale", "pla
 
 def _family(kind: str) -> str | None:
     """The batch family of a cell's kind; None for unguided cells (none, cfg)."""
-    if kind in ("none", "cfg"):
+    if kind in ("none", "classifier_free"):
         return None
     spec = guidance_kind(kind)
     return None if spec is None else spec.batch_family or f"alone:{kind}"
@@ -112,7 +112,7 @@ def batch_passes(cells: list[PlannedCell]) -> list[list[PlannedCell]]:
 
 def pass_kind(cells: list[PlannedCell]) -> str:
     """The guidance kind a pass's policy is built with (see the module docstring)."""
-    kinds = {p.cell.kind for p in cells} - {"none", "cfg"}
+    kinds = {p.cell.kind for p in cells} - {"none", "classifier_free"}
     if not kinds:
         return "none"
     if len(kinds) == 1 and kinds != {"value_policy"}:
@@ -124,7 +124,7 @@ def pass_kind(cells: list[PlannedCell]) -> str:
 
 def pass_strengths(cells: list[PlannedCell], n_episodes: int) -> EnvStrengths | None:
     """Per-environment strengths of a pass: ``n_episodes`` rows per cell, in cell order; None when
-    nothing varies per environment (a pass of unguided cells without ``cfg`` cells)."""
+    nothing varies per environment (a pass of unguided cells without ``classifier_free`` cells)."""
     kind = pass_kind(cells)
     spec = guidance_kind(kind)
     if spec is not None and spec.batch_family is None:
@@ -143,10 +143,10 @@ def pass_strengths(cells: list[PlannedCell], n_episodes: int) -> EnvStrengths | 
             weights.append(row[1])
         else:
             scale.append(cell.strength if cell.kind == kind else 0.0)
-    cfg_weight = None
-    if any(p.cell.kind == "cfg" for p in cells):
-        cfg_weight = [float(p.cfg.planner.guidance_weight) for p in cells]
-    if kind == "none" and cfg_weight is None:
+    return_weight = None
+    if any(p.cell.kind == "classifier_free" for p in cells):
+        return_weight = [float(p.cfg.planner.return_guidance.weight) for p in cells]
+    if kind == "none" and return_weight is None:
         return None
 
     def rows(values: list[float] | list[list[float]]) -> Tensor:
@@ -156,7 +156,7 @@ def pass_strengths(cells: list[PlannedCell], n_episodes: int) -> EnvStrengths | 
     return EnvStrengths(
         scale=None if kind == "none" else rows(scale),
         weights=rows(weights) if kind == "value_policy" else None,
-        cfg_weight=None if cfg_weight is None else rows(cfg_weight),
+        return_weight=None if return_weight is None else rows(return_weight),
     )
 
 

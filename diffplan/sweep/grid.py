@@ -11,7 +11,7 @@ kind                      overrides
 ``policy``                ``guidance.kind=policy``, ``guidance.policy_scale=<strength>``
 ``value_policy``          ``guidance.kind=value_policy``, ``guidance.scale=<strength>``
                           (the policy term keeps ``guidance.policy_scale``)
-``cfg``                   ``guidance.kind=none``, ``planner.guidance_weight=<strength>``
+``classifier_free``                   ``guidance.kind=none``, ``planner.return_guidance.weight=<strength>``
                           (classifier-free guidance of return-conditioned models)
 ========================  ==================================================================
 
@@ -40,19 +40,19 @@ from diffplan.enums import EvalPolicy
 from diffplan.guidance.kinds import guidance_kind, guidance_kinds
 
 #: The sweep-only kind: classifier-free guidance weights of a return-conditioned model.
-CFG_KIND = "cfg"
+CLASSIFIER_FREE_KIND = "classifier_free"
 
 
 def sweep_kinds() -> list[str]:
     """The kinds a sweep cell may have: the registered guidance kinds (:mod:`diffplan.guidance.kinds`,
-    ``none`` first) and ``cfg``."""
-    return [*guidance_kinds(), CFG_KIND]
+    ``none`` first) and ``classifier_free``."""
+    return [*guidance_kinds(), CLASSIFIER_FREE_KIND]
 
 
 def strength_key(kind: str) -> str:
-    """The config key a strength of ``kind`` sets (``cfg``: ``planner.guidance_weight``)."""
-    if kind == CFG_KIND:
-        return "planner.guidance_weight"
+    """The config key a strength of ``kind`` sets (``classifier_free``: ``planner.return_guidance.weight``)."""
+    if kind == CLASSIFIER_FREE_KIND:
+        return "planner.return_guidance.weight"
     spec = guidance_kind(kind)
     return "guidance.scale" if spec is None else spec.strength_key
 
@@ -90,7 +90,7 @@ class SweepCell:
 
     def overrides(self) -> dict[str, Any]:
         """Dotted config keys and the values this cell sets."""
-        out: dict[str, Any] = {"guidance.kind": "none" if self.kind in ("none", CFG_KIND) else self.kind}
+        out: dict[str, Any] = {"guidance.kind": "none" if self.kind in ("none", CLASSIFIER_FREE_KIND) else self.kind}
         if self.kind != "none":
             out[strength_key(self.kind)] = self.strength
         if self.mc_samples is not None:
@@ -166,7 +166,7 @@ def expand_cells(sweep: SweepConfig) -> list[SweepCell]:
                     "a finite number >= 0 (the unguided cell is {kind: none})"
                 )
         if entry.mc_samples is not None:
-            if kind in ("none", CFG_KIND):
+            if kind in ("none", CLASSIFIER_FREE_KIND):
                 raise SweepError(
                     f"{key}.mc_samples={entry.mc_samples}: kind={kind} samples without a guide, so Monte Carlo "
                     "guidance does not apply; drop mc_samples from this entry"
@@ -181,7 +181,7 @@ def expand_cells(sweep: SweepConfig) -> list[SweepCell]:
 def cell_identity(cfg: Config, cell: SweepCell) -> tuple[str, str]:
     """(reported kind, label) of ``cell`` under its resolved config ``cfg`` (see the module docstring)."""
     kind = cell.kind
-    if kind not in ("none", CFG_KIND) and cfg.guidance.mc_samples > 1:
+    if kind not in ("none", CLASSIFIER_FREE_KIND) and cfg.guidance.mc_samples > 1:
         kind = f"{kind}+mc{cfg.guidance.mc_samples}"
     label = f"{kind}={_fmt(cell.strength)}"
     if cell.kind == "value_policy":
@@ -190,7 +190,7 @@ def cell_identity(cfg: Config, cell: SweepCell) -> tuple[str, str]:
 
 
 def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
-    """A copy of ``cfg`` with ``overrides`` (``"<section>.<setting>": value``) applied, each value
+    """A copy of ``cfg`` with ``overrides`` (``"<section>[.<subsection>].<setting>": value``) applied, each value
     converted to the type of the setting it replaces (enums by value; a copy, not a Hydra compose,
     so that a grid of many cells plans quickly).
 
@@ -199,9 +199,11 @@ def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     """
     out = copy.deepcopy(cfg)
     for key, value in overrides.items():
-        section_name, _, name = key.partition(".")
-        section = getattr(out, section_name, None)
-        if section is None or not name or not hasattr(section, name):
+        *parents, name = key.split(".")
+        section: Any = out
+        for part in parents:
+            section = getattr(section, part, None)
+        if not parents or section is None or not hasattr(section, name):
             raise SweepError(f"cannot override {key}: no such setting")
         current = getattr(section, name)
         try:

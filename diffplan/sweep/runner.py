@@ -11,15 +11,15 @@ from diffplan.sweep.grid import PlannedCell, SweepError, is_finished, plan_cells
 log = logging.getLogger(__name__)
 
 
-def check_cfg_cells(cfg: Config, cells: list[PlannedCell]) -> None:
-    """``cfg`` cells vary the classifier-free guidance weight: refuse them for a checkpoint that
+def check_classifier_free_cells(cfg: Config, cells: list[PlannedCell]) -> None:
+    """``classifier_free`` cells vary the classifier-free guidance weight: refuse them for a checkpoint that
     is not return-conditioned (they would all plan alike).
 
     Raises:
         SweepError: naming the entry, the checkpoint and the fix.
     """
-    cfg_cells = [p for p in cells if p.cell.kind == "cfg"]
-    if not cfg_cells:
+    classifier_free_cells = [p for p in cells if p.cell.kind == "classifier_free"]
+    if not classifier_free_cells:
         return
     from diffplan.training.checkpoint import config_from_checkpoint, load_checkpoint
 
@@ -27,9 +27,10 @@ def check_cfg_cells(cfg: Config, cells: list[PlannedCell]) -> None:
     trained = config_from_checkpoint(load_checkpoint(checkpoint, map_location="cpu"))
     if not trained.model.return_condition:
         raise SweepError(
-            f"sweep.cells[{cfg_cells[0].cell.entry}] kind=cfg varies planner.guidance_weight, which only "
-            f"return-conditioned models use, but {checkpoint} was trained with model.return_condition=false; "
-            "drop the cfg cells or evaluate a model trained with model.return_condition=true"
+            f"sweep.cells[{classifier_free_cells[0].cell.entry}] kind=classifier_free varies "
+            f"planner.return_guidance.weight, which only return-conditioned models use, but {checkpoint} was trained "
+            "with model.return_condition=false; drop the classifier_free cells or evaluate a model trained with "
+            "model.return_condition=true"
         )
 
 
@@ -52,7 +53,7 @@ def run_sweep(cfg: Config) -> list[Path]:
     chosen = {p.cell.index for p in selected}
     for p in planned:
         log.info("  cell %d: %s%s", p.cell.index, p.label, "" if p.cell.index in chosen else " (not selected)")
-    check_cfg_cells(cfg, selected)
+    check_classifier_free_cells(cfg, selected)
     todo = []
     for p in selected:
         if is_finished(p):

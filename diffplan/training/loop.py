@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from diffplan.config import migrate_legacy
 from diffplan.training import distributed
 from diffplan.training.checkpoint import CheckpointError
 
@@ -138,8 +139,9 @@ def check_resume_config(
     Raises:
         CheckpointError: naming the setting, both values and the fix.
     """
+    saved = migrate_legacy(dict(saved))  # a checkpoint written before settings moved into their sections
     for section, names in keys.items():
-        old_section, new_section = saved.get(section, {}) or {}, current.get(section, {}) or {}
+        old_section, new_section = _flat(saved.get(section, {}) or {}), _flat(current.get(section, {}) or {})
         compared = names if names is not None else sorted(set(old_section) | set(new_section))
         for name in compared:
             old, new = old_section.get(name), new_section.get(name)
@@ -148,6 +150,17 @@ def check_resume_config(
                     f"cannot resume {path}: it was trained with {section}.{name}={old!r}, "
                     f"the current config has {new!r}; restore the setting or use a new run_dir"
                 )
+
+
+def _flat(section: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A section's settings by dotted name (``unet.dim``), nested sections flattened."""
+    out: dict[str, Any] = {}
+    for name, value in section.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{name}."))
+        else:
+            out[f"{prefix}{name}"] = value
+    return out
 
 
 def check_resume_dataset(path: Path, payload: Mapping[str, Any], dataset_info: Mapping[str, Any]) -> None:

@@ -365,15 +365,15 @@ def current_state_mask(mask: torch.Tensor, history: torch.Tensor, layout: Trajec
 def schedule_patterns(cfg: Config, horizon: int) -> tuple[list[torch.Tensor], list[int]]:
     """The level patterns ``train.noise_mode=schedule`` trains on, and their history lengths: those
     the forcing planner of ``cfg`` (``diffusion.schedule_matrix``, ``uncertainty``, ``sampling_steps``;
-    ``planner.execute`` and ``planner.n_history``) asks for over a window of ``horizon`` tokens.
+    ``planner.forcing.execute`` and ``planner.forcing.n_history``) asks for over a window of ``horizon`` tokens.
 
     Raises:
         ValueError: planner settings that do not fit the window (as the forcing planner would).
     """
     group = timesteps_per_token(cfg.model)
-    execute = int(cfg.planner.execute)
+    execute = int(cfg.planner.forcing.execute)
     try:
-        n_history = resolve_history(horizon, execute, cfg.planner.n_history, group)
+        n_history = resolve_history(horizon, execute, cfg.planner.forcing.n_history, group)
     except ValueError as error:
         raise ValueError(f"train.noise_mode=schedule trains for the forcing planner: {error}") from None
     lengths = planner_history_lengths(n_history, execute)
