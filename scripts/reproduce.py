@@ -21,10 +21,13 @@ with whatever code ``python -m diffplan...`` imports, and compares exactly:
 
 - per-episode returns (``episode_returns``, and the failed-episode count);
 - the executed trajectories (``episodes.npz``: observations, lengths, goals, reset seeds);
-- every dataset and checkpoint by content: HDF5 arrays and attributes, and checkpoint tensors and
-  values, with the work folder's path written as ``{work}`` and only these left out: the
+- every dataset and checkpoint by content (all but its settings, next item): HDF5 arrays and
+  attributes, checkpoint tensors and values, with the work folder's path written as ``{work}`` and only these left out: the
   dataset's creation timestamp (metadata ``created`` / ``created_at``) and, inside checkpoints,
   the embedded file hash of that dataset (``dataset.sha256``), which a timestamp changes;
+- the artifacts' settings, a checkpoint's stored training config and a dataset's metadata, key by
+  key: differences are listed (a refactor that renames config keys changes them without changing
+  a result); ``--strict-config`` makes them a mismatch;
 - the files' sha256 too, reported per artifact (they differ after a fresh collection, since the
   timestamp is in the file); ``--strict-bytes`` makes a byte difference a mismatch.
 
@@ -40,6 +43,7 @@ It prints a table of kind / match and exits 1 on any mismatch or failed command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import hashlib
 import json
@@ -247,6 +251,46 @@ class Canonical:
             h.update(f"V{type(value).__name__}:{value!r}".encode())
 
 
+#: The entry of each artifact that holds its settings rather than its data: a checkpoint's training
+#: config, a dataset's metadata attribute. Compared leaf by leaf and reported; a refactor that renames
+#: config keys changes them without changing any result, so they count only with --strict-config.
+SETTINGS_ENTRY = {"checkpoint": "config", "dataset": "@metadata"}
+
+
+def _summary(entries: dict[str, str], settings_entry: str, canon: Canonical, settings: Any) -> dict[str, Any]:
+    data = {k: v for k, v in entries.items() if k != settings_entry}
+    return {"content": hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest(),
+            "entries": entries, "ignored": sorted(canon.dropped), "settings_entry": settings_entry,
+            "settings": _flatten(_plain(settings, canon.work, canon.excluded))}
+
+
+def _plain(value: Any, work: str, excluded: Callable[[tuple[str, ...]], bool], path: tuple[str, ...] = ()) -> Any:
+    """JSON-like ``value`` (a JSON string is parsed) with the work folder as ``{work}``, without excluded keys."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str) and value.strip()[:1] in ("{", "["):
+        with contextlib.suppress(ValueError):
+            value = json.loads(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v, work, excluded, (*path, str(k))) for k, v in value.items()
+                if not excluded((*path, str(k)))}
+    if isinstance(value, list | tuple):
+        return [_plain(v, work, excluded, path) for v in value]
+    if isinstance(value, str):
+        return value.replace(work, "{work}")
+    return value.item() if hasattr(value, "item") else value
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as ``{"a.b.c": leaf}`` (lists are leaves)."""
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, sub in value.items():
+            out.update(_flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
 def hdf5_content(path: Path, work: Path) -> dict[str, Any]:
     """Digest of an HDF5 file's arrays and attributes, without its creation timestamp."""
     import h5py
@@ -260,8 +304,8 @@ def hdf5_content(path: Path, work: Path) -> dict[str, Any]:
             entries[name] = canon.digest(handle[name][()], (name,))
         for key in sorted(handle.attrs):
             entries[f"@{key}"] = canon.digest(handle.attrs[key], (f"@{key}",))
-    total = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
-    return {"content": total, "entries": entries, "ignored": sorted(canon.dropped)}
+        settings = handle.attrs.get("metadata", "{}")
+    return _summary(entries, SETTINGS_ENTRY["dataset"], canon, settings)
 
 
 def checkpoint_content(path: Path, work: Path) -> dict[str, Any]:
@@ -271,13 +315,27 @@ def checkpoint_content(path: Path, work: Path) -> dict[str, Any]:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     canon = Canonical(work, lambda sub: sub in CHECKPOINT_EXCLUDED)
     entries = {str(key): canon.digest(payload[key], (str(key),)) for key in sorted(payload, key=str)}
-    total = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
-    return {"content": total, "entries": entries, "ignored": sorted(canon.dropped)}
+    return _summary(entries, SETTINGS_ENTRY["checkpoint"], canon, payload.get("config", "{}"))
 
 
 def artifact_hashes(path: Path, work: Path) -> dict[str, Any]:
     content = hdf5_content(path, work) if path.suffix in (".hdf5", ".h5") else checkpoint_content(path, work)
     return {"sha256": file_sha256(path), **content}
+
+
+def settings_diff(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Leaf differences between two flattened settings: removed, added and changed keys."""
+    out = []
+    removed = sorted(set(recorded) - set(now))
+    added = sorted(set(now) - set(recorded))
+    changed = sorted(k for k in set(recorded) & set(now) if recorded[k] != now[k])
+    if removed:
+        out.append(f"removed {removed}")
+    if added:
+        out.append(f"added {added}")
+    if changed:
+        out.append("changed " + ", ".join(f"{k}: {recorded[k]!r} -> {now[k]!r}" for k in changed))
+    return out
 
 
 def trajectory_digests(path: Path) -> dict[str, str]:
@@ -311,7 +369,7 @@ class Runner:
         self.log_dir = log_dir
         self.code = self._code()
         self.scripts = self._scripts()
-        self.done: dict[tuple[str, ...], float] = {}  # argv already run in this invocation -> seconds
+        self.done: dict[tuple[str, ...], str] = {}  # argv already run (or reused) in this invocation -> how
 
     def _code(self) -> dict[str, Any]:
         out = subprocess.run([sys.executable, "-c", "import diffplan, diffplan_envs; print(diffplan.__file__); "
@@ -408,12 +466,12 @@ def run_pipeline(kind: str, spec: dict[str, Any], runner: Runner, *, recorded: d
         steps.append(step)
         if key in runner.done:
             step.update(status="shared", seconds=0.0)
-            print(f"[{kind}] {name}: same command already run above ({runner.done[key]:.1f} s), shared", flush=True)
+            print(f"[{kind}] {name}: same command as above ({runner.done[key]}), shared", flush=True)
             continue
         if reuse and produced and all(_reusable(work, runner, artifacts[r], recorded_artifacts.get(r))
                                       for r in produced):
             step.update(status="reused", seconds=0.0)
-            runner.done[key] = 0.0
+            runner.done[key] = "reused"
             print(f"[{kind}] {name}: reusing {', '.join(produced)} (content matches the record)", flush=True)
             continue
         # Start clean: training resumes from an existing checkpoint and collection skips an existing file.
@@ -432,7 +490,7 @@ def run_pipeline(kind: str, spec: dict[str, Any], runner: Runner, *, recorded: d
                              "tail": tail}
             print(tail, flush=True)
             return out
-        runner.done[key] = seconds
+        runner.done[key] = f"ran in {seconds:.1f} s"
     results_path = eval_dir / "results.json"
     if not results_path.is_file():
         out["failed"] = {"step": None, "argv": None, "exit": None, "log": None,
@@ -501,7 +559,9 @@ def record(args: argparse.Namespace) -> int:
             "step_seconds": [s["seconds"] for s in outcome["steps"]],
             "seconds": round(time.perf_counter() - t0, 1),
             "compared_by_check": "episode_returns and n_failed exactly; trajectories.executed; each artifact's "
-                                 "content (file sha256 also reported; required with --strict-bytes)",
+                                 "content (its settings, a checkpoint's config or a dataset's metadata, are "
+                                 "reported and required with --strict-config; file sha256 reported, required "
+                                 "with --strict-bytes)",
         }
         record_path = RECORD_DIR / f"{kind}.json"
         record_path.write_text(json.dumps({**results, "reproduce": block}, indent=1) + "\n")
@@ -552,7 +612,7 @@ def check(args: argparse.Namespace) -> int:
                 details.append(f"{kind}: executed trajectories equal, recorded plans differ")
         else:
             traj_ok, traj = True, "n/a"
-        content_ok, bytes_ok, notes = True, True, []
+        content_ok, settings_ok, bytes_ok, notes = True, True, True, []
         for role, rec in stored["artifacts"].items():
             now = outcome["artifacts"].get(role, {"missing": True})
             if now.get("missing"):
@@ -560,20 +620,27 @@ def check(args: argparse.Namespace) -> int:
                 details.append(f"{kind}: {role} missing ({rec['path']})")
                 continue
             same_content = now["content"] == rec["content"]
+            same_settings = now["settings"] == rec.get("settings")
             same_bytes = now["sha256"] == rec["sha256"]
             content_ok &= same_content
+            settings_ok &= same_settings
             bytes_ok &= same_bytes
             if not same_content:
                 differ = sorted(k for k in set(now["entries"]) | set(rec["entries"])
-                                if now["entries"].get(k) != rec["entries"].get(k))
+                                if k != now["settings_entry"] and now["entries"].get(k) != rec["entries"].get(k))
                 details.append(f"{kind}: {role} content differs in {differ}")
-            elif not same_bytes:
+            if not same_settings:
+                diff = settings_diff(rec.get("settings") or {}, now["settings"])
+                details.append(f"{kind}: {role} {now['settings_entry']} differs: " + "; ".join(diff))
+            if same_content and same_settings and not same_bytes:
                 notes.append(f"{role} (left out: {', '.join(now['ignored']) or 'nothing'})")
         if notes:
-            details.append(f"{kind}: file sha256 differs, content equal: " + "; ".join(notes))
-        ok = returns_ok and traj_ok and content_ok and (bytes_ok or not args.strict_bytes)
+            details.append(f"{kind}: file sha256 differs, content and settings equal: " + "; ".join(notes))
+        ok = (returns_ok and traj_ok and content_ok and (settings_ok or not args.strict_config)
+              and (bytes_ok or not args.strict_bytes))
         ok_all &= ok
-        rows.append((kind, "same" if returns_ok else "DIFFER", traj, "same" if content_ok else "DIFFER",
+        content = ("same" if settings_ok else "same, settings differ") if content_ok else "DIFFER"
+        rows.append((kind, "same" if returns_ok else "DIFFER", traj, content,
                      "same" if bytes_ok else "differ", f"{seconds:.0f}", "MATCH" if ok else "MISMATCH"))
     header = ("kind", "returns", "trajectories", "artifacts (content)", "artifacts (sha256)", "seconds", "verdict")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -604,6 +671,9 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="check: keep datasets and checkpoints in the work folder whose content matches the "
                              "record (re-run only what is missing or different, and every evaluation)")
+    parser.add_argument("--strict-config", action="store_true",
+                        help="check: also require the checkpoints' stored configs and the datasets' metadata to "
+                             "equal the record's (a renamed config key then counts as a mismatch)")
     parser.add_argument("--strict-bytes", action="store_true",
                         help="check: also require every dataset and checkpoint file's sha256 to equal the record's")
     args = parser.parse_args()
