@@ -129,13 +129,13 @@ class LoadedPlanner:
         self.reset()
 
     @property
-    def policy(self) -> Any:
-        """The batched closed-loop policy (:class:`diffplan.evaluation.evaluator.Policy`)."""
-        return self._setup.policy
+    def controller(self) -> Any:
+        """The batched closed-loop controller (:class:`diffplan.controllers.Controller`)."""
+        return self._setup.controller
 
     def reset(self) -> None:
         """Forget the current plan (call at the start of each episode)."""
-        self._setup.policy.reset(1)
+        self._setup.controller.reset(1)
         self._step = 0
 
     def _goal(self, goal: np.ndarray | Sequence[float] | None) -> np.ndarray:
@@ -154,7 +154,7 @@ class LoadedPlanner:
         """The action (act_dim,) to take at ``observation`` (obs_dim,), replanning when the
         controller's schedule says so."""
         obs = np.asarray(observation, dtype=np.float64).reshape(1, -1)
-        actions, bad = self._setup.policy.act(self._step, obs, self._goal(goal), np.ones(1, dtype=bool),
+        actions, bad = self._setup.controller.act(self._step, obs, self._goal(goal), np.ones(1, dtype=bool),
                                               self._generator)
         self._step += 1
         if bad.any():
@@ -165,9 +165,9 @@ class LoadedPlanner:
              ) -> Trajectory:
         """One plan from ``observation`` (to ``goal`` on goal-reaching tasks)."""
         obs = torch.as_tensor(np.asarray(observation, dtype=np.float32).reshape(1, -1))
-        planner = getattr(self._setup.policy, "planner", None)
+        planner = getattr(self._setup.controller, "planner", None)
         if planner is None:
-            raise ValueError(f"eval.policy={self.config.eval.policy} acts without planning; use act()")
+            raise ValueError(f"eval.controller={self.config.eval.controller} acts without planning; use act()")
         if self._needs_goal:
             goals = torch.as_tensor(self._goal(goal), dtype=torch.float32)
             result = planner.plan(obs, self._generator, goals=goals)

@@ -19,7 +19,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from diffplan.enums import (
     ActionSource,
-    EvalPolicy,
+    EvalController,
     ExecutionMode,
     GuidanceSchedule,
     GuideTarget,
@@ -177,7 +177,7 @@ class TrainConfig:
 class TrackerConfig:
     """The PD tracker that follows planned states (``planner.mode=tracker``, and
     ``planner.forcing.track_states``): ``time`` steers to the plan state of the current step,
-    ``pursuit`` to the point ``lookahead`` tokens past the closest one ahead (:mod:`diffplan.planning.policy`)."""
+    ``pursuit`` to the point ``lookahead`` tokens past the closest one ahead (:mod:`diffplan.planning.controllers`)."""
 
     tracking: Tracking = Tracking.time
     lookahead: int = 4
@@ -246,7 +246,7 @@ class PlannerConfig:
 
 @dataclass
 class EvalConfig:
-    policy: EvalPolicy = EvalPolicy.planner
+    controller: EvalController = EvalController.planner
     n_episodes: int = 50
     n_envs: int = 50
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -571,6 +571,7 @@ LEGACY_KEYS: dict[str, str] = {
     "planner.forcing_tracker": "planner.forcing.track_states",
     **{f"model.{k}": f"model.unet.{k}" for k in ("dim", "dim_mults", "kernel_size")},
     **{f"model.{k}": f"model.transformer.{k}" for k in ("d_model", "n_layers", "n_heads", "causal", "frame_stack")},
+    "eval.policy": "eval.controller",
 }
 
 

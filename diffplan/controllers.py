@@ -25,8 +25,8 @@ class PlanRecord:
 
 class Controller(Protocol):
     """A batched closed-loop controller, what the evaluator drives: a planner with its tracker or
-    receding-horizon rule (:class:`~diffplan.planning.policy.PlanningPolicy`), or an agent acting
-    directly (the BC baseline's :class:`~diffplan.baselines.bc.BCPolicy`)."""
+    receding-horizon rule (:class:`~diffplan.planning.controllers.PlanController`), or an agent acting
+    directly (the BC baseline's :class:`~diffplan.baselines.bc.AgentController`)."""
 
     records: list[PlanRecord]
 

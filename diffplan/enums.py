@@ -87,7 +87,7 @@ class ActionSource(StrEnum):
     diffused = "diffused"
     inverse_dynamics = "inverse_dynamics"
 
-class EvalPolicy(StrEnum):
+class EvalController(StrEnum):
     """What ``diffplan-evaluate`` runs: the diffusion planner, the behaviour-cloning baseline, or
     the offline RL agent of ``offline.run_dir`` (TD3+BC or IQL)."""
 

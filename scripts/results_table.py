@@ -34,7 +34,7 @@ def locomotion_row(path: Path) -> str:
     r = json.loads(path.read_text())
     cfg, trained = r["config"], r["trained_config"]
     score = r["normalized_score"]
-    if cfg["eval"]["policy"] == "bc":
+    if cfg["eval"].get("controller", cfg["eval"].get("policy")) == "bc":
         policy = "BC (MLP 256-256)"
         training = f"{r['checkpoint']['step']} steps"
     else:

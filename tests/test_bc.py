@@ -12,7 +12,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from diffplan.baselines import BCNetwork, BCPolicy, BCTrainer, load_bc_model
+from diffplan.baselines import AgentController, BCNetwork, BCTrainer, load_bc_model
 from diffplan.config import BCConfig, as_config, register_configs
 from diffplan.data import Episodes, write_hdf5
 from diffplan.evaluation.evaluator import evaluate
@@ -155,7 +155,7 @@ def test_network_output_stays_in_the_box() -> None:
 
 
 def test_policy_shapes_bounds_and_records(trained: BCTrainer) -> None:
-    policy = BCPolicy(trained.network)
+    policy = AgentController(trained.network)
     policy.reset(3)
     observations = np.stack([OFFSET, OFFSET + 100.0, OFFSET - 100.0])
     active = np.array([True, False, True])
@@ -198,8 +198,8 @@ class LinearBatch:
 
 
 def test_evaluator_runs_the_bc_policy(trained: BCTrainer) -> None:
-    output = evaluate(BCPolicy(trained.network), LinearBatch, n_episodes=3, n_envs=2, seeds=[0], episode_steps=10,
-                      ref_min=-20.0, ref_max=0.0, progress=False)
+    output = evaluate(AgentController(trained.network), LinearBatch, n_episodes=3, n_envs=2, seeds=[0],
+                      episode_steps=10, ref_min=-20.0, ref_max=0.0, progress=False)
     assert len(output.episodes) == 3 and not any(e.failed for e in output.episodes)
     assert all(e.length == 10 for e in output.episodes)
     assert min(e.normalized_score for e in output.episodes) > 90.0

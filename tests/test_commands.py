@@ -127,6 +127,6 @@ def test_demo_console_command(tmp_path: Path) -> None:
 
 
 def test_bc_policy_on_a_maze_is_refused(tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path, ["eval.policy=bc"])
-    with pytest.raises(ValueError, match="eval.policy=bc is for locomotion tasks"):
+    cfg = tiny_config(tmp_path, ["eval.controller=bc"])
+    with pytest.raises(ValueError, match="eval.controller=bc is for locomotion tasks"):
         run_evaluate(cfg)

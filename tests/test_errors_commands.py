@@ -52,12 +52,12 @@ def test_a_read_only_output_folder_is_refused_before_any_episode(trained: Path, 
 def test_an_evaluation_whose_every_episode_failed_exits_2_and_keeps_results_json(
     trained: Path, run: Command, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from diffplan.planning.policy import PlanningPolicy
+    from diffplan.planning.controllers import PlanController
 
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(PlanningPolicy, "act", boom)
+    monkeypatch.setattr(PlanController, "act", boom)
     out = tmp_path / "eval"
     out.mkdir()
     (out / "results.json").write_text('{"earlier": true}')

@@ -13,8 +13,8 @@ from diffplan_envs import StepResult
 from diffplan.config import PlannerConfig
 from diffplan.enums import ExecutionMode
 from diffplan.evaluation.evaluator import EpisodeResult, EvaluationOutput, evaluate, normalize_score
+from diffplan.planning.controllers import PlanController
 from diffplan.planning.planner import Plan
-from diffplan.planning.policy import PlanningPolicy
 
 
 class Step(NamedTuple):
@@ -85,12 +85,12 @@ class StubPlanner:
         return Plan(states, actions, torch.full((n,), self.finite), 0.25)
 
 
-def _policy(planner: StubPlanner | None = None) -> PlanningPolicy:
-    return PlanningPolicy(planner or StubPlanner(), PlannerConfig(mode=ExecutionMode.actions, replan_every=0),
+def _policy(planner: StubPlanner | None = None) -> PlanController:
+    return PlanController(planner or StubPlanner(), PlannerConfig(mode=ExecutionMode.actions, replan_every=0),
                           position_dims=[0, 1], velocity_dims=[2, 3])
 
 
-def _evaluate(policy: PlanningPolicy, make_env, **kwargs: object) -> EvaluationOutput:  # noqa: ANN001
+def _evaluate(policy: PlanController, make_env, **kwargs: object) -> EvaluationOutput:  # noqa: ANN001
     options: dict = {"n_episodes": 3, "n_envs": 3, "seeds": [0], "episode_steps": 10,
                      "ref_min": 0.0, "ref_max": 10.0, "progress": False}
     options.update(kwargs)

@@ -1,5 +1,5 @@
 """Diffusion Forcing MPC in closed loop: goal guidance, guidance through the denoiser, the
-batched ForcingPolicy, ``planner.mode=forcing`` in the evaluator, and dynamics consistency."""
+batched ForcingController, ``planner.mode=forcing`` in the evaluator, and dynamics consistency."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from diffplan.evaluation.consistency import trajectory_consistency
 from diffplan.guidance.denoised import DenoisedGuide
 from diffplan.guidance.goal import GoalGuide
 from diffplan.planning.forcing import ForcingPlanner, history_matrix
-from diffplan.planning.forcing_policy import ForcingPolicy
+from diffplan.planning.forcing_controller import ForcingController
 from diffplan.planning.planner import Plan
 from tests.test_commands import tiny_config
 from tests.test_forcing import _model
@@ -139,7 +139,7 @@ def test_forcing_policy_feeds_the_real_history_and_runs_planned_actions() -> Non
         return original(observations, generator, **kwargs)
 
     planner.plan = spy  # type: ignore[method-assign]
-    policy = ForcingPolicy.of(planner)
+    policy = ForcingController.of(planner)
     policy.reset(3)
     generator = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
@@ -163,13 +163,13 @@ def test_forcing_policy_feeds_the_real_history_and_runs_planned_actions() -> Non
 
 
 def test_forcing_policy_with_a_tracker_steers_to_the_planned_states() -> None:
-    from diffplan.planning.forcing_policy import PDTracker
+    from diffplan.planning.forcing_controller import PDTracker
 
     model = _model("transformer")
     planner = ForcingPlanner(model, diffusion=DiffusionConfig(sampling_steps=2, n_timesteps=10, clip_denoised=None),
                              execute=2, n_history=2)
     tracker = PDTracker([0, 1], [2, 3], p_gain=2.0, d_gain=0.5)
-    policy = ForcingPolicy.of(planner, tracker=tracker)
+    policy = ForcingController.of(planner, tracker=tracker)
     policy.reset(2)
     generator = torch.Generator().manual_seed(0)
     obs = np.random.default_rng(0).normal(size=(2, 4))

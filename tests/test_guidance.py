@@ -28,7 +28,7 @@ from diffplan.guidance import ConstantGuide, Guidance, GuideContext, GuideOutput
 from diffplan.models.unet import TemporalUnet
 from diffplan.models.value import ValueNet
 from diffplan.planning.planner import Plan
-from diffplan.planning.value_planner import ValuePlanner, ValuePolicy
+from diffplan.planning.value_planner import ValueController, ValuePlanner
 from diffplan.training.checkpoint import TrainedModel
 
 B, H, D = 2, 8, 3
@@ -385,7 +385,7 @@ def _spy_planner(planner: ValuePlanner) -> list[dict[str, object]]:
 def test_value_policy_replans_on_schedule_and_executes_the_chunk(model: TrainedModel) -> None:
     planner = _planner(model, LinearGuide(torch.zeros(1, PH, 6)), k=2)
     calls = _spy_planner(planner)
-    policy = ValuePolicy(planner, PlannerConfig(replan_every=3))
+    policy = ValueController(planner, PlannerConfig(replan_every=3))
     obs, goals, active = STARTS.numpy()[:2], np.zeros((2, 0)), np.ones(2, dtype=bool)
     generator = torch.Generator().manual_seed(0)
     executed = [policy.act(t, obs, goals, active, generator)[0] for t in range(7)]
@@ -409,7 +409,7 @@ def test_value_policy_replans_on_schedule_and_executes_the_chunk(model: TrainedM
 def test_value_policy_executes_planned_actions(model: TrainedModel) -> None:
     planner = _planner(model, LinearGuide(torch.zeros(1, PH, 6)), k=1)
     plan = planner.plan(STARTS[:2], torch.Generator().manual_seed(0))
-    policy = ValuePolicy(planner, PlannerConfig(replan_every=0))
+    policy = ValueController(planner, PlannerConfig(replan_every=0))
     generator = torch.Generator().manual_seed(0)
     obs, active = STARTS.numpy()[:2], np.ones(2, dtype=bool)
     for t in range(PH + 2):
@@ -422,7 +422,7 @@ def test_value_policy_executes_planned_actions(model: TrainedModel) -> None:
 def test_value_policy_warm_starts_from_the_shifted_previous_plan(model: TrainedModel) -> None:
     planner = _planner(model, LinearGuide(torch.zeros(1, PH, 6)), k=2, warm_start=WarmStartConfig(level=4, steps=2))
     calls = _spy_planner(planner)
-    policy = ValuePolicy(planner, PlannerConfig(replan_every=2, warm_start=WarmStartConfig(level=4, steps=2)))
+    policy = ValueController(planner, PlannerConfig(replan_every=2, warm_start=WarmStartConfig(level=4, steps=2)))
     obs, goals, active = STARTS.numpy()[:2], np.zeros((2, 0)), np.ones(2, dtype=bool)
     generator = torch.Generator().manual_seed(0)
     policy.act(0, obs, goals, active, generator)
@@ -439,7 +439,7 @@ def test_value_policy_warm_starts_from_the_shifted_previous_plan(model: TrainedM
     strided.model = dataclasses.replace(model, config=Config())
     strided.model.config.task.stride = 2
     with pytest.raises(ValueError, match="task.stride=1"):
-        ValuePolicy(strided, PlannerConfig())
+        ValueController(strided, PlannerConfig())
 
 
 def test_value_planner_honours_return_condition_and_inverse_dynamics(model: TrainedModel) -> None:

@@ -41,7 +41,7 @@ def test_train_value_bc_and_evaluate(tmp_path: Path, hopper_file: Path) -> None:
     unguided = json.loads(run_evaluate(cfg).read_text())
     assert unguided["config"]["guidance"]["kind"] == "none" and unguided["n_failed"] == 0
 
-    cfg.eval.policy = "bc"  # type: ignore[assignment]
+    cfg.eval.controller = "bc"  # type: ignore[assignment]
     cfg.eval.out_dir = str(tmp_path / "bc")
     bc = json.loads(run_evaluate(cfg).read_text())
     assert bc["n_episodes"] == 3 and "bc" in bc["trained_config"] and bc["n_failed"] == 0

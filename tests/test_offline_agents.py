@@ -437,7 +437,7 @@ def _locomotion_config(tmp_path: Path, dataset: Path, algo: str, steps: int) -> 
         "task=hopper-medium", f"run_dir={tmp_path / 'run'}", f"task.dataset={dataset}", "task.episode_steps=40",
         f"offline={algo}", f"offline.steps={steps}", "offline.batch_size=64", "offline.hidden_sizes=[32,32]",
         "offline.progress=false", "offline.threads=1", "offline.device=cpu", "offline.log_every=100",
-        "eval.policy=offline", "eval.n_episodes=2", "eval.n_envs=2", "eval.seeds=[0]", "eval.progress=false",
+        "eval.controller=offline", "eval.n_episodes=2", "eval.n_envs=2", "eval.seeds=[0]", "eval.progress=false",
         f"eval.out_dir={tmp_path / 'eval'}", "eval.device=cpu",
     ]
     register_configs()
@@ -475,7 +475,7 @@ def test_train_offline_and_evaluate_commands(algo: str, tmp_path: Path, hopper_f
     results = json.loads(run_evaluate(cfg).read_text())
     assert results["n_episodes"] == 2 and results["n_failed"] == 0 and results["success_rate"] is None
     assert results["trained_config"]["offline"]["algo"] == algo and results["checkpoint"]["step"] == 310
-    assert results["config"]["eval"]["policy"] == "offline"
+    assert results["config"]["eval"]["controller"] == "offline"
     assert all(1 <= ep["length"] <= 40 for ep in results["episodes"])
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["diffplan-train-offline"] == "diffplan.cli.train_offline:main"

@@ -11,8 +11,8 @@ from diffplan.config import DiffusionConfig, PlannerConfig, TrackerConfig
 from diffplan.data import TrajectoryLayout
 from diffplan.enums import ExecutionMode, Selection, Tracking
 from diffplan.guidance.per_env import EnvStrengths
+from diffplan.planning.controllers import PlanController
 from diffplan.planning.planner import GoalPlanner, Plan, select_candidates
-from diffplan.planning.policy import PlanningPolicy
 from diffplan.training.checkpoint import TrainedModel
 
 LAYOUT = TrajectoryLayout(obs_dim=4, act_dim=2)
@@ -125,9 +125,9 @@ class StubPlanner:
         return Plan(states, actions, torch.full((n,), self.finite), 0.01)
 
 
-def _policy(mode: ExecutionMode, replan_every: int = 0, planner: StubPlanner | None = None) -> PlanningPolicy:
+def _policy(mode: ExecutionMode, replan_every: int = 0, planner: StubPlanner | None = None) -> PlanController:
     cfg = PlannerConfig(mode=mode, replan_every=replan_every, tracker=TrackerConfig(p_gain=2.0, d_gain=0.5))
-    return PlanningPolicy(planner or StubPlanner(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])
+    return PlanController(planner or StubPlanner(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])
 
 
 OBS = np.array([[0.0, 0.0, 0.0, 0.0], [1.0, 2.0, -1.0, 1.0]])  # channel 3 = env id i
@@ -202,11 +202,11 @@ def test_policy_argument_errors() -> None:
     with pytest.raises(ValueError, match="replan_every must be >= 0"):
         _policy(ExecutionMode.tracker, replan_every=-1)
     with pytest.raises(ValueError, match="as many velocity dims as position dims"):
-        PlanningPolicy(StubPlanner(), PlannerConfig(), position_dims=[0, 1], velocity_dims=[2])
+        PlanController(StubPlanner(), PlannerConfig(), position_dims=[0, 1], velocity_dims=[2])
 
 
 def test_policy_with_real_planner(model: TrainedModel) -> None:
-    policy = PlanningPolicy(_planner(model), PlannerConfig(mode=ExecutionMode.actions, replan_every=0),
+    policy = PlanController(_planner(model), PlannerConfig(mode=ExecutionMode.actions, replan_every=0),
                             position_dims=[0, 1], velocity_dims=[2, 3])
     observations, goals = STARTS.numpy(), GOALS.numpy()
     actions, bad = policy.act(0, observations, goals, ALL, torch.Generator().manual_seed(0))
@@ -232,7 +232,7 @@ class LinePlanner:
 def test_pursuit_targets_lookahead_past_closest_point_and_never_backwards() -> None:
     cfg = PlannerConfig(mode=ExecutionMode.tracker,
                         tracker=TrackerConfig(tracking=Tracking.pursuit, lookahead=2, p_gain=10.0, d_gain=1.0))
-    policy = PlanningPolicy(LinePlanner(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])
+    policy = PlanController(LinePlanner(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])
     generator = torch.Generator()
     one = np.ones(1, dtype=bool)
     # At x = 3.2 the closest token is 3; the target is token 5 = (5, 0), target velocity 0.
@@ -252,7 +252,7 @@ def test_pursuit_targets_lookahead_past_closest_point_and_never_backwards() -> N
 def test_time_tracker_with_stride_advances_one_token_per_stride_steps() -> None:
     cfg = PlannerConfig(mode=ExecutionMode.tracker,
                         tracker=TrackerConfig(tracking=Tracking.time, p_gain=1.0, d_gain=0.0))
-    policy = PlanningPolicy(LinePlanner(), cfg, position_dims=[0, 1], velocity_dims=[2, 3],
+    policy = PlanController(LinePlanner(), cfg, position_dims=[0, 1], velocity_dims=[2, 3],
                             stride=3)
     generator = torch.Generator()
     one = np.ones(1, dtype=bool)
@@ -261,7 +261,7 @@ def test_time_tracker_with_stride_advances_one_token_per_stride_steps() -> None:
     # Steps 0-2 aim at token 1 (x = 1), steps 3-5 at token 2, step 6 at token 3.
     assert targets == [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0]
     with pytest.raises(ValueError, match="task.stride=1"):
-        PlanningPolicy(LinePlanner(), PlannerConfig(mode=ExecutionMode.actions), position_dims=[0, 1],
+        PlanController(LinePlanner(), PlannerConfig(mode=ExecutionMode.actions), position_dims=[0, 1],
                        velocity_dims=[2, 3], stride=2)
 
 
@@ -277,7 +277,7 @@ def test_pursuit_replans_when_progress_stalls() -> None:
 
     cfg = PlannerConfig(mode=ExecutionMode.tracker,
                         tracker=TrackerConfig(tracking=Tracking.pursuit, lookahead=2, replan_on_stall=3))
-    policy = PlanningPolicy(CountingLine(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])
+    policy = PlanController(CountingLine(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])
     one, generator = np.ones(1, dtype=bool), torch.Generator()
     stuck = np.array([[1.0, 0.0, 0.0, 0.0]])  # never moves: progress stays at token 1
     for t in range(5):
@@ -289,11 +289,11 @@ def test_pursuit_replans_when_progress_stalls() -> None:
         policy.act(t, obs, GOAL[:1], one, generator)
     assert CountingLine.calls == 2  # steady progress: no replanning
     with pytest.raises(ValueError, match="replan_on_stall"):
-        PlanningPolicy(CountingLine(), PlannerConfig(tracker=TrackerConfig(replan_on_stall=-1)), position_dims=[0, 1],
+        PlanController(CountingLine(), PlannerConfig(tracker=TrackerConfig(replan_on_stall=-1)), position_dims=[0, 1],
                        velocity_dims=[2, 3])
 
 
 def test_negative_lookahead_is_refused() -> None:
     with pytest.raises(ValueError, match="planner.tracker.lookahead must be >= 0"):
-        PlanningPolicy(LinePlanner(), PlannerConfig(tracker=TrackerConfig(lookahead=-1)), position_dims=[0, 1],
+        PlanController(LinePlanner(), PlannerConfig(tracker=TrackerConfig(lookahead=-1)), position_dims=[0, 1],
                        velocity_dims=[2, 3])

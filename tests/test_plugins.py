@@ -51,7 +51,7 @@ def test_a_plugin_kind_steers_plans(trained: Path) -> None:
             "plugins": ["toy_guidance"], "guidance.kind": "toy-center", "guidance.scale": scale,
             "guidance.t_stopgrad": 0, "guidance.scale_grad_by_std": False, "guidance.apply_to": "x0"})
         plan = planner.plan([1.0, 0.5, 0.0, 0.0], goal=[-1.0, -1.0])
-        model = planner.policy.planner.model
+        model = planner.controller.planner.model
         x = torch.cat([torch.as_tensor(plan.observations), torch.as_tensor(plan.actions)], dim=-1)[None]
         x = model.normalizer.normalize(x.float())
         guide = CenterGuide([model.layout.obs.start, model.layout.obs.start + 1])

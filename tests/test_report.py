@@ -251,7 +251,7 @@ def test_cell_derivation(base_config: dict[str, Any]) -> None:
     assert derive_cell(data).label == "classifier_free=1.5"
     del cfg["planner"]["guidance_weight"]
     cfg["planner"]["return_guidance"] = old_planner
-    cfg["eval"]["policy"] = "bc"
+    cfg["eval"]["controller"] = "bc"
     assert derive_cell(data).label == "bc"
     data["cell"] = {"task": "hopper-medium", "kind": "value", "strength": 0.5}
     assert derive_cell(data) == derive_cell({"cell": {**data["cell"], "label": "value=0.5"}})

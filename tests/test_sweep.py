@@ -29,14 +29,14 @@ from diffplan.data import LimitsNormalizer, TrajectoryLayout
 from diffplan.diffusion.classifier_free import ClassifierFreeGuidance
 from diffplan.diffusion.sampler import Sampler, full_sequence_matrix
 from diffplan.diffusion.schedule import NoiseSchedule
-from diffplan.enums import EvalPolicy, GuideTarget
+from diffplan.enums import EvalController, GuideTarget
 from diffplan.guidance import CompositeGuide, EnvStrengths, Guidance, GuideContext, GuideOutput
 from diffplan.models.unet import TemporalUnet
 from diffplan.pipeline.collect import run_collect
 from diffplan.pipeline.evaluate import prepare_evaluation, run_episodes
 from diffplan.pipeline.train import run_train
+from diffplan.planning.controllers import PlanController
 from diffplan.planning.planner import GoalPlanner, Plan
-from diffplan.planning.policy import PlanningPolicy
 from diffplan.planning.value_planner import ValuePlanner
 from diffplan.sweep import SweepError, plan_cells
 from diffplan.sweep.batched import RESET_SEED_STRIDE, batch_passes, pass_kind, pass_strengths
@@ -88,8 +88,8 @@ def test_bad_sweeps_from_the_command_line(base: Config) -> None:
     cells = [{"kind": "none"}, {"kind": "goal", "strengths": [1.0]}]
     with pytest.raises(SweepError, match=r"sweep.cells_index=2 is outside this sweep's 2 cells; use 0..1"):
         plan_cells(_with_cells(base, cells, cells_index=2))
-    bc = dataclasses.replace(_with_cells(base, cells), eval=dataclasses.replace(base.eval, policy=EvalPolicy.bc))
-    with pytest.raises(SweepError, match=r"eval.policy=bc: a sweep varies the planner's guidance"):
+    bc = dataclasses.replace(_with_cells(base, cells), eval=dataclasses.replace(base.eval, controller=EvalController.bc))
+    with pytest.raises(SweepError, match=r"eval.controller=bc: a sweep varies the planner's guidance"):
         plan_cells(bc)
 
 
@@ -387,7 +387,7 @@ def test_policy_hands_the_planner_the_rows_of_the_environments_it_replans() -> N
             n = observations.shape[0]
             return Plan(torch.zeros(n, 4, 4), torch.zeros(n, 4, 2), torch.ones(n, dtype=torch.bool), 0.0)
 
-    policy = PlanningPolicy(Spy(), PlannerConfig(), position_dims=[0, 1], velocity_dims=[2, 3],
+    policy = PlanController(Spy(), PlannerConfig(), position_dims=[0, 1], velocity_dims=[2, 3],
                             strengths=EnvStrengths(scale=[0.0, 1.0, 2.0]))
     policy.reset(3)
     obs, goals = np.zeros((3, 4)), np.zeros((3, 2))

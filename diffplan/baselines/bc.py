@@ -6,7 +6,7 @@ scaled tanh. :class:`BCTrainer` draws every minibatch from one ``torch.Generator
 state is saved in the checkpoint, so resuming is bit-identical; the checkpoint (written
 atomically, read with ``weights_only=True``) records the task, the dimensions and the
 dataset's sha256, and :func:`load_bc_model` refuses one that does not match.
-:class:`BCPolicy` has the batched interface of :class:`~diffplan.planning.policy.PlanningPolicy`,
+:class:`AgentController` has the batched interface of :class:`~diffplan.planning.controllers.PlanController`,
 so :func:`diffplan.evaluation.evaluator.evaluate` runs it unchanged.
 """
 
@@ -364,8 +364,8 @@ class ActionNetwork(Protocol):
 
 
 @dataclass
-class BCPolicy:
-    """Batched closed-loop BC policy with :class:`~diffplan.planning.policy.PlanningPolicy`'s interface.
+class AgentController:
+    """Batched closed-loop BC policy with :class:`~diffplan.planning.controllers.PlanController`'s interface.
 
     Args:
         network: the trained network (any :class:`ActionNetwork`, e.g. an offline RL agent).

@@ -1,10 +1,10 @@
 """``diffplan-evaluate``: run a policy in N environments at once and write results.json.
 
 Mazes: the goal-inpainting planner with a tracker (``planner.mode``). Locomotion
-(``<robot>-<level>`` tasks): ``eval.policy=planner`` plans with the diffusion model,
+(``<robot>-<level>`` tasks): ``eval.controller=planner`` plans with the diffusion model,
 value-guided (``guidance=value``) or not (``guidance=none``; candidates are still ranked by
 the value function when ``planner.n_candidates > 1``), and executes the plan's actions;
-``eval.policy=bc`` runs the behaviour-cloning baseline of ``bc.run_dir``, ``eval.policy=offline`` the
+``eval.controller=bc`` runs the behaviour-cloning baseline of ``bc.run_dir``, ``eval.controller=offline`` the
 offline RL agent (TD3+BC or IQL, deterministic actions) of ``offline.run_dir``.
 
 Programmatic use (``diffplan-sweep``): :func:`evaluate_config` evaluates a Config into a chosen
@@ -25,7 +25,7 @@ main = hydra_entry(run_evaluate, help=CommandHelp(
         "task.name",
         "run_dir",
         "eval.checkpoint",
-        "eval.policy",
+        "eval.controller",
         "eval.n_episodes",
         "eval.n_envs",
         "eval.seeds",

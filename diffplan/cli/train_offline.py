@@ -4,7 +4,7 @@ Examples: ``diffplan-train-offline task=hopper-medium`` (TD3+BC) or
 ``diffplan-train-offline task=hopper-medium offline=iql`` write
 ``runs/hopper-medium/offline-<algo>/checkpoint.pt`` (``offline.run_dir``) and resume from it when
 rerun; ``offline.synthetic=FILE offline.synthetic_ratio=0.9375`` mixes 240 synthetic transitions
-of a D4RL-layout file into each batch of 256. Evaluate with ``diffplan-evaluate eval.policy=offline``.
+of a D4RL-layout file into each batch of 256. Evaluate with ``diffplan-evaluate eval.controller=offline``.
 """
 
 from __future__ import annotations

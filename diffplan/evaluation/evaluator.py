@@ -1,6 +1,6 @@
 """Batched closed-loop evaluation: N episodes in lockstep, per-episode records.
 
-The evaluator steps a batch of environments together, asks the policy for actions of the
+The evaluator steps a batch of environments together, asks the controller for actions of the
 active ones, masks episodes that ended, and records per episode: return, normalized score,
 success, length, and, if something went wrong (an exception, a non-finite plan), the
 failure with its reason. One bad episode never stops the evaluation.
@@ -22,10 +22,6 @@ from tqdm.auto import tqdm
 from diffplan.controllers import Controller, PlanRecord
 
 log = logging.getLogger(__name__)
-
-
-#: The batched controller the evaluator drives (:class:`diffplan.controllers.Controller`).
-Policy = Controller
 
 
 class BatchEnv(Protocol):
@@ -121,7 +117,7 @@ def _reason(error: BaseException) -> str:
 
 
 def evaluate(
-    policy: Policy,
+    controller: Controller,
     make_env: Callable[[int], BatchEnv],
     *,
     n_episodes: int,
@@ -167,7 +163,7 @@ def evaluate(
                 reset_seeds = [int(seed) * 1_000_003 + j for j in episode_ids]
             else:
                 reset_seeds = [int(reset_seed_of(int(seed), j)) for j in episode_ids]
-            policy.reset(count)  # plan records and times belong to this batch only
+            controller.reset(count)  # plan records and times belong to this batch only
             try:
                 if env is None or env.n_envs != count:
                     if env is not None:
@@ -177,7 +173,7 @@ def evaluate(
             except Exception as e:
                 batch = _failed_batch(count, f"environment construction failed: {_reason(e)}", reset_seeds)
             else:
-                batch = _run_batch(policy, env, reset_seeds, generator, episode_steps, (action_low, action_high))
+                batch = _run_batch(controller, env, reset_seeds, generator, episode_steps, (action_low, action_high))
             returns, success, lengths, failed, reasons, observations, goals = batch
             for i, j in enumerate(episode_ids):
                 results.append(
@@ -200,11 +196,11 @@ def evaluate(
                             episode=j,
                             goal=goals[i],
                             observations=observations[: lengths[i] + 1, i],
-                            plans=_plans_of(policy.records, i) if trace_plans else [],
+                            plans=_plans_of(controller.records, i) if trace_plans else [],
                             reset_seed=reset_seeds[i],
                         )
                     )
-            plan_times.extend(r.time_s for r in policy.records)
+            plan_times.extend(r.time_s for r in controller.records)
             bar.update(count)
             scores = [r.normalized_score for r in results]
             bar.set_postfix(score=f"{np.mean(scores):.1f}", failed=sum(r.failed for r in results))
@@ -235,7 +231,7 @@ def _failed_batch(n: int, reason: str, reset_seeds: list[int]) -> BatchOutcome:
 
 
 def _run_batch(
-    policy: Policy,
+    controller: Controller,
     env: BatchEnv,
     reset_seeds: list[int],
     generator: torch.Generator,
@@ -256,7 +252,7 @@ def _run_batch(
     observations = np.zeros((episode_steps + 1, n, obs.shape[1]))
     observations[0] = obs
     active = np.ones(n, dtype=bool)
-    policy.reset(n)
+    controller.reset(n)
 
     def fail(index: np.ndarray, reason: str) -> None:
         for i in np.flatnonzero(index):
@@ -269,7 +265,7 @@ def _run_batch(
         if not active.any():
             break
         try:
-            actions, bad = policy.act(t, obs, goals, active, generator)
+            actions, bad = controller.act(t, obs, goals, active, generator)
         except Exception as e:  # the whole batch's plan failed: record it, do not crash
             log.debug(traceback.format_exc())
             fail(active.copy(), f"planning failed: {_reason(e)}")

@@ -14,16 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from diffplan.config import Config, to_container
+from diffplan.controllers import Controller
 from diffplan.data.identity import check_same_dataset, dataset_record
 from diffplan.data.layout import TrajectoryLayout
-from diffplan.enums import EvalPolicy, ExecutionMode
-from diffplan.evaluation.evaluator import BatchEnv, EpisodeTrace, EvaluationOutput, Policy, evaluate
+from diffplan.enums import EvalController, ExecutionMode
+from diffplan.evaluation.evaluator import BatchEnv, EpisodeTrace, EvaluationOutput, evaluate
 from diffplan.evaluation.reference import resolve_reference_scores
 from diffplan.evaluation.results import build_record, write_record
 from diffplan.guidance.kinds import check_kind_for_suite, guidance_kind
 from diffplan.guidance.per_env import EnvStrengths
+from diffplan.planning.controllers import PlanController
 from diffplan.planning.planner import GoalPlanner
-from diffplan.planning.policy import PlanningPolicy
 from diffplan.reporting.maze_plot import plot_maze_paths
 from diffplan.tasks import is_locomotion, load_task_episodes
 from diffplan.training.checkpoint import TrainedModel, load_trained_model
@@ -54,7 +55,7 @@ class EvaluationSetup:
             :func:`~diffplan.evaluation.reference.resolve_reference_scores`).
     """
 
-    policy: Policy
+    controller: Controller
     make_env: Callable[[int], BatchEnv]
     trained_config: dict[str, Any]
     checkpoint: dict[str, Any]
@@ -138,8 +139,9 @@ def prepare_evaluation(cfg: Config, strengths: EnvStrengths | None = None) -> Ev
             reference returns for the task, or a dataset other than the checkpoint's.
     """
     locomotion = is_locomotion(cfg.task)
-    if not locomotion and EvalPolicy(cfg.eval.policy) is not EvalPolicy.planner:
-        raise ValueError(f"eval.policy={cfg.eval.policy} is for locomotion tasks; mazes use eval.policy=planner")
+    if not locomotion and EvalController(cfg.eval.controller) is not EvalController.planner:
+        raise ValueError(f"eval.controller={cfg.eval.controller} is for locomotion tasks; mazes use "
+                         "eval.controller=planner")
     episodes = load_task_episodes(cfg.task.dataset, cfg.task.name)
     reference = resolve_reference_scores(cfg.task.name, cfg.task.dataset, episodes.metadata,
                                          ref_min=cfg.task.ref_min, ref_max=cfg.task.ref_max)
@@ -186,18 +188,18 @@ def _maze_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
     task = get_maze_task(cfg.task.name)
     device = select_device(cfg.eval.device)
     model = _load_model(cfg, task.obs_dim, task.act_dim)
-    policy: Policy
+    policy: Controller
     if ExecutionMode(cfg.planner.mode) is ExecutionMode.forcing:
         if strengths is not None:
             raise ValueError("planner.mode=forcing takes no per-environment guidance strengths; "
                              "evaluate its sweep cells with sweep.batched=false")
-        policy = _forcing_policy(cfg, model, device)
+        policy = _forcing_controller(cfg, model, device)
     else:
         planner = GoalPlanner(
             model, planner=cfg.planner, diffusion=cfg.diffusion, goal_dims=cfg.task.goal_obs_dims, device=device,
             guidance=cfg.guidance,
         )
-        policy = PlanningPolicy(
+        policy = PlanController(
             planner,
             cfg.planner,
             position_dims=cfg.task.goal_obs_dims,
@@ -218,10 +220,10 @@ def _maze_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
                            trained_dataset=model.dataset)
 
 
-def _forcing_policy(cfg: Config, model: TrainedModel, device: Any) -> Policy:
+def _forcing_controller(cfg: Config, model: TrainedModel, device: Any) -> Controller:
     """Diffusion Forcing MPC (``planner.mode=forcing``) with goal guidance (``guidance=goal``) or none."""
     from diffplan.planning.forcing import maze_forcing_planner
-    from diffplan.planning.forcing_policy import ForcingPolicy
+    from diffplan.planning.forcing_controller import ForcingController
 
     if model.config.task.stride != 1:
         raise ValueError(
@@ -231,11 +233,11 @@ def _forcing_policy(cfg: Config, model: TrainedModel, device: Any) -> Policy:
     planner = maze_forcing_planner(cfg, model, device)
     tracker = None
     if cfg.planner.forcing.track_states:
-        from diffplan.planning.forcing_policy import PDTracker
+        from diffplan.planning.forcing_controller import PDTracker
 
         tracker = PDTracker(list(cfg.task.goal_obs_dims), list(cfg.task.velocity_obs_dims), cfg.planner.tracker.p_gain,
                             cfg.planner.tracker.d_gain)
-    return ForcingPolicy.of(planner, tracker=tracker)
+    return ForcingController.of(planner, tracker=tracker)
 
 
 def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
@@ -243,35 +245,36 @@ def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> Evaluation
 
     task = get_locomotion_task(cfg.task.name)
     device = select_device(cfg.eval.device)
-    policy: Policy
-    if strengths is not None and EvalPolicy(cfg.eval.policy) is not EvalPolicy.planner:
-        raise ValueError(f"eval.policy={cfg.eval.policy} takes no guidance strengths; sweeps need eval.policy=planner")
-    if EvalPolicy(cfg.eval.policy) is EvalPolicy.bc:
-        from diffplan.baselines.bc import BCPolicy, load_bc_model
+    policy: Controller
+    if strengths is not None and EvalController(cfg.eval.controller) is not EvalController.planner:
+        raise ValueError(f"eval.controller={cfg.eval.controller} takes no guidance strengths; sweeps need "
+                         "eval.controller=planner")
+    if EvalController(cfg.eval.controller) is EvalController.bc:
+        from diffplan.baselines.bc import AgentController, load_bc_model
 
         checkpoint = Path(cfg.bc.run_dir) / "checkpoint.pt"
         bc = load_bc_model(checkpoint, device=device, expected_task=cfg.task.name, expected_obs_dim=task.obs_dim,
                            expected_act_dim=task.act_dim)
-        policy = BCPolicy(bc.network, device=device)
+        policy = AgentController(bc.network, device=device)
         trained: dict[str, Any] = {"bc": to_container(cfg)["bc"], "task": {"name": bc.task}}
         info = {"path": str(checkpoint.resolve()), "sha256": file_sha256(checkpoint), "step": bc.step}
         trained_dataset = bc.dataset
-    elif EvalPolicy(cfg.eval.policy) is EvalPolicy.offline:
+    elif EvalController(cfg.eval.controller) is EvalController.offline:
         from diffplan.agents import load_offline_agent
         from diffplan.agents.trainer import config_dict
-        from diffplan.baselines.bc import BCPolicy
+        from diffplan.baselines.bc import AgentController
 
         checkpoint = Path(cfg.offline.run_dir) / "checkpoint.pt"
         agent = load_offline_agent(checkpoint, device=device, expected_task=cfg.task.name,
                                    expected_obs_dim=task.obs_dim, expected_act_dim=task.act_dim)
-        policy = BCPolicy(agent.agent, device=device)
+        policy = AgentController(agent.agent, device=device)
         trained = {"offline": config_dict(agent.config), "task": {"name": agent.task},
                    "synthetic": agent.synthetic}
         info = {"path": str(checkpoint.resolve()), "sha256": file_sha256(checkpoint), "step": agent.step}
         trained_dataset = agent.dataset
     else:
         from diffplan.guidance.value import load_value_guide
-        from diffplan.planning.value_planner import ValuePlanner, ValuePolicy
+        from diffplan.planning.value_planner import ValueController, ValuePlanner
 
         model = _load_model(cfg, task.obs_dim, task.act_dim)
         spec = check_kind_for_suite(cfg.guidance.kind, "locomotion", "the locomotion planner (planner=value)")
@@ -284,7 +287,7 @@ def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> Evaluation
             guide = ConstantGuide()
         planner = ValuePlanner(model, guide, planner=cfg.planner, diffusion=cfg.diffusion, guidance=cfg.guidance,
                                device=device)
-        policy = ValuePolicy(planner, cfg.planner, strengths=strengths)
+        policy = ValueController(planner, cfg.planner, strengths=strengths)
         trained = to_container(model.config)
         info = _model_checkpoint_info(cfg, model)
         trained_dataset = model.dataset
@@ -316,7 +319,7 @@ def run_episodes(
     if n_traces is None:
         n_traces = n_episodes * len(cfg.eval.seeds) if save_episodes else N_PLOT_TRACES
     return evaluate(
-        setup.policy,
+        setup.controller,
         setup.make_env,
         n_episodes=n_episodes,
         n_envs=cfg.eval.n_envs if n_envs is None else n_envs,

@@ -12,8 +12,8 @@ Two execution modes:
 
 ``replan_every = 0`` plans once per episode (open loop); ``k > 0`` replans every k steps.
 
-:class:`RecedingHorizonPolicy` holds the per-environment bookkeeping (plans, ages, who is
-due, records) shared with :class:`diffplan.planning.value_planner.ValuePolicy`.
+:class:`RecedingHorizonController` holds the per-environment bookkeeping (plans, ages, who is
+due, records) shared with :class:`diffplan.planning.value_planner.ValueController`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def check_strengths(strengths: EnvStrengths | None, n_envs: int) -> None:
         )
 
 
-class RecedingHorizonPolicy:
+class RecedingHorizonController:
     """Per-environment plan bookkeeping shared by the batched policies.
 
     Keeps each environment's current plan (states and actions) and its age (environment
@@ -128,7 +128,7 @@ class RecedingHorizonPolicy:
 
 
 @dataclass
-class PlanningPolicy(RecedingHorizonPolicy):
+class PlanController(RecedingHorizonController):
     """Batched closed-loop policy around a goal-reaching :class:`~diffplan.planning.planner.Planner`.
 
     Args:

@@ -43,7 +43,7 @@ class PDTracker:
 
 
 @dataclass
-class ForcingPolicy:
+class ForcingController:
     """Batched controller around a planner that conditions on history (``planner.mode=forcing``).
 
     Args:
@@ -66,7 +66,7 @@ class ForcingPolicy:
 
     @classmethod
     def of(cls, planner: ForcingPlanner, *, tracker: PDTracker | None = None, action_low: float = -1.0,
-           action_high: float = 1.0) -> ForcingPolicy:
+           action_high: float = 1.0) -> ForcingController:
         """The controller of ``planner``, with its ``execute`` and ``n_history``."""
         return cls(planner, planner.execute, planner.n_history, tracker=tracker, action_low=action_low,
                    action_high=action_high)
@@ -127,7 +127,7 @@ class ForcingPolicy:
         """Actions (N, act_dim) for step ``step`` and the (N,) bool of non-finite plans."""
         if step != len(self._actions):
             raise RuntimeError(
-                f"ForcingPolicy.act called for step {step} after {len(self._actions)} steps; reset first"
+                f"ForcingController.act called for step {step} after {len(self._actions)} steps; reset first"
             )
         bad = np.zeros(len(observations), dtype=bool)
         if self._planned is None or step - self._planned_at >= self.execute:

@@ -175,7 +175,7 @@ def check_planner(model: TrainedModel, planner: PlannerConfig) -> ActionSource:
 
 
 class Planner(Protocol):
-    """What controllers (:mod:`diffplan.planning.policy`) need from a planner: the model it plans
+    """What controllers (:mod:`diffplan.planning.controllers`) need from a planner: the model it plans
     with and one call that plans for N environments.
 
     ``plan`` keywords: ``goals`` (N, goal_dim) for goal-reaching planners; ``history`` (N, h, D)

@@ -10,7 +10,7 @@ at level 0 and returns the best one per environment. As in
 ``planner.return_guidance.target`` and ``planner.action_source = inverse_dynamics`` replaces the
 plan's actions by the inverse-dynamics head's (Decision Diffuser, ``planner=dd``).
 
-:class:`ValuePolicy` executes the planned actions in closed loop: it replans every
+:class:`ValueController` executes the planned actions in closed loop: it replans every
 ``planner.replan_every`` steps (1 = every step, as Diffuser does) and executes the plan's
 actions in between. With ``planner.warm_start.level = k > 0`` a replan starts from the
 previous plan, shifted by the steps executed since, re-noised to level k and denoised in
@@ -31,8 +31,8 @@ from diffplan.acceleration import compile_module
 from diffplan.config import DiffusionConfig, GuidanceConfig, PlannerConfig
 from diffplan.controllers import PlanRecord
 from diffplan.guidance import EnvStrengths, Guide, ValueGuide, build_guidance
+from diffplan.planning.controllers import RecedingHorizonController, check_strengths
 from diffplan.planning.planner import ObjectiveSelector, Plan, Planner, SamplingPlanner, WarmStart
-from diffplan.planning.policy import RecedingHorizonPolicy, check_strengths
 from diffplan.training.checkpoint import TrainedModel
 
 
@@ -78,10 +78,10 @@ class ValuePlanner(SamplingPlanner):
 
 
 @dataclass
-class ValuePolicy(RecedingHorizonPolicy):
+class ValueController(RecedingHorizonController):
     """Batched closed-loop policy executing the actions of a :class:`ValuePlanner`'s plans.
 
-    Same interface as :class:`diffplan.planning.policy.PlanningPolicy`: ``reset(n_envs)``,
+    Same interface as :class:`diffplan.planning.controllers.PlanController`: ``reset(n_envs)``,
     ``act(step, observations, goals, active, generator) -> (actions, bad)`` and ``records``.
     Goals are ignored. Every ``cfg.replan_every`` steps (0 = plan once per episode) the
     active environments replan; in between each executes its plan's action at its age (the

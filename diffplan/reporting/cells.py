@@ -26,7 +26,7 @@ from diffplan.evaluation.results import FIX, CellRecord, EvaluationRecord, Resul
 from diffplan.guidance.kinds import find_guidance_kind
 
 REFERENCE_POLICIES = ("bc", "offline")
-"""``eval.policy`` values that are baselines of their own rather than guided planners."""
+"""``eval.controller`` values that are baselines of their own rather than guided planners."""
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,7 @@ def derive_cell(data: EvaluationRecord | Mapping[str, Any], path: Path | str = "
     ``strength`` and ``label`` (default ``"kind=strength"``) are used as they are. Otherwise,
     from the resolved config:
 
-    - ``eval.policy=bc`` or ``offline``: kind ``bc`` / ``offline``, strength 0 (baselines);
+    - ``eval.controller=bc`` or ``offline``: kind ``bc`` / ``offline``, strength 0 (baselines);
     - kind = ``guidance.kind`` (``none`` when the config has no guidance section); when it is
       ``none`` and the trained model is return-conditioned (``trained_config.model.
       return_condition``) with ``planner.return_guidance.weight`` set and != 1, kind ``classifier_free``
@@ -229,7 +229,7 @@ def _cell_id(task: str, cell: CellRecord | None, config: Mapping[str, Any], trai
     if cell is not None:
         label = cell.label or f"{cell.kind}={_format_strength(float(cell.strength))}"
         return CellId(cell.task or task, cell.kind, float(cell.strength), label)
-    policy = str((config.get("eval") or {}).get("policy", "planner"))
+    policy = str((migrate_legacy(dict(config)).get("eval") or {}).get("controller", "planner"))
     if policy in REFERENCE_POLICIES:
         return CellId(task, policy, 0.0, policy)
     guidance = config.get("guidance") or {}

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from diffplan.config import Config, SweepConfig, to_container
-from diffplan.enums import EvalPolicy
+from diffplan.enums import EvalController
 from diffplan.guidance.kinds import guidance_kind, guidance_kinds
 
 #: The sweep-only kind: classifier-free guidance weights of a return-conditioned model.
@@ -225,12 +225,12 @@ def plan_cells(base: Config) -> list[PlannedCell]:
 
     Raises:
         SweepError: a bad sweep (see :func:`expand_cells`), two cells with the same label, or a
-            setting sweeps cannot vary (``eval.policy`` other than ``planner``).
+            setting sweeps cannot vary (``eval.controller`` other than ``planner``).
     """
-    if EvalPolicy(base.eval.policy) is not EvalPolicy.planner:
+    if EvalController(base.eval.controller) is not EvalController.planner:
         raise SweepError(
-            f"eval.policy={base.eval.policy}: a sweep varies the planner's guidance; set eval.policy=planner "
-            "(evaluate the BC and offline baselines with diffplan-evaluate)"
+            f"eval.controller={base.eval.controller}: a sweep varies the planner's guidance; set "
+            "eval.controller=planner (evaluate the BC and offline baselines with diffplan-evaluate)"
         )
     if not str(base.sweep.name).strip():
         raise SweepError("sweep.name is empty; name the sweep, e.g. sweep.name=umaze-goal")

@@ -124,8 +124,8 @@ def load_trained_model(
     payload = load_checkpoint(path, map_location=device, key=key)
     if payload.get("kind", "diffusion") != "diffusion":
         where = {"value": " (a value checkpoint goes in guidance.value_checkpoint)",
-                 "bc": " (a BC checkpoint is evaluated with eval.policy=bc from bc.run_dir)",
-                 "offline": " (an offline agent is evaluated with eval.policy=offline from offline.run_dir)"}
+                 "bc": " (a BC checkpoint is evaluated with eval.controller=bc from bc.run_dir)",
+                 "offline": " (an offline agent is evaluated with eval.controller=offline from offline.run_dir)"}
         raise CheckpointError(
             f"checkpoint {path} holds a {payload['kind']!r} model, not a trajectory diffusion model; point {key} at "
             f"the checkpoint.pt of diffplan-train{where.get(str(payload['kind']), '')}"
