@@ -531,7 +531,20 @@ class SweepConfig:
 
 
 @dataclass
+class RunConfig:
+    """What every section shares: ``conf/`` sets each section's ``seed``, ``device``, ``threads`` and
+    ``progress`` to these (``run.device=cpu`` moves training, evaluation and generation to the CPU);
+    a section's own setting (``train.device=cuda``) still wins. ``threads`` 0 leaves torch's default."""
+
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    progress: bool = True
+
+
+@dataclass
 class Config:
+    run: RunConfig = field(default_factory=RunConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)

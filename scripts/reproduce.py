@@ -22,8 +22,8 @@ with whatever code ``python -m diffplan...`` imports, and compares exactly:
 - per-episode returns (``episode_returns``, and the failed-episode count);
 - the executed trajectories (``episodes.npz``: observations, lengths, goals, reset seeds);
 - every dataset and checkpoint by content (all but its settings, next item): HDF5 arrays and
-  attributes, checkpoint tensors and values, with the work folder's path written as ``{work}`` and only these left out: the
-  dataset's creation timestamp (metadata ``created`` / ``created_at``) and, inside checkpoints,
+  attributes, checkpoint tensors and values, with the work folder's path written as ``{work}`` and
+  only these left out: the dataset's creation timestamp (metadata ``created`` / ``created_at``) and, inside checkpoints,
   the embedded file hash of that dataset (``dataset.sha256``), which a timestamp changes;
 - the artifacts' settings, a checkpoint's stored training config and a dataset's metadata, key by
   key: differences are listed (a refactor that renames config keys changes them without changing

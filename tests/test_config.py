@@ -190,3 +190,18 @@ def test_configs_stored_before_the_sections_split_load_into_the_sections() -> No
     # A value already in its section wins over a stray old one.
     both = migrate_legacy({"planner": {"p_gain": 3.0, "tracker": {"p_gain": 5.0}}})
     assert both["planner"]["tracker"]["p_gain"] == 5.0
+
+
+def test_the_run_section_sets_what_every_section_shares() -> None:
+    from diffplan.composition import compose_config
+
+    cfg = as_config(compose_config("config", ["run.device=cpu", "run.seed=3", "run.threads=1", "run.progress=false",
+                                              "train.seed=5", "eval.device=cuda"]))
+    sections = [cfg.train, cfg.value, cfg.bc, cfg.offline, cfg.generate]
+    assert [s.device for s in sections] == ["cpu"] * 5 and cfg.eval.device == "cuda"  # its own setting wins
+    assert [s.threads for s in sections] == [1] * 5
+    assert [s.seed for s in [*sections, cfg.collect]] == [5, 3, 3, 3, 3, 3]
+    assert not any(s.progress for s in [*sections, cfg.eval, cfg.collect])
+    default = as_config(compose_config("config", []))
+    assert (default.train.device, default.train.seed, default.train.threads, default.train.progress) == ("auto", 0, 0,
+                                                                                                          True)

@@ -88,7 +88,8 @@ def test_bad_sweeps_from_the_command_line(base: Config) -> None:
     cells = [{"kind": "none"}, {"kind": "goal", "strengths": [1.0]}]
     with pytest.raises(SweepError, match=r"sweep.cells_index=2 is outside this sweep's 2 cells; use 0..1"):
         plan_cells(_with_cells(base, cells, cells_index=2))
-    bc = dataclasses.replace(_with_cells(base, cells), eval=dataclasses.replace(base.eval, controller=EvalController.bc))
+    bc_eval = dataclasses.replace(base.eval, controller=EvalController.bc)
+    bc = dataclasses.replace(_with_cells(base, cells), eval=bc_eval)
     with pytest.raises(SweepError, match=r"eval.controller=bc: a sweep varies the planner's guidance"):
         plan_cells(bc)
 
