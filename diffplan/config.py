@@ -97,7 +97,9 @@ class TransformerConfig:
 class ModelConfig:
     """The denoiser (``name``: its settings are in the section of that name) and its heads."""
 
-    name: ModelKind = ModelKind.unet
+    # A registered denoiser (diffplan.models.factory): unet, transformer, or one a plugin module registers
+    # (plugins=[...], diffplan.models.register_denoiser); checked when the model is built.
+    name: str = ModelKind.unet.value
     unet: UnetConfig = field(default_factory=UnetConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
     # Condition on the normalized return-to-go (classifier-free guidance, Decision Diffuser).

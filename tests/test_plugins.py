@@ -95,3 +95,24 @@ def test_an_unregistered_kind_is_one_line_naming_the_plugins_setting(trained: Pa
     assert not (trained / "eval-none").exists()
     proc = _run("evaluate", trained, "plugins=[no_such_plugin]")
     assert proc.returncode == 2 and "plugins[0]=no_such_plugin: cannot import it" in proc.stderr
+
+
+def test_a_plugin_denoiser_trains_and_evaluates_through_the_commands(tmp_path: Path) -> None:
+    """``model.name`` takes a denoiser a plugin module registers (tests/toy_model.py); an unregistered
+    name is one line naming the registered ones and the fix."""
+    run_collect(tiny_config(tmp_path))
+    extra = ("plugins=[toy_model]", "model.name=toy-mlp")
+    trained = _run("train", tmp_path, *extra)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert any(key.startswith("net.") for key in checkpoint["ema"]), list(checkpoint["ema"])[:5]
+    evaluated = _run("evaluate", tmp_path, *extra, "eval.out_dir=" + str(tmp_path / "eval"))
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["n_episodes"] > 0
+    unknown = _run("train", tmp_path, "model.name=nope", "run_dir=" + str(tmp_path / "other"))
+    assert unknown.returncode == 2
+    lines = [line for line in unknown.stderr.splitlines() if line.strip()]
+    assert lines == ["diffplan-train: error: model.name=nope is not a registered denoiser; use one of unet, "
+                     "transformer, or register it with diffplan.models.register_denoiser in a module listed in "
+                     "plugins=[...]"], unknown.stderr[-2000:]
+    assert not (tmp_path / "other" / "checkpoint.pt").exists()

@@ -228,7 +228,7 @@ def run_preset(preset: Preset, settings: Settings, log: TextIO = sys.stdout) -> 
         k = 1 if forcing else cfg.planner.n_candidates
         record.update(
             n_envs=n, n_envs_config=cfg.eval.n_envs, n_candidates=k, train_batch=cfg.train.batch_size,
-            task=cfg.task.name, horizon=cfg.task.horizon, stride=cfg.task.stride, model=cfg.model.name.value,
+            task=cfg.task.name, horizon=cfg.task.horizon, stride=cfg.task.stride, model=str(cfg.model.name),
             sampler=f"{cfg.diffusion.sampler.value} {cfg.diffusion.sampling_steps} of {cfg.diffusion.n_timesteps}",
             schedule_matrix=cfg.diffusion.schedule_matrix.value, guidance=cfg.guidance.kind,
             planner="forcing" if forcing else "value" if locomotion else "goal",

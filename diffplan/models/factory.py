@@ -1,6 +1,15 @@
-"""Build a denoiser (and the optional inverse-dynamics head) from its config."""
+"""Build a denoiser (and the optional inverse-dynamics head) from its config.
+
+Denoisers are registered by name (``model.name``): ``unet`` (Diffuser's temporal U-Net, settings in
+``model.unet``) and ``transformer`` (Diffusion Forcing's trajectory transformer, ``model.transformer``)
+are built in; a plugin module (``plugins=[my_models]``) adds its own with :func:`register_denoiser`.
+A denoiser maps ``(x (B, H, D), levels (B, H) in [0, 1])`` (and, when ``model.return_condition``,
+``condition``/``drop`` keywords) to an output of x's shape.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from torch import nn
 
@@ -10,30 +19,67 @@ from diffplan.models.inverse_dynamics import InverseDynamics
 from diffplan.models.transformer import TrajectoryTransformer
 from diffplan.models.unet import TemporalUnet
 
+#: A builder: (the ``model`` settings, channels per token, tokens per window) -> the denoiser.
+DenoiserBuilder = Callable[[ModelConfig, int, int], nn.Module]
+
+_DENOISERS: dict[str, DenoiserBuilder] = {}
+
+
+def register_denoiser(name: str, builder: DenoiserBuilder, *, replace: bool = False) -> None:
+    """Make ``model.name=<name>`` build its denoiser with ``builder``.
+
+    Raises:
+        ValueError: ``name`` is registered already and not ``replace``.
+    """
+    if name in _DENOISERS and not replace:
+        raise ValueError(f"denoiser {name!r} is registered already; pass replace=True to override it")
+    _DENOISERS[name] = builder
+
+
+def denoiser_names() -> list[str]:
+    """The registered ``model.name`` values."""
+    return list(_DENOISERS)
+
 
 def build_denoiser(cfg: ModelConfig, *, transition_dim: int, horizon: int) -> nn.Module:
-    """The network named by ``cfg.name`` for tokens of ``transition_dim`` channels."""
-    if ModelKind(cfg.name) is ModelKind.unet:
-        return TemporalUnet(
-            transition_dim=transition_dim,
-            horizon=horizon,
-            dim=cfg.unet.dim,
-            dim_mults=tuple(cfg.unet.dim_mults),
-            kernel_size=cfg.unet.kernel_size,
-            return_condition=cfg.return_condition,
-        )
-    if ModelKind(cfg.name) is ModelKind.transformer:
-        return TrajectoryTransformer(
-            transition_dim=transition_dim,
-            horizon=horizon,
-            d_model=cfg.transformer.d_model,
-            n_layers=cfg.transformer.n_layers,
-            n_heads=cfg.transformer.n_heads,
-            causal=cfg.transformer.causal,
-            frame_stack=cfg.transformer.frame_stack,
-            return_condition=cfg.return_condition,
-        )
-    raise ValueError(f"unknown model {cfg.name!r}; allowed: {[k.value for k in ModelKind]}")
+    """The network named by ``cfg.name`` for tokens of ``transition_dim`` channels.
+
+    Raises:
+        ValueError: no denoiser is registered under ``cfg.name`` (the message lists those that are).
+    """
+    name = str(cfg.name)
+    if name not in _DENOISERS:
+        raise ValueError(f"model.name={name} is not a registered denoiser; use one of {', '.join(_DENOISERS)}, or "
+                         "register it with diffplan.models.register_denoiser in a module listed in plugins=[...]")
+    return _DENOISERS[name](cfg, transition_dim, horizon)
+
+
+def _unet(cfg: ModelConfig, transition_dim: int, horizon: int) -> nn.Module:
+    return TemporalUnet(
+        transition_dim=transition_dim,
+        horizon=horizon,
+        dim=cfg.unet.dim,
+        dim_mults=tuple(cfg.unet.dim_mults),
+        kernel_size=cfg.unet.kernel_size,
+        return_condition=cfg.return_condition,
+    )
+
+
+def _transformer(cfg: ModelConfig, transition_dim: int, horizon: int) -> nn.Module:
+    return TrajectoryTransformer(
+        transition_dim=transition_dim,
+        horizon=horizon,
+        d_model=cfg.transformer.d_model,
+        n_layers=cfg.transformer.n_layers,
+        n_heads=cfg.transformer.n_heads,
+        causal=cfg.transformer.causal,
+        frame_stack=cfg.transformer.frame_stack,
+        return_condition=cfg.return_condition,
+    )
+
+
+register_denoiser(ModelKind.unet.value, _unet)
+register_denoiser(ModelKind.transformer.value, _transformer)
 
 
 def build_inverse_dynamics(cfg: ModelConfig, *, obs_dim: int, act_dim: int) -> InverseDynamics | None:
