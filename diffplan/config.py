@@ -29,6 +29,7 @@ from diffplan.enums import (
     NoiseMode,
     NormalizerKind,
     OfflineAlgo,
+    Physics,
     Precision,
     PredictionType,
     SamplerKind,
@@ -258,6 +259,9 @@ class EvalConfig:
     device: str = "auto"
     plots: bool = True
     progress: bool = True
+    # What steps the environments: gymnasium (N Gymnasium envs, the reference) or mujoco (N raw
+    # MuJoCo simulations in one batch, MuJoCo >= 4: the same episodes bit for bit, faster).
+    physics: Physics = Physics.gymnasium
     # Write episodes.npz next to results.json: every episode's executed observations (and, on the
     # mazes, its plans), for diffplan-report's path plots and renders (diffplan.evaluation.episodes).
     save_episodes: bool = False

@@ -95,6 +95,14 @@ class EvalController(StrEnum):
     bc = "bc"
     offline = "offline"
 
+class Physics(StrEnum):
+    """What steps the evaluator's environments: N Gymnasium envs one at a time (the reference), or
+    N raw MuJoCo simulations in one batch (``diffplan_envs.mujoco_batch``, MuJoCo >= 4), which
+    gives the same observations, rewards and episodes bit for bit, faster."""
+
+    gymnasium = "gymnasium"
+    mujoco = "mujoco"
+
 class OfflineAlgo(StrEnum):
     """Offline RL algorithm of ``diffplan-train-offline``."""
 

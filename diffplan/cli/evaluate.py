@@ -35,6 +35,7 @@ main = hydra_entry(run_evaluate, help=CommandHelp(
         "guidance.scale",
         "guidance.policy",
         "eval.device",
+        "eval.physics",
     ),
     examples=(
         "diffplan-evaluate task=pointmaze-umaze",

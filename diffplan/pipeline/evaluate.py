@@ -17,7 +17,7 @@ from diffplan.config import Config, to_container
 from diffplan.controllers import Controller
 from diffplan.data.identity import check_same_dataset, dataset_record
 from diffplan.data.layout import TrajectoryLayout
-from diffplan.enums import EvalController, ExecutionMode
+from diffplan.enums import EvalController, ExecutionMode, Physics
 from diffplan.evaluation.evaluator import BatchEnv, EpisodeTrace, EvaluationOutput, evaluate
 from diffplan.evaluation.reference import resolve_reference_scores
 from diffplan.evaluation.results import build_record, write_record
@@ -93,7 +93,8 @@ def check_evaluation(cfg: Config) -> None:
     Raises:
         ValueError: empty or negative ``eval.seeds``; ``eval.n_episodes``, ``eval.n_envs`` or
             ``task.episode_steps`` < 1; a policy guidance whose ``guidance.policy`` is malformed,
-            missing or a pickle without ``guidance.trust_pickle``.
+            missing or a pickle without ``guidance.trust_pickle``; ``eval.physics=mujoco`` without
+            mujoco>=4.
         OSError: ``eval.out_dir`` cannot be created or written (a file in the way, a read-only
             folder, a full disk; :func:`~diffplan.utils.ensure_writable_folder`).
     """
@@ -115,6 +116,10 @@ def check_evaluation(cfg: Config) -> None:
             "planner.mode=forcing is wired for the mazes (goal guidance); locomotion tasks plan with "
             "planner=value or planner=actions (diffplan.planning.forcing.ForcingPlanner is usable from Python)"
         )
+    if Physics(cfg.eval.physics) is Physics.mujoco:
+        from diffplan_envs.mujoco_batch import require_mujoco_batch
+
+        require_mujoco_batch()
     spec = guidance_kind(cfg.guidance.kind)  # an unknown kind fails here, before anything loads
     if spec is not None and spec.needs_policy and cfg.guidance.policy:
         from diffplan.policies.loading import check_target_policy
@@ -183,7 +188,8 @@ def _value_checkpoint_info(cfg: Config) -> dict[str, Any]:
 
 
 def _maze_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
-    from diffplan_envs import MazeBatch, get_maze_task, maze_geometry
+    from diffplan_envs import get_maze_task, maze_geometry
+    from diffplan_envs.mujoco_batch import maze_batch
 
     task = get_maze_task(cfg.task.name)
     device = select_device(cfg.eval.device)
@@ -216,8 +222,9 @@ def _maze_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
     spec = guidance_kind(cfg.guidance.kind)
     if spec is not None and spec.needs_value:
         info["value"] = _value_checkpoint_info(cfg)
-    return EvaluationSetup(policy, lambda n: MazeBatch(task, n), to_container(model.config), info, plot_paths=plot,
-                           trained_dataset=model.dataset)
+    physics = str(cfg.eval.physics)
+    return EvaluationSetup(policy, lambda n: maze_batch(task, n, physics=physics), to_container(model.config), info,
+                           plot_paths=plot, trained_dataset=model.dataset)
 
 
 def _forcing_controller(cfg: Config, model: TrainedModel, device: Any) -> Controller:
@@ -241,7 +248,8 @@ def _forcing_controller(cfg: Config, model: TrainedModel, device: Any) -> Contro
 
 
 def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
-    from diffplan_envs.locomotion import LocomotionBatch, get_locomotion_task
+    from diffplan_envs.locomotion import get_locomotion_task
+    from diffplan_envs.mujoco_batch import locomotion_batch
 
     task = get_locomotion_task(cfg.task.name)
     device = select_device(cfg.eval.device)
@@ -293,8 +301,9 @@ def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> Evaluation
         trained_dataset = model.dataset
         if needs_value:
             info["value"] = _value_checkpoint_info(cfg)
-    return EvaluationSetup(policy, lambda n: LocomotionBatch(task, n), trained, info, has_success=False,
-                           trained_dataset=trained_dataset)
+    physics = str(cfg.eval.physics)
+    return EvaluationSetup(policy, lambda n: locomotion_batch(task, n, physics=physics), trained, info,
+                           has_success=False, trained_dataset=trained_dataset)
 
 
 def run_episodes(
