@@ -10,9 +10,11 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -133,3 +135,62 @@ def ensure_writable_folder(folder: str | Path, key: str) -> Path:
     except OSError as error:
         raise OSError(f"{key}={path} cannot be written ({error.strerror or error}); choose a writable {key}") from error
     return path
+
+
+class Registry(Generic[T]):
+    """Named extension points (denoisers, guidance rules and kinds, target-policy loaders): items
+    registered by name, looked up with one-line errors that name the setting, the registered names
+    and how to add one.
+
+    Args:
+        what: what an item is, for messages (``"denoiser"``).
+        key: the setting that names an item (``"model.name"``).
+        register_with: the function that registers one (``"diffplan.models.register_denoiser"``).
+    """
+
+    def __init__(self, what: str, key: str, register_with: str) -> None:
+        self.what = what
+        self.key = key
+        self.register_with = register_with
+        self._items: dict[str, T] = {}
+
+    def add(self, name: str, item: T, *, replace: bool = False) -> T:
+        """Register ``item`` as ``name``; returns it.
+
+        Raises:
+            ValueError: ``name`` is empty or registered already and not ``replace``.
+        """
+        if not name:
+            raise ValueError(f"a {self.what} needs a non-empty name")
+        if name in self._items and not replace:
+            raise ValueError(f"{self.what} {name!r} is registered already; pass replace=True to override it")
+        self._items[name] = item
+        return item
+
+    def names(self) -> list[str]:
+        """The registered names, in registration order."""
+        return list(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def items(self) -> list[tuple[str, T]]:
+        return list(self._items.items())
+
+    def copy(self) -> Registry[T]:
+        """A registry with the same items (for a test that registers something temporarily)."""
+        out = Registry[T](self.what, self.key, self.register_with)
+        out._items = dict(self._items)
+        return out
+
+    def get(self, name: str, *, key: str | None = None) -> T:
+        """The item registered as ``name``.
+
+        Raises:
+            ValueError: none is, naming ``key`` (default the registry's), the registered names and the fix.
+        """
+        if name not in self._items:
+            raise ValueError(f"{key or self.key}={name} is not a registered {self.what}; use one of "
+                             f"{', '.join(self._items)}, or register it with {self.register_with} in a module "
+                             "listed in plugins=[...]")
+        return self._items[name]

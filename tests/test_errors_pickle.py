@@ -70,13 +70,13 @@ def test_a_named_vecnormalize_pickle_needs_trust_pickle(agent: Path, tmp_path: P
 def _custom_check(agent: Path, evil: Path) -> None:
     from diffplan.policies import loading
 
-    saved = dict(loading._LOADERS)
+    saved = loading._LOADERS
+    loading._LOADERS = saved.copy()
     try:
         loading.register_policy_loader("custom", lambda path, std, vn: None)  # type: ignore[arg-type,return-value]
         check_target_policy(f"custom:{agent}", vecnormalize=str(evil))
     finally:
-        loading._LOADERS.clear()
-        loading._LOADERS.update(saved)
+        loading._LOADERS = saved
 
 
 @pytest.mark.parametrize("module", ["generate", "evaluate"])

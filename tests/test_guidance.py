@@ -488,7 +488,7 @@ def test_value_planner_applies_policy_guidance(model: TrainedModel, tmp_path: Pa
     the candidates. (Each guide step moves a normalized action x by 0.1 * 4 (1 - x).)"""
     from diffplan.policies import LinearGaussianPolicy, loading, register_policy_loader
 
-    monkeypatch.setattr(loading, "_LOADERS", dict(loading._LOADERS))
+    monkeypatch.setattr(loading, "_LOADERS", loading._LOADERS.copy())
     register_policy_loader("linear-test", lambda path, std, _: LinearGaussianPolicy(
         torch.zeros(2, 4), torch.full((2,), 2.0), std=std), replace=True)
     (tmp_path / "policy").write_text("fixed")

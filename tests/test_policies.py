@@ -244,7 +244,7 @@ def test_bad_specs_fail_with_the_spec_the_kinds_and_the_fix(tmp_path: Path) -> N
 
 
 def test_registered_loaders_are_used_and_guarded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loading, "_LOADERS", dict(loading._LOADERS))
+    monkeypatch.setattr(loading, "_LOADERS", loading._LOADERS.copy())
     calls: list[tuple[Path, float, Path | None]] = []
 
     def fixed(path: Path, std: float, vecnormalize: Path | None) -> TargetPolicy:

@@ -271,7 +271,7 @@ def model() -> TrainedModel:
 
 @pytest.fixture
 def policy_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setattr(loading, "_LOADERS", dict(loading._LOADERS))
+    monkeypatch.setattr(loading, "_LOADERS", loading._LOADERS.copy())
     loading.register_policy_loader("linear", lambda path, std, vn: LinearGaussianPolicy(WEIGHT, BIAS, std=std))
     (tmp_path / "linear.pt").write_bytes(b"")
     return f"linear:{tmp_path / 'linear.pt'}"

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from diffplan.enums import GuidanceSchedule, GuideTarget
+from diffplan.utils import Registry
 
 #: Weight of the sine bump of the ``pgd`` schedule (the official code's ``policy_guidance_cosine_coeff``
 #: default); 0 gives ``c = level_from / T`` with no guidance on the final step.
@@ -296,7 +297,8 @@ class GuidedRow:
 #: A rule: (sampler, guidance, row) -> the sample after the row.
 GuidanceRule = Callable[[SamplerOps, "Guidance", GuidedRow], Tensor]
 
-_RULES: dict[str, GuidanceRule] = {}
+_RULES: Registry[GuidanceRule] = Registry("guidance rule", "guidance.apply_to",
+                                          "diffplan.diffusion.guide.register_guidance_rule")
 
 
 def register_guidance_rule(name: str, rule: GuidanceRule, *, replace: bool = False) -> None:
@@ -305,19 +307,17 @@ def register_guidance_rule(name: str, rule: GuidanceRule, *, replace: bool = Fal
     Raises:
         ValueError: ``name`` is registered already and not ``replace``.
     """
-    if name in _RULES and not replace:
-        raise ValueError(f"guidance rule {name!r} is registered already; pass replace=True to override it")
-    _RULES[name] = rule
+    _RULES.add(name, rule, replace=replace)
 
 
 def guidance_rules() -> list[str]:
     """The registered rule names."""
-    return list(_RULES)
+    return _RULES.names()
 
 
 def guidance_rule(name: str) -> GuidanceRule:
     """The rule registered as ``name`` (checked when the :class:`Guidance` was built)."""
-    return _RULES[name]
+    return _RULES.get(name)
 
 
 def follow_gradient(guidance: Guidance, x: Tensor, levels: Tensor, row: GuidedRow) -> Tensor:

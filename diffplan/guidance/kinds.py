@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from diffplan.diffusion.guide import Guide
+from diffplan.utils import Registry
 
 if TYPE_CHECKING:
     from diffplan.config import GuidanceConfig
@@ -93,7 +94,8 @@ class GuidanceKindSpec:
     description: str = ""
 
 
-_KINDS: dict[str, GuidanceKindSpec] = {}
+_KINDS: Registry[GuidanceKindSpec] = Registry("guidance kind", "guidance.kind",
+                                              "diffplan.guidance.register_guidance_kind")
 
 
 def register_guidance_kind(spec: GuidanceKindSpec, *, replace: bool = False) -> GuidanceKindSpec:
@@ -106,17 +108,14 @@ def register_guidance_kind(spec: GuidanceKindSpec, *, replace: bool = False) -> 
     """
     if not spec.name or spec.name == UNGUIDED or any(c in spec.name for c in " =,+"):
         raise ValueError(f"a guidance kind needs a name other than {UNGUIDED!r}, free of ' =,+'; got {spec.name!r}")
-    if spec.name in _KINDS and not replace:
-        raise ValueError(f"guidance kind {spec.name!r} is registered already; pass replace=True to override it")
     if not spec.suites or not spec.suites <= SUITES:
         raise ValueError(f"guidance kind {spec.name!r}: suites must be a non-empty subset of {sorted(SUITES)}")
-    _KINDS[spec.name] = spec
-    return spec
+    return _KINDS.add(spec.name, spec, replace=replace)
 
 
 def guidance_kinds() -> list[str]:
     """Every ``guidance.kind`` value: ``none`` and the registered kinds."""
-    return [UNGUIDED, *_KINDS]
+    return [UNGUIDED, *_KINDS.names()]
 
 
 def guidance_kind(name: str, *, key: str = "guidance.kind") -> GuidanceKindSpec | None:
@@ -132,12 +131,12 @@ def guidance_kind(name: str, *, key: str = "guidance.kind") -> GuidanceKindSpec 
             f"{key}={name} is not a guidance kind; use one of {', '.join(guidance_kinds())}, or register one "
             "(diffplan.guidance.register_guidance_kind) in a module listed in plugins=[...]"
         )
-    return _KINDS[name]
+    return _KINDS.get(name)
 
 
 def find_guidance_kind(name: str) -> GuidanceKindSpec | None:
     """The spec of kind ``name``, or None when it is ``none`` or not registered in this process."""
-    return _KINDS.get(name)
+    return _KINDS.get(name) if name in _KINDS else None
 
 
 def check_kind_for_suite(name: str, suite: str, where: str) -> GuidanceKindSpec | None:

@@ -18,11 +18,12 @@ from diffplan.enums import ModelKind
 from diffplan.models.inverse_dynamics import InverseDynamics
 from diffplan.models.transformer import TrajectoryTransformer
 from diffplan.models.unet import TemporalUnet
+from diffplan.utils import Registry
 
 #: A builder: (the ``model`` settings, channels per token, tokens per window) -> the denoiser.
 DenoiserBuilder = Callable[[ModelConfig, int, int], nn.Module]
 
-_DENOISERS: dict[str, DenoiserBuilder] = {}
+DENOISERS: Registry[DenoiserBuilder] = Registry("denoiser", "model.name", "diffplan.models.register_denoiser")
 
 
 def register_denoiser(name: str, builder: DenoiserBuilder, *, replace: bool = False) -> None:
@@ -31,14 +32,12 @@ def register_denoiser(name: str, builder: DenoiserBuilder, *, replace: bool = Fa
     Raises:
         ValueError: ``name`` is registered already and not ``replace``.
     """
-    if name in _DENOISERS and not replace:
-        raise ValueError(f"denoiser {name!r} is registered already; pass replace=True to override it")
-    _DENOISERS[name] = builder
+    DENOISERS.add(name, builder, replace=replace)
 
 
 def denoiser_names() -> list[str]:
     """The registered ``model.name`` values."""
-    return list(_DENOISERS)
+    return DENOISERS.names()
 
 
 def build_denoiser(cfg: ModelConfig, *, transition_dim: int, horizon: int) -> nn.Module:
@@ -47,11 +46,7 @@ def build_denoiser(cfg: ModelConfig, *, transition_dim: int, horizon: int) -> nn
     Raises:
         ValueError: no denoiser is registered under ``cfg.name`` (the message lists those that are).
     """
-    name = str(cfg.name)
-    if name not in _DENOISERS:
-        raise ValueError(f"model.name={name} is not a registered denoiser; use one of {', '.join(_DENOISERS)}, or "
-                         "register it with diffplan.models.register_denoiser in a module listed in plugins=[...]")
-    return _DENOISERS[name](cfg, transition_dim, horizon)
+    return DENOISERS.get(str(cfg.name))(cfg, transition_dim, horizon)
 
 
 def _unet(cfg: ModelConfig, transition_dim: int, horizon: int) -> nn.Module:

@@ -13,6 +13,7 @@ from pathlib import Path
 from diffplan.models.policy import TargetPolicy
 from diffplan.policies.bc import load_bc_policy
 from diffplan.policies.sb3 import load_sb3_sac, load_sb3_td3
+from diffplan.utils import Registry
 
 #: A loader: (existing file, std of deterministic policies in action units, VecNormalize pickle
 #: or None) -> the policy, on the CPU. Loaders that cannot use a pickle should raise ValueError.
@@ -25,12 +26,11 @@ def _load_offline(path: Path, std: float, vecnormalize: Path | None) -> TargetPo
     return offline_policy_loader(path, std, vecnormalize)
 
 
-_LOADERS: dict[str, PolicyLoader] = {
-    "sb3-sac": load_sb3_sac,
-    "sb3-td3": load_sb3_td3,
-    "bc": load_bc_policy,
-    "offline": _load_offline,
-}
+_LOADERS: Registry[PolicyLoader] = Registry("target-policy kind", "guidance.policy",
+                                            "diffplan.policies.register_policy_loader")
+for _kind, _loader in (("sb3-sac", load_sb3_sac), ("sb3-td3", load_sb3_td3), ("bc", load_bc_policy),
+                       ("offline", _load_offline)):
+    _LOADERS.add(_kind, _loader)
 
 #: The kinds whose files are pickles (code runs when they load): loaded only with ``trust_pickle``.
 #: bc and offline are diffplan checkpoints, read with ``torch.load(weights_only=True)``.
@@ -43,7 +43,7 @@ _EXAMPLE = "sb3-sac:data/agents/hopper/medium.zip"
 
 def policy_kinds() -> list[str]:
     """The registered kinds, in registration order."""
-    return list(_LOADERS)
+    return _LOADERS.names()
 
 
 def register_policy_loader(kind: str, loader: PolicyLoader, *, replace: bool = False, unpickles: bool = False) -> None:
@@ -57,9 +57,7 @@ def register_policy_loader(kind: str, loader: PolicyLoader, *, replace: bool = F
     """
     if not kind or ":" in kind:
         raise ValueError(f"a policy kind must be non-empty and free of ':', got {kind!r}")
-    if kind in _LOADERS and not replace:
-        raise ValueError(f"policy kind {kind!r} is registered already; pass replace=True to override it")
-    _LOADERS[kind] = loader
+    _LOADERS.add(kind, loader, replace=replace)
     if unpickles:
         _PICKLE_KINDS.add(kind)
     else:
@@ -73,7 +71,7 @@ def parse_policy_spec(spec: str) -> tuple[str, Path]:
         ValueError: no ``:``, an empty path or an unknown kind (the message lists the kinds).
     """
     kind, sep, path = spec.partition(":")
-    kinds = ", ".join(_LOADERS)
+    kinds = ", ".join(_LOADERS.names())
     if not sep or not path:
         raise ValueError(
             f"policy spec {spec!r} must be '<kind>:<path>' with kind one of {kinds}, e.g. {_EXAMPLE!r}"
@@ -97,7 +95,7 @@ def check_target_policy(
         ValueError: each naming the setting, the value and the fix.
     """
     kind, path = parse_policy_spec(spec)
-    kinds = ", ".join(_LOADERS)
+    kinds = ", ".join(_LOADERS.names())
     if not path.is_file():
         raise ValueError(
             f"policy spec {spec!r}: no file {path}; point '<kind>:<path>' (kind one of {kinds}) at an existing "
@@ -142,7 +140,7 @@ def load_target_policy(
             (each naming the spec and the fix), or a file the kind's loader cannot read.
     """
     kind, path, pickle_path = check_target_policy(spec, vecnormalize=vecnormalize, trust_pickle=trust_pickle)
-    policy = _LOADERS[kind](path, float(std), pickle_path)
+    policy = _LOADERS.get(kind)(path, float(std), pickle_path)
     if not isinstance(policy, TargetPolicy):
         raise TypeError(f"the {kind!r} loader returned {type(policy).__name__}, not a TargetPolicy")
     return policy
