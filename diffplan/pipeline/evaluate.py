@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from diffplan.config import Config, to_container
 from diffplan.controllers import Controller
 from diffplan.data.identity import check_same_dataset, dataset_record
@@ -167,6 +169,20 @@ def build_setup(cfg: Config, strengths: EnvStrengths | None = None) -> Evaluatio
     return make_setup(cfg, strengths)
 
 
+def _env_maker(cfg: Config, task: Any) -> Callable[[int], BatchEnv]:
+    """Batches of n environments of ``task`` (a maze or locomotion task) on ``eval.physics``. The
+    mujoco backend steps them on as many threads as torch's intra-op pool has when the batch is
+    made (one per core unless ``torch.set_num_threads`` said otherwise); its results do not depend
+    on the count."""
+    from diffplan_envs.locomotion import LocomotionTask
+    from diffplan_envs.mujoco_batch import locomotion_batch, maze_batch
+
+    physics = str(cfg.eval.physics)
+    if isinstance(task, LocomotionTask):
+        return lambda n: locomotion_batch(task, n, physics=physics, threads=torch.get_num_threads())
+    return lambda n: maze_batch(task, n, physics=physics, threads=torch.get_num_threads())
+
+
 def _load_model(cfg: Config, obs_dim: int, act_dim: int) -> TrainedModel:
     return load_trained_model(
         cfg.eval.checkpoint,
@@ -189,7 +205,6 @@ def _value_checkpoint_info(cfg: Config) -> dict[str, Any]:
 
 def _maze_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
     from diffplan_envs import get_maze_task, maze_geometry
-    from diffplan_envs.mujoco_batch import maze_batch
 
     task = get_maze_task(cfg.task.name)
     device = select_device(cfg.eval.device)
@@ -222,9 +237,8 @@ def _maze_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
     spec = guidance_kind(cfg.guidance.kind)
     if spec is not None and spec.needs_value:
         info["value"] = _value_checkpoint_info(cfg)
-    physics = str(cfg.eval.physics)
-    return EvaluationSetup(policy, lambda n: maze_batch(task, n, physics=physics), to_container(model.config), info,
-                           plot_paths=plot, trained_dataset=model.dataset)
+    return EvaluationSetup(policy, _env_maker(cfg, task), to_container(model.config), info, plot_paths=plot,
+                           trained_dataset=model.dataset)
 
 
 def _forcing_controller(cfg: Config, model: TrainedModel, device: Any) -> Controller:
@@ -249,7 +263,6 @@ def _forcing_controller(cfg: Config, model: TrainedModel, device: Any) -> Contro
 
 def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
     from diffplan_envs.locomotion import get_locomotion_task
-    from diffplan_envs.mujoco_batch import locomotion_batch
 
     task = get_locomotion_task(cfg.task.name)
     device = select_device(cfg.eval.device)
@@ -301,9 +314,8 @@ def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> Evaluation
         trained_dataset = model.dataset
         if needs_value:
             info["value"] = _value_checkpoint_info(cfg)
-    physics = str(cfg.eval.physics)
-    return EvaluationSetup(policy, lambda n: locomotion_batch(task, n, physics=physics), trained, info,
-                           has_success=False, trained_dataset=trained_dataset)
+    return EvaluationSetup(policy, _env_maker(cfg, task), trained, info, has_success=False,
+                           trained_dataset=trained_dataset)
 
 
 def run_episodes(

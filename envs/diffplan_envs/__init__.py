@@ -24,6 +24,13 @@ from diffplan_envs.maze import (
     make_maze_env,
     maze_geometry,
 )
+from diffplan_envs.mujoco_batch import (
+    PHYSICS_BACKENDS,
+    MujocoLocomotionBatch,
+    MujocoMazeBatch,
+    locomotion_batch,
+    maze_batch,
+)
 from diffplan_envs.reference_scores import (
     D4RL_REF_SCORES,
     RefScores,
@@ -47,6 +54,9 @@ __all__ = [
     "MazeGeometry",
     "MazeRecipe",
     "MazeTask",
+    "MujocoLocomotionBatch",
+    "MujocoMazeBatch",
+    "PHYSICS_BACKENDS",
     "RefScores",
     "StepResult",
     "WaypointController",
@@ -54,7 +64,9 @@ __all__ = [
     "compute_maze_reference_scores",
     "geometry_from_env",
     "get_maze_task",
+    "locomotion_batch",
     "make_maze_env",
+    "maze_batch",
     "maze_geometry",
     "noisy_action",
     "normalized_score",

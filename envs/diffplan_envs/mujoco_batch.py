@@ -433,13 +433,13 @@ class MujocoLocomotionBatch:
 
 
 def maze_batch(
-    task: str | MazeTask, n_envs: int, *, physics: str = "gymnasium", **kwargs: Any
+    task: str | MazeTask, n_envs: int, *, physics: str = "gymnasium", threads: int = 0, **kwargs: Any
 ) -> MazeBatch | MujocoMazeBatch:
     """A batch of ``n_envs`` PointMaze envs on the ``physics`` backend (see :data:`PHYSICS_BACKENDS`);
-    ``kwargs`` go to the batch (``continuing_task``, ``reset_target``, ``max_episode_steps``, and
-    ``threads`` for the mujoco backend)."""
+    ``threads`` for the mujoco backend (0: every CPU); ``kwargs`` go to the batch
+    (``continuing_task``, ``reset_target``, ``max_episode_steps``)."""
     if check_physics(physics) == "mujoco":
-        return MujocoMazeBatch(task, n_envs, **kwargs)
+        return MujocoMazeBatch(task, n_envs, threads=threads, **kwargs)
     return MazeBatch(task, n_envs, **kwargs)
 
 
