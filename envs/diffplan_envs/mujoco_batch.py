@@ -19,6 +19,7 @@ Each batch builds one Gymnasium environment to read the model and the task's con
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -62,14 +63,18 @@ def require_mujoco_batch() -> ModuleType:
 
 
 class _Simulations:
-    """N simulations of one model: a :class:`mujoco.batch.Batch` on ``threads`` threads (0: every
-    CPU; the results do not depend on it) and live (N, ...) views of its state rows (writing one
-    is the simulation's state at its next call)."""
+    """N simulations of one model: a :class:`mujoco.batch.Batch` and live (N, ...) views of its
+    state rows (writing one is the simulation's state at its next call).
 
-    def __init__(self, model: mujoco.MjModel, n: int, threads: int) -> None:
+    It runs on ``threads`` threads (0: every CPU), but at most one per ``per_thread`` simulations:
+    waking a thread costs about what a few PointMaze steps do. The results do not depend on the
+    count; a busy machine does slow the threads down (docs/COMMANDS.md, "Physics backends")."""
+
+    def __init__(self, model: mujoco.MjModel, n: int, threads: int, per_thread: int) -> None:
         batch = require_mujoco_batch()
         if threads < 0:
             raise ValueError(f"threads must be >= 0 (0: every CPU), got {threads}")
+        threads = min(threads or os.cpu_count() or 1, max(1, n // per_thread))
         self._error_type = batch.SimulationError
         self.batch = batch.Batch(model, nsim=n, nthread=threads)
         self.n = n
@@ -157,7 +162,7 @@ class MujocoMazeBatch:
             env.close()
         self._continuing = continuing_task
         self._reset_target = reset_target
-        self._sims = _Simulations(model, n_envs, threads)
+        self._sims = _Simulations(model, n_envs, threads, per_thread=8)
         self._rngs: list[np.random.Generator] = []
         self._goals = np.zeros((n_envs, 2))
         self._elapsed = np.zeros(n_envs, dtype=np.int64)
@@ -346,7 +351,7 @@ class MujocoLocomotionBatch:
         finally:
             env.close()
         self._max_steps = self.task.episode_steps
-        self._sims = _Simulations(model, n_envs, threads)
+        self._sims = _Simulations(model, n_envs, threads, per_thread=1)
         self._elapsed = np.zeros(n_envs, dtype=np.int64)
         self._obs = np.zeros((n_envs, self.task.obs_dim))
 
