@@ -231,7 +231,9 @@ class PlannerConfig:
     ``tracker``, ``warm_start``, ``return_guidance`` (classifier-free guidance of return-conditioned
     models) and ``forcing``."""
 
-    mode: ExecutionMode = ExecutionMode.tracker
+    # A registered planner (diffplan.planning.modes): tracker, actions, forcing, or one a plugin module
+    # registers (diffplan.planning.modes.register_planner); checked before an evaluation loads anything.
+    mode: str = ExecutionMode.tracker.value
     replan_every: int = 0
     n_candidates: int = 1
     selection: Selection = Selection.first

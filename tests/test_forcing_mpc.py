@@ -245,6 +245,6 @@ def test_forcing_mpc_on_locomotion_is_refused_with_the_alternatives(tmp_path: Pa
     from diffplan.pipeline.evaluate import run_evaluate
 
     cfg = tiny_config(tmp_path, ["task=hopper-medium", "planner=forcing"])
-    with pytest.raises(ValueError, match="planner.mode=forcing is wired for the mazes .*planner=value or "
-                                         "planner=actions"):
+    with pytest.raises(ValueError, match=r"planner.mode=forcing plans maze tasks, not locomotion tasks; use "
+                                         r"planner.mode in \['tracker', 'actions'\] \(e.g. planner=value"):
         run_evaluate(cfg)

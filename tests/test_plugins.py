@@ -116,3 +116,19 @@ def test_a_plugin_denoiser_trains_and_evaluates_through_the_commands(tmp_path: P
                      "transformer, or register it with diffplan.models.register_denoiser in a module listed in "
                      "plugins=[...]"], unknown.stderr[-2000:]
     assert not (tmp_path / "other" / "checkpoint.pt").exists()
+
+
+def test_a_plugin_planner_mode_evaluates_through_the_command(trained: Path) -> None:
+    """``planner.mode`` takes a mode a plugin registers (tests/toy_planner.py); an unregistered one is
+    one line before Hydra writes anything."""
+    out = trained / "straight"
+    done = _run("evaluate", trained, "plugins=[toy_planner]", "planner.mode=toy-straight", f"eval.out_dir={out}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["planner"]["mode"] == "toy-straight" and results["n_episodes"] > 0
+    unknown = _run("evaluate", trained, "planner.mode=toy-straight", f"eval.out_dir={trained / 'nope'}")
+    assert unknown.returncode == 2
+    lines = [line for line in unknown.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("diffplan-evaluate: error: planner.mode=toy-straight is not a "
+                                                   "registered planner; use one of tracker, actions, forcing"), lines
+    assert not (trained / "nope").exists()

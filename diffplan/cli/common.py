@@ -18,7 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from diffplan.composition import compose_config, config_groups, config_options, preflight
 from diffplan.config import CONF_DIR, Config, as_config, register_configs
 from diffplan.extras import MissingExtraError
-from diffplan.guidance.kinds import import_plugins
+from diffplan.guidance.kinds import guidance_kind, import_plugins
+from diffplan.models.factory import DENOISERS
+from diffplan.planning.modes import PLANNERS
 from diffplan.training.distributed import env_rank
 
 #: Hydra overrides of the ranks > 0 of a torchrun job: no record folder, no copy of the config and
@@ -71,7 +73,7 @@ def hydra_entry(
             return
         if not _is_multirun(args):  # (or a flag that only prints)
             with error_boundary():
-                preflight(config_name, _config_overrides(args))
+                check_registered(preflight(config_name, _config_overrides(args)))
         given = {arg.split("=", 1)[0].lstrip("+~") for arg in args}
         if "hydra.job.name" not in given:  # names each invocation's record folder under run_dir/logs/
             sys.argv.append(f"hydra.job.name={command_name()}")
@@ -80,6 +82,19 @@ def hydra_entry(
         _main()  # type: ignore[call-arg]  # hydra.main parses sys.argv
 
     return entry
+
+
+def check_registered(config: Config) -> None:
+    """Import the config's ``plugins`` and check the names they may register: ``planner.mode``,
+    ``model.name`` and ``guidance.kind`` (before Hydra writes anything).
+
+    Raises:
+        ValueError: a name no built-in or plugin registers (naming those that are and how to add one).
+    """
+    import_plugins(config.plugins)
+    PLANNERS.get(str(config.planner.mode))
+    DENOISERS.get(str(config.model.name))
+    guidance_kind(config.guidance.kind)
 
 
 def _summary(doc: str | None) -> str:

@@ -19,14 +19,13 @@ from diffplan.config import Config, to_container
 from diffplan.controllers import Controller
 from diffplan.data.identity import check_same_dataset, dataset_record
 from diffplan.data.layout import TrajectoryLayout
-from diffplan.enums import EvalController, ExecutionMode, Physics
+from diffplan.enums import EvalController, Physics
 from diffplan.evaluation.evaluator import BatchEnv, EpisodeTrace, EvaluationOutput, evaluate
 from diffplan.evaluation.reference import resolve_reference_scores
 from diffplan.evaluation.results import build_record, write_record
-from diffplan.guidance.kinds import check_kind_for_suite, guidance_kind
+from diffplan.guidance.kinds import guidance_kind
 from diffplan.guidance.per_env import EnvStrengths
-from diffplan.planning.controllers import PlanController
-from diffplan.planning.planner import GoalPlanner
+from diffplan.planning.modes import build_controller, planner_spec
 from diffplan.reporting.maze_plot import plot_maze_paths
 from diffplan.tasks import is_locomotion, load_task_episodes
 from diffplan.training.checkpoint import TrainedModel, load_trained_model
@@ -113,11 +112,8 @@ def check_evaluation(cfg: Config) -> None:
         raise ValueError(
             f"task.episode_steps must be >= 1 (environment steps per episode), got {cfg.task.episode_steps}"
         )
-    if ExecutionMode(cfg.planner.mode) is ExecutionMode.forcing and is_locomotion(cfg.task):
-        raise ValueError(
-            "planner.mode=forcing is wired for the mazes (goal guidance); locomotion tasks plan with "
-            "planner=value or planner=actions (diffplan.planning.forcing.ForcingPlanner is usable from Python)"
-        )
+    if EvalController(cfg.eval.controller) is EvalController.planner:  # an unknown mode fails here, before loading
+        planner_spec(cfg.planner.mode, "locomotion" if is_locomotion(cfg.task) else "maze")
     if Physics(cfg.eval.physics) is Physics.mujoco:
         from diffplan_envs.mujoco_batch import require_mujoco_batch
 
@@ -209,56 +205,17 @@ def _maze_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
     task = get_maze_task(cfg.task.name)
     device = select_device(cfg.eval.device)
     model = _load_model(cfg, task.obs_dim, task.act_dim)
-    policy: Controller
-    if ExecutionMode(cfg.planner.mode) is ExecutionMode.forcing:
-        if strengths is not None:
-            raise ValueError("planner.mode=forcing takes no per-environment guidance strengths; "
-                             "evaluate its sweep cells with sweep.batched=false")
-        policy = _forcing_controller(cfg, model, device)
-    else:
-        planner = GoalPlanner(
-            model, planner=cfg.planner, diffusion=cfg.diffusion, goal_dims=cfg.task.goal_obs_dims, device=device,
-            guidance=cfg.guidance,
-        )
-        policy = PlanController(
-            planner,
-            cfg.planner,
-            position_dims=cfg.task.goal_obs_dims,
-            velocity_dims=cfg.task.velocity_obs_dims,
-            stride=model.config.task.stride,
-            strengths=strengths,
-        )
+    built = build_controller(cfg, "maze", model, device, strengths)
 
     def plot(traces: list[EpisodeTrace], path: Path) -> None:
         plot_maze_paths(traces, maze_geometry(task).wall_rectangles(), path,
                         title=f"{cfg.task.name}: planned (dashed) vs executed (solid)")
 
     info = _model_checkpoint_info(cfg, model)
-    spec = guidance_kind(cfg.guidance.kind)
-    if spec is not None and spec.needs_value:
+    if built.uses_value_checkpoint:
         info["value"] = _value_checkpoint_info(cfg)
-    return EvaluationSetup(policy, _env_maker(cfg, task), to_container(model.config), info, plot_paths=plot,
+    return EvaluationSetup(built.controller, _env_maker(cfg, task), to_container(model.config), info, plot_paths=plot,
                            trained_dataset=model.dataset)
-
-
-def _forcing_controller(cfg: Config, model: TrainedModel, device: Any) -> Controller:
-    """Diffusion Forcing MPC (``planner.mode=forcing``) with goal guidance (``guidance=goal``) or none."""
-    from diffplan.planning.forcing import maze_forcing_planner
-    from diffplan.planning.forcing_controller import ForcingController
-
-    if model.config.task.stride != 1:
-        raise ValueError(
-            f"planner.mode=forcing executes the plan's own actions and needs a model trained with task.stride=1; "
-            f"{model.path} has stride {model.config.task.stride}"
-        )
-    planner = maze_forcing_planner(cfg, model, device)
-    tracker = None
-    if cfg.planner.forcing.track_states:
-        from diffplan.planning.forcing_controller import PDTracker
-
-        tracker = PDTracker(list(cfg.task.goal_obs_dims), list(cfg.task.velocity_obs_dims), cfg.planner.tracker.p_gain,
-                            cfg.planner.tracker.d_gain)
-    return ForcingController.of(planner, tracker=tracker)
 
 
 def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
@@ -294,25 +251,13 @@ def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> Evaluation
         info = {"path": str(checkpoint.resolve()), "sha256": file_sha256(checkpoint), "step": agent.step}
         trained_dataset = agent.dataset
     else:
-        from diffplan.guidance.value import load_value_guide
-        from diffplan.planning.value_planner import ValueController, ValuePlanner
-
         model = _load_model(cfg, task.obs_dim, task.act_dim)
-        spec = check_kind_for_suite(cfg.guidance.kind, "locomotion", "the locomotion planner (planner=value)")
-        needs_value = (spec is not None and spec.needs_value) or cfg.planner.n_candidates > 1
-        if needs_value:
-            guide: Any = load_value_guide(model, cfg.guidance, device)
-        else:
-            from diffplan.guidance import ConstantGuide
-
-            guide = ConstantGuide()
-        planner = ValuePlanner(model, guide, planner=cfg.planner, diffusion=cfg.diffusion, guidance=cfg.guidance,
-                               device=device)
-        policy = ValueController(planner, cfg.planner, strengths=strengths)
+        built = build_controller(cfg, "locomotion", model, device, strengths)
+        policy = built.controller
         trained = to_container(model.config)
         info = _model_checkpoint_info(cfg, model)
         trained_dataset = model.dataset
-        if needs_value:
+        if built.uses_value_checkpoint:
             info["value"] = _value_checkpoint_info(cfg)
     return EvaluationSetup(policy, _env_maker(cfg, task), trained, info, has_success=False,
                            trained_dataset=trained_dataset)

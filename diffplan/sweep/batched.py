@@ -37,10 +37,10 @@ import torch
 from torch import Tensor
 
 from diffplan.config import Config, to_container
-from diffplan.enums import ExecutionMode
 from diffplan.evaluation.evaluator import EvaluationOutput
 from diffplan.guidance.kinds import guidance_kind
 from diffplan.guidance.per_env import EnvStrengths
+from diffplan.planning.modes import PLANNERS
 from diffplan.sweep.grid import PlannedCell, flatten, with_overrides
 from diffplan.tasks import is_locomotion
 
@@ -75,7 +75,7 @@ def structure_key(cfg: Config) -> str:
 
 def batchable(cfg: Config) -> bool:
     """False where the planner has no per-environment strengths (Diffusion Forcing MPC)."""
-    return ExecutionMode(cfg.planner.mode) is not ExecutionMode.forcing
+    return PLANNERS.get(str(cfg.planner.mode)).batchable if str(cfg.planner.mode) in PLANNERS else False
 
 
 def batch_passes(cells: list[PlannedCell]) -> list[list[PlannedCell]]:
