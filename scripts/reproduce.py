@@ -324,11 +324,21 @@ def artifact_hashes(path: Path, work: Path) -> dict[str, Any]:
 
 
 def settings_diff(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """Leaf differences between two flattened settings: removed, added and changed keys."""
+    """Leaf differences between two flattened settings: keys that moved to a new name with the same
+    value (the code's ``diffplan.config.LEGACY_KEYS``, if it has one), removed, added and changed keys."""
     out = []
     removed = sorted(set(recorded) - set(now))
     added = sorted(set(now) - set(recorded))
     changed = sorted(k for k in set(recorded) & set(now) if recorded[k] != now[k])
+    try:
+        from diffplan.config import LEGACY_KEYS
+    except ImportError:  # code from before settings moved
+        LEGACY_KEYS = {}
+    moved = [(k, LEGACY_KEYS[k]) for k in removed if LEGACY_KEYS.get(k) in added and recorded[k] == now[LEGACY_KEYS[k]]]
+    if moved:
+        out.append(f"moved with the same value ({len(moved)}): " + ", ".join(f"{a} -> {b}" for a, b in moved))
+        removed = [k for k in removed if k not in dict(moved)]
+        added = [k for k in added if k not in {b for _, b in moved}]
     if removed:
         out.append(f"removed {removed}")
     if added:
