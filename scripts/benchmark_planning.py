@@ -52,8 +52,8 @@ def main() -> None:
         for n in args.n_envs:
             generator = torch.Generator(device=device).manual_seed(0)
             obs, goals = torch.zeros(n, 4), torch.ones(n, 2)
-            times = time_runs(functools.partial(planner.plan, obs, goals, generator), repeats=args.repeats, warmup=1,
-                              device=device)
+            times = time_runs(functools.partial(planner.plan, obs, generator, goals=goals), repeats=args.repeats,
+                              warmup=1, device=device)
             median_ms = 1000 * statistics.median(times)
             rows.append({"preset": name, "n_envs": n, "median_ms": median_ms, "min_ms": 1000 * min(times),
                          "max_ms": 1000 * max(times), "repeats": args.repeats})

@@ -73,7 +73,7 @@ def main() -> None:
                               repeats=args.repeats, warmup=0, device=device)
             median_s = statistics.median(times)
             rows.append({"preset": name, "n_envs": n, "n_candidates": planner.cfg.n_candidates,
-                         "warm_start_level": planner.cfg.warm_start_level, "median_s": median_s,
+                         "warm_start_level": planner.cfg.warm_start.level, "median_s": median_s,
                          "min_s": min(times), "max_s": max(times), "repeats": args.repeats})
             print(f"{name:80s} N={n:3d}  {median_s:7.3f} s per plan", flush=True)
     hopper = {kind: figures["reference-hopper"]["plan_guided"].value for kind, figures in REFERENCE_FIGURES.items()}

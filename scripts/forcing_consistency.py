@@ -70,7 +70,9 @@ def main() -> None:
             trajectory = planner.rollout(start, length, generator).trajectory
         else:
             planner = ForcingPlanner(model, diffusion=diffusion, execute=args.execute, n_history=0, horizon=length)
-            trajectory = planner.plan(start, None, generator)
+            plan = planner.plan(start, generator)
+            assert plan.normalized is not None
+            trajectory = model.normalizer.unnormalize(plan.normalized)
         elapsed = time.perf_counter() - began
         consistency = trajectory_consistency(args.task, trajectory.cpu().double().numpy(), model.layout, variance)
         rows[mode] = {**consistency.summary(model.horizon), "wall_time_s": elapsed}

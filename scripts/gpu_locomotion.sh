@@ -6,7 +6,7 @@
 # the same command to train further (max_minutes is per invocation).
 #
 #   scripts/gpu_locomotion.sh TASK OUT_DIR TRAIN_MINUTES [HYDRA_OVERRIDE ...]
-#   scripts/gpu_locomotion.sh walker2d-medium results/gpu 5 model.dim=32 'model.dim_mults=[1,2,4,8]'
+#   scripts/gpu_locomotion.sh walker2d-medium results/gpu 5 model.unet.dim=32 'model.unet.dim_mults=[1,2,4,8]'
 #
 # Environment: PY (python; default python3), SCALES (guidance scales; default "1.0"),
 # RUN_DIR (default runs/TASK-gpu).

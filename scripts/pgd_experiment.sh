@@ -31,7 +31,7 @@ case $VARIANT in
     *) echo "VARIANT must be real, unguided or guided, got $VARIANT" >&2; exit 2 ;;
 esac
 python "$HERE/train_offline.py" "${COMMON[@]}" "${EXTRA[@]}" offline.progress=false
-python "$HERE/evaluate.py" "${COMMON[@]}" "${EXTRA[@]}" eval.policy=offline eval.n_episodes=20 eval.n_envs=20 \
+python "$HERE/evaluate.py" "${COMMON[@]}" "${EXTRA[@]}" eval.controller=offline eval.n_episodes=20 eval.n_envs=20 \
     'eval.seeds=[0]' "eval.out_dir=$RUN/eval" eval.progress=false
 mkdir -p "$OUT"
 cp "$RUN/eval/results.json" "$OUT/$TASK-td3bc-$VARIANT-s$SEED.json"
