@@ -76,6 +76,9 @@ def test_collect_train_evaluate(tmp_path: Path) -> None:
     assert results["reference_scores"]["method"] == "minari"
     assert all(len(ep["reason"]) == 0 for ep in results["episodes"])
     assert results["plan_time_s"]["n_plans"] == len(results["plan_time_s"]["per_plan"]) > 0
+    walls = results["plans_through_walls"]  # one plan per environment and planning call
+    assert walls["n_plans"] >= results["plan_time_s"]["n_plans"] and 0 <= walls["n_through_walls"] <= walls["n_plans"]
+    assert walls["rate"] == walls["n_through_walls"] / walls["n_plans"]
     assert (results_path.parent / "paths.png").stat().st_size > 1000
     assert not (results_path.parent / "episodes.npz").exists()  # eval.save_episodes is opt-in
 

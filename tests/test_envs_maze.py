@@ -156,3 +156,20 @@ def test_collector_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     resumed = _read(_collect(path, chunk_steps=700))
     for key in full:
         np.testing.assert_array_equal(resumed[key], full[key], err_msg=key)
+
+
+def test_plans_through_walls_are_flagged_from_the_map() -> None:
+    """umaze (scaling 1): free cells at y = 1 (x -1..1), (1, 0), and y = -1 (x -1..1); (-1, 0) and (0, 0) are walls."""
+    from diffplan_envs import maze_geometry
+
+    geometry = maze_geometry("pointmaze-umaze")
+    along_the_u = [[-1.0, 1.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0], [1.0, -1.0], [0.0, -1.0], [-1.0, -1.0]]
+    straight_down = [[-1.0, 1.0], [-1.0, -1.0]]  # the segment passes through the wall cell at (-1, 0)
+    off_the_map = [[1.0, 1.0], [2.6, 1.0]]
+    corner = [[0.0, 1.0], [1.0, 0.0]]  # touches the wall cell around (0, 0) only at its corner (0.5, 0.5)
+    flags = geometry.crosses_walls(np.array([along_the_u[:2], straight_down, off_the_map, corner]))
+    assert flags.tolist() == [False, True, True, False]
+    assert geometry.crosses_walls(np.array(along_the_u)).item() is False
+    assert geometry.crosses_walls(np.array([[0.0, 0.0]])).item() is True  # a single point inside a wall
+    with pytest.raises(ValueError, match=r"paths must be \(\.\.\., H, 2\)"):
+        geometry.crosses_walls(np.zeros((3, 4)))

@@ -72,6 +72,9 @@ class EvaluationOutput:
     plan_times_s: list[float]
     wall_time_s: float
     traces: list[EpisodeTrace]
+    #: Plans the ``plan_check`` of :func:`evaluate` flagged, and plans it checked (0, 0 without one).
+    plans_flagged: int = 0
+    plans_checked: int = 0
 
     def normalized_scores(self) -> np.ndarray:
         return np.array([e.normalized_score for e in self.episodes])
@@ -133,6 +136,7 @@ def evaluate(
     action_high: float = 1.0,
     progress: bool = True,
     reset_seed_of: Callable[[int, int], int] | None = None,
+    plan_check: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> EvaluationOutput:
     """Run ``n_episodes`` episodes for each seed, ``n_envs`` at a time.
 
@@ -141,7 +145,9 @@ def evaluate(
     the start states of a sequential evaluation) and the planner draws from a generator
     seeded with ``s``: the same seeds give the same episodes and the same plans. The first
     ``n_traces`` episodes keep their executed observations (and, with ``trace_plans``, their
-    plans) in ``EvaluationOutput.traces``.
+    plans) in ``EvaluationOutput.traces``. ``plan_check`` maps each planning call's planned states
+    (n, H, obs_dim) to a (n,) bool flag (e.g. plans through a maze's walls); the flagged and checked
+    counts go to ``EvaluationOutput.plans_flagged`` / ``plans_checked``.
     """
     if n_episodes < 1 or n_envs < 1:
         raise ValueError(f"eval.n_episodes and eval.n_envs must be >= 1, got {n_episodes} and {n_envs}")
@@ -150,6 +156,7 @@ def evaluate(
     results: list[EpisodeResult] = []
     traces: list[EpisodeTrace] = []
     plan_times: list[float] = []
+    flagged = checked = 0
     start = time.perf_counter()
     total = n_episodes * len(seeds)
     bar = tqdm(total=total, desc="eval", unit="ep", disable=not progress)
@@ -201,13 +208,18 @@ def evaluate(
                         )
                     )
             plan_times.extend(r.time_s for r in controller.records)
+            if plan_check is not None:
+                for record in controller.records:
+                    if record.observations.size:
+                        flags = np.asarray(plan_check(record.observations), dtype=bool)
+                        flagged, checked = flagged + int(flags.sum()), checked + int(flags.size)
             bar.update(count)
             scores = [r.normalized_score for r in results]
             bar.set_postfix(score=f"{np.mean(scores):.1f}", failed=sum(r.failed for r in results))
     bar.close()
     if env is not None:
         env.close()
-    return EvaluationOutput(results, plan_times, time.perf_counter() - start, traces)
+    return EvaluationOutput(results, plan_times, time.perf_counter() - start, traces, flagged, checked)
 
 
 def _plans_of(records: list[PlanRecord], env_index: int) -> list[np.ndarray]:

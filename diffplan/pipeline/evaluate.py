@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from diffplan.config import Config, to_container
@@ -54,6 +55,8 @@ class EvaluationSetup:
             (True, or None with a ``note`` saying why it could not be checked).
         reference: the reference returns that normalize the scores (results.json ``reference_scores``,
             :func:`~diffplan.evaluation.reference.resolve_reference_scores`).
+        plan_check: flags plans (planned states (n, H, obs_dim) -> (n,) bool) whose rate results.json
+            records as ``plans_through_walls`` (mazes: plans that leave the free cells), or None.
     """
 
     controller: Controller
@@ -65,6 +68,7 @@ class EvaluationSetup:
     trained_dataset: dict[str, Any] = dataclasses.field(default_factory=dict)
     dataset: dict[str, Any] = dataclasses.field(default_factory=dict)
     reference: dict[str, Any] = dataclasses.field(default_factory=dict)
+    plan_check: Callable[[np.ndarray], np.ndarray] | None = None
 
 
 def run_evaluate(cfg: Config) -> Path:
@@ -214,8 +218,13 @@ def _maze_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
     info = _model_checkpoint_info(cfg, model)
     if built.uses_value_checkpoint:
         info["value"] = _value_checkpoint_info(cfg)
+    geometry, position = maze_geometry(task), list(cfg.task.goal_obs_dims)
+
+    def through_walls(plans: np.ndarray) -> np.ndarray:
+        return geometry.crosses_walls(plans[..., position])
+
     return EvaluationSetup(built.controller, _env_maker(cfg, task), to_container(model.config), info, plot_paths=plot,
-                           trained_dataset=model.dataset)
+                           trained_dataset=model.dataset, plan_check=through_walls if len(position) == 2 else None)
 
 
 def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
@@ -298,6 +307,7 @@ def run_episodes(
         trace_plans=not (save_episodes and is_locomotion(cfg.task)),
         progress=cfg.eval.progress,
         reset_seed_of=reset_seed_of,
+        plan_check=setup.plan_check,
     )
 
 
@@ -319,6 +329,10 @@ def write_evaluation(
     default: a cell whose every episode failed is a result of the sweep, written as results.json.
     """
     ref = setup.reference
+    if setup.plan_check is not None:
+        rate = output.plans_flagged / output.plans_checked if output.plans_checked else None
+        extra = {**(extra or {}), "plans_through_walls": {"rate": rate, "n_plans": output.plans_checked,
+                                                          "n_through_walls": output.plans_flagged}}
     record = build_record(
         output,
         task=cfg.task.name,

@@ -156,6 +156,23 @@ class MazeGeometry:
         free[inside] = self.maze_map[row[inside], col[inside]] == 0
         return free
 
+    def crosses_walls(self, paths: np.ndarray, substeps: int = 8) -> np.ndarray:
+        """(..., H, 2) planned positions -> (...) bool: the path leaves the free cells (a point in a
+        wall cell or outside the map, on the straight segments between consecutive points sampled at
+        ``substeps`` points each). A diagnostic of plans; it never selects one."""
+        paths = np.asarray(paths, dtype=np.float64)
+        if paths.shape[-1] != 2 or paths.shape[-2] < 1:
+            raise ValueError(f"paths must be (..., H, 2) positions, got shape {paths.shape}")
+        if paths.shape[-2] > 1:
+            t = np.linspace(0.0, 1.0, substeps, endpoint=False)[:, None]
+            start, step = paths[..., :-1, None, :], (paths[..., 1:, :] - paths[..., :-1, :])[..., None, :]
+            points = (start + t * step).reshape(*paths.shape[:-2], -1, 2)
+            points = np.concatenate([points, paths[..., -1:, :]], axis=-2)
+        else:
+            points = paths
+        inside = self.is_free(self.xy_to_cell(points))
+        return ~np.all(inside | ~np.isfinite(points).all(axis=-1), axis=-1)
+
     def free_cells(self) -> np.ndarray:
         """(F, 2) int64 (row, col) of all free cells in row-major order."""
         return np.argwhere(self.maze_map == 0).astype(np.int64)
