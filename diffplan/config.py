@@ -237,6 +237,11 @@ class PlannerConfig:
     replan_every: int = 0
     n_candidates: int = 1
     selection: Selection = Selection.first
+    # Maze goal planner: arrival tokens to try (the goal inpainted at token t and held after it; n_candidates
+    # plans each); the earliest arrival is kept whose largest step between planned positions is at most
+    # jump_ratio times that of the latest arrival's plan. Empty: the goal at the last token only.
+    goal_tokens: list[int] = field(default_factory=list)
+    jump_ratio: float = 1.5
     action_source: ActionSource = ActionSource.diffused
     # Compute of the networks while planning and generating (diffplan.acceleration): bfloat16
     # autocast for the denoiser and the guides' networks; compile runs the denoiser (and the locomotion planner's

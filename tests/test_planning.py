@@ -9,6 +9,7 @@ from data_fixtures import tiny_maze_model
 
 from diffplan.config import DiffusionConfig, PlannerConfig, TrackerConfig
 from diffplan.data import TrajectoryLayout
+from diffplan.diffusion.guide import GuideContext
 from diffplan.enums import ExecutionMode, Selection, Tracking
 from diffplan.guidance.per_env import EnvStrengths
 from diffplan.planning.controllers import PlanController
@@ -297,3 +298,31 @@ def test_negative_lookahead_is_refused() -> None:
     with pytest.raises(ValueError, match="planner.tracker.lookahead must be >= 0"):
         PlanController(LinePlanner(), PlannerConfig(tracker=TrackerConfig(lookahead=-1)), position_dims=[0, 1],
                        velocity_dims=[2, 3])
+
+
+def test_goal_tokens_plans_arrive_by_their_token_and_the_earliest_feasible_one_is_kept(model: TrainedModel) -> None:
+    from diffplan.planning.planner import EarliestArrivalSelector
+
+    planner = GoalPlanner(model, planner=PlannerConfig(n_candidates=2, goal_tokens=[3, 7]),
+                          diffusion=DiffusionConfig(n_timesteps=10, sampling_steps=3), goal_dims=[0, 1])
+    assert planner.n_candidates == 4  # 2 per arrival token
+    plan = planner.plan(STARTS, torch.Generator().manual_seed(0), goals=GOALS)
+    assert plan.candidates is not None and plan.candidates.shape == (2, 4, H, 4)
+    for group, token in enumerate([3, 7]):  # every candidate of a group holds the goal from its token on
+        held = plan.candidates[:, 2 * group:2 * group + 2, token:, :2]
+        torch.testing.assert_close(held, GOALS[:, None, None, :].expand_as(held), rtol=0, atol=1e-5)
+    torch.testing.assert_close(plan.observations[:, 0], STARTS, rtol=0, atol=1e-5)
+    # The selector by hand: positions along x; arrival by token 1 jumps 3 at once, by token 2 steps 1.5.
+    raw = torch.zeros(2, 6, 4, 4)  # N=2, 3 arrival tokens x 2 candidates, H=4, D=4 (x, y, vx, vy)
+    raw[0, 0:2, 1:, 0] = 3.0                                   # token 1: x 0 -> 3 in one step
+    raw[0, 2:4, 1, 0], raw[0, 2:4, 2:, 0] = 1.5, 3.0           # token 2: steps of 1.5
+    raw[0, 4:6, 1, 0], raw[0, 4:6, 2, 0], raw[0, 4:6, 3, 0] = 1.0, 2.0, 3.0  # token 3: steps of 1
+    raw[0, 3, 1, 1] = 0.1                                      # the second token-2 candidate is less smooth
+    raw[1] = raw[0]
+    raw[1, 2:4, 1, 0] = 2.5                                    # env 1: token 2 steps 2.5 then 0.5: too large
+    selector = EarliestArrivalSelector((1, 2, 3), 2, (0, 1), jump_ratio=1.6)
+    chosen, values = selector.select(raw, raw, GuideContext(10))
+    assert chosen.tolist() == [2, 4] and values is None  # env 0: token 2 (smoothest); env 1: token 3
+    with pytest.raises(ValueError, match=r"planner.goal_tokens=\[0, 7\]: arrival tokens must lie in \[1, "):
+        GoalPlanner(model, planner=PlannerConfig(goal_tokens=[0, 7]),
+                    diffusion=DiffusionConfig(n_timesteps=10, sampling_steps=3), goal_dims=[0, 1])

@@ -203,14 +203,17 @@ class Conditioning:
     """What a conditioner makes of one planning call.
 
     Attributes:
-        constraints: (N, H, D) the inpainted entries, normalized.
+        constraints: (N, H, D) the inpainted entries, normalized; with ``per_candidate``, (N x K, H, D):
+            each candidate's own (an environment's K candidates contiguous).
         matrix: the scheduling matrix (rows, H) to sample along.
         current: index of the current token (the first planned one); tokens before it are history.
+        per_candidate: the constraints differ between an environment's candidates.
     """
 
     constraints: Constraints
     matrix: Tensor
     current: int = 0
+    per_candidate: bool = False
 
 
 class Conditioner(Protocol):
@@ -248,6 +251,53 @@ class StartConditioner:
         return Conditioning(constraints, self.matrix)
 
 
+class GoalTokensConditioner:
+    """Goal inpainting at several plan lengths: for each token t of ``goal_tokens``, ``per_token``
+    candidates with the goal's entries inpainted at token t and held at every token after it (the plan
+    arrives by t and stays), and the current observation at token 0.
+
+    Args:
+        model: the trained model (layout, normalizer, horizon).
+        matrix: the scheduling matrix of every plan.
+        goal_dims: the observation entries of the goal.
+        goal_tokens: the arrival tokens to try, each in [1, H - 1].
+        per_token: candidates per arrival token (``planner.n_candidates``).
+
+    Raises:
+        ValueError: an arrival token outside [1, H - 1].
+    """
+
+    def __init__(self, model: TrainedModel, matrix: Tensor, goal_dims: list[int], goal_tokens: list[int],
+                 per_token: int) -> None:
+        horizon = model.horizon
+        bad = [t for t in goal_tokens if not 1 <= t <= horizon - 1]
+        if bad:
+            raise ValueError(f"planner.goal_tokens={list(goal_tokens)}: arrival tokens must lie in [1, "
+                             f"task.horizon - 1 = {horizon - 1}], got {bad}")
+        self.model, self.matrix, self.goal_dims = model, matrix, list(goal_dims)
+        self.goal_tokens, self.per_token = list(goal_tokens), per_token
+
+    def condition(self, observations: Tensor, goals: Tensor | None, history: Tensor | None) -> Conditioning:
+        if goals is None:
+            raise ValueError("the goal planner plans to a goal: pass goals (N, goal_dim)")
+        if history is not None and history.shape[1]:
+            raise ValueError("this planner does not condition on history; use planner.mode=forcing for that")
+        layout, horizon = self.model.layout, self.model.horizon
+        base = goal_constraints(layout, self.model.normalizer, horizon, observations, goals, self.goal_dims)
+        n, groups = observations.shape[0], len(self.goal_tokens)
+        mask = base.mask.repeat_interleave(groups * self.per_token, dim=0).clone()
+        values = base.values.repeat_interleave(groups * self.per_token, dim=0).clone()
+        channels = [layout.obs.start + d for d in self.goal_dims]
+        goal_values = base.values[:, horizon - 1, channels]  # (N, G) normalized
+        for g, token in enumerate(self.goal_tokens):
+            rows = (torch.arange(n, device=mask.device)[:, None] * groups * self.per_token
+                    + g * self.per_token + torch.arange(self.per_token, device=mask.device)[None, :]).reshape(-1)
+            for c, channel in enumerate(channels):
+                mask[rows, token:, channel] = True
+                values[rows, token:, channel] = goal_values.repeat_interleave(self.per_token, dim=0)[:, c, None]
+        return Conditioning(Constraints(mask, values), self.matrix, per_candidate=True)
+
+
 class CandidateSelector(Protocol):
     """Picks one of K candidates per environment.
 
@@ -267,6 +317,46 @@ class PlausibilitySelector:
 
     def select(self, x: Tensor, raw: Tensor, context: GuideContext) -> tuple[Tensor, Tensor | None]:
         return select_candidates(raw[..., self.obs], self.selection), None
+
+
+@dataclass(frozen=True)
+class EarliestArrivalSelector:
+    """Of plans that arrive at the goal by different tokens (:class:`GoalTokensConditioner`), the earliest
+    arrival whose largest step between consecutive planned positions is at most ``jump_ratio`` times the
+    largest step of the latest arrival's plan (a plan squeezed into too few tokens jumps); within an
+    arrival token, the smoothest of its candidates.
+
+    Attributes:
+        goal_tokens: the arrival tokens, in the candidates' group order.
+        per_token: candidates per arrival token.
+        positions: the position channels (the goal's) in the transition.
+        jump_ratio: how much larger a step than the latest arrival's largest one stays feasible.
+    """
+
+    goal_tokens: tuple[int, ...]
+    per_token: int
+    positions: tuple[int, ...]
+    jump_ratio: float
+
+    def select(self, x: Tensor, raw: Tensor, context: GuideContext) -> tuple[Tensor, Tensor | None]:
+        n, k = raw.shape[:2]
+        pos = raw[..., list(self.positions)]
+        jumps = (pos[:, :, 1:] - pos[:, :, :-1]).norm(dim=-1)  # (N, K, H - 1)
+        largest = torch.nan_to_num(jumps.amax(dim=-1), nan=float("inf"))  # (N, K)
+        smooth = torch.nan_to_num(jumps.pow(2).sum(dim=-1), nan=float("inf"))
+        groups = len(self.goal_tokens)
+        largest, smooth = largest.view(n, groups, self.per_token), smooth.view(n, groups, self.per_token)
+        best = smooth.argmin(dim=-1)  # (N, groups): the smoothest candidate of each arrival token
+        rows = torch.arange(n, device=raw.device)[:, None]
+        group_largest = largest[rows, torch.arange(groups, device=raw.device)[None, :], best]  # (N, groups)
+        latest = int(torch.tensor(self.goal_tokens).argmax())
+        limit = self.jump_ratio * group_largest[:, latest:latest + 1]
+        order = torch.tensor(self.goal_tokens, device=raw.device).argsort()
+        feasible = (group_largest <= limit)[:, order]  # arrival tokens in increasing order
+        first = torch.where(feasible.any(dim=1), feasible.float().argmax(dim=1),
+                            torch.full((n,), int((order == latest).nonzero()[0, 0]), device=raw.device))
+        group = order[first]
+        return group * self.per_token + best[torch.arange(n, device=raw.device), group], None
 
 
 @dataclass(frozen=True)
@@ -355,10 +445,13 @@ class SamplingPlanner:
         self.selector: CandidateSelector = selector or PlausibilitySelector(Selection(planner.selection),
                                                                             model.layout.obs)
         self.warm_start = warm_start
+        self.candidates_per_env = planner.n_candidates
 
     @property
     def n_candidates(self) -> int:
-        return self.cfg.n_candidates
+        """K, the samples per environment (``planner.n_candidates``, times the arrival tokens a goal
+        planner tries)."""
+        return self.candidates_per_env
 
     def context(self, goals: Tensor | None, batch: int) -> GuideContext:
         """The guide context of ``batch`` samples planned for N environments with ``goals`` (N, G)
@@ -374,7 +467,8 @@ class SamplingPlanner:
     ) -> tuple[Tensor, GuideContext]:
         """K normalized samples per environment (N x K, H, D) under ``conditioning`` (N plans), and
         the guide context they were sampled with."""
-        constraints = conditioning.constraints.repeat_interleave(k)
+        constraints = conditioning.constraints if conditioning.per_candidate else \
+            conditioning.constraints.repeat_interleave(k)
         matrix, x_init = conditioning.matrix, None
         if previous is not None and self.warm_start is not None:
             x_init, matrix = warm_start(
@@ -496,3 +590,10 @@ class GoalPlanner(SamplingPlanner):
         super().__init__(model, planner=planner, diffusion=diffusion, device=device, guidance=built)
         self.goal_dims = list(goal_dims)
         self.conditioner = StartConditioner(model, self.matrix, self.goal_dims)
+        if planner.goal_tokens:
+            tokens = [int(t) for t in planner.goal_tokens]
+            self.conditioner = GoalTokensConditioner(model, self.matrix, self.goal_dims, tokens, planner.n_candidates)
+            positions = tuple(model.layout.obs.start + d for d in self.goal_dims)
+            self.selector = EarliestArrivalSelector(tuple(tokens), planner.n_candidates, positions,
+                                                    float(planner.jump_ratio))
+            self.candidates_per_env = planner.n_candidates * len(tokens)
