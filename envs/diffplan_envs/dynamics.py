@@ -12,9 +12,11 @@ generated transition is exactly what the simulator does.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 import gymnasium
+import mujoco
 import numpy as np
 
 from diffplan_envs.locomotion import get_locomotion_task, make_locomotion_env
@@ -54,7 +56,21 @@ class Replay:
     terminated: np.ndarray
 
 
-def replay_transitions(task: str, observations: np.ndarray, actions: np.ndarray) -> Replay:
+def default_physics() -> str:
+    """The replay backend :func:`replay_transitions` uses by default: ``mujoco`` where
+    ``mujoco.batch`` (MuJoCo >= 4) is installed, since it gives the Gymnasium replay bit for bit,
+    else ``gymnasium``."""
+    try:
+        importlib.import_module("mujoco.batch")
+    except ImportError:
+        return "gymnasium"
+    return "mujoco"
+
+
+def replay_transitions(
+    task: str, observations: np.ndarray, actions: np.ndarray, *, physics: str | None = None, chunk: int = 256,
+    threads: int = 0,
+) -> Replay:
     """Step the simulator once from each of ``observations`` (T, obs_dim) with ``actions`` (T, act_dim).
 
     ``task`` names a locomotion task (e.g. ``hopper-medium``) or a maze (``pointmaze-*``:
@@ -62,7 +78,44 @@ def replay_transitions(task: str, observations: np.ndarray, actions: np.ndarray)
     maze's own step applies the action and its velocity clip; rewards are 0, since the
     maze's reward needs a goal); actions are clipped to the action box as the environment
     itself does.
+
+    Every transition starts from ``mj_resetData`` and then the state its observation describes, so
+    its replay does not depend on the other transitions (MuJoCo's solver warm start, the last
+    accelerations, would otherwise carry over from the one before, which moves contact-rich next
+    observations by up to ~1e-13).
+
+    Args:
+        physics: ``gymnasium`` (one Gymnasium env stepped once per transition, the reference) or
+            ``mujoco`` (:func:`diffplan_envs.mujoco_batch.replay_locomotion` / ``replay_maze``:
+            ``chunk`` transitions per :class:`mujoco.batch.Batch` call on ``threads`` threads, 0: every
+            CPU; the same results bit for bit, tests/test_dynamics_replay.py). None:
+            :func:`default_physics`.
     """
+    from diffplan_envs.locomotion import is_locomotion_task
+    from diffplan_envs.mujoco_batch import check_physics
+
+    if check_physics(default_physics() if physics is None else physics) == "gymnasium":
+        return _replay_gymnasium(task, observations, actions)
+    from diffplan_envs.mujoco_batch import replay_locomotion, replay_maze
+
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    n = len(observations)
+    if is_locomotion_task(task):
+        next_obs, rewards, terminated, failed = replay_locomotion(task, observations, actions, chunk=chunk,
+                                                                  threads=threads)
+    else:
+        next_obs, failed = replay_maze(task, observations, actions, chunk=chunk, threads=threads)
+        rewards, terminated = np.zeros(n), np.zeros(n, dtype=bool)
+    if failed.any():  # MuJoCo raised where Gymnasium's mj_step warns and resets: take Gymnasium's answer
+        rows = np.flatnonzero(failed)
+        again = _replay_gymnasium(task, np.asarray(observations)[rows], np.asarray(actions)[rows])
+        next_obs[rows], rewards[rows], terminated[rows] = again.next_observations, again.rewards, again.terminated
+    return Replay(next_obs, rewards, terminated)
+
+
+def _replay_gymnasium(task: str, observations: np.ndarray, actions: np.ndarray) -> Replay:
+    """:func:`replay_transitions` on one Gymnasium env, one transition at a time."""
     from diffplan_envs.locomotion import is_locomotion_task
 
     if not is_locomotion_task(task):
@@ -72,12 +125,14 @@ def replay_transitions(task: str, observations: np.ndarray, actions: np.ndarray)
     try:
         env.reset(seed=0)
         unwrapped = env.unwrapped
+        model, data = unwrapped.model, unwrapped.data  # type: ignore[attr-defined]
         low, high = env.action_space.low, env.action_space.high  # type: ignore[attr-defined]
         n = observations.shape[0]
         next_obs = np.empty((n, observations.shape[1]), dtype=np.float64)
         rewards = np.empty(n, dtype=np.float64)
         terminated = np.zeros(n, dtype=bool)
         for i in range(n):
+            mujoco.mj_resetData(model, data)
             set_state_from_observation(env, observations[i])
             obs, reward, term, _, _ = unwrapped.step(np.clip(actions[i], low, high))  # type: ignore[attr-defined]
             next_obs[i], rewards[i], terminated[i] = obs, reward, term
@@ -103,6 +158,7 @@ def _replay_maze(task: str, observations: np.ndarray, actions: np.ndarray) -> Re
         n = observations.shape[0]
         next_obs = np.empty((n, maze.obs_dim), dtype=np.float64)
         for i in range(n):
+            mujoco.mj_resetData(point.model, point.data)
             point.set_state(observations[i, :2].astype(np.float64), observations[i, 2:4].astype(np.float64))
             next_obs[i] = point.step(np.clip(actions[i], low, high))[0]
     finally:
@@ -141,6 +197,7 @@ def dynamics_error(
     obs_variance: np.ndarray,
     rewards: np.ndarray | None = None,
     reward_variance: float | None = None,
+    physics: str | None = None,
 ) -> DynamicsError:
     """Normalized squared error of generated transitions against one simulator step each.
 
@@ -151,6 +208,7 @@ def dynamics_error(
             observation variance); dimensions with zero variance count with variance 1.
         rewards, reward_variance: the generated rewards and their reference variance, to
             score the reward channel too.
+        physics: the replay backend (:func:`replay_transitions`; None: :func:`default_physics`).
 
     Raises:
         ValueError: shapes disagree.
@@ -160,7 +218,7 @@ def dynamics_error(
             f"observations {observations.shape}, actions {actions.shape} and next_observations "
             f"{next_observations.shape} must describe the same transitions"
         )
-    replay = replay_transitions(task, observations, actions)
+    replay = replay_transitions(task, observations, actions, physics=physics)
     variance = np.where(np.asarray(obs_variance) > 0, obs_variance, 1.0)
     per_dim = ((next_observations - replay.next_observations) ** 2 / variance).mean(axis=0)
     reward_mse = None

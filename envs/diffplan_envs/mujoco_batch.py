@@ -327,6 +327,33 @@ def _rules(robot: str, env: Any) -> _LocomotionRules:
     )
 
 
+def _locomotion_observations(rules: _LocomotionRules, qpos: np.ndarray, qvel: np.ndarray, out: np.ndarray) -> None:
+    """The v5 envs' ``_get_obs`` of (N, nq) ``qpos`` and (N, nv) ``qvel`` into ``out`` (N, obs_dim):
+    qpos without the root x, then qvel (clipped for Hopper and Walker2d)."""
+    n_pos = qpos.shape[1] - rules.skip_x
+    out[:, :n_pos] = qpos[:, 1:] if rules.skip_x else qpos
+    if rules.velocity_clip is None:
+        out[:, n_pos:] = qvel
+    else:
+        np.clip(qvel, -rules.velocity_clip, rules.velocity_clip, out=out[:, n_pos:])
+
+
+def _locomotion_healthy(rules: _LocomotionRules, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+    """(N,) bool: the v5 envs' ``is_healthy`` (all True without health conditions)."""
+    healthy = np.ones(qpos.shape[0], dtype=bool)
+    if rules.healthy_z is not None:
+        z = qpos[:, 1]
+        healthy &= (rules.healthy_z[0] < z) & (z < rules.healthy_z[1])
+    if rules.healthy_angle is not None:
+        angle = qpos[:, 2]
+        healthy &= (rules.healthy_angle[0] < angle) & (angle < rules.healthy_angle[1])
+    if rules.healthy_state is not None:  # every entry of state_vector()[2:]
+        low, high = rules.healthy_state
+        for part in (qpos[:, 2:], qvel):
+            healthy &= ((low < part) & (part < high)).all(axis=1)
+    return healthy
+
+
 class MujocoLocomotionBatch:
     """N locomotion envs (Hopper, Walker2d, HalfCheetah v5) as N simulations of one MuJoCo model:
     :class:`LocomotionBatch`'s interface and results without N Gymnasium envs.
@@ -361,29 +388,11 @@ class MujocoLocomotionBatch:
 
     def _observe(self) -> None:
         """``_get_obs`` of every simulation into ``self._obs``: (qpos[1:], clipped qvel)."""
-        rules, sims = self._rules, self._sims
-        n_pos = sims.qpos.shape[1] - rules.skip_x
-        self._obs[:, :n_pos] = sims.qpos[:, 1:] if rules.skip_x else sims.qpos
-        if rules.velocity_clip is None:
-            self._obs[:, n_pos:] = sims.qvel
-        else:
-            np.clip(sims.qvel, -rules.velocity_clip, rules.velocity_clip, out=self._obs[:, n_pos:])
+        _locomotion_observations(self._rules, self._sims.qpos, self._sims.qvel, self._obs)
 
     def _healthy(self) -> np.ndarray:
         """(N,) bool: ``is_healthy`` of every simulation (all True without health conditions)."""
-        rules, qpos = self._rules, self._sims.qpos
-        healthy = np.ones(self.n_envs, dtype=bool)
-        if rules.healthy_z is not None:
-            z = qpos[:, 1]
-            healthy &= (rules.healthy_z[0] < z) & (z < rules.healthy_z[1])
-        if rules.healthy_angle is not None:
-            angle = qpos[:, 2]
-            healthy &= (rules.healthy_angle[0] < angle) & (angle < rules.healthy_angle[1])
-        if rules.healthy_state is not None:  # every entry of state_vector()[2:]
-            low, high = rules.healthy_state
-            for part in (qpos[:, 2:], self._sims.qvel):
-                healthy &= ((low < part) & (part < high)).all(axis=1)
-        return healthy
+        return _locomotion_healthy(self._rules, self._sims.qpos, self._sims.qvel)
 
     def reset(self, seeds: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """Reset env i with ``seeds[i]``; returns (observations (N, obs_dim), goals (N, 0))."""
@@ -456,3 +465,125 @@ def locomotion_batch(
     if check_physics(physics) == "mujoco":
         return MujocoLocomotionBatch(task, n_envs, threads=threads)
     return LocomotionBatch(task, n_envs)
+
+
+#: Transitions :func:`replay_locomotion` and :func:`replay_maze` replay per batch call.
+REPLAY_CHUNK = 256
+
+
+def _replay_inputs(observations: np.ndarray, actions: np.ndarray, obs_dim: int, act_dim: int,
+                   what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``observations`` (T, obs_dim) and ``actions`` (T, act_dim) as arrays, or a ValueError."""
+    observations, actions = np.asarray(observations), np.asarray(actions)
+    if observations.ndim != 2 or observations.shape[1] != obs_dim:
+        raise ValueError(f"{what} observations must be (T, {obs_dim}), got {observations.shape}")
+    if actions.shape != (len(observations), act_dim):
+        raise ValueError(f"{what} actions must be ({len(observations)}, {act_dim}), got {actions.shape}")
+    return observations, actions
+
+
+def _chunks(sims: _Simulations, n: int) -> list[tuple[int, int, np.ndarray]]:
+    """(start, stop, active mask over the batch) of each chunk of ``n`` transitions."""
+    return [(start, min(start + sims.n, n), np.arange(sims.n) < min(sims.n, n - start))
+            for start in range(0, n, sims.n)]
+
+
+def _reset_rows(sims: _Simulations, active: np.ndarray) -> None:
+    """``mj_resetData`` of the active simulations: the state every replayed transition starts from
+    before its observation is written (qacc_warmstart zero, time zero)."""
+    sims.batch.reset(None if active.all() else np.flatnonzero(active), stage=mujoco.mjtStage.mjSTAGE_NONE)
+
+
+def replay_locomotion(
+    task: LocomotionTask | str, observations: np.ndarray, actions: np.ndarray, *, chunk: int = REPLAY_CHUNK,
+    threads: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One v5 env step from each of ``observations`` (T, obs_dim) with ``actions`` (T, act_dim), ``chunk``
+    transitions per batch call: :func:`diffplan_envs.dynamics.replay_transitions`'s Gymnasium replay
+    (``mj_resetData``, the observation's state with root x = 0, the action clipped to the action box,
+    ``frame_skip`` mj_steps, the env's observation, reward and termination) for many at once.
+
+    Returns:
+        next_observations (T, obs_dim), rewards (T,), terminated (T,) and failed (T,) bool: MuJoCo
+        raised on that transition (its other values are meaningless; Gymnasium's own step resets
+        such a simulation with a warning instead).
+    """
+    task = get_locomotion_task(task) if isinstance(task, str) else task
+    env = make_locomotion_env(task.robot)
+    try:
+        inner: Any = env.unwrapped
+        rules = _rules(task.robot.name, inner)
+        model = inner.model
+        low, high = env.action_space.low, env.action_space.high  # type: ignore[attr-defined]
+    finally:
+        env.close()
+    nq, nv = model.nq, model.nv
+    observations, actions = _replay_inputs(observations, actions, nq - 1 + nv, low.size, task.name)
+    actions = np.clip(actions, low, high)  # in the actions' dtype, as the replay's clip before env.step
+    n = len(observations)
+    next_obs, rewards = np.empty((n, nq - 1 + nv)), np.empty(n)
+    terminated, failed = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    if n == 0:
+        return next_obs, rewards, terminated, failed
+    sims = _Simulations(model, min(chunk, n), threads, per_thread=1)
+    for start, stop, active in _chunks(sims, n):
+        m = stop - start
+        _reset_rows(sims, active)
+        sims.qpos[:m, 0] = 0.0
+        sims.qpos[:m, 1:] = observations[start:stop, : nq - 1]
+        sims.qvel[:m] = observations[start:stop, nq - 1:]
+        sims.ctrl[:m] = actions[start:stop]
+        # set_state's mj_forward is left out: mj_step starts with its own from the same state
+        errors, _ = sims.step(active, rules.frame_skip)
+        failed[start:stop] = errors[:m] != ""
+        qpos, qvel = sims.qpos[:m], sims.qvel[:m]
+        _locomotion_observations(rules, qpos, qvel, next_obs[start:stop])
+        # the v5 envs' step and _get_rew, term by term, from x_position_before = 0
+        forward_reward = rules.forward_weight * ((qpos[:, 0] - 0.0) / rules.dt)
+        ctrl_cost = rules.ctrl_weight * np.sum(np.square(actions[start:stop]), axis=1)
+        healthy = _locomotion_healthy(rules, qpos, qvel)
+        if rules.healthy_z is None:  # HalfCheetah: forward_reward - ctrl_cost
+            rewards[start:stop] = forward_reward - ctrl_cost
+        else:
+            rewards[start:stop] = (forward_reward + healthy * rules.healthy_reward) - ctrl_cost
+        terminated[start:stop] = ~healthy if rules.terminate else False
+    return next_obs, rewards, terminated, failed
+
+
+def replay_maze(
+    task: str | MazeTask, observations: np.ndarray, actions: np.ndarray, *, chunk: int = REPLAY_CHUNK,
+    threads: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One PointMaze step from each of ``observations`` (T, 4) (x, y, vx, vy) with ``actions`` (T, 2),
+    ``chunk`` transitions per batch call: the Gymnasium replay's ``mj_resetData``, ``set_state``,
+    then ``PointEnv.step`` (action clipped to the box and [-1, 1], velocity to [-5, 5], its mj_steps).
+
+    Returns:
+        next_observations (T, 4) and failed (T,) bool: MuJoCo raised on that transition.
+    """
+    maze = get_maze_task(task)
+    env = make_maze_env(maze)
+    try:
+        point: Any = env.unwrapped.point_env  # type: ignore[attr-defined]
+        model, frame_skip = point.model, int(point.frame_skip)
+        low, high = env.action_space.low, env.action_space.high  # type: ignore[attr-defined]
+    finally:
+        env.close()
+    observations, actions = _replay_inputs(observations, actions, maze.obs_dim, maze.act_dim, maze.name)
+    actions = np.clip(np.clip(actions, low, high), -1.0, 1.0)
+    n = len(observations)
+    next_obs, failed = np.empty((n, maze.obs_dim)), np.zeros(n, dtype=bool)
+    if n == 0:
+        return next_obs, failed
+    sims = _Simulations(model, min(chunk, n), threads, per_thread=8)
+    for start, stop, active in _chunks(sims, n):
+        m = stop - start
+        _reset_rows(sims, active)
+        sims.qpos[:m] = observations[start:stop, :2]
+        sims.qvel[:m] = np.clip(np.asarray(observations[start:stop, 2:4], dtype=np.float64), -5.0, 5.0)
+        sims.ctrl[:m] = actions[start:stop]
+        errors, _ = sims.step(active, frame_skip)
+        failed[start:stop] = errors[:m] != ""
+        next_obs[start:stop, :2] = sims.qpos[:m]
+        next_obs[start:stop, 2:] = sims.qvel[:m]
+    return next_obs, failed
