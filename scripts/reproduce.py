@@ -112,7 +112,9 @@ PIPELINES: dict[str, dict[str, Any]] = {
         "commands": [
             COLLECT_MAZE,
             _train(GOAL, 400),
-            ["diffplan-evaluate", *GOAL, "guidance=goal", *EVAL, "eval.out_dir={work}/goal/eval"],
+            # planner.tracker.lookahead=4: the demo's tracker setting when this was recorded (it is 24 since).
+            ["diffplan-evaluate", *GOAL, "guidance=goal", "planner.tracker.lookahead=4", *EVAL,
+             "eval.out_dir={work}/goal/eval"],
         ],
         "artifacts": {
             "dataset": _dataset(MAZE_DATA, []),
