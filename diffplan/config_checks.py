@@ -56,6 +56,8 @@ RANGES: dict[str, str] = {
     "train.max_minutes": "positive_or_null",
     "planner.n_candidates": "positive_int",
     "planner.tracker.lookahead": "non_negative",
+    "planner.jump_ratio": "positive",
+    "run.threads": "non_negative",
     "planner.replan_every": "non_negative",
     "planner.tracker.replan_on_stall": "non_negative",
     "planner.forcing.execute": "positive_int",
@@ -116,6 +118,12 @@ def check_settings(cfg: Config) -> None:
             f"{diffusion.n_timesteps} (at most one denoising step per noise level); set diffusion.sampling_steps "
             f"<= {diffusion.n_timesteps} or raise diffusion.n_timesteps"
         )
+    tokens = list(cfg.planner.goal_tokens)
+    bad = [t for t in tokens if not 1 <= t <= cfg.task.horizon - 1]
+    if bad:
+        raise ValueError(f"planner.goal_tokens={tokens}: arrival tokens must lie in [1, task.horizon - 1 = "
+                         f"{cfg.task.horizon - 1}], got {bad}; e.g. 'planner.goal_tokens=[{cfg.task.horizon // 2},"
+                         f"{cfg.task.horizon - 1}]' or [] (the last token only)")
     model = cfg.model
     if str(model.name) == "unet":
         if not model.unet.dim_mults or any(m < 1 for m in model.unet.dim_mults):

@@ -21,26 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import gymnasium
 import mujoco
 import numpy as np
-from diffplan_envs.dynamics import replay_transitions
+from diffplan_envs.dynamics import random_transitions, replay_transitions
 
 
 def transitions(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    env = gymnasium.make("Hopper-v5")
-    obs, _ = env.reset(seed=seed)
-    rng = np.random.default_rng(seed)
-    observations, actions = [], []
-    for i in range(n):
-        action = rng.uniform(-1, 1, 3)
-        observations.append(obs)
-        actions.append(action)
-        obs, _, terminated, truncated, _ = env.step(action)
-        if terminated or truncated:
-            obs, _ = env.reset(seed=seed + i + 1)
-    env.close()
-    return np.array(observations), np.array(actions)
+    return random_transitions("Hopper-v5", n, seed)
 
 
 def main() -> None:

@@ -49,6 +49,10 @@ from errors_helpers import Command, digest, one_line, subprocess_command
         ("train", "model.unet.dim=12", ("model.unet.dim=12 does not fit the U-Net", "multiple of 8", "e.g. "
             "model.unet.dim=8")),
         ("train_value", "value.lr=0", ("value.lr=0.0 is out of range", "e.g. value.lr=0.0002")),
+        ("evaluate", "planner.jump_ratio=0", ("planner.jump_ratio=0.0 is out of range", "> 0")),
+        ("evaluate", "planner.goal_tokens=[0,7]", ("planner.goal_tokens=[0, 7]: arrival tokens must lie in [1, ",
+                                                   "got [0]")),
+        ("train", "run.threads=-1", ("run.threads=-1 is out of range", ">= 0")),
         ("evaluate", "planner.p_gain=2", ("planner.p_gain has moved to planner.tracker.p_gain",
                                           "write the override as planner.tracker.p_gain=<value>")),
         ("train", "model.frame_stack=2", ("model.frame_stack has moved to model.transformer.frame_stack",)),

@@ -4,10 +4,9 @@ on physically valid transitions taken from real envs stepped with seeded random 
 
 from __future__ import annotations
 
-import gymnasium
 import numpy as np
 import pytest
-from diffplan_envs.dynamics import Replay, default_physics, dynamics_error, replay_transitions
+from diffplan_envs.dynamics import Replay, default_physics, dynamics_error, random_transitions, replay_transitions
 from diffplan_envs.maze import get_maze_task, make_maze_env
 
 FIELDS = ("next_observations", "rewards", "terminated")
@@ -22,21 +21,8 @@ def assert_same(ours: Replay, theirs: Replay) -> None:
 
 
 def locomotion_transitions(env_id: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` (observation, action) pairs of a v5 env stepped with uniform actions a little past the
-    action box (so the replay's clip is exercised), reset on falls."""
-    env = gymnasium.make(env_id)
-    obs, _ = env.reset(seed=seed)
-    rng = np.random.default_rng(seed)
-    observations, actions = [], []
-    for i in range(n):
-        action = rng.uniform(-1.2, 1.2, env.action_space.shape)
-        observations.append(obs)
-        actions.append(action)
-        obs, _, terminated, truncated, _ = env.step(action)
-        if terminated or truncated:
-            obs, _ = env.reset(seed=seed + i + 1)
-    env.close()
-    return np.array(observations), np.array(actions)
+    """Real transitions with actions a little past the action box (so the replay's clip is exercised)."""
+    return random_transitions(env_id, n, seed, action_scale=1.2)
 
 
 @pytest.mark.parametrize(("env_id", "task"), [("Hopper-v5", "hopper-medium"), ("Walker2d-v5", "walker2d-medium"),

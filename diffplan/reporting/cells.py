@@ -229,11 +229,12 @@ def _cell_id(task: str, cell: CellRecord | None, config: Mapping[str, Any], trai
     if cell is not None:
         label = cell.label or f"{cell.kind}={_format_strength(float(cell.strength))}"
         return CellId(cell.task or task, cell.kind, float(cell.strength), label)
-    policy = str((migrate_legacy(dict(config)).get("eval") or {}).get("controller", "planner"))
+    config = migrate_legacy(dict(config))  # results written before settings moved into their sections
+    policy = str((config.get("eval") or {}).get("controller", "planner"))
     if policy in REFERENCE_POLICIES:
         return CellId(task, policy, 0.0, policy)
     guidance = config.get("guidance") or {}
-    planner = migrate_legacy(dict(config)).get("planner") or {}  # results written before the planner sections
+    planner = config.get("planner") or {}
     model = trained_config.get("model") or {}
     kind = str(guidance.get("kind", "none"))
     weight = (planner.get("return_guidance") or {}).get("weight")

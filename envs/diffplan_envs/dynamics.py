@@ -226,3 +226,25 @@ def dynamics_error(
         scale = reward_variance if reward_variance else 1.0
         reward_mse = float(((rewards - replay.rewards) ** 2).mean() / scale)
     return DynamicsError(float(per_dim.mean()), per_dim, reward_mse, len(observations))
+
+
+def random_transitions(env_id: str, n: int, seed: int, action_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` real (observation, action) pairs of the Gymnasium env ``env_id`` stepped with uniform actions
+    in ``[-action_scale, action_scale]`` (above 1 exercises the env's clip), reset on falls and time
+    limits; the same seed gives the same pairs. For replay tests and benchmarks."""
+    env = gymnasium.make(env_id)
+    try:
+        obs, _ = env.reset(seed=seed)
+        rng = np.random.default_rng(seed)
+        observations, actions = [], []
+        for i in range(n):
+            action = rng.uniform(-action_scale, action_scale, env.action_space.shape)
+            observations.append(obs)
+            actions.append(action)
+            obs, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                obs, _ = env.reset(seed=seed + i + 1)
+    finally:
+        env.close()
+    return np.array(observations), np.array(actions)
+
