@@ -213,16 +213,18 @@ class ReturnGuidanceConfig:
 
 @dataclass
 class ForcingConfig:
-    """Diffusion Forcing MPC (``planner.mode=forcing``): environment steps executed per plan, the most
-    executed steps kept as clean history in the window (null: as many as fit, horizon - 1 - execute),
-    and whether to follow the planned states with the tracker (``planner.tracker`` gains; the task's
-    position/velocity dims) instead of running the planned actions (Diffusion Forcing's protocol).
-    With a frame-stacked transformer ``execute`` and ``n_history`` must be multiples of
-    ``model.transformer.frame_stack``."""
+    """Diffusion Forcing MPC (``planner.mode=forcing``): tokens executed per plan (each ``task.stride``
+    environment steps), the most executed tokens kept as clean history in the window (null: as many as
+    fit, horizon - 1 - execute), whether to follow the planned states with the tracker
+    (``planner.tracker``; needed for strided models) instead of running the planned actions (Diffusion
+    Forcing's protocol), and whether to inpaint the goal's entries at the window's last token as the
+    goal planner does (besides any goal guidance). With a frame-stacked transformer ``execute`` and
+    ``n_history`` must be multiples of ``model.transformer.frame_stack``."""
 
     execute: int = 8
     n_history: int | None = None
     track_states: bool = False
+    inpaint_goal: bool = False
 
 
 @dataclass

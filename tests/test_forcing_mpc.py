@@ -1,5 +1,6 @@
 """Diffusion Forcing MPC in closed loop: goal guidance, guidance through the denoiser, the
-batched ForcingController, ``planner.mode=forcing`` in the evaluator, and dynamics consistency."""
+batched plan controller with executed history, ``planner.mode=forcing`` in the evaluator, and dynamics
+consistency."""
 
 from __future__ import annotations
 
@@ -12,15 +13,16 @@ import pytest
 import torch
 from torch import Tensor
 
-from diffplan.config import DiffusionConfig
+from diffplan.config import DiffusionConfig, PlannerConfig, TrackerConfig
 from diffplan.data import LimitsNormalizer, TrajectoryLayout
 from diffplan.diffusion.guide import GuideContext
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.evaluation.consistency import trajectory_consistency
 from diffplan.guidance.denoised import DenoisedGuide
 from diffplan.guidance.goal import GoalGuide
+from diffplan.planning.controllers import PlanController
 from diffplan.planning.forcing import ForcingPlanner, history_matrix
-from diffplan.planning.forcing_controller import ForcingController
+from diffplan.planning.history import ExecutedHistory
 from diffplan.planning.planner import Plan
 from tests.test_commands import tiny_config
 from tests.test_forcing import _model
@@ -139,7 +141,7 @@ def test_forcing_policy_feeds_the_real_history_and_runs_planned_actions() -> Non
         return original(observations, generator, **kwargs)
 
     planner.plan = spy  # type: ignore[method-assign]
-    policy = ForcingController.of(planner)
+    policy = _forcing_controller(planner, PlannerConfig(mode="actions", replan_every=planner.execute))
     policy.reset(3)
     generator = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
@@ -162,14 +164,32 @@ def test_forcing_policy_feeds_the_real_history_and_runs_planned_actions() -> Non
         policy.act(9, np.zeros((3, 4)), np.zeros((3, 2)), active, generator)
 
 
-def test_forcing_policy_with_a_tracker_steers_to_the_planned_states() -> None:
-    from diffplan.planning.forcing_controller import PDTracker
+def _forcing_controller(planner: ForcingPlanner, cfg: PlannerConfig, stride: int = 1) -> PlanController:
+    return PlanController(planner, cfg, position_dims=[0, 1], velocity_dims=[2, 3], stride=stride,
+                          history=ExecutedHistory(planner.n_history, stride))
 
+
+def test_executed_history_takes_every_stride_th_step_and_caps_its_length() -> None:
+    layout = TrajectoryLayout(obs_dim=1, act_dim=1)
+    history = ExecutedHistory(n_history=2, stride=3, action_low=-1.0, action_high=1.0)
+    for step in range(8):
+        history.record(step, np.array([[float(step)], [10.0 + step]]), np.array([[step / 10], [np.nan]]))
+    tokens = history.tokens(np.array([1, 0]), layout)  # at step 8: tokens of steps 2 and 5
+    assert tokens.shape == (2, 2, 2)
+    assert tokens[:, :, 0].tolist() == [[12.0, 15.0], [2.0, 5.0]]
+    assert torch.allclose(tokens[1, :, 1], torch.tensor([0.2, 0.5])) and (tokens[0, :, 1] == 0).all()  # NaN -> 0
+    history.reset()
+    assert history.tokens(np.array([0]), layout).shape == (1, 0, 2)
+    with pytest.raises(RuntimeError, match="reset first"):
+        history.record(3, np.zeros((2, 1)), np.zeros((2, 1)))
+
+
+def test_forcing_policy_with_a_tracker_steers_to_the_planned_states() -> None:
     model = _model("transformer")
     planner = ForcingPlanner(model, diffusion=DiffusionConfig(sampling_steps=2, n_timesteps=10, clip_denoised=None),
                              execute=2, n_history=2)
-    tracker = PDTracker([0, 1], [2, 3], p_gain=2.0, d_gain=0.5)
-    policy = ForcingController.of(planner, tracker=tracker)
+    cfg = PlannerConfig(mode="tracker", replan_every=2, tracker=TrackerConfig(p_gain=2.0, d_gain=0.5))
+    policy = _forcing_controller(planner, cfg)
     policy.reset(2)
     generator = torch.Generator().manual_seed(0)
     obs = np.random.default_rng(0).normal(size=(2, 4))
@@ -209,9 +229,32 @@ def test_evaluator_runs_forcing_mpc_with_goal_guidance(tmp_path: Path) -> None:
     run_train(strided)
     with pytest.raises(ValueError, match="needs a model trained with task.stride=1"):
         run_evaluate(strided)
+    # A strided model: its states followed by the pursuit tracker, the goal inpainted at the last token;
+    # a plan every execute x stride = 8 steps of the 12 (steps 0 and 8), history every 2nd step.
+    tracked = tiny_config(tmp_path, extra + ["task.stride=2", f"run_dir={tmp_path / 'strided'}",
+                                             "planner.forcing.track_states=true", "planner.forcing.inpaint_goal=true",
+                                             "planner.tracker.tracking=pursuit", "guidance=none"])
+    results = json.loads(run_evaluate(tracked).read_text())
+    assert results["n_failed"] == 0 and results["plan_time_s"]["n_plans"] == 2 * 2 * 2
     wrong = tiny_config(tmp_path, extra[:-7] + ["guidance=value"])
     with pytest.raises(ValueError, match="takes guidance kinds without a value function, got guidance.kind=value"):
         run_evaluate(wrong)
+
+
+def test_forcing_planner_inpaints_the_goal_at_the_windows_last_token() -> None:
+    model = _model("transformer")
+    diffusion = DiffusionConfig(sampling_steps=2, n_timesteps=10, clip_denoised=None)
+    planner = ForcingPlanner(model, diffusion=diffusion, execute=2, n_history=2, goal_dims=[0, 1])
+    obs, goals = torch.zeros(2, 4), torch.tensor([[0.5, -0.5], [-1.0, 1.0]])
+    history = torch.zeros(2, 2, 6)
+    plan = planner.plan(obs, torch.Generator().manual_seed(0), goals=goals, history=history)
+    assert plan.observations.shape == (2, model.horizon - 2, 4)  # from the current token on
+    assert torch.allclose(plan.observations[:, -1, :2], goals, atol=1e-5)
+    with pytest.raises(ValueError, match="inpaint_goal plans to a goal"):
+        planner.plan(obs, torch.Generator().manual_seed(0), history=history)
+    plain = ForcingPlanner(model, diffusion=diffusion, execute=2, n_history=2)
+    free = plain.plan(obs, torch.Generator().manual_seed(0), goals=goals, history=history)
+    assert not torch.allclose(free.observations[:, -1, :2], goals, atol=1e-2)
 
 
 # -- dynamics consistency ---------------------------------------------------------------------------

@@ -10,7 +10,10 @@ Two execution modes:
   the plan's path at the tracker's own pace instead of the plan's timing.
 - ``actions``: the plan's own actions are executed (receding horizon).
 
-``replan_every = 0`` plans once per episode (open loop); ``k > 0`` replans every k steps.
+``replan_every = 0`` plans once per episode (open loop); ``k > 0`` replans every k steps. With an
+:class:`~diffplan.planning.history.ExecutedHistory`, every plan also gets the executed transitions
+as clean history (Diffusion Forcing's MPC); such plans start at the current token and are shorter
+than the window by the history's length.
 
 :class:`RecedingHorizonController` holds the per-environment bookkeeping (plans, ages, who is
 due, records) shared with :class:`diffplan.planning.value_planner.ValueController`.
@@ -19,6 +22,7 @@ due, records) shared with :class:`diffplan.planning.value_planner.ValueControlle
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +31,7 @@ from diffplan.config import PlannerConfig
 from diffplan.controllers import PlanRecord
 from diffplan.enums import ExecutionMode, Tracking
 from diffplan.guidance.per_env import EnvStrengths
+from diffplan.planning.history import ExecutedHistory
 from diffplan.planning.planner import Plan, Planner
 
 
@@ -47,8 +52,9 @@ def check_strengths(strengths: EnvStrengths | None, n_envs: int) -> None:
 class RecedingHorizonController:
     """Per-environment plan bookkeeping shared by the batched policies.
 
-    Keeps each environment's current plan (states and actions) and its age (environment
-    steps since it was made; -1 before the first plan). :meth:`act` replans the active
+    Keeps each environment's current plan (states and actions, padded with their last token to the
+    longest plan; ``_last`` is each plan's own last token) and its age (environment steps since it
+    was made; -1 before the first plan). :meth:`act` replans the active
     environments that are due (no plan yet, or ``cfg.replan_every > 0`` steps old), stores
     the plans, records the call, asks the subclass for actions and ages the active
     environments by one step. Subclasses define :meth:`_plan` (one or more planner calls
@@ -61,6 +67,7 @@ class RecedingHorizonController:
     _states: np.ndarray | None
     _actions: np.ndarray | None
     _age: np.ndarray | None
+    _last: np.ndarray | None
 
     def _check_replan_every(self) -> None:
         if self.cfg.replan_every < 0:
@@ -71,6 +78,7 @@ class RecedingHorizonController:
         self._states = None
         self._actions = None
         self._age = np.full(n_envs, -1, dtype=np.int64)
+        self._last = np.zeros(n_envs, dtype=np.int64)
         self.records = []
 
     def _needs_plan(self, active: np.ndarray) -> np.ndarray:
@@ -112,19 +120,27 @@ class RecedingHorizonController:
 
     def _store(self, index: np.ndarray, plan: Plan) -> None:
         states, acts = plan.observations.numpy(), plan.actions.numpy()
+        n = len(self._age) if self._age is not None else len(index)
+        if self._last is None or len(self._last) != n:
+            self._last = np.zeros(n, dtype=np.int64)
+        length = states.shape[1]
         if self._states is None or self._actions is None:
-            n = len(self._age) if self._age is not None else len(index)
-            self._states = np.zeros((n, *states.shape[1:]), dtype=np.float64)
-            self._actions = np.zeros((n, *acts.shape[1:]), dtype=np.float64)
-        self._states[index] = states
-        self._actions[index] = acts
+            self._states = np.zeros((n, length, states.shape[2]), dtype=np.float64)
+            self._actions = np.zeros((n, length, acts.shape[2]), dtype=np.float64)
+        elif length > self._states.shape[1]:
+            grow = length - self._states.shape[1]
+            self._states = np.pad(self._states, ((0, 0), (0, grow), (0, 0)), mode="edge")
+            self._actions = np.pad(self._actions, ((0, 0), (0, grow), (0, 0)), mode="edge")
+        pad = ((0, 0), (0, self._states.shape[1] - length), (0, 0))
+        self._states[index] = np.pad(states, pad, mode="edge")
+        self._actions[index] = np.pad(acts, pad, mode="edge")
+        self._last[index] = length - 1
 
     def _planned_actions(self) -> np.ndarray:
         """(N, act_dim) the stored plans' actions at each env's age (the last one past the end)."""
-        assert self._actions is not None and self._age is not None
-        horizon = self._actions.shape[1]
+        assert self._actions is not None and self._age is not None and self._last is not None
         rows = np.arange(len(self._age))
-        return self._actions[rows, np.minimum(np.clip(self._age, 0, None), horizon - 1)]
+        return self._actions[rows, np.minimum(np.clip(self._age, 0, None), self._last)]
 
 
 @dataclass
@@ -139,6 +155,8 @@ class PlanController(RecedingHorizonController):
         strengths: per-environment guidance strengths of a batched guidance sweep (one row per
             environment of the batch), handed to the planner for the environments it plans
             for; None plans with the planner's own guidance.
+        history: record the executed steps and hand each plan its clean history (a planner that
+            conditions on history, :class:`~diffplan.planning.forcing.ForcingPlanner`); None: none.
     """
 
     planner: Planner
@@ -148,6 +166,7 @@ class PlanController(RecedingHorizonController):
     stride: int = 1
     records: list[PlanRecord] = field(default_factory=list)
     strengths: EnvStrengths | None = None
+    history: ExecutedHistory | None = None
 
     def __post_init__(self) -> None:
         if self.cfg.tracker.replan_on_stall < 0:
@@ -179,6 +198,19 @@ class PlanController(RecedingHorizonController):
         super().reset(n_envs)
         self._progress = np.zeros(n_envs, dtype=np.int64)
         self._stalled = np.zeros(n_envs, dtype=np.int64)
+        if self.history is not None:
+            self.history.reset()
+
+    def act(
+        self, step: int, observations: np.ndarray, goals: np.ndarray, active: np.ndarray, generator: torch.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`RecedingHorizonController.act`, then the step is recorded in the history (if any)."""
+        if self.history is not None and step != self.history.steps:
+            raise RuntimeError(f"act called for step {step} after {self.history.steps} steps; reset first")
+        actions, bad = super().act(step, observations, goals, active, generator)
+        if self.history is not None:
+            self.history.record(step, observations, actions)
+        return actions, bad
 
     def _needs_plan(self, active: np.ndarray) -> np.ndarray:
         fresh = super()._needs_plan(active)
@@ -190,32 +222,36 @@ class PlanController(RecedingHorizonController):
         self, index: np.ndarray, observations: np.ndarray, goals: np.ndarray, generator: torch.Generator
     ) -> list[tuple[np.ndarray, Plan]]:
         obs, goal = torch.as_tensor(observations[index]), torch.as_tensor(goals[index])
-        if self.strengths is None:
-            return [(index, self.planner.plan(obs, generator, goals=goal))]
-        return [(index, self.planner.plan(obs, generator, goals=goal, strengths=self.strengths.select(index)))]
+        extra: dict[str, Any] = {}
+        if self.history is not None:
+            # Lockstep: every due environment is at the same step, so their histories are equally long.
+            extra["history"] = self.history.tokens(index, self.planner.model.layout)
+        if self.strengths is not None:
+            extra["strengths"] = self.strengths.select(index)
+        return [(index, self.planner.plan(obs, generator, goals=goal, **extra))]
 
     def _pursuit_index(self, positions: np.ndarray) -> np.ndarray:
         """(N,) plan index to steer to: ``lookahead`` tokens past the closest plan point
         not behind the env's progress along its plan (progress never moves backwards)."""
         assert self._states is not None and self._progress is not None and self._age is not None
-        horizon = self._states.shape[1]
+        assert self._last is not None
         plan_pos = self._states[:, :, self.position_dims]  # (N, H, P)
         distance = np.linalg.norm(plan_pos - positions[:, None, :], axis=-1)  # (N, H)
-        token = np.arange(horizon)
+        token = np.arange(self._states.shape[1])
         fresh = self._age == 0
         self._progress[fresh] = 0
-        distance[token[None, :] < self._progress[:, None]] = np.inf
+        distance[(token[None, :] < self._progress[:, None]) | (token[None, :] > self._last[:, None])] = np.inf
         progress = distance.argmin(axis=1)
         if self._stalled is not None:
             # Stalled: no progress while the plan's end is still ahead of the lookahead target.
-            stuck = (progress <= self._progress) & (progress + self.cfg.tracker.lookahead < horizon - 1) & ~fresh
+            stuck = (progress <= self._progress) & (progress + self.cfg.tracker.lookahead < self._last) & ~fresh
             self._stalled = np.where(stuck, self._stalled + 1, 0)
         self._progress = progress
-        return np.minimum(self._progress + self.cfg.tracker.lookahead, horizon - 1)
+        return np.minimum(self._progress + self.cfg.tracker.lookahead, self._last)
 
     def _actions_from_plans(self, observations: np.ndarray) -> np.ndarray:
         assert self._states is not None and self._actions is not None and self._age is not None
-        horizon = self._states.shape[1]
+        assert self._last is not None
         rows = np.arange(len(observations))
         age = np.clip(self._age, 0, None)
         if ExecutionMode(self.cfg.mode) is ExecutionMode.actions:
@@ -227,8 +263,8 @@ class PlanController(RecedingHorizonController):
             target[:, vel] = 0.0
         else:
             token = age // self.stride + 1
-            target = self._states[rows, np.minimum(token, horizon - 1)].copy()
-            past_end = token >= horizon
+            target = self._states[rows, np.minimum(token, self._last)].copy()
+            past_end = token > self._last
             target[np.ix_(past_end, vel)] = 0.0
         return self.cfg.tracker.p_gain * (target[:, pos] - observations[:, pos]) + self.cfg.tracker.d_gain * (
             target[:, vel] - observations[:, vel]

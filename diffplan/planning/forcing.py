@@ -74,7 +74,8 @@ class ForcingRollout:
 class HistoryConditioner:
     """Diffusion Forcing's conditioning: the executed history on every channel of the window's first
     h tokens (kept at level 0 by the matrix, :func:`history_matrix`) and the current observation on
-    token h; the scheduling matrix depends on h (cached per h).
+    token h; optionally the goal's entries on the last token; the scheduling matrix depends on h
+    (cached per h).
 
     Args:
         model: the trained model (layout, normalizer, schedule).
@@ -83,11 +84,14 @@ class HistoryConditioner:
         n_history: the most history tokens a window holds.
         group: timesteps per denoiser token (the transformer's ``frame_stack``).
         device: where the constraints are built.
+        goal_dims: the observation entries of the goal to inpaint at the last token (None: no goal
+            inpainting; goals then reach only the guidance).
     """
 
     def __init__(self, model: TrainedModel, diffusion: DiffusionConfig, horizon: int, n_history: int, group: int,
-                 device: torch.device) -> None:
+                 device: torch.device, goal_dims: list[int] | None = None) -> None:
         self.model = model
+        self.goal_dims = list(goal_dims) if goal_dims is not None else None
         self.diffusion = diffusion
         self.horizon = horizon
         self.n_history = n_history
@@ -128,10 +132,16 @@ class HistoryConditioner:
         values[:, n_hist, layout.obs] = current.to(self.device, torch.float32)
         return Constraints(mask, values)
 
-    def normalized(self, history: Tensor, current: Tensor) -> Conditioning:
-        """The conditioning of normalized ``history`` (B, h, D) and ``current`` (B, obs_dim)."""
+    def normalized(self, history: Tensor, current: Tensor, goal: Tensor | None = None) -> Conditioning:
+        """The conditioning of normalized ``history`` (B, h, D) and ``current`` (B, obs_dim), and the
+        normalized ``goal`` (B, obs_dim; only the goal entries are read) when the goal is inpainted."""
         n_hist = history.shape[1]
-        return Conditioning(self.constraints(history, current), self.matrix(n_hist), current=n_hist)
+        constraints = self.constraints(history, current)
+        if goal is not None and self.goal_dims:
+            dims = [self.model.layout.obs.start + d for d in self.goal_dims]
+            constraints.mask[:, self.horizon - 1, dims] = True
+            constraints.values[:, self.horizon - 1, dims] = goal[:, self.goal_dims].to(self.device, torch.float32)
+        return Conditioning(constraints, self.matrix(n_hist), current=n_hist)
 
     def condition(self, observations: Tensor, goals: Tensor | None, history: Tensor | None) -> Conditioning:
         """The conditioning of the current ``observations`` (B, obs_dim) after the executed ``history``
@@ -145,7 +155,14 @@ class HistoryConditioner:
         raw_current[:, 0, layout.obs] = observations.to(self.device, torch.float32)
         current = normalizer.normalize(raw_current)[:, 0, layout.obs]
         norm_history = normalizer.normalize(history) if history.shape[1] else history
-        return self.normalized(norm_history, current)
+        goal = None
+        if self.goal_dims:
+            if goals is None:
+                raise ValueError("planner.forcing.inpaint_goal plans to a goal: pass goals (N, goal_dim)")
+            raw_goal = torch.zeros(batch, 1, layout.transition_dim, device=self.device)
+            raw_goal[:, 0, [layout.obs.start + d for d in self.goal_dims]] = goals.to(self.device, torch.float32)
+            goal = normalizer.normalize(raw_goal)[:, 0, layout.obs]
+        return self.normalized(norm_history, current, goal)
 
 
 class ForcingPlanner(SamplingPlanner):
@@ -173,6 +190,8 @@ class ForcingPlanner(SamplingPlanner):
         device: where sampling runs.
         horizon: tokens per window (None: the model's training horizon). Other lengths need a
             denoiser that accepts them (the transformer: any multiple of its ``frame_stack``).
+        goal_dims: inpaint the goal's entries (these observation entries) at the window's last token
+            (None: goals reach only the guidance).
     """
 
     def __init__(
@@ -186,6 +205,7 @@ class ForcingPlanner(SamplingPlanner):
         guidance: Guidance | None = None,
         device: torch.device | str = "cpu",
         horizon: int | None = None,
+        goal_dims: list[int] | None = None,
     ) -> None:
         horizon = int(horizon) if horizon is not None else model.horizon
         if horizon < 2:
@@ -207,7 +227,8 @@ class ForcingPlanner(SamplingPlanner):
         self.group = group
         self.execute = int(execute)
         self.n_history = int(n_history)
-        self.history = HistoryConditioner(model, diffusion, horizon, self.n_history, group, self.device)
+        self.history = HistoryConditioner(model, diffusion, horizon, self.n_history, group, self.device,
+                                          goal_dims=goal_dims)
         self.conditioner = self.history
 
     @torch.no_grad()
@@ -272,4 +293,5 @@ def maze_forcing_planner(cfg: Config, model: TrainedModel, device: torch.device 
     return ForcingPlanner(
         model, diffusion=cfg.diffusion, execute=cfg.planner.forcing.execute, n_history=cfg.planner.forcing.n_history,
         planner=cfg.planner, guidance=guidance, device=device,
+        goal_dims=list(cfg.task.goal_obs_dims) if cfg.planner.forcing.inpaint_goal else None,
     )

@@ -7,7 +7,7 @@ and ``forcing`` (Diffusion Forcing MPC on the mazes) are built in; a plugin modu
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -20,7 +20,7 @@ from diffplan.guidance.per_env import EnvStrengths
 from diffplan.guidance.value import load_value_guide
 from diffplan.planning.controllers import PlanController
 from diffplan.planning.forcing import maze_forcing_planner
-from diffplan.planning.forcing_controller import ForcingController, PDTracker
+from diffplan.planning.history import ExecutedHistory
 from diffplan.planning.planner import GoalPlanner
 from diffplan.planning.value_planner import ValueController, ValuePlanner
 from diffplan.training.checkpoint import TrainedModel
@@ -124,18 +124,23 @@ def _value(cfg: Config, model: TrainedModel, device: torch.device, strengths: En
 
 
 def _forcing(cfg: Config, model: TrainedModel, device: torch.device, strengths: EnvStrengths | None) -> BuiltController:
-    """Diffusion Forcing MPC on the mazes, goal-guided, its own actions run (or its states tracked)."""
-    if model.config.task.stride != 1:
+    """Diffusion Forcing MPC on the mazes: every ``execute`` tokens a new window after the executed
+    history, goal-guided (and goal-inpainted with ``planner.forcing.inpaint_goal``); its own actions
+    run, or its states followed by the tracker (``planner.forcing.track_states``, ``planner.tracker``)."""
+    stride = model.config.task.stride
+    forcing = cfg.planner.forcing
+    if stride != 1 and not forcing.track_states:
         raise ValueError(
-            f"planner.mode=forcing executes the plan's own actions and needs a model trained with task.stride=1; "
-            f"{model.path} has stride {model.config.task.stride}"
+            f"planner.mode=forcing runs the plan's own actions, which needs a model trained with task.stride=1; "
+            f"{model.path} has stride {stride}: set planner.forcing.track_states=true to follow its states instead"
         )
     planner = maze_forcing_planner(cfg, model, device)
-    tracker = None
-    if cfg.planner.forcing.track_states:
-        tracker = PDTracker(list(cfg.task.goal_obs_dims), list(cfg.task.velocity_obs_dims),
-                            cfg.planner.tracker.p_gain, cfg.planner.tracker.d_gain)
-    return BuiltController(ForcingController.of(planner, tracker=tracker))
+    mode = ExecutionMode.tracker if forcing.track_states else ExecutionMode.actions
+    execution = replace(cfg.planner, mode=mode.value, replan_every=planner.execute * stride)
+    controller = PlanController(planner, execution, position_dims=list(cfg.task.goal_obs_dims),
+                                velocity_dims=list(cfg.task.velocity_obs_dims), stride=stride,
+                                history=ExecutedHistory(planner.n_history, stride))
+    return BuiltController(controller)
 
 
 for _mode in (ExecutionMode.tracker, ExecutionMode.actions):
