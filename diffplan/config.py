@@ -268,8 +268,9 @@ class EvalConfig:
     device: str = "auto"
     plots: bool = True
     progress: bool = True
-    # What steps the environments: gymnasium (N Gymnasium envs, the reference) or mujoco (N raw
-    # MuJoCo simulations in one batch, MuJoCo >= 4: the same episodes bit for bit, faster).
+    # What steps the environments: gymnasium (N Gymnasium envs, the reference), mujoco (N raw
+    # MuJoCo simulations in one batch, MuJoCo >= 4: the same episodes bit for bit, faster) or mjx
+    # (the batch on MJX, MuJoCo's JAX backend, in float64 on JAX's device; the mjx extra).
     physics: Physics = Physics.gymnasium
     # Write episodes.npz next to results.json: every episode's executed observations (and, on the
     # mazes, its plans), for diffplan-report's path plots and renders (diffplan.evaluation.episodes).

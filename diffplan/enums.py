@@ -96,12 +96,16 @@ class EvalController(StrEnum):
     offline = "offline"
 
 class Physics(StrEnum):
-    """What steps the evaluator's environments: N Gymnasium envs one at a time (the reference), or
+    """What steps the evaluator's environments: N Gymnasium envs one at a time (the reference),
     N raw MuJoCo simulations in one batch (``diffplan_envs.mujoco_batch``, MuJoCo >= 4), which
-    gives the same observations, rewards and episodes bit for bit, faster."""
+    gives the same observations, rewards and episodes bit for bit, faster, or the same task rules
+    with MJX, MuJoCo's JAX backend, stepping the batch in float64 on JAX's device
+    (``diffplan_envs.mjx_batch``, the ``mjx`` extra): agreement within stated tolerances
+    (docs/COMMANDS.md, "Physics backends")."""
 
     gymnasium = "gymnasium"
     mujoco = "mujoco"
+    mjx = "mjx"
 
 class OfflineAlgo(StrEnum):
     """Offline RL algorithm of ``diffplan-train-offline``."""

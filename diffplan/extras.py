@@ -7,6 +7,7 @@ users need live in extras (``pip install "diffplan[<extra>]"``):
   target policies in policy guidance;
 - ``minari``: Minari datasets by id or folder;
 - ``launchers``: Hydra's joblib and SLURM (submitit) launchers for ``diffplan-sweep``;
+- ``mjx``: MuJoCo's JAX backend (mujoco-mjx, jax) for ``eval.physics=mjx``;
 - ``test``: the test suite and linters.
 """
 
@@ -21,6 +22,8 @@ EXTRA_OF = {
     "minari": "minari",
     "hydra_plugins.hydra_joblib_launcher": "launchers",
     "hydra_plugins.hydra_submitit_launcher": "launchers",
+    "jax": "mjx",
+    "mujoco.mjx": "mjx",
 }
 
 

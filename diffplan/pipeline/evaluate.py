@@ -100,6 +100,7 @@ def check_evaluation(cfg: Config) -> None:
             ``task.episode_steps`` < 1; a policy guidance whose ``guidance.policy`` is malformed,
             missing or a pickle without ``guidance.trust_pickle``; ``eval.physics=mujoco`` without
             mujoco>=4.
+        MissingExtraError: ``eval.physics=mjx`` without the ``mjx`` extra (jax, mujoco-mjx).
         OSError: ``eval.out_dir`` cannot be created or written (a file in the way, a read-only
             folder, a full disk; :func:`~diffplan.utils.ensure_writable_folder`).
     """
@@ -122,6 +123,10 @@ def check_evaluation(cfg: Config) -> None:
         from diffplan_envs.mujoco_batch import require_mujoco_batch
 
         require_mujoco_batch()
+    if Physics(cfg.eval.physics) is Physics.mjx:
+        from diffplan_envs.mjx_batch import require_mjx
+
+        require_mjx()
     spec = guidance_kind(cfg.guidance.kind)  # an unknown kind fails here, before anything loads
     if spec is not None and spec.needs_policy and cfg.guidance.policy:
         from diffplan.policies.loading import check_target_policy

@@ -88,13 +88,15 @@ def replay_transitions(
         physics: ``gymnasium`` (one Gymnasium env stepped once per transition, the reference) or
             ``mujoco`` (:func:`diffplan_envs.mujoco_batch.replay_locomotion` / ``replay_maze``:
             ``chunk`` transitions per :class:`mujoco.batch.Batch` call on ``threads`` threads, 0: every
-            CPU; the same results bit for bit, tests/test_dynamics_replay.py). None:
-            :func:`default_physics`.
+            CPU; the same results bit for bit, tests/test_dynamics_replay.py) or ``mjx`` (the same
+            replays on MJX, ``chunk`` transitions per jitted call; within the tolerances of
+            tests/test_mjx_backend.py). None: :func:`default_physics`.
     """
     from diffplan_envs.locomotion import is_locomotion_task
     from diffplan_envs.mujoco_batch import check_physics
 
-    if check_physics(default_physics() if physics is None else physics) == "gymnasium":
+    physics = check_physics(default_physics() if physics is None else physics)
+    if physics == "gymnasium":
         return _replay_gymnasium(task, observations, actions)
     from diffplan_envs.mujoco_batch import replay_locomotion, replay_maze
 
@@ -103,11 +105,11 @@ def replay_transitions(
     n = len(observations)
     if is_locomotion_task(task):
         next_obs, rewards, terminated, failed = replay_locomotion(task, observations, actions, chunk=chunk,
-                                                                  threads=threads)
+                                                                  threads=threads, physics=physics)
     else:
-        next_obs, failed = replay_maze(task, observations, actions, chunk=chunk, threads=threads)
+        next_obs, failed = replay_maze(task, observations, actions, chunk=chunk, threads=threads, physics=physics)
         rewards, terminated = np.zeros(n), np.zeros(n, dtype=bool)
-    if failed.any():  # MuJoCo raised where Gymnasium's mj_step warns and resets: take Gymnasium's answer
+    if failed.any():  # the simulation failed where Gymnasium's mj_step warns and resets: take Gymnasium's answer
         rows = np.flatnonzero(failed)
         again = _replay_gymnasium(task, np.asarray(observations)[rows], np.asarray(actions)[rows])
         next_obs[rows], rewards[rows], terminated[rows] = again.next_observations, again.rewards, again.terminated

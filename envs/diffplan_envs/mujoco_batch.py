@@ -1,5 +1,6 @@
 """Raw-MuJoCo twins of :class:`~diffplan_envs.maze.MazeBatch` and
-:class:`~diffplan_envs.locomotion.LocomotionBatch` (the evaluator's ``physics="mujoco"``).
+:class:`~diffplan_envs.locomotion.LocomotionBatch` (the evaluator's ``physics="mujoco"``, and
+``physics="mjx"`` with MJX stepping the same rules).
 
 The N environments of a batch are N simulations of one model in a :class:`mujoco.batch.Batch`
 (MuJoCo >= 4): one C call steps them all, and the task around the physics (observations, rewards,
@@ -14,6 +15,11 @@ physics calls are the ones those envs make (``mj_resetData``, the state, ``mj_fo
 checks observations, rewards, terminations and truncations against Gymnasium step by step.
 
 Each batch builds one Gymnasium environment to read the model and the task's constants from it.
+
+The physics is the one part a backend supplies: a :class:`Simulations` (N simulations of one model,
+their state as (N, ...) arrays, a reset and a step of ``nstep`` substeps). ``physics="mujoco"`` is
+:class:`_Simulations` here; ``physics="mjx"`` is :class:`diffplan_envs.mjx_batch.MjxSimulations`
+(MuJoCo's JAX backend), under the same task rules.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 import mujoco
 import numpy as np
@@ -40,8 +46,9 @@ from diffplan_envs.maze import (
     make_maze_env,
 )
 
-#: The physics backends of the evaluator's batches: Gymnasium envs (the reference) or raw MuJoCo.
-PHYSICS_BACKENDS: tuple[str, ...] = ("gymnasium", "mujoco")
+#: The physics backends of the evaluator's batches: Gymnasium envs (the reference), raw MuJoCo, or
+#: MJX (MuJoCo's JAX backend, the ``mjx`` extra: diffplan_envs.mjx_batch).
+PHYSICS_BACKENDS: tuple[str, ...] = ("gymnasium", "mujoco", "mjx")
 
 
 def check_physics(physics: str) -> str:
@@ -62,9 +69,38 @@ def require_mujoco_batch() -> ModuleType:
         ) from error
 
 
+class Simulations(Protocol):
+    """N simulations of one model stepped together: all a batch or a replay below needs of a physics
+    backend. ``qpos`` (N, nq), ``qvel`` (N, nv) and ``ctrl`` (N, nu) float64 hold the state and
+    controls the next :meth:`step` starts from (writing a row sets them) and, after it, its result."""
+
+    n: int
+    qpos: np.ndarray
+    qvel: np.ndarray
+    ctrl: np.ndarray
+
+    def reset(self, qpos: np.ndarray, qvel: np.ndarray) -> None:
+        """Gymnasium's reset of every simulation: ``mj_resetData``, then the state (qpos, qvel)."""
+
+    def reset_rows(self, active: np.ndarray) -> None:
+        """``mj_resetData`` of the ``active`` (N,) simulations: the state every replayed transition
+        starts from before its observation is written (qacc_warmstart zero, time zero)."""
+
+    def step(self, active: np.ndarray, nstep: int) -> tuple[np.ndarray, np.ndarray]:
+        """``nstep`` mj_steps of the ``active`` (N,) simulations.
+
+        Returns:
+            errors: (N,) str, empty but where the simulation failed (it keeps the state it had
+                before the call; the others run to completion).
+            stepped: (N,) bool, the active simulations that ran.
+        """
+        ...
+
+
 class _Simulations:
-    """N simulations of one model: a :class:`mujoco.batch.Batch` and live (N, ...) views of its
-    state rows (writing one is the simulation's state at its next call).
+    """N simulations of one model (the :class:`Simulations` of ``physics="mujoco"``): a
+    :class:`mujoco.batch.Batch` and live (N, ...) views of its state rows (writing one is the
+    simulation's state at its next call).
 
     It runs on ``threads`` threads (0: every CPU), but at most one per ``per_thread`` simulations:
     waking a thread costs about what a few PointMaze steps do. The results do not depend on the
@@ -90,14 +126,13 @@ class _Simulations:
         self.qvel[:] = qvel
         self.batch.forward()
 
-    def step(self, active: np.ndarray, nstep: int) -> tuple[np.ndarray, np.ndarray]:
-        """``nstep`` mj_steps of the ``active`` (N,) simulations.
+    def reset_rows(self, active: np.ndarray) -> None:
+        """``mj_resetData`` of the active simulations (:meth:`Simulations.reset_rows`)."""
+        self.batch.reset(None if active.all() else np.flatnonzero(active), stage=mujoco.mjtStage.mjSTAGE_NONE)
 
-        Returns:
-            errors: (N,) str, empty but where MuJoCo raised (that simulation keeps the state it had
-                before the call; the others run to completion).
-            stepped: (N,) bool, the active simulations that ran.
-        """
+    def step(self, active: np.ndarray, nstep: int) -> tuple[np.ndarray, np.ndarray]:
+        """``nstep`` mj_steps of the ``active`` simulations (:meth:`Simulations.step`; the errors are
+        those MuJoCo raised)."""
         errors = np.full(self.n, "", dtype=object)
         try:
             self.batch.step(None if active.all() else np.flatnonzero(active), nstep=nstep)
@@ -106,6 +141,18 @@ class _Simulations:
                 errors[i] = f"mujoco: {self.batch.error(int(i))}"
             return errors, active & (errors == "")
         return errors, active
+
+
+def simulations(physics: str, model: mujoco.MjModel, n: int, threads: int, per_thread: int) -> Simulations:
+    """``n`` simulations of ``model`` on the ``physics`` backend (``mujoco`` or ``mjx``); ``threads``
+    and ``per_thread`` for ``mujoco`` (MJX runs on its JAX device)."""
+    if check_physics(physics) == "mjx":
+        from diffplan_envs.mjx_batch import MjxSimulations
+
+        return MjxSimulations(model, n)
+    if physics != "mujoco":
+        raise ValueError(f"physics={physics!r} steps Gymnasium envs, not simulations; use 'mujoco' or 'mjx'")
+    return _Simulations(model, n, threads, per_thread)
 
 
 def _actions(actions: np.ndarray, n: int, act_dim: int) -> np.ndarray:
@@ -124,7 +171,8 @@ def _active(active: np.ndarray | None, n: int) -> np.ndarray:
 
 class MujocoMazeBatch:
     """N PointMaze envs as N simulations of one MuJoCo model: :class:`MazeBatch`'s interface and
-    results (``PointMaze_*-v3``, sparse reward) without N Gymnasium envs.
+    results (``PointMaze_*-v3``, sparse reward) without N Gymnasium envs, on the ``physics`` backend
+    (``mujoco``: :mod:`mujoco.batch` on ``threads`` threads, 0: every CPU; ``mjx``: MJX).
 
     Per step, as ``PointMazeEnv.step``: the action is clipped to [-1, 1], the ball's velocity to
     [-5, 5], one ``mj_step``; reward 1 when the ball ends within 0.45 of the goal; terminated on
@@ -141,6 +189,7 @@ class MujocoMazeBatch:
         reset_target: bool = False,
         max_episode_steps: int | None = None,
         threads: int = 0,
+        physics: str = "mujoco",
     ) -> None:
         if n_envs < 1:
             raise ValueError(f"n_envs must be >= 1, got {n_envs}.")
@@ -162,7 +211,7 @@ class MujocoMazeBatch:
             env.close()
         self._continuing = continuing_task
         self._reset_target = reset_target
-        self._sims = _Simulations(model, n_envs, threads, per_thread=8)
+        self._sims = simulations(physics, model, n_envs, threads, per_thread=8)
         self._rngs: list[np.random.Generator] = []
         self._goals = np.zeros((n_envs, 2))
         self._elapsed = np.zeros(n_envs, dtype=np.int64)
@@ -356,7 +405,8 @@ def _locomotion_healthy(rules: _LocomotionRules, qpos: np.ndarray, qvel: np.ndar
 
 class MujocoLocomotionBatch:
     """N locomotion envs (Hopper, Walker2d, HalfCheetah v5) as N simulations of one MuJoCo model:
-    :class:`LocomotionBatch`'s interface and results without N Gymnasium envs.
+    :class:`LocomotionBatch`'s interface and results without N Gymnasium envs, on the ``physics``
+    backend (as :class:`MujocoMazeBatch`).
 
     Per step, as the v5 envs: ``frame_skip`` mj_steps with the action as control; reward =
     forward weight * x velocity + healthy reward - control weight * sum(action**2); terminated
@@ -364,7 +414,7 @@ class MujocoLocomotionBatch:
     reported in ``errors`` and terminated, as in :class:`LocomotionBatch`.
     """
 
-    def __init__(self, task: LocomotionTask | str, n_envs: int, *, threads: int = 0) -> None:
+    def __init__(self, task: LocomotionTask | str, n_envs: int, *, threads: int = 0, physics: str = "mujoco") -> None:
         if n_envs < 1:
             raise ValueError(f"n_envs must be >= 1, got {n_envs}")
         self.task = get_locomotion_task(task) if isinstance(task, str) else task
@@ -378,7 +428,7 @@ class MujocoLocomotionBatch:
         finally:
             env.close()
         self._max_steps = self.task.episode_steps
-        self._sims = _Simulations(model, n_envs, threads, per_thread=1)
+        self._sims = simulations(physics, model, n_envs, threads, per_thread=1)
         self._elapsed = np.zeros(n_envs, dtype=np.int64)
         self._obs = np.zeros((n_envs, self.task.obs_dim))
 
@@ -452,9 +502,9 @@ def maze_batch(
     """A batch of ``n_envs`` PointMaze envs on the ``physics`` backend (see :data:`PHYSICS_BACKENDS`);
     ``threads`` for the mujoco backend (0: every CPU); ``kwargs`` go to the batch
     (``continuing_task``, ``reset_target``, ``max_episode_steps``)."""
-    if check_physics(physics) == "mujoco":
-        return MujocoMazeBatch(task, n_envs, threads=threads, **kwargs)
-    return MazeBatch(task, n_envs, **kwargs)
+    if check_physics(physics) == "gymnasium":
+        return MazeBatch(task, n_envs, **kwargs)
+    return MujocoMazeBatch(task, n_envs, threads=threads, physics=physics, **kwargs)
 
 
 def locomotion_batch(
@@ -462,9 +512,9 @@ def locomotion_batch(
 ) -> LocomotionBatch | MujocoLocomotionBatch:
     """A batch of ``n_envs`` locomotion envs on the ``physics`` backend (see :data:`PHYSICS_BACKENDS`);
     ``threads`` for the mujoco backend (0: every CPU)."""
-    if check_physics(physics) == "mujoco":
-        return MujocoLocomotionBatch(task, n_envs, threads=threads)
-    return LocomotionBatch(task, n_envs)
+    if check_physics(physics) == "gymnasium":
+        return LocomotionBatch(task, n_envs)
+    return MujocoLocomotionBatch(task, n_envs, threads=threads, physics=physics)
 
 
 #: Transitions :func:`replay_locomotion` and :func:`replay_maze` replay per batch call.
@@ -482,31 +532,26 @@ def _replay_inputs(observations: np.ndarray, actions: np.ndarray, obs_dim: int, 
     return observations, actions
 
 
-def _chunks(sims: _Simulations, n: int) -> list[tuple[int, int, np.ndarray]]:
+def _chunks(sims: Simulations, n: int) -> list[tuple[int, int, np.ndarray]]:
     """(start, stop, active mask over the batch) of each chunk of ``n`` transitions."""
     return [(start, min(start + sims.n, n), np.arange(sims.n) < min(sims.n, n - start))
             for start in range(0, n, sims.n)]
 
 
-def _reset_rows(sims: _Simulations, active: np.ndarray) -> None:
-    """``mj_resetData`` of the active simulations: the state every replayed transition starts from
-    before its observation is written (qacc_warmstart zero, time zero)."""
-    sims.batch.reset(None if active.all() else np.flatnonzero(active), stage=mujoco.mjtStage.mjSTAGE_NONE)
-
-
 def replay_locomotion(
     task: LocomotionTask | str, observations: np.ndarray, actions: np.ndarray, *, chunk: int = REPLAY_CHUNK,
-    threads: int = 0,
+    threads: int = 0, physics: str = "mujoco",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One v5 env step from each of ``observations`` (T, obs_dim) with ``actions`` (T, act_dim), ``chunk``
-    transitions per batch call: :func:`diffplan_envs.dynamics.replay_transitions`'s Gymnasium replay
-    (``mj_resetData``, the observation's state with root x = 0, the action clipped to the action box,
-    ``frame_skip`` mj_steps, the env's observation, reward and termination) for many at once.
+    transitions per batch call on the ``physics`` backend (``mujoco`` or ``mjx``):
+    :func:`diffplan_envs.dynamics.replay_transitions`'s Gymnasium replay (``mj_resetData``, the
+    observation's state with root x = 0, the action clipped to the action box, ``frame_skip``
+    mj_steps, the env's observation, reward and termination) for many at once.
 
     Returns:
-        next_observations (T, obs_dim), rewards (T,), terminated (T,) and failed (T,) bool: MuJoCo
-        raised on that transition (its other values are meaningless; Gymnasium's own step resets
-        such a simulation with a warning instead).
+        next_observations (T, obs_dim), rewards (T,), terminated (T,) and failed (T,) bool: the
+        simulation failed on that transition (its other values are meaningless; Gymnasium's own step
+        resets such a simulation with a warning instead).
     """
     task = get_locomotion_task(task) if isinstance(task, str) else task
     env = make_locomotion_env(task.robot)
@@ -525,10 +570,10 @@ def replay_locomotion(
     terminated, failed = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     if n == 0:
         return next_obs, rewards, terminated, failed
-    sims = _Simulations(model, min(chunk, n), threads, per_thread=1)
+    sims = simulations(physics, model, min(chunk, n), threads, per_thread=1)
     for start, stop, active in _chunks(sims, n):
         m = stop - start
-        _reset_rows(sims, active)
+        sims.reset_rows(active)
         sims.qpos[:m, 0] = 0.0
         sims.qpos[:m, 1:] = observations[start:stop, : nq - 1]
         sims.qvel[:m] = observations[start:stop, nq - 1:]
@@ -552,14 +597,15 @@ def replay_locomotion(
 
 def replay_maze(
     task: str | MazeTask, observations: np.ndarray, actions: np.ndarray, *, chunk: int = REPLAY_CHUNK,
-    threads: int = 0,
+    threads: int = 0, physics: str = "mujoco",
 ) -> tuple[np.ndarray, np.ndarray]:
     """One PointMaze step from each of ``observations`` (T, 4) (x, y, vx, vy) with ``actions`` (T, 2),
-    ``chunk`` transitions per batch call: the Gymnasium replay's ``mj_resetData``, ``set_state``,
-    then ``PointEnv.step`` (action clipped to the box and [-1, 1], velocity to [-5, 5], its mj_steps).
+    ``chunk`` transitions per batch call on the ``physics`` backend (``mujoco`` or ``mjx``): the
+    Gymnasium replay's ``mj_resetData``, ``set_state``, then ``PointEnv.step`` (action clipped to the
+    box and [-1, 1], velocity to [-5, 5], its mj_steps).
 
     Returns:
-        next_observations (T, 4) and failed (T,) bool: MuJoCo raised on that transition.
+        next_observations (T, 4) and failed (T,) bool: the simulation failed on that transition.
     """
     maze = get_maze_task(task)
     env = make_maze_env(maze)
@@ -575,10 +621,10 @@ def replay_maze(
     next_obs, failed = np.empty((n, maze.obs_dim)), np.zeros(n, dtype=bool)
     if n == 0:
         return next_obs, failed
-    sims = _Simulations(model, min(chunk, n), threads, per_thread=8)
+    sims = simulations(physics, model, min(chunk, n), threads, per_thread=8)
     for start, stop, active in _chunks(sims, n):
         m = stop - start
-        _reset_rows(sims, active)
+        sims.reset_rows(active)
         sims.qpos[:m] = observations[start:stop, :2]
         sims.qvel[:m] = np.clip(np.asarray(observations[start:stop, 2:4], dtype=np.float64), -5.0, 5.0)
         sims.ctrl[:m] = actions[start:stop]
