@@ -218,13 +218,17 @@ class ForcingConfig:
     fit, horizon - 1 - execute), whether to follow the planned states with the tracker
     (``planner.tracker``; needed for strided models) instead of running the planned actions (Diffusion
     Forcing's protocol), and whether to inpaint the goal's entries at the window's last token as the
-    goal planner does (besides any goal guidance). With a frame-stacked transformer ``execute`` and
+    goal planner does (besides any goal guidance). ``hold_arrival`` (with ``inpaint_goal``) keeps a
+    plan's arrival when replanning: the goal is inpainted at the current token plus the tokens the
+    previous plan still had to go past the environment's progress along it, and held at every token
+    after (the first plan: the last token). With a frame-stacked transformer ``execute`` and
     ``n_history`` must be multiples of ``model.transformer.frame_stack``."""
 
     execute: int = 8
     n_history: int | None = None
     track_states: bool = False
     inpaint_goal: bool = False
+    hold_arrival: bool = False
 
 
 @dataclass

@@ -236,6 +236,17 @@ def test_evaluator_runs_forcing_mpc_with_goal_guidance(tmp_path: Path) -> None:
                                              "planner.tracker.tracking=pursuit", "guidance=none"])
     results = json.loads(run_evaluate(tracked).read_text())
     assert results["n_failed"] == 0 and results["plan_time_s"]["n_plans"] == 2 * 2 * 2
+    # Replans that hold the first plan's arrival; refused without the inpainted goal they place.
+    held = tiny_config(tmp_path, extra + ["task.stride=2", f"run_dir={tmp_path / 'strided'}",
+                                          "planner.forcing.track_states=true", "planner.forcing.inpaint_goal=true",
+                                          "planner.forcing.hold_arrival=true", "planner.tracker.tracking=pursuit",
+                                          "guidance=none", "eval.out_dir=" + str(tmp_path / "held")])
+    held_results = json.loads(run_evaluate(held).read_text())
+    assert held_results["n_failed"] == 0 and held_results["config"]["planner"]["forcing"]["hold_arrival"] is True
+    with pytest.raises(ValueError, match="set planner.forcing.inpaint_goal=true as well"):
+        run_evaluate(tiny_config(tmp_path, extra + ["task.stride=2", f"run_dir={tmp_path / 'strided'}",
+                                                    "planner.forcing.track_states=true",
+                                                    "planner.forcing.hold_arrival=true", "guidance=none"]))
     wrong = tiny_config(tmp_path, extra[:-7] + ["guidance=value"])
     with pytest.raises(ValueError, match="takes guidance kinds without a value function, got guidance.kind=value"):
         run_evaluate(wrong)
@@ -291,3 +302,78 @@ def test_forcing_mpc_on_locomotion_is_refused_with_the_alternatives(tmp_path: Pa
     with pytest.raises(ValueError, match=r"planner.mode=forcing plans maze tasks, not locomotion tasks; use "
                                          r"planner.mode in \['tracker', 'actions'\] \(e.g. planner=value"):
         run_evaluate(cfg)
+
+
+# -- holding a plan's arrival -------------------------------------------------------------------------
+class _RecordingForcing(ForcingPlanner):
+    """A forcing planner that records the arrival tokens and plans it was asked for."""
+
+    arrivals: list[list[int] | None]
+    plans: list[Plan]
+
+    def plan(self, observations: Tensor, generator: torch.Generator, **kwargs: Any) -> Plan:
+        arrival = kwargs.get("arrival")
+        self.arrivals.append(None if arrival is None else arrival.tolist())
+        plan = super().plan(observations, generator, **kwargs)
+        self.plans.append(plan)
+        return plan
+
+
+def test_forcing_planner_holds_the_goal_from_each_environments_arrival_token() -> None:
+    model = _model("transformer")
+    horizon = model.horizon
+    diffusion = DiffusionConfig(sampling_steps=2, n_timesteps=10, clip_denoised=None)
+    planner = ForcingPlanner(model, diffusion=diffusion, execute=2, n_history=2, goal_dims=[0, 1])
+    obs, goals = torch.zeros(2, 4), torch.tensor([[0.5, -0.5], [-1.0, 1.0]])
+    history = torch.zeros(2, 2, 6)
+    plan = planner.plan(obs, torch.Generator().manual_seed(0), goals=goals, history=history,
+                        arrival=torch.tensor([1, 3]))
+    assert plan.observations.shape[1] == horizon - 2
+    for env, arrival in enumerate([1, 3]):
+        held = plan.observations[env, arrival:, :2]
+        assert torch.allclose(held, goals[env].expand_as(held), atol=1e-5)
+        assert not torch.allclose(plan.observations[env, arrival - 1, :2], goals[env], atol=1e-3)
+    # Arrivals past the window end at its last token; arrival 0 is the next token (the current one is observed).
+    clamped = planner.plan(obs, torch.Generator().manual_seed(0), goals=goals, history=history,
+                           arrival=torch.tensor([0, 10 * horizon]))
+    assert torch.allclose(clamped.observations[0, 1:, :2], goals[0].expand(horizon - 3, 2), atol=1e-5)
+    assert not torch.allclose(clamped.observations[1, -2, :2], goals[1], atol=1e-3)
+    plain = ForcingPlanner(model, diffusion=diffusion, execute=2, n_history=2)
+    with pytest.raises(ValueError, match="set planner.forcing.inpaint_goal=true"):
+        plain.plan(obs, torch.Generator().manual_seed(0), goals=goals, history=history, arrival=torch.tensor([1, 3]))
+
+
+def test_goal_planner_refuses_per_environment_arrival_tokens() -> None:
+    from diffplan.planning.planner import GoalTokensConditioner, StartConditioner
+
+    model = _model("unet")
+    for conditioner in (StartConditioner(model, torch.zeros(1, model.horizon), goal_dims=[0, 1]),
+                        GoalTokensConditioner(model, torch.zeros(1, model.horizon), [0, 1], [2], 1)):
+        with pytest.raises(ValueError, match="need planner.mode=forcing"):
+            conditioner.condition(torch.zeros(1, 4), torch.zeros(1, 2), None, arrival=torch.tensor([2]))
+
+
+def test_plan_controller_hands_each_replan_the_previous_plans_remaining_tokens() -> None:
+    from diffplan.config import ForcingConfig
+
+    model = _model("transformer")
+    horizon = model.horizon
+    planner = _RecordingForcing(model, diffusion=DiffusionConfig(sampling_steps=2, n_timesteps=10, clip_denoised=None),
+                                execute=2, n_history=2, goal_dims=[0, 1])
+    planner.arrivals, planner.plans = [], []
+    cfg = PlannerConfig(mode="tracker", replan_every=2, tracker=TrackerConfig(tracking="time"),
+                        forcing=ForcingConfig(execute=2, n_history=2, inpaint_goal=True, hold_arrival=True))
+    policy = _forcing_controller(planner, cfg)
+    policy.reset(2)
+    generator = torch.Generator().manual_seed(0)
+    goals = np.array([[0.5, -0.5], [-1.0, 1.0]])
+    obs = np.zeros((2, 4))
+    for step in range(5):  # plans at steps 0, 2 and 4
+        policy.act(step, obs, goals, np.ones(2, dtype=bool), generator)
+    first = np.iinfo(np.int32).max
+    # The first plan arrives at the window's last token (plan token H - 1); each replan 2 tokens later
+    # holds the arrival 2 tokens nearer (time tracking: progress = the plan's age in tokens).
+    assert planner.arrivals == [[first, first], [horizon - 3] * 2, [horizon - 5] * 2]
+    last = planner.plans[-1].observations  # from the current token (window token 2) on
+    assert torch.allclose(last[:, horizon - 5:, :2].double(),
+                          torch.as_tensor(goals)[:, None, :].expand(2, 3, 2), atol=1e-5)

@@ -157,6 +157,9 @@ class PlanController(RecedingHorizonController):
             for; None plans with the planner's own guidance.
         history: record the executed steps and hand each plan its clean history (a planner that
             conditions on history, :class:`~diffplan.planning.forcing.ForcingPlanner`); None: none.
+            With ``cfg.forcing.hold_arrival`` a replan also gets each environment's arrival: the
+            tokens its previous plan still had to go to the goal past the environment's progress
+            along it (pursuit: the tracker's progress; otherwise the plan's age in tokens).
     """
 
     planner: Planner
@@ -191,6 +194,7 @@ class PlanController(RecedingHorizonController):
         self._age: np.ndarray | None = None
         self._progress: np.ndarray | None = None
         self._stalled: np.ndarray | None = None
+        self._arrival: np.ndarray | None = None
 
     def reset(self, n_envs: int) -> None:
         """Forget plans; the next :meth:`act` plans for every environment."""
@@ -198,6 +202,7 @@ class PlanController(RecedingHorizonController):
         super().reset(n_envs)
         self._progress = np.zeros(n_envs, dtype=np.int64)
         self._stalled = np.zeros(n_envs, dtype=np.int64)
+        self._arrival = np.zeros(n_envs, dtype=np.int64)
         if self.history is not None:
             self.history.reset()
 
@@ -226,9 +231,29 @@ class PlanController(RecedingHorizonController):
         if self.history is not None:
             # Lockstep: every due environment is at the same step, so their histories are equally long.
             extra["history"] = self.history.tokens(index, self.planner.model.layout)
+            if self.cfg.forcing.hold_arrival:
+                extra["arrival"] = torch.as_tensor(self._remaining(index))
         if self.strengths is not None:
             extra["strengths"] = self.strengths.select(index)
-        return [(index, self.planner.plan(obs, generator, goals=goal, **extra))]
+        plan = self.planner.plan(obs, generator, goals=goal, **extra)
+        if "arrival" in extra and self._arrival is not None:
+            self._arrival[index] = np.clip(extra["arrival"].numpy(), 1, max(plan.observations.shape[1] - 1, 1))
+        return [(index, plan)]
+
+    def _remaining(self, index: np.ndarray) -> np.ndarray:
+        """(len(index),) tokens each environment's plan still had to go to its arrival token past the
+        environment's progress along it; a large number (the window's last token) before a first plan."""
+        assert self._age is not None and self._arrival is not None
+        first = np.iinfo(np.int32).max
+        if self._states is None:
+            return np.full(len(index), first, dtype=np.int64)
+        if Tracking(self.cfg.tracker.tracking) is Tracking.pursuit and ExecutionMode(self.cfg.mode) is \
+                ExecutionMode.tracker and self._progress is not None:
+            progress = self._progress[index]
+        else:
+            progress = np.clip(self._age[index], 0, None) // self.stride
+        remaining = np.maximum(self._arrival[index] - progress, 0)
+        return np.where(self._age[index] < 0, first, remaining)
 
     def _pursuit_index(self, positions: np.ndarray) -> np.ndarray:
         """(N,) plan index to steer to: ``lookahead`` tokens past the closest plan point

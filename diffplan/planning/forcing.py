@@ -132,20 +132,37 @@ class HistoryConditioner:
         values[:, n_hist, layout.obs] = current.to(self.device, torch.float32)
         return Constraints(mask, values)
 
-    def normalized(self, history: Tensor, current: Tensor, goal: Tensor | None = None) -> Conditioning:
+    def normalized(self, history: Tensor, current: Tensor, goal: Tensor | None = None,
+                   arrival: Tensor | None = None) -> Conditioning:
         """The conditioning of normalized ``history`` (B, h, D) and ``current`` (B, obs_dim), and the
-        normalized ``goal`` (B, obs_dim; only the goal entries are read) when the goal is inpainted."""
+        normalized ``goal`` (B, obs_dim; only the goal entries are read) when the goal is inpainted:
+        at the window's last token, or with ``arrival`` (B,) int at window token ``arrival`` (clamped
+        to the tokens after the current one) and every token after it."""
         n_hist = history.shape[1]
         constraints = self.constraints(history, current)
         if goal is not None and self.goal_dims:
             dims = [self.model.layout.obs.start + d for d in self.goal_dims]
-            constraints.mask[:, self.horizon - 1, dims] = True
-            constraints.values[:, self.horizon - 1, dims] = goal[:, self.goal_dims].to(self.device, torch.float32)
+            token = torch.arange(self.horizon, device=self.device)
+            first = torch.full((history.shape[0],), self.horizon - 1, device=self.device) if arrival is None \
+                else arrival.to(self.device).clamp(min(n_hist + 1, self.horizon - 1), self.horizon - 1)
+            held = (token[None, :] >= first[:, None])[..., None]  # (B, H, 1)
+            goal_values = goal[:, self.goal_dims].to(self.device, torch.float32)[:, None, :]  # (B, 1, G)
+            constraints.mask[..., dims] |= held
+            constraints.values[..., dims] = torch.where(held, goal_values, constraints.values[..., dims])
         return Conditioning(constraints, self.matrix(n_hist), current=n_hist)
 
-    def condition(self, observations: Tensor, goals: Tensor | None, history: Tensor | None) -> Conditioning:
+    def condition(self, observations: Tensor, goals: Tensor | None, history: Tensor | None,
+                  arrival: Tensor | None = None) -> Conditioning:
         """The conditioning of the current ``observations`` (B, obs_dim) after the executed ``history``
-        (B, h, D) (None: no history), raw units."""
+        (B, h, D) (None: no history), raw units; ``arrival`` (B,) int: the goal is inpainted this many
+        tokens after the current one (within the window) and held after it.
+
+        Raises:
+            ValueError: ``arrival`` without goal inpainting (``planner.forcing.inpaint_goal``).
+        """
+        if arrival is not None and not self.goal_dims:
+            raise ValueError("planner.forcing.hold_arrival places the inpainted goal: set "
+                             "planner.forcing.inpaint_goal=true")
         layout, normalizer = self.model.layout, self.model.normalizer
         batch = observations.shape[0]
         if history is None:
@@ -162,7 +179,8 @@ class HistoryConditioner:
             raw_goal = torch.zeros(batch, 1, layout.transition_dim, device=self.device)
             raw_goal[:, 0, [layout.obs.start + d for d in self.goal_dims]] = goals.to(self.device, torch.float32)
             goal = normalizer.normalize(raw_goal)[:, 0, layout.obs]
-        return self.normalized(norm_history, current, goal)
+        return self.normalized(norm_history, current, goal,
+                               arrival=None if arrival is None else arrival.to(self.device) + history.shape[1])
 
 
 class ForcingPlanner(SamplingPlanner):

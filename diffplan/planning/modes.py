@@ -134,6 +134,9 @@ def _forcing(cfg: Config, model: TrainedModel, device: torch.device, strengths: 
             f"planner.mode=forcing runs the plan's own actions, which needs a model trained with task.stride=1; "
             f"{model.path} has stride {stride}: set planner.forcing.track_states=true to follow its states instead"
         )
+    if forcing.hold_arrival and not forcing.inpaint_goal:
+        raise ValueError("planner.forcing.hold_arrival=true places the inpainted goal; set "
+                         "planner.forcing.inpaint_goal=true as well")
     planner = maze_forcing_planner(cfg, model, device)
     mode = ExecutionMode.tracker if forcing.track_states else ExecutionMode.actions
     execution = replace(cfg.planner, mode=mode.value, replan_every=planner.execute * stride)

@@ -179,7 +179,9 @@ class Planner(Protocol):
     with and one call that plans for N environments.
 
     ``plan`` keywords: ``goals`` (N, goal_dim) for goal-reaching planners; ``history`` (N, h, D)
-    the executed transitions, raw units, for planners that condition on history; ``previous``
+    the executed transitions, raw units, for planners that condition on history; ``arrival`` (N,)
+    int, the tokens after the current one by which each plan should reach its goal (planners that
+    hold a plan's arrival, ``planner.forcing.hold_arrival``); ``previous``
     (N, H, D) the environments' previous normalized plans and ``shift`` the steps executed since,
     for planners that warm-start; ``strengths`` a batched sweep's per-environment guidance
     strengths. A planner ignores what its configuration does not use, and refuses what it needs
@@ -191,7 +193,7 @@ class Planner(Protocol):
     def plan(
         self, observations: Tensor, generator: torch.Generator, *, goals: Tensor | None = None,
         history: Tensor | None = None, previous: Tensor | None = None, shift: int = 0,
-        strengths: EnvStrengths | None = None,
+        strengths: EnvStrengths | None = None, arrival: Tensor | None = None,
     ) -> Plan: ...
 
 
@@ -217,9 +219,23 @@ class Conditioning:
 
 
 class Conditioner(Protocol):
-    """Turns a planning call's observations, goals and history (raw units) into :class:`Conditioning`."""
+    """Turns a planning call's observations, goals and history (raw units) into :class:`Conditioning`;
+    ``arrival`` (N,) the tokens after the current one by which to reach the goal, for conditioners
+    that place it per environment (others refuse it)."""
 
-    def condition(self, observations: Tensor, goals: Tensor | None, history: Tensor | None) -> Conditioning: ...
+    def condition(self, observations: Tensor, goals: Tensor | None, history: Tensor | None,
+                  arrival: Tensor | None = None) -> Conditioning: ...
+
+
+def refuse_arrival(arrival: Tensor | None) -> None:
+    """Conditioners that place the goal themselves refuse per-environment arrival tokens.
+
+    Raises:
+        ValueError: ``arrival`` is given.
+    """
+    if arrival is not None:
+        raise ValueError("this planner places the goal itself; per-environment arrival tokens "
+                         "(planner.forcing.hold_arrival) need planner.mode=forcing")
 
 
 class StartConditioner:
@@ -237,7 +253,9 @@ class StartConditioner:
         self.matrix = matrix
         self.goal_dims = goal_dims
 
-    def condition(self, observations: Tensor, goals: Tensor | None, history: Tensor | None) -> Conditioning:
+    def condition(self, observations: Tensor, goals: Tensor | None, history: Tensor | None,
+                  arrival: Tensor | None = None) -> Conditioning:
+        refuse_arrival(arrival)
         if history is not None and history.shape[1]:
             raise ValueError("this planner does not condition on history; use planner.mode=forcing for that")
         if self.goal_dims is None:
@@ -277,7 +295,9 @@ class GoalTokensConditioner:
         self.model, self.matrix, self.goal_dims = model, matrix, list(goal_dims)
         self.goal_tokens, self.per_token = list(goal_tokens), per_token
 
-    def condition(self, observations: Tensor, goals: Tensor | None, history: Tensor | None) -> Conditioning:
+    def condition(self, observations: Tensor, goals: Tensor | None, history: Tensor | None,
+                  arrival: Tensor | None = None) -> Conditioning:
+        refuse_arrival(arrival)
         if goals is None:
             raise ValueError("the goal planner plans to a goal: pass goals (N, goal_dim)")
         if history is not None and history.shape[1]:
@@ -504,7 +524,7 @@ class SamplingPlanner:
     def plan(
         self, observations: Tensor, generator: torch.Generator, *, goals: Tensor | None = None,
         history: Tensor | None = None, previous: Tensor | None = None, shift: int = 0,
-        strengths: EnvStrengths | None = None,
+        strengths: EnvStrengths | None = None, arrival: Tensor | None = None,
     ) -> Plan:
         """Plans for N environments from ``observations`` (N, obs_dim), raw units (see :class:`Planner`)."""
         layout, horizon = self.model.layout, self.horizon
@@ -516,7 +536,7 @@ class SamplingPlanner:
             goals = goals.to(self.device, torch.float32)
         if history is not None:
             history = history.to(self.device, torch.float32)
-        conditioning = self.conditioner.condition(observations, goals, history)
+        conditioning = self.conditioner.condition(observations, goals, history, arrival=arrival)
         x, context = self.sample(conditioning, n, k, generator, goals=goals, previous=previous, shift=shift,
                                  strengths=strengths)
         normalized = x.view(n, k, horizon, layout.transition_dim)
