@@ -163,6 +163,9 @@ class TrainConfig:
     noise_mode: NoiseMode = NoiseMode.full_sequence
     noise_mixture_p: float = 0.5
     schedule_independent_p: float = 0.0
+    # noise_mode=schedule: probability per window of dropping its clean history (its tokens noised to the
+    # last level and predicted), so the planner can guide on the history (planner.forcing.history_guidance).
+    history_dropout: float = 0.0
     level_weighting: LevelWeighting = LevelWeighting.none
     seed: int = 0
     device: str = "auto"
@@ -229,6 +232,9 @@ class ForcingConfig:
     track_states: bool = False
     inpaint_goal: bool = False
     hold_arrival: bool = False
+    # Classifier-free guidance on the history (a model trained with train.history_dropout): 1 = off
+    # (the history-conditioned prediction), > 1 pushes plans towards consistency with the history.
+    history_guidance: float = 1.0
 
 
 @dataclass

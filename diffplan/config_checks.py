@@ -52,6 +52,8 @@ RANGES: dict[str, str] = {
     "train.cond_dropout": "fraction",
     "train.noise_mixture_p": "fraction",
     "train.schedule_independent_p": "fraction",
+    "train.history_dropout": "fraction",
+    "planner.forcing.history_guidance": "non_negative",
     "train.threads": "non_negative",
     "train.max_minutes": "positive_or_null",
     "planner.n_candidates": "positive_int",
@@ -117,6 +119,12 @@ def check_settings(cfg: Config) -> None:
             f"diffusion.sampling_steps={diffusion.sampling_steps} is more than diffusion.n_timesteps="
             f"{diffusion.n_timesteps} (at most one denoising step per noise level); set diffusion.sampling_steps "
             f"<= {diffusion.n_timesteps} or raise diffusion.n_timesteps"
+        )
+    if cfg.train.history_dropout > 0 and str(cfg.train.noise_mode) != "schedule":
+        raise ValueError(
+            f"train.history_dropout={cfg.train.history_dropout} drops the clean history of the forcing planner's "
+            f"patterns, which only train.noise_mode=schedule trains on (got {cfg.train.noise_mode}); set "
+            "train.noise_mode=schedule or train.history_dropout=0"
         )
     tokens = list(cfg.planner.goal_tokens)
     bad = [t for t in tokens if not 1 <= t <= cfg.task.horizon - 1]

@@ -377,3 +377,87 @@ def test_plan_controller_hands_each_replan_the_previous_plans_remaining_tokens()
     last = planner.plans[-1].observations  # from the current token (window token 2) on
     assert torch.allclose(last[:, horizon - 5:, :2].double(),
                           torch.as_tensor(goals)[:, None, :].expand(2, 3, 2), atol=1e-5)
+
+
+# -- history guidance ---------------------------------------------------------------------------------
+def test_history_guidance_contrasts_the_clean_history_with_the_dropped_one() -> None:
+    from diffplan.diffusion.classifier_free import HistoryGuidance
+
+    schedule = NoiseSchedule(10)
+    calls: list[tuple[Tensor, Tensor]] = []
+
+    def model(x: Tensor, levels: Tensor) -> Tensor:
+        calls.append((x, levels))
+        return x.sum(dim=1, keepdim=True).expand_as(x) + levels[..., None]  # every token sees the history
+
+    x, levels = torch.randn(2, 5, 3), torch.full((2, 5), 0.5)
+    levels[:, :2] = 0.0  # two clean history tokens
+    noise = torch.randn(2, 2, 3)
+    cond = model(x, levels)
+    dropped = x.clone()
+    dropped[:, :2] = schedule.add_noise(x[:, :2], noise, torch.full((2, 2), 10))
+    dropped_levels = levels.clone()
+    dropped_levels[:, :2] = 1.0
+    uncond = model(dropped, dropped_levels)
+    calls.clear()
+    assert torch.equal(HistoryGuidance(model, 2, 1.0, schedule, noise)(x, levels), cond)
+    out = HistoryGuidance(model, 2, 3.0, schedule, noise)(x, levels)
+    assert torch.allclose(out, uncond + 3.0 * (cond - uncond), atol=1e-5)
+    assert calls[-1][0].shape == (4, 5, 3) and torch.equal(calls[-1][1][2:, :2], torch.ones(2, 2))
+    with pytest.raises(ValueError, match="needs history tokens"):
+        HistoryGuidance(model, 0, 2.0, schedule, noise[:, :0])
+
+
+def test_history_dropout_noises_only_dropped_windows_history_to_the_last_level() -> None:
+    from diffplan.diffusion.levels import drop_history
+
+    levels = torch.tensor([[0, 0, 3, 5], [0, 2, 4, 6], [0, 0, 0, 7]])
+    history = torch.tensor([2, 1, 3])
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(drop_history(levels, history, 0.0, generator, n_timesteps=10), levels)
+    assert drop_history(levels, history, 1.0, generator, n_timesteps=10).tolist() == [
+        [10, 10, 3, 5], [10, 2, 4, 6], [10, 10, 10, 7]]
+    # Seeded: under seed 0 the windows' uniforms are 0.496, 0.768, 0.088: windows 0 and 2 are dropped at p = 0.5.
+    half = drop_history(levels, history, 0.5, torch.Generator().manual_seed(0), n_timesteps=10)
+    assert half.tolist() == [[10, 10, 3, 5], [0, 2, 4, 6], [10, 10, 10, 7]]
+    with pytest.raises(ValueError, match="train.history_dropout must be in"):
+        drop_history(levels, history, 1.5, generator, n_timesteps=10)
+
+
+def test_history_guided_forcing_mpc_trains_and_evaluates_through_the_commands(tmp_path: Path) -> None:
+    from diffplan.pipeline.collect import run_collect
+    from diffplan.pipeline.evaluate import run_evaluate
+    from diffplan.pipeline.train import run_train
+
+    extra = ["task.horizon=16", "task.stride=2", "train.noise_mode=schedule", "train.history_dropout=0.5",
+             "planner=forcing", "planner.forcing.execute=4", "planner.forcing.n_history=4",
+             "planner.forcing.track_states=true", "planner.forcing.inpaint_goal=true",
+             "planner.forcing.hold_arrival=true", "planner.tracker.tracking=pursuit", "guidance=none",
+             "task.episode_steps=12", "eval.plots=false"]
+    cfg = tiny_config(tmp_path, extra)
+    run_collect(cfg)
+    run_train(cfg)
+    plain = json.loads(run_evaluate(cfg).read_text())
+    guided_cfg = tiny_config(tmp_path, extra + ["planner.forcing.history_guidance=2",
+                                                f"eval.out_dir={tmp_path / 'guided'}"])
+    guided = json.loads(run_evaluate(guided_cfg).read_text())
+    assert guided["n_failed"] == 0 and guided["config"]["planner"]["forcing"]["history_guidance"] == 2.0
+    assert plain["n_failed"] == 0
+    # The trained checkpoint's plans: weight 1 is the unguided planner exactly, weight 2 moves them.
+    from diffplan.planning.forcing import maze_forcing_planner
+    from diffplan.training.checkpoint import load_trained_model
+
+    model = load_trained_model(cfg.eval.checkpoint, device="cpu")
+    assert model.config.train.history_dropout == 0.5
+    obs, goals = torch.zeros(3, 4), torch.ones(3, 2)
+    history = torch.randn(3, 4, 6) * 0.5
+
+    def plan(config: Any) -> Tensor:
+        planner = maze_forcing_planner(config, model, "cpu")
+        return planner.plan(obs, torch.Generator().manual_seed(0), goals=goals, history=history).observations
+
+    one = tiny_config(tmp_path, extra + ["planner.forcing.history_guidance=1"])
+    assert torch.equal(plan(one), plan(cfg))
+    assert not torch.allclose(plan(guided_cfg), plan(cfg), atol=1e-4)
+    with pytest.raises(ValueError, match="train.history_dropout=0.5 drops the clean history"):
+        run_train(tiny_config(tmp_path, ["train.history_dropout=0.5"]))

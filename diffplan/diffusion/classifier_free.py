@@ -21,8 +21,12 @@ Classifier-free guidance is a model input with dropout, not a gradient guide: it
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
+
+from diffplan.diffusion.schedule import NoiseSchedule
 
 
 class ClassifierFreeGuidance:
@@ -71,4 +75,44 @@ class ClassifierFreeGuidance:
         # lerp(uncond, cond, w) = uncond + w (cond - uncond); exact at w = 0 and w = 1.
         if isinstance(self.weight, Tensor):
             return torch.lerp(uncond, cond, self.weight.to(x.device, x.dtype).view(-1, *([1] * (x.dim() - 1))))
+        return torch.lerp(uncond, cond, self.weight)
+
+
+class HistoryGuidance:
+    """Classifier-free guidance on clean history (Diffusion Forcing's history guidance): a denoiser
+    ``(x_t, levels) -> output`` that runs ``model`` once with the window's first ``n_history`` tokens
+    as given (clean history) and once with them dropped (noised to the schedule's last level with the
+    fixed ``noise``, at level 1), and returns ``uncond + w (cond - uncond)``. ``w = 1`` is the
+    history-conditioned prediction (exactly); ``w > 1`` pushes the plan towards consistency with the
+    history. The model should have been trained with history dropped at a rate
+    (``train.history_dropout``), so that it knows the dropped case.
+
+    Args:
+        model: a denoiser called as ``model(x, levels)`` with normalized levels (B, H).
+        n_history: the history tokens at the start of every window, >= 1.
+        weight: w.
+        schedule: the model's noise schedule.
+        noise: (B, n_history, D) the noise the dropped history is drawn with (fixed over the rows).
+    """
+
+    def __init__(self, model: Callable[[Tensor, Tensor], Tensor], n_history: int, weight: float,
+                 schedule: NoiseSchedule, noise: Tensor) -> None:
+        if n_history < 1:
+            raise ValueError(f"history guidance needs history tokens, got n_history={n_history}")
+        if noise.shape[1] != n_history:
+            raise ValueError(f"noise must cover the {n_history} history tokens, got shape {tuple(noise.shape)}")
+        self.model, self.n_history, self.weight = model, n_history, float(weight)
+        self.schedule, self.noise = schedule, noise
+
+    def __call__(self, x: Tensor, levels: Tensor) -> Tensor:
+        """x (B, H, D), levels (B, H) in [0, 1] -> guided output (B, H, D)."""
+        batch, h = x.shape[0], self.n_history
+        if self.noise.shape[0] != batch:
+            raise ValueError(f"noise covers {self.noise.shape[0]} samples but the batch has {batch}")
+        last = torch.full((batch, h), self.schedule.n_timesteps, dtype=torch.long, device=x.device)
+        dropped, dropped_levels = x.clone(), levels.clone()
+        dropped[:, :h] = self.schedule.add_noise(x[:, :h], self.noise.to(x.device, x.dtype), last)
+        dropped_levels[:, :h] = 1.0
+        output = self.model(torch.cat([x, dropped]), torch.cat([levels, dropped_levels]))
+        cond, uncond = output[:batch], output[batch:]
         return torch.lerp(uncond, cond, self.weight)

@@ -148,6 +148,20 @@ def schedule_levels_and_history(
     return levels, history
 
 
+def drop_history(levels: Tensor, history: Tensor, p: float, generator: torch.Generator, *,
+                 n_timesteps: int) -> Tensor:
+    """History dropout (``train.history_dropout``): with probability ``p`` per window, its ``history``
+    (size,) first tokens go from level 0 (clean history) to ``n_timesteps`` (noised to the last level,
+    predicted like the others), so the model also learns the history-free prediction that history
+    guidance contrasts with. Draws ``size`` uniforms.
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"train.history_dropout must be in [0, 1], got {p}")
+    dropped = torch.rand(levels.shape[0], generator=generator) < p
+    in_history = torch.arange(levels.shape[1])[None, :] < history[:, None]
+    return levels.masked_fill(dropped[:, None] & in_history, n_timesteps)
+
+
 def training_levels(
     mode: NoiseMode | str,
     size: int,

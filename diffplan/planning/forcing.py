@@ -28,9 +28,10 @@ import torch
 from torch import Tensor
 
 from diffplan.config import Config, DiffusionConfig, PlannerConfig, timesteps_per_token
+from diffplan.diffusion.classifier_free import HistoryGuidance
 from diffplan.diffusion.guide import Guidance
 from diffplan.diffusion.levels import resolve_history
-from diffplan.diffusion.sampler import Constraints, history_matrix
+from diffplan.diffusion.sampler import Constraints, Denoiser, history_matrix
 from diffplan.enums import NoiseMode
 from diffplan.guidance.build import build_guidance
 from diffplan.guidance.kinds import check_kind_for_suite
@@ -248,6 +249,24 @@ class ForcingPlanner(SamplingPlanner):
         self.history = HistoryConditioner(model, diffusion, horizon, self.n_history, group, self.device,
                                           goal_dims=goal_dims)
         self.conditioner = self.history
+        self.history_guidance = float(self.cfg.forcing.history_guidance)
+        if self.history_guidance != 1.0 and not trained.train.history_dropout:
+            log.warning("planner.forcing.history_guidance=%s guides on the history, but %s was trained without "
+                        "dropping it (train.history_dropout=0): its history-free prediction is untrained",
+                        self.history_guidance, model.path)
+
+    def denoiser(self, conditioning: Conditioning, batch: int, weight: Tensor | None,
+                 generator: torch.Generator) -> Denoiser:
+        """:meth:`SamplingPlanner.denoiser`, with classifier-free guidance on the window's history
+        (:class:`~diffplan.diffusion.classifier_free.HistoryGuidance`, weight
+        ``planner.forcing.history_guidance``) when the window holds history and the weight is not 1."""
+        denoiser = super().denoiser(conditioning, batch, weight, generator)
+        n_hist = conditioning.current
+        if self.history_guidance == 1.0 or n_hist == 0:
+            return denoiser
+        shape = (batch, n_hist, self.model.layout.transition_dim)
+        noise = torch.randn(shape, generator=generator, device=generator.device).to(self.device)
+        return HistoryGuidance(denoiser, n_hist, self.history_guidance, self.model.schedule, noise)
 
     @torch.no_grad()
     def plan_normalized(self, history: Tensor, current: Tensor, generator: torch.Generator, *,

@@ -480,6 +480,12 @@ class SamplingPlanner:
             return GuideContext(self.model.schedule.n_timesteps)
         return GuideContext(self.model.schedule.n_timesteps, goals.repeat_interleave(batch // goals.shape[0], dim=0))
 
+    def denoiser(self, conditioning: Conditioning, batch: int, weight: Tensor | None,
+                 generator: torch.Generator) -> Denoiser:
+        """The denoiser of one planning call of ``batch`` samples (:func:`planning_denoiser`); planners
+        that guide on their conditioning wrap it (drawing from ``generator`` only when they do)."""
+        return planning_denoiser(self.model, self.cfg, batch, self.device, weight)
+
     def sample(
         self, conditioning: Conditioning, n: int, k: int, generator: torch.Generator, *,
         goals: Tensor | None = None, previous: Tensor | None = None, shift: int = 0,
@@ -504,7 +510,7 @@ class SamplingPlanner:
         if guidance is not None:
             guidance = guidance.with_context(context)
         x = self.sampler.sample(
-            planning_denoiser(self.model, self.cfg, n * k, self.device, weight),
+            self.denoiser(conditioning, n * k, weight, generator),
             (n * k, self.horizon, self.model.layout.transition_dim),
             matrix,
             constraints=constraints,

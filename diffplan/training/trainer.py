@@ -36,6 +36,7 @@ from diffplan.data.windows import TrajectoryBatch, WindowSampler
 from diffplan.diffusion.conditioning import conditioning_mask
 from diffplan.diffusion.levels import (
     check_mixture_p,
+    drop_history,
     planner_history_lengths,
     planner_level_patterns,
     resolve_history,
@@ -271,6 +272,9 @@ class Trainer(TrainingLoop):
                 size, patterns, lengths, self.generator, n_timesteps=self.schedule.n_timesteps,
                 independent_p=tc.schedule_independent_p,
             )
+            if tc.history_dropout > 0:
+                levels = drop_history(levels, history, tc.history_dropout, self.generator,
+                                      n_timesteps=self.schedule.n_timesteps)
             batch = batch._replace(valid=batch.valid & (levels > 0))
             condition_mask = current_state_mask(self.condition_mask, history, self.layout, tc.condition_start)
         noise = torch.randn(batch.x.shape, generator=self.generator)
