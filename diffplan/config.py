@@ -285,6 +285,9 @@ class EvalConfig:
     # Write episodes.npz next to results.json: every episode's executed observations (and, on the
     # mazes, its plans), for diffplan-report's path plots and renders (diffplan.evaluation.episodes).
     save_episodes: bool = False
+    # diffplan-report's name for this evaluation's cell (null: its guidance kind and strength), so
+    # evaluations of other models or planners at the same guidance are reported side by side.
+    label: str | None = None
 
 
 @dataclass

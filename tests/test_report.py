@@ -251,6 +251,10 @@ def test_cell_derivation(base_config: dict[str, Any]) -> None:
     assert derive_cell(data).label == "classifier_free=1.5"
     del cfg["planner"]["guidance_weight"]
     cfg["planner"]["return_guidance"] = old_planner
+    cfg["eval"]["label"] = "schedule / MPC"  # eval.label names the cell, kind and strength unchanged
+    assert (derive_cell(data).kind, derive_cell(data).strength, derive_cell(data).label) == (
+        "none", 0.0, "schedule / MPC")
+    cfg["eval"]["label"] = None
     cfg["eval"]["controller"] = "bc"
     assert derive_cell(data).label == "bc"
     data["cell"] = {"task": "hopper-medium", "kind": "value", "strength": 0.5}

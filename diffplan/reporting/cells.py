@@ -202,7 +202,9 @@ def derive_cell(data: EvaluationRecord | Mapping[str, Any], path: Path | str = "
       (``guidance.policy_scale`` for ``policy``; ``guidance.scale`` for kinds not registered in
       this process), ``planner.return_guidance.weight`` for ``classifier_free``, 0 for ``none`` (``value_policy``'s
       label also names its policy scale);
-    - ``guidance.mc_samples`` > 1 (Monte Carlo guidance) makes the kind ``<kind>+mc<N>``.
+    - ``guidance.mc_samples`` > 1 (Monte Carlo guidance) makes the kind ``<kind>+mc<N>``;
+    - ``eval.label``, when set, is the label (kind and strength as above), so evaluations of other
+      models or planners at the same guidance are separate cells.
 
     Raises:
         ResultsError: a missing ``task``/``config`` or a malformed ``cell``, naming the file and key.
@@ -226,6 +228,15 @@ def derive_cell(data: EvaluationRecord | Mapping[str, Any], path: Path | str = "
 
 def _cell_id(task: str, cell: CellRecord | None, config: Mapping[str, Any], trained_config: Mapping[str, Any],
              path: Path | str) -> CellId:
+    identity = _guidance_cell_id(task, cell, config, trained_config, path)
+    label = (config.get("eval") or {}).get("label") if cell is None else None
+    if label:  # eval.label names the cell
+        return CellId(identity.task, identity.kind, identity.strength, str(label))
+    return identity
+
+
+def _guidance_cell_id(task: str, cell: CellRecord | None, config: Mapping[str, Any],
+                      trained_config: Mapping[str, Any], path: Path | str) -> CellId:
     if cell is not None:
         label = cell.label or f"{cell.kind}={_format_strength(float(cell.strength))}"
         return CellId(cell.task or task, cell.kind, float(cell.strength), label)
