@@ -14,6 +14,13 @@ Evaluation: a tiny planner (4 training steps on a 600-step dataset collected her
 each backend in turns; the per-episode returns of the two backends must be identical.
 
     python scripts/benchmark_physics.py --out results/benchmarks/physics-cpu.json
+
+With Hydra overrides after ``--`` only the evaluation of that configuration (a trained checkpoint, its
+dataset, seeds and episodes) is timed on each backend, in turns, e.g. the umaze demo's held-out
+evaluation:
+
+    python scripts/benchmark_physics.py --eval-repeats 3 --out results/benchmarks/physics-eval-umaze-demo.json \
+        -- --config-name demo run_dir=runs/demo 'eval.seeds=[4,5,6]'
 """
 
 from __future__ import annotations
@@ -195,11 +202,12 @@ def tiny_locomotion_run(folder: Path, task: str) -> list[str]:
     return overrides
 
 
-def measure_evaluation(overrides: list[str], folder: Path, task: str, *, repeats: int) -> dict[str, Any]:
+def measure_evaluation(overrides: list[str], folder: Path, task: str, *, repeats: int,
+                       config_name: str = "config") -> dict[str, Any]:
     """Wall time of the evaluation of ``overrides`` on each backend, in turns; returns must agree."""
     setups = {}
     for physics in ("gymnasium", "mujoco"):
-        cfg = preflight("config", [*overrides, f"eval.physics={physics}", f"eval.out_dir={folder / physics}"])
+        cfg = preflight(config_name, [*overrides, f"eval.physics={physics}", f"eval.out_dir={folder / physics}"])
         setups[physics] = (cfg, prepare_evaluation(cfg))
     walls: dict[str, list[float]] = {name: [] for name in setups}
     plans: dict[str, list[float]] = {name: [] for name in setups}
@@ -219,7 +227,7 @@ def measure_evaluation(overrides: list[str], folder: Path, task: str, *, repeats
                       "plan_s": round(statistics.median(plans[physics]), 3),
                       "rest_s": round(statistics.median(w) - statistics.median(plans[physics]), 3)}
             for physics, w in walls.items()}
-    return {"task": task, "episodes": len(lengths), "n_envs": 16, "env_steps": int(sum(lengths)),
+    return {"task": task, "episodes": len(lengths), "n_envs": int(cfg.eval.n_envs), "env_steps": int(sum(lengths)),
             "mean_episode_length": float(np.mean(lengths)), "repeats": repeats, "returns_identical": True,
             "rows": rows, "speedup_wall": round(rows["gymnasium"]["wall_s"] / rows["mujoco"]["wall_s"], 2),
             "load_average": {"start": load_start, "end": load()}, "other_processes_cores": other.cores}
@@ -243,6 +251,9 @@ def main() -> None:
                         help="measure a case again while other processes kept more cores than this busy")
     parser.add_argument("--attempts", type=int, default=4)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("overrides", nargs="*",
+                        help="Hydra overrides (after --; a first --config-name NAME picks the primary config): "
+                             "time only this evaluation on each backend")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     result: dict[str, Any] = {
@@ -258,7 +269,22 @@ def main() -> None:
                  "quietest attempt kept (attempts_other_processes_cores)",
         "stepping": [], "evaluation": [],
     }
-    for task in TASKS.values():
+    if args.overrides:
+        result["command"] += " -- " + " ".join(args.overrides)
+        name, overrides = "config", list(args.overrides)
+        if overrides[0] == "--config-name":
+            name, overrides = overrides[1], overrides[2:]
+        with tempfile.TemporaryDirectory() as tmp:
+            task = str(preflight(name, overrides).task.name)
+            measure = functools.partial(measure_evaluation, overrides, Path(tmp), task, repeats=args.eval_repeats,
+                                        config_name=name)
+            found = quietest(measure, quiet=args.quiet, attempts=args.attempts)
+        result["evaluation"].append(found)
+        print(f"{task}: {found['env_steps']} env steps, " + ", ".join(
+            f"{p} {r['wall_s']} s (plans {r['plan_s']} s)" for p, r in found["rows"].items())
+            + f", x{found['speedup_wall']}, other processes {found['other_processes_cores']} cores")
+        args.n_envs = []
+    for task in TASKS.values() if args.n_envs else []:
         for n in args.n_envs:
             measure = functools.partial(measure_stepping, task, n, env_steps=args.env_steps, repeats=args.repeats)
             found = quietest(measure, quiet=args.quiet, attempts=args.attempts)
@@ -268,7 +294,7 @@ def main() -> None:
                       f"({row['min']} .. {row['max']}) x{row['speedup_vs_gymnasium']}")
             print(f"  load {found['load_average']}, other processes {found['other_processes_cores']} cores")
     with tempfile.TemporaryDirectory() as tmp:
-        for task in ("hopper-medium", "halfcheetah-medium"):
+        for task in ("hopper-medium", "halfcheetah-medium") if not args.overrides else ():
             overrides = tiny_locomotion_run(Path(tmp) / task, task)
             measure = functools.partial(measure_evaluation, overrides, Path(tmp) / task, task,
                                         repeats=args.eval_repeats)
