@@ -276,6 +276,8 @@ class EvalConfig:
     out_dir: str = "${run_dir}/eval"
     use_ema: bool = True
     device: str = "auto"
+    # torch's intra-op threads while evaluating (0 leaves torch's default, one per core).
+    threads: int = 0
     plots: bool = True
     progress: bool = True
     # What steps the environments: gymnasium (N Gymnasium envs, the reference), mujoco (N raw

@@ -60,6 +60,7 @@ RANGES: dict[str, str] = {
     "planner.tracker.lookahead": "non_negative",
     "planner.jump_ratio": "positive",
     "run.threads": "non_negative",
+    "eval.threads": "non_negative",
     "planner.replan_every": "non_negative",
     "planner.tracker.replan_on_stall": "non_negative",
     "planner.forcing.execute": "positive_int",

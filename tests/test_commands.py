@@ -133,3 +133,21 @@ def test_bc_policy_on_a_maze_is_refused(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path, ["eval.controller=bc"])
     with pytest.raises(ValueError, match="eval.controller=bc is for locomotion tasks"):
         run_evaluate(cfg)
+
+
+def test_evaluation_runs_on_the_threads_it_is_given(tmp_path: Path) -> None:
+    """run.threads (eval.threads) holds for the evaluation too: beside another job on the same cores a
+    2-thread OpenMP pool spins at every barrier, and a plan took 100 times longer."""
+    cfg = tiny_config(tmp_path, ["run.threads=1"])
+    assert cfg.eval.threads == 1
+    run_collect(cfg)
+    run_train(cfg)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        run_evaluate(cfg)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="eval.threads=-1 is out of range"):
+        run_evaluate(tiny_config(tmp_path, ["eval.threads=-1"]))

@@ -30,7 +30,7 @@ from diffplan.planning.modes import build_controller, planner_spec
 from diffplan.reporting.maze_plot import plot_maze_paths
 from diffplan.tasks import is_locomotion, load_task_episodes
 from diffplan.training.checkpoint import TrainedModel, load_trained_model
-from diffplan.utils import ensure_writable_folder, file_sha256, select_device
+from diffplan.utils import ensure_writable_folder, file_sha256, select_device, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ def evaluate_config(
     if out_dir is not None:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, out_dir=str(out_dir)))
     check_evaluation(cfg)
+    set_threads(cfg.eval.threads)
     setup = prepare_evaluation(cfg)
     output = run_episodes(cfg, setup)
     return write_evaluation(cfg, setup, output, extra=extra, refuse_all_failed=refuse_all_failed)
