@@ -142,6 +142,7 @@ EXPERIMENTS = {
     "demo": ("pointmaze-umaze", 64, 2, "unet", 16, [1, 2, 4], 4000, "tracker", "runs/demo"),
     "umaze-ref": ("pointmaze-umaze", 64, 2, "unet", 16, [1, 2, 4], 6000, "tracker", "runs/umaze-ref"),
     "medium-ref": ("pointmaze-medium", 64, 4, "unet", 16, [1, 2, 4], 10000, "tracker", "runs/medium-ref"),
+    "medium-forcing": ("pointmaze-medium", 64, 4, "unet", 16, [1, 2, 4], 10000, "forcing", "runs/medium-forcing"),
     "large-ref": ("pointmaze-large", 96, 4, "unet", 16, [1, 2, 4], 30000, "tracker", "runs/large-ref"),
     "medium-df": ("pointmaze-medium", 256, 1, "transformer", 32, [1, 4, 8], 10000, "forcing", "runs/medium-df"),
     "large-df": ("pointmaze-large", 384, 1, "transformer", 32, [1, 4, 8], 10000, "forcing", "runs/large-df"),
