@@ -60,3 +60,17 @@ def goal_constraints(
         raw[:, horizon - 1, [layout.obs.start + d for d in dims]] = goals.float()
     mask = conditioning_mask(layout, horizon, start=True, goal_dims=dims).to(observations.device)
     return Constraints(mask.expand(batch, -1, -1), normalizer.normalize(raw))
+
+
+def hold_goal(constraints: Constraints, first: Tensor, channels: Sequence[int], goals: Tensor) -> Constraints:
+    """``constraints`` (B, H, D) with the goal's ``channels`` inpainted with ``goals`` (B, len(channels)),
+    normalized, at token ``first`` (B,) int of each sample and every token after it: the plan arrives
+    by that token and stays. Returns new tensors; ``constraints`` is not changed."""
+    horizon = constraints.mask.shape[1]
+    channels = list(channels)
+    token = torch.arange(horizon, device=constraints.mask.device)
+    held = (token[None, :] >= first.to(token.device)[:, None])[..., None]  # (B, H, 1)
+    mask, values = constraints.mask.clone(), constraints.values.clone()
+    mask[..., channels] |= held
+    values[..., channels] = torch.where(held, goals.to(values)[:, None, :], values[..., channels])
+    return Constraints(mask, values)

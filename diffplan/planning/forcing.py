@@ -29,6 +29,7 @@ from torch import Tensor
 
 from diffplan.config import Config, DiffusionConfig, PlannerConfig, timesteps_per_token
 from diffplan.diffusion.classifier_free import HistoryGuidance
+from diffplan.diffusion.conditioning import hold_goal
 from diffplan.diffusion.guide import Guidance
 from diffplan.diffusion.levels import resolve_history
 from diffplan.diffusion.sampler import Constraints, Denoiser, history_matrix
@@ -142,14 +143,10 @@ class HistoryConditioner:
         n_hist = history.shape[1]
         constraints = self.constraints(history, current)
         if goal is not None and self.goal_dims:
-            dims = [self.model.layout.obs.start + d for d in self.goal_dims]
-            token = torch.arange(self.horizon, device=self.device)
             first = torch.full((history.shape[0],), self.horizon - 1, device=self.device) if arrival is None \
                 else arrival.to(self.device).clamp(min(n_hist + 1, self.horizon - 1), self.horizon - 1)
-            held = (token[None, :] >= first[:, None])[..., None]  # (B, H, 1)
-            goal_values = goal[:, self.goal_dims].to(self.device, torch.float32)[:, None, :]  # (B, 1, G)
-            constraints.mask[..., dims] |= held
-            constraints.values[..., dims] = torch.where(held, goal_values, constraints.values[..., dims])
+            constraints = hold_goal(constraints, first, [self.model.layout.obs.start + d for d in self.goal_dims],
+                                    goal[:, self.goal_dims])
         return Conditioning(constraints, self.matrix(n_hist), current=n_hist)
 
     def condition(self, observations: Tensor, goals: Tensor | None, history: Tensor | None,

@@ -33,7 +33,7 @@ from torch import Tensor
 from diffplan.acceleration import compile_module
 from diffplan.config import DiffusionConfig, GuidanceConfig, PlannerConfig
 from diffplan.diffusion.classifier_free import ClassifierFreeGuidance
-from diffplan.diffusion.conditioning import Constraints, goal_constraints
+from diffplan.diffusion.conditioning import Constraints, goal_constraints, hold_goal
 from diffplan.diffusion.guide import Guide, GuideContext
 from diffplan.diffusion.sampler import Denoiser, Sampler, check_clip, make_sampler
 from diffplan.diffusion.warm_start import warm_start
@@ -304,18 +304,12 @@ class GoalTokensConditioner:
             raise ValueError("this planner does not condition on history; use planner.mode=forcing for that")
         layout, horizon = self.model.layout, self.model.horizon
         base = goal_constraints(layout, self.model.normalizer, horizon, observations, goals, self.goal_dims)
-        n, groups = observations.shape[0], len(self.goal_tokens)
-        mask = base.mask.repeat_interleave(groups * self.per_token, dim=0).clone()
-        values = base.values.repeat_interleave(groups * self.per_token, dim=0).clone()
+        repeats = len(self.goal_tokens) * self.per_token  # an environment's rows: arrival tokens, then candidates
         channels = [layout.obs.start + d for d in self.goal_dims]
-        goal_values = base.values[:, horizon - 1, channels]  # (N, G) normalized
-        for g, token in enumerate(self.goal_tokens):
-            rows = (torch.arange(n, device=mask.device)[:, None] * groups * self.per_token
-                    + g * self.per_token + torch.arange(self.per_token, device=mask.device)[None, :]).reshape(-1)
-            for c, channel in enumerate(channels):
-                mask[rows, token:, channel] = True
-                values[rows, token:, channel] = goal_values.repeat_interleave(self.per_token, dim=0)[:, c, None]
-        return Conditioning(Constraints(mask, values), self.matrix, per_candidate=True)
+        first = torch.tensor(self.goal_tokens, device=base.mask.device).repeat_interleave(self.per_token)
+        held = hold_goal(base.repeat_interleave(repeats), first.repeat(observations.shape[0]), channels,
+                         base.values[:, horizon - 1, channels].repeat_interleave(repeats, dim=0))
+        return Conditioning(held, self.matrix, per_candidate=True)
 
 
 class CandidateSelector(Protocol):
