@@ -61,6 +61,12 @@ from errors_helpers import Command, digest, one_line, subprocess_command
         ("train", "train.schedule_independent_p=1.5", ("train.schedule_independent_p=1.5 is out of range",
                                                        "in [0, 1]")),
         ("evaluate", "task.suite=nope", ("task.suite=nope", "expected one of [maze, locomotion]")),
+        ("train", "train.history_dropout=0.2", ("train.history_dropout=0.2 drops the clean history",
+                                                "set train.noise_mode=schedule or train.history_dropout=0")),
+        ("train", "train.history_dropout=1.5", ("train.history_dropout=1.5 is out of range", "in [0, 1]")),
+        ("evaluate", "planner.forcing.history_guidance=-1", ("planner.forcing.history_guidance=-1.0 is out of range",
+                                                             ">= 0")),
+        ("evaluate", "eval.threads=-1", ("eval.threads=-1 is out of range", ">= 0")),
     ],
 )
 def test_bad_overrides_give_one_line_before_anything_runs(
