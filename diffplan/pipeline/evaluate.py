@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffplan.config import Config, to_container
+from diffplan.config import Config, ForcingConfig, to_container
 from diffplan.controllers import Controller
 from diffplan.data.identity import check_same_dataset, dataset_record
 from diffplan.data.layout import TrajectoryLayout
@@ -120,6 +120,7 @@ def check_evaluation(cfg: Config) -> None:
         )
     if EvalController(cfg.eval.controller) is EvalController.planner:  # an unknown mode fails here, before loading
         planner_spec(cfg.planner.mode, "locomotion" if is_locomotion(cfg.task) else "maze")
+        _warn_unused_forcing(cfg)
     if Physics(cfg.eval.physics) is Physics.mujoco:
         from diffplan_envs.mujoco_batch import require_mujoco_batch
 
@@ -135,6 +136,20 @@ def check_evaluation(cfg: Config) -> None:
         check_target_policy(cfg.guidance.policy, vecnormalize=cfg.guidance.policy_vecnormalize,
                             trust_pickle=cfg.guidance.trust_pickle)
     ensure_writable_folder(cfg.eval.out_dir, "eval.out_dir")
+
+
+def _warn_unused_forcing(cfg: Config) -> None:
+    """One warning naming the ``planner.forcing.*`` settings that differ from their defaults while
+    ``planner.mode`` is not ``forcing`` (only the forcing planner reads them while evaluating)."""
+    if cfg.planner.mode == "forcing":
+        return
+    defaults = dataclasses.asdict(ForcingConfig())
+    given = dataclasses.asdict(cfg.planner.forcing)
+    changed = [f"planner.forcing.{key}={str(given[key]).lower() if isinstance(given[key], bool) else given[key]}"
+               for key in defaults if given[key] != defaults[key]]
+    if changed:
+        log.warning("%s ignored: only planner.mode=forcing reads planner.forcing.* (planner.mode=%s)",
+                    ", ".join(changed), cfg.planner.mode)
 
 
 def prepare_evaluation(cfg: Config, strengths: EnvStrengths | None = None) -> EvaluationSetup:
