@@ -282,7 +282,8 @@ class EvalConfig:
     progress: bool = True
     # What steps the environments: gymnasium (N Gymnasium envs, the reference), mujoco (N raw
     # MuJoCo simulations in one batch, MuJoCo >= 4: the same episodes bit for bit, faster) or mjx
-    # (the batch on MJX, MuJoCo's JAX backend, in float64 on JAX's device; the mjx extra).
+    # (the batch on MJX, MuJoCo's JAX backend, in float64 on JAX's device; the mjx extra) or warp (MuJoCo
+    # Warp in float32 on Warp's device; the warp extra).
     physics: Physics = Physics.gymnasium
     # Write episodes.npz next to results.json: every episode's executed observations (and, on the
     # mazes, its plans), for diffplan-report's path plots and renders (diffplan.evaluation.episodes).

@@ -100,12 +100,14 @@ class Physics(StrEnum):
     N raw MuJoCo simulations in one batch (``diffplan_envs.mujoco_batch``, MuJoCo >= 4), which
     gives the same observations, rewards and episodes bit for bit, faster, or the same task rules
     with MJX, MuJoCo's JAX backend, stepping the batch in float64 on JAX's device
-    (``diffplan_envs.mjx_batch``, the ``mjx`` extra): agreement within stated tolerances
+    (``diffplan_envs.mjx_batch``, the ``mjx`` extra), or with MuJoCo Warp in float32 on Warp's device
+    (``diffplan_envs.warp_batch``, the ``warp`` extra): agreement within stated tolerances
     (docs/COMMANDS.md, "Physics backends")."""
 
     gymnasium = "gymnasium"
     mujoco = "mujoco"
     mjx = "mjx"
+    warp = "warp"
 
 class OfflineAlgo(StrEnum):
     """Offline RL algorithm of ``diffplan-train-offline``."""

@@ -8,6 +8,7 @@ users need live in extras (``pip install "diffplan[<extra>]"``):
 - ``minari``: Minari datasets by id or folder;
 - ``launchers``: Hydra's joblib and SLURM (submitit) launchers for ``diffplan-sweep``;
 - ``mjx``: MuJoCo's JAX backend (mujoco-mjx, jax) for ``eval.physics=mjx``;
+- ``warp``: MuJoCo Warp (mujoco-warp, warp-lang) for ``eval.physics=warp``;
 - ``test``: the test suite and linters.
 """
 
@@ -24,6 +25,8 @@ EXTRA_OF = {
     "hydra_plugins.hydra_submitit_launcher": "launchers",
     "jax": "mjx",
     "mujoco.mjx": "mjx",
+    "warp": "warp",
+    "mujoco_warp": "warp",
 }
 
 

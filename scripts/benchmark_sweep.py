@@ -7,6 +7,13 @@ cell. The checkpoint (``eval.checkpoint``) and dataset must exist.
 
     python scripts/benchmark_sweep.py --out results/benchmarks/sweep-umaze -- \\
         +experiment=umaze-ref guidance=goal sweep=maze-goal eval.n_episodes=10
+
+With ``--physics gymnasium mujoco`` the same sweep (batched, or sequential with ``--sequential``) runs
+once per physics backend instead (``eval.physics``), in that order, into ``<out>/<backend>``, and the
+per-cell scores of the backends must be identical (the backends step the same episodes):
+
+    python scripts/benchmark_sweep.py --physics gymnasium mujoco --out runs/benchmarks/sweep-umaze-physics -- \\
+        +experiment=umaze-ref guidance=goal sweep=umaze-report
 """
 
 from __future__ import annotations
@@ -32,10 +39,10 @@ def compose_config(overrides: list[str]) -> Any:
         return as_config(compose("config", overrides=overrides))
 
 
-def run_mode(overrides: list[str], out: Path, batched: bool) -> dict[str, Any]:
+def run_mode(overrides: list[str], out: Path, batched: bool, folder: Path | None = None) -> dict[str, Any]:
     from diffplan.sweep.runner import run_sweep
 
-    folder = out / ("batched" if batched else "sequential")
+    folder = folder or out / ("batched" if batched else "sequential")
     if folder.exists():
         shutil.rmtree(folder)
     cfg = compose_config([*overrides, f"sweep.out_dir={folder}", f"sweep.batched={str(batched).lower()}",
@@ -61,12 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/sweep"),
                         help="folder for both sweeps and benchmark.json")
+    parser.add_argument("--physics", nargs="+", default=None,
+                        help="time the sweep once per eval.physics backend instead of sequential vs batched")
+    parser.add_argument("--sequential", action="store_true", help="with --physics: run the sweeps sequentially")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the sweep (after --)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     logging.getLogger("diffplan").setLevel(logging.INFO)
     from diffplan.utils import hardware_info
 
+    if args.physics:
+        return compare_physics(args.physics, args.overrides, args.out, batched=not args.sequential,
+                               hardware=hardware_info())
     sequential = run_mode(args.overrides, args.out, batched=False)
     batched = run_mode(args.overrides, args.out, batched=True)
     report = {
@@ -85,6 +98,35 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sequential {sequential['wall_time_s']:.1f} s, batched {batched['wall_time_s']:.1f} s, "
           f"speedup {report['speedup']:.2f}x -> {path}")
     return 0
+
+
+def compare_physics(backends: list[str], overrides: list[str], out: Path, *, batched: bool,
+                    hardware: dict[str, Any]) -> int:
+    """Run the sweep once per physics backend; write ``<out>/benchmark.json``; 1 if the scores differ."""
+    rows = {backend: run_mode([*overrides, f"eval.physics={backend}"], out, batched, folder=out / backend)
+            for backend in backends}
+    scores = {backend: {cell: row["normalized_score"] for cell, row in rows[backend]["cells"].items()}
+              for backend in backends}
+    identical = all(scores[backend] == scores[backends[0]] for backend in backends)
+    first = rows[backends[0]]["wall_time_s"]
+    report = {
+        "command": f"python scripts/benchmark_sweep.py --physics {' '.join(backends)}"
+                   f"{'' if batched else ' --sequential'} --out {out} -- {' '.join(overrides)}",
+        "overrides": overrides,
+        "batched": batched,
+        "physics": rows,
+        "scores_identical": identical,
+        "speedup_vs_first": {backend: first / rows[backend]["wall_time_s"] for backend in backends},
+        "hardware": hardware,
+        "note": "wall_time_s covers the whole sweep (model loading and result writing included), one backend "
+                "after the other in the order given",
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "benchmark.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(", ".join(f"{backend} {rows[backend]['wall_time_s']:.1f} s" for backend in backends)
+          + f"; scores identical: {identical} -> {path}")
+    return 0 if identical else 1
 
 
 if __name__ == "__main__":

@@ -101,7 +101,8 @@ def check_evaluation(cfg: Config) -> None:
             ``task.episode_steps`` < 1; a policy guidance whose ``guidance.policy`` is malformed,
             missing or a pickle without ``guidance.trust_pickle``; ``eval.physics=mujoco`` without
             mujoco>=4.
-        MissingExtraError: ``eval.physics=mjx`` without the ``mjx`` extra (jax, mujoco-mjx).
+        MissingExtraError: ``eval.physics=mjx`` without the ``mjx`` extra (jax, mujoco-mjx), or
+            ``eval.physics=warp`` without the ``warp`` extra (mujoco-warp, warp-lang).
         OSError: ``eval.out_dir`` cannot be created or written (a file in the way, a read-only
             folder, a full disk; :func:`~diffplan.utils.ensure_writable_folder`).
     """
@@ -129,6 +130,10 @@ def check_evaluation(cfg: Config) -> None:
         from diffplan_envs.mjx_batch import require_mjx
 
         require_mjx()
+    if Physics(cfg.eval.physics) is Physics.warp:
+        from diffplan_envs.warp_batch import require_warp
+
+        require_warp()
     spec = guidance_kind(cfg.guidance.kind)  # an unknown kind fails here, before anything loads
     if spec is not None and spec.needs_policy and cfg.guidance.policy:
         from diffplan.policies.loading import check_target_policy

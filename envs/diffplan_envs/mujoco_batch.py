@@ -46,9 +46,10 @@ from diffplan_envs.maze import (
     make_maze_env,
 )
 
-#: The physics backends of the evaluator's batches: Gymnasium envs (the reference), raw MuJoCo, or
-#: MJX (MuJoCo's JAX backend, the ``mjx`` extra: diffplan_envs.mjx_batch).
-PHYSICS_BACKENDS: tuple[str, ...] = ("gymnasium", "mujoco", "mjx")
+#: The physics backends of the evaluator's batches: Gymnasium envs (the reference), raw MuJoCo, MJX
+#: (MuJoCo's JAX backend, the ``mjx`` extra: diffplan_envs.mjx_batch) or MuJoCo Warp (the ``warp``
+#: extra: diffplan_envs.warp_batch).
+PHYSICS_BACKENDS: tuple[str, ...] = ("gymnasium", "mujoco", "mjx", "warp")
 
 
 def check_physics(physics: str) -> str:
@@ -144,14 +145,18 @@ class _Simulations:
 
 
 def simulations(physics: str, model: mujoco.MjModel, n: int, threads: int, per_thread: int) -> Simulations:
-    """``n`` simulations of ``model`` on the ``physics`` backend (``mujoco`` or ``mjx``); ``threads``
-    and ``per_thread`` for ``mujoco`` (MJX runs on its JAX device)."""
+    """``n`` simulations of ``model`` on the ``physics`` backend (``mujoco``, ``mjx`` or ``warp``);
+    ``threads`` and ``per_thread`` for ``mujoco`` (MJX runs on its JAX device, MuJoCo Warp on Warp's)."""
     if check_physics(physics) == "mjx":
         from diffplan_envs.mjx_batch import MjxSimulations
 
         return MjxSimulations(model, n)
+    if physics == "warp":
+        from diffplan_envs.warp_batch import WarpSimulations
+
+        return WarpSimulations(model, n)
     if physics != "mujoco":
-        raise ValueError(f"physics={physics!r} steps Gymnasium envs, not simulations; use 'mujoco' or 'mjx'")
+        raise ValueError(f"physics={physics!r} steps Gymnasium envs, not simulations; use 'mujoco', 'mjx' or 'warp'")
     return _Simulations(model, n, threads, per_thread)
 
 

@@ -1,0 +1,158 @@
+"""eval.physics=warp against the reference, eval.physics=gymnasium: the batches of
+diffplan_envs.mujoco_batch stepped by MuJoCo Warp (diffplan_envs.warp_batch) in float32 on Warp's
+device (the CPU here) from the same reset seeds and actions as the Gymnasium envs.
+
+What is compared, and how closely (absolute tolerances; MuJoCo Warp computes in float32, so one step
+differs from MuJoCo's float64 one by ~1e-6 in positions and up to ~5e-4 in HalfCheetah's large joint
+velocities, and a free run grows that as any chaotic system does: the largest differences measured
+here are in docs/COMMANDS.md, "Physics backends"):
+
+- PointMaze umaze, medium and large, per step: 1,000 transitions of a Gymnasium env pushed into walls,
+  replayed from its states: next observations within 1e-4. Free-running: 3 envs for 300 steps with a
+  pull towards the goal: observations within 1e-3, rewards, successes, truncations and goals equal.
+- Hopper, Walker2d, HalfCheetah, per step: 1,000 real transitions replayed from the Gymnasium env's
+  states: next observations within 1e-3, rewards within 1e-4, terminations equal. Free-running: 3 envs
+  from the same seeds until every episode ended (HalfCheetah runs its 1,000 steps): observations within
+  1e-3, rewards within 1e-3, terminations and truncations equal; and 40-step episodes with falls and
+  time limits under random actions over the whole box (joint velocities up to ~10, so within 1e-2;
+  HalfCheetah, which does not fall, with a tenth of the box: over the whole box its free run parts
+  from the reference by ~1e-2 within 20 steps).
+- diffplan-evaluate on a tiny umaze run: the same episodes (seeds, lengths, successes) on either
+  backend, returns within 1e-9.
+
+Warp compiles MuJoCo Warp's kernels once (about half a minute on these cores) into its kernel cache;
+later processes load them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from diffplan_envs.dynamics import random_transitions, replay_transitions
+from diffplan_envs.locomotion import ROBOTS, LocomotionBatch, LocomotionTask
+from diffplan_envs.maze import MazeBatch, get_maze_task, make_maze_env
+from diffplan_envs.mujoco_batch import MujocoLocomotionBatch, MujocoMazeBatch, locomotion_batch, maze_batch
+from errors_helpers import Command, one_line
+from test_physics_backends import run_both
+
+needs_warp = pytest.mark.skipif(
+    importlib.util.find_spec("warp") is None or importlib.util.find_spec("mujoco_warp") is None,
+    reason='eval.physics=warp needs warp-lang and mujoco-warp, not installed here: pip install "diffplan[warp]"')
+
+N = 3
+ENV_IDS = {"hopper": "Hopper-v5", "walker2d": "Walker2d-v5", "halfcheetah": "HalfCheetah-v5"}
+
+
+def _maze_transitions(task: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` transitions of a Gymnasium PointMaze env whose pushes, held 25 steps, drive it into walls."""
+    env = make_maze_env(get_maze_task(task))
+    obs = env.reset(seed=0)[0]["observation"]
+    rng = np.random.default_rng(1)
+    observations, actions = [], []
+    for t in range(n):
+        if t % 25 == 0:
+            action = rng.uniform(-1.5, 1.5, 2)
+        observations.append(obs)
+        actions.append(action)
+        obs = env.step(action)[0]["observation"]
+    env.close()
+    return np.array(observations), np.array(actions)
+
+
+@needs_warp
+@pytest.mark.parametrize("task", ["pointmaze-umaze", "pointmaze-medium", "pointmaze-large"])
+def test_maze_batches_agree(task: str) -> None:
+    observations, actions = _maze_transitions(task, 1000)
+    reference = replay_transitions(task, observations, actions, physics="gymnasium")
+    ours = replay_transitions(task, observations, actions, physics="warp", chunk=100)
+    np.testing.assert_allclose(ours.next_observations, reference.next_observations, rtol=0.0, atol=1e-4)
+    kwargs = {"reset_target": True, "max_episode_steps": 300}
+    reference_batch, batch = MazeBatch(task, N, **kwargs), MujocoMazeBatch(task, N, physics="warp", **kwargs)
+    taken, _, truncated = run_both(reference_batch, batch, [0, 1, 7], steps=301, scale=1.0, seed=0, homing=True,
+                                   tolerance=(1e-3, 0.0))
+    assert taken == N * 300 and truncated == N
+
+
+@needs_warp
+@pytest.mark.parametrize("robot", ["hopper", "walker2d", "halfcheetah"])
+def test_locomotion_agrees(robot: str) -> None:
+    task = LocomotionTask(ROBOTS[robot], "medium")
+    observations, actions = random_transitions(ENV_IDS[robot], 1000, seed=0, action_scale=1.2)
+    reference = replay_transitions(task.name, observations, actions, physics="gymnasium")
+    ours = replay_transitions(task.name, observations, actions, physics="warp", chunk=N)
+    np.testing.assert_allclose(ours.next_observations, reference.next_observations, rtol=0.0, atol=1e-3)
+    np.testing.assert_allclose(ours.rewards, reference.rewards, rtol=0.0, atol=1e-4)
+    np.testing.assert_array_equal(ours.terminated, reference.terminated)
+    assert reference.terminated.any() == (robot != "halfcheetah")
+    reference_batch, batch = LocomotionBatch(task, N), MujocoLocomotionBatch(task, N, physics="warp")
+    taken, terminated, truncated = run_both(reference_batch, batch, [0, 1, 2], steps=1000, scale=0.2, seed=0,
+                                            tolerance=(1e-3, 1e-3))
+    if robot == "halfcheetah":
+        assert (taken, truncated) == (N * 1000, N)
+    else:
+        assert terminated == N
+    short = LocomotionTask(replace(ROBOTS[robot], episode_steps=40), "medium")
+    ends = np.zeros(2, dtype=int)
+    for round_ in range(2):
+        reference_batch, batch = LocomotionBatch(short, N), MujocoLocomotionBatch(short, N, physics="warp")
+        ends += run_both(reference_batch, batch, [N * round_ + i for i in range(N)], steps=40,
+                         scale=1.0 if round_ and robot != "halfcheetah" else 0.1, seed=round_,
+                         tolerance=(1e-2, 1e-2))[1:]
+    assert ends[1] > 0 and (ends[0] > 0) == (robot != "halfcheetah")
+
+
+@needs_warp
+def test_unstable_simulations_are_errors_and_inactive_ones_keep_their_state() -> None:
+    batch = MujocoLocomotionBatch("hopper-medium", N, physics="warp")
+    batch.reset([0, 1, 2])
+    batch._sims.qvel[1, 0] = 1e12
+    before = batch._sims.qpos.copy()
+    result = batch.step(np.zeros((N, 3)))
+    assert result.errors[1].startswith("warp: unstable simulation") and (result.errors[[0, 2]] == "").all()
+    np.testing.assert_array_equal(batch._sims.qpos[1], before[1])
+    assert (batch._sims.qpos[[0, 2]] != before[[0, 2]]).any()
+    # an inactive simulation is not advanced
+    kept = batch._sims.qpos[2].copy()
+    batch.step(np.zeros((N, 3)), np.array([True, False, False]))
+    np.testing.assert_array_equal(batch._sims.qpos[2], kept)
+
+
+@needs_warp
+def test_factories_and_device(caplog: pytest.LogCaptureFixture) -> None:
+    import diffplan_envs.warp_batch as warp_batch
+
+    warp_batch._LOGGED.clear()
+    with caplog.at_level(logging.INFO, logger="diffplan_envs.warp_batch"):
+        assert isinstance(maze_batch("pointmaze-umaze", N, physics="warp"), MujocoMazeBatch)
+    assert "eval.physics=warp: MuJoCo Warp on Warp device cpu, float32" in caplog.text
+    assert isinstance(locomotion_batch("hopper-medium", N, physics="warp"), MujocoLocomotionBatch)
+
+
+@needs_warp
+def test_evaluate_command_gives_the_same_episodes(run: Command, tmp_path: Path) -> None:
+    results = {}
+    for physics in ("gymnasium", "warp"):
+        outcome = run("evaluate", f"eval.physics={physics}", f"eval.n_envs={N}", f"eval.out_dir={tmp_path / physics}",
+                      "eval.plots=false", "eval.progress=false")
+        assert outcome.returncode == 0, outcome.stderr[-2000:]
+        results[physics] = json.loads((tmp_path / physics / "results.json").read_text())
+    assert results["warp"]["config"]["eval"]["physics"] == "warp"
+    episodes = [[(e["reset_seed"], e["length"], e["success"], e["failed"]) for e in results[physics]["episodes"]]
+                for physics in ("gymnasium", "warp")]
+    assert episodes[0] == episodes[1] and len(episodes[0]) == 6 and not any(e[3] for e in episodes[0])
+    np.testing.assert_allclose(results["warp"]["episode_returns"], results["gymnasium"]["episode_returns"],
+                               rtol=0.0, atol=1e-9)
+
+
+def test_warp_without_the_extra_is_one_line(run: Command, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "warp", None)  # import warp fails as if it were not installed
+    monkeypatch.setitem(sys.modules, "mujoco_warp", None)
+    one_line(run("evaluate", "eval.physics=warp"), "eval.physics=warp needs the optional dependency 'warp'",
+             'pip install "diffplan[warp]"', command="diffplan-evaluate")
