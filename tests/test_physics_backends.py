@@ -121,7 +121,7 @@ def test_factories_and_bad_inputs() -> None:
     assert isinstance(maze_batch("pointmaze-umaze", 1), MazeBatch)
     assert isinstance(locomotion_batch("hopper-medium", 1, physics="mujoco"), MujocoLocomotionBatch)
     assert isinstance(locomotion_batch("hopper-medium", 1, physics="gymnasium"), LocomotionBatch)
-    with pytest.raises(ValueError, match=r"eval.physics to one of \['gymnasium', 'mujoco', 'mjx'\]"):
+    with pytest.raises(ValueError, match=r"eval.physics to one of \['gymnasium', 'mujoco', 'mjx', 'warp'\]"):
         check_physics("bullet")
     batch = MujocoMazeBatch("pointmaze-umaze", 2)
     with pytest.raises(ValueError, match="step\\(\\) before reset"):
