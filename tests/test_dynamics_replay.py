@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from diffplan_envs.dynamics import Replay, default_physics, dynamics_error, random_transitions, replay_transitions
-from diffplan_envs.maze import get_maze_task, make_maze_env
+from test_physics_backends import maze_transitions
 
 FIELDS = ("next_observations", "rewards", "terminated")
 
@@ -50,18 +50,7 @@ def test_a_replay_does_not_depend_on_the_other_transitions() -> None:
 
 @pytest.mark.parametrize("task", ["pointmaze-umaze", "pointmaze-medium"])
 def test_maze_replays_agree(task: str) -> None:
-    env = make_maze_env(get_maze_task(task))
-    obs = env.reset(seed=0)[0]["observation"]
-    rng = np.random.default_rng(1)
-    observations, actions = [], []
-    for t in range(300):  # pushes held for 25 steps drive the ball into walls
-        if t % 25 == 0:
-            action = rng.uniform(-1.5, 1.5, 2)
-        observations.append(obs)
-        actions.append(action)
-        obs = env.step(action)[0]["observation"]
-    env.close()
-    observations_array, actions_array = np.array(observations), np.array(actions)
+    observations_array, actions_array = maze_transitions(task, 300)  # pushes held for 25 steps: walls
     observations_array[::10, 2:] *= 8.0  # generated-looking velocities, beyond the step's clip to +-5
     reference = replay_transitions(task, observations_array, actions_array, physics="gymnasium")
     assert (np.abs(observations_array[:, 2:]) > 5.0).any()

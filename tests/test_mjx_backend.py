@@ -33,25 +33,22 @@ import importlib.util
 import json
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import mujoco
 import numpy as np
 import pytest
 from diffplan_envs.dynamics import random_transitions, replay_transitions
-from diffplan_envs.locomotion import ROBOTS, LocomotionBatch, LocomotionTask
 from diffplan_envs.maze import MazeBatch
 from diffplan_envs.mujoco_batch import MujocoLocomotionBatch, MujocoMazeBatch, locomotion_batch, maze_batch
 from errors_helpers import Command, one_line
-from test_physics_backends import run_both
+from test_physics_backends import check_locomotion_backend, run_both
 
 needs_mjx = pytest.mark.skipif(
     importlib.util.find_spec("jax") is None or importlib.util.find_spec("mujoco.mjx") is None,
     reason='eval.physics=mjx needs jax and mujoco-mjx, not installed here: pip install "diffplan[mjx]"')
 
 N = 3  # one batch size throughout: one compilation per model
-ENV_IDS = {"hopper": "Hopper-v5", "walker2d": "Walker2d-v5", "halfcheetah": "HalfCheetah-v5"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -87,31 +84,7 @@ def test_maze_batches_agree(task: str) -> None:
 @needs_mjx
 @pytest.mark.parametrize("robot", ["hopper", "walker2d", "halfcheetah"])
 def test_locomotion_agrees(robot: str) -> None:
-    task = LocomotionTask(ROBOTS[robot], "medium")
-    # per step, from Gymnasium's states (actions past the box, so the clip is exercised)
-    observations, actions = random_transitions(ENV_IDS[robot], 1000, seed=0, action_scale=1.2)
-    reference = replay_transitions(task.name, observations, actions, physics="gymnasium")
-    ours = replay_transitions(task.name, observations, actions, physics="mjx", chunk=N)
-    np.testing.assert_allclose(ours.next_observations, reference.next_observations, rtol=0.0, atol=1e-5)
-    np.testing.assert_allclose(ours.rewards, reference.rewards, rtol=0.0, atol=1e-4)
-    np.testing.assert_array_equal(ours.terminated, reference.terminated)
-    assert reference.terminated.any() == (robot != "halfcheetah")
-    # free-running from the same seeds, until every episode ended
-    reference_batch, batch = LocomotionBatch(task, N), MujocoLocomotionBatch(task, N, physics="mjx")
-    taken, terminated, truncated = run_both(reference_batch, batch, [0, 1, 2], steps=1000, scale=0.2, seed=0,
-                                            tolerance=(1e-4, 1e-3))
-    if robot == "halfcheetah":
-        assert (taken, truncated) == (N * 1000, N)
-    else:
-        assert terminated == N
-    # short episodes: falls and time limits in one batch
-    short = LocomotionTask(replace(ROBOTS[robot], episode_steps=40), "medium")
-    ends = np.zeros(2, dtype=int)
-    for round_ in range(2):
-        reference_batch, batch = LocomotionBatch(short, N), MujocoLocomotionBatch(short, N, physics="mjx")
-        ends += run_both(reference_batch, batch, [N * round_ + i for i in range(N)], steps=40,
-                         scale=1.0 if round_ else 0.1, seed=round_, tolerance=(1e-4, 1e-3))[1:]
-    assert ends[1] > 0 and (ends[0] > 0) == (robot != "halfcheetah")
+    check_locomotion_backend(robot, "mjx", N, step_tol=1e-5, free_tol=(1e-4, 1e-3), short_tol=(1e-4, 1e-3))
 
 
 @needs_mjx

@@ -24,6 +24,61 @@ from diffplan_envs.mujoco_batch import (
 from errors_helpers import Command, one_line
 
 FIELDS = ("obs", "reward", "terminated", "truncated", "success")
+ENV_IDS = {"hopper": "Hopper-v5", "walker2d": "Walker2d-v5", "halfcheetah": "HalfCheetah-v5"}
+
+
+def maze_transitions(task: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` transitions of a Gymnasium PointMaze env whose pushes, held 25 steps, drive it into walls."""
+    from diffplan_envs.maze import get_maze_task, make_maze_env
+
+    env = make_maze_env(get_maze_task(task))
+    obs = env.reset(seed=0)[0]["observation"]
+    rng = np.random.default_rng(1)
+    observations, actions = [], []
+    for t in range(n):
+        if t % 25 == 0:
+            action = rng.uniform(-1.5, 1.5, 2)
+        observations.append(obs)
+        actions.append(action)
+        obs = env.step(action)[0]["observation"]
+    env.close()
+    return np.array(observations), np.array(actions)
+
+
+def check_locomotion_backend(
+    robot: str, physics: str, n: int, step_tol: float, free_tol: tuple[float, float],
+    short_tol: tuple[float, float], short_scale: float = 1.0,
+) -> None:
+    """A simulation backend against Gymnasium on one robot: 1,000 real transitions replayed from
+    Gymnasium's states (actions past the box, so the clip is exercised; next observations within
+    ``step_tol``, rewards within 1e-4, terminations equal); ``n`` envs free-running from the same seeds
+    until every episode ended (``free_tol`` on observations and rewards); and 40-step episodes with
+    falls and time limits in one batch (``short_tol``, random actions of ``short_scale`` in the second
+    round)."""
+    from diffplan_envs.dynamics import random_transitions, replay_transitions
+
+    task = LocomotionTask(ROBOTS[robot], "medium")
+    observations, actions = random_transitions(ENV_IDS[robot], 1000, seed=0, action_scale=1.2)
+    reference = replay_transitions(task.name, observations, actions, physics="gymnasium")
+    ours = replay_transitions(task.name, observations, actions, physics=physics, chunk=n)
+    np.testing.assert_allclose(ours.next_observations, reference.next_observations, rtol=0.0, atol=step_tol)
+    np.testing.assert_allclose(ours.rewards, reference.rewards, rtol=0.0, atol=1e-4)
+    np.testing.assert_array_equal(ours.terminated, reference.terminated)
+    assert reference.terminated.any() == (robot != "halfcheetah")
+    reference_batch, batch = LocomotionBatch(task, n), MujocoLocomotionBatch(task, n, physics=physics)
+    taken, terminated, truncated = run_both(reference_batch, batch, list(range(n)), steps=1000, scale=0.2, seed=0,
+                                            tolerance=free_tol)
+    if robot == "halfcheetah":
+        assert (taken, truncated) == (n * 1000, n)
+    else:
+        assert terminated == n
+    short = LocomotionTask(replace(ROBOTS[robot], episode_steps=40), "medium")
+    ends = np.zeros(2, dtype=int)
+    for round_ in range(2):
+        reference_batch, batch = LocomotionBatch(short, n), MujocoLocomotionBatch(short, n, physics=physics)
+        ends += run_both(reference_batch, batch, [n * round_ + i for i in range(n)], steps=40,
+                         scale=short_scale if round_ else 0.1, seed=round_, tolerance=short_tol)[1:]
+    assert ends[1] > 0 and (ends[0] > 0) == (robot != "halfcheetah")
 
 
 def run_both(
