@@ -6,6 +6,13 @@ bootstrap interval of the per-episode difference A - B, and writes them as JSON.
 
     python scripts/paired_difference.py --a results/locomotion/hopper-medium-value-1.0*.json \\
         --b results/locomotion/hopper-medium-unguided*.json --out results/locomotion/paired-hopper-medium.json
+
+With ``--by-file`` the unit is a results file instead (e.g. one trained agent per training seed): the
+i-th file of ``--a`` is paired with the i-th of ``--b`` and the difference is taken between their mean
+normalized scores, so the interval covers the spread between training seeds:
+
+    python scripts/paired_difference.py --by-file --a results/offline/x/hopper-medium-td3bc-guided-s{0,1,2,3,4}.json \\
+        --b results/offline/x/hopper-medium-td3bc-real-s{0,1,2,3,4}.json
 """
 
 from __future__ import annotations
@@ -32,8 +39,16 @@ def main() -> None:
     parser.add_argument("--n-bootstrap", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--by-file", action="store_true",
+                        help="pair the i-th file of --a with the i-th of --b (their mean scores) instead of episodes")
     args = parser.parse_args()
-    a, b = scores_by_reset_seed(args.a), scores_by_reset_seed(args.b)
+    if args.by_file:
+        if len(args.a) != len(args.b):
+            raise SystemExit(f"--by-file pairs files in order: --a has {len(args.a)}, --b {len(args.b)}; give as many")
+        a = {i: float(json.loads(path.read_text())["normalized_score"]["mean"]) for i, path in enumerate(args.a)}
+        b = {i: float(json.loads(path.read_text())["normalized_score"]["mean"]) for i, path in enumerate(args.b)}
+    else:
+        a, b = scores_by_reset_seed(args.a), scores_by_reset_seed(args.b)
     common = sorted(set(a) & set(b))
     if not common:
         raise SystemExit("the two sides share no reset seed: evaluate them with the same eval.seeds and n_episodes")
@@ -45,7 +60,7 @@ def main() -> None:
         "mean_a": float(np.mean([a[k] for k in common])), "mean_b": float(np.mean([b[k] for k in common])),
         "mean_difference": float(diff.mean()), "stderr": float(diff.std(ddof=1) / np.sqrt(len(diff))),
         "bootstrap_95ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-        "n_bootstrap": args.n_bootstrap, "seed": args.seed,
+        "n_bootstrap": args.n_bootstrap, "seed": args.seed, "unit": "file" if args.by_file else "episode",
     }
     print(json.dumps(result, indent=1))
     if args.out:
