@@ -45,6 +45,24 @@ def maze_transitions(task: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(observations), np.array(actions)
 
 
+def evaluate_on_backends(run: Command, out: Path, physics: str, n_envs: int | None = None) -> tuple[dict, dict]:
+    """``diffplan-evaluate`` of the tiny trained run on ``gymnasium`` and on ``physics``: both results,
+    after checking that each ran, recorded its backend and played the same 6 episodes (reset seeds,
+    lengths, successes, none failed); the returns are the caller's to compare."""
+    results = {}
+    for backend in ("gymnasium", physics):
+        extra = [] if n_envs is None else [f"eval.n_envs={n_envs}"]
+        outcome = run("evaluate", f"eval.physics={backend}", *extra, f"eval.out_dir={out / backend}",
+                      "eval.plots=false", "eval.progress=false")
+        assert outcome.returncode == 0, outcome.stderr[-2000:]
+        results[backend] = json.loads((out / backend / "results.json").read_text())
+    assert results[physics]["config"]["eval"]["physics"] == physics
+    episodes = [[(e["reset_seed"], e["length"], e["success"], e["failed"]) for e in results[backend]["episodes"]]
+                for backend in ("gymnasium", physics)]
+    assert episodes[0] == episodes[1] and len(episodes[0]) == 6 and not any(e[3] for e in episodes[0])
+    return results["gymnasium"], results[physics]
+
+
 def check_locomotion_backend(
     robot: str, physics: str, n: int, step_tol: float, free_tol: tuple[float, float],
     short_tol: tuple[float, float], short_scale: float = 1.0,
@@ -193,17 +211,9 @@ def test_factories_and_bad_inputs() -> None:
 
 
 def test_evaluate_command_gives_the_same_episodes(run: Command, trained: Path, tmp_path: Path) -> None:
-    results = {}
-    for physics in ("gymnasium", "mujoco"):
-        outcome = run("evaluate", f"eval.physics={physics}", f"eval.out_dir={tmp_path / physics}", "eval.plots=false",
-                      "eval.progress=false")
-        assert outcome.returncode == 0, outcome.stderr[-2000:]
-        results[physics] = json.loads((tmp_path / physics / "results.json").read_text())
-    assert results["mujoco"]["config"]["eval"]["physics"] == "mujoco"
-    episodes = [[(e["reset_seed"], e["episode_return"], e["length"], e["success"], e["failed"])
-                 for e in results[physics]["episodes"]] for physics in ("gymnasium", "mujoco")]
-    assert episodes[0] == episodes[1] and len(episodes[0]) == 6 and not any(e[4] for e in episodes[0])
-    assert results["gymnasium"]["episode_returns"] == results["mujoco"]["episode_returns"]
+    reference, ours = evaluate_on_backends(run, tmp_path, "mujoco")
+    assert [e["episode_return"] for e in reference["episodes"]] == [e["episode_return"] for e in ours["episodes"]]
+    assert reference["episode_returns"] == ours["episode_returns"]
 
 
 def test_unknown_backend_is_one_line(run: Command) -> None:

@@ -27,7 +27,6 @@ later processes load them.
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import sys
 from pathlib import Path
@@ -38,7 +37,7 @@ from diffplan_envs.dynamics import replay_transitions
 from diffplan_envs.maze import MazeBatch
 from diffplan_envs.mujoco_batch import MujocoLocomotionBatch, MujocoMazeBatch, locomotion_batch, maze_batch
 from errors_helpers import Command, one_line
-from test_physics_backends import check_locomotion_backend, maze_transitions, run_both
+from test_physics_backends import check_locomotion_backend, evaluate_on_backends, maze_transitions, run_both
 
 needs_warp = pytest.mark.skipif(
     importlib.util.find_spec("warp") is None or importlib.util.find_spec("mujoco_warp") is None,
@@ -99,18 +98,8 @@ def test_factories_and_device(caplog: pytest.LogCaptureFixture) -> None:
 
 @needs_warp
 def test_evaluate_command_gives_the_same_episodes(run: Command, tmp_path: Path) -> None:
-    results = {}
-    for physics in ("gymnasium", "warp"):
-        outcome = run("evaluate", f"eval.physics={physics}", f"eval.n_envs={N}", f"eval.out_dir={tmp_path / physics}",
-                      "eval.plots=false", "eval.progress=false")
-        assert outcome.returncode == 0, outcome.stderr[-2000:]
-        results[physics] = json.loads((tmp_path / physics / "results.json").read_text())
-    assert results["warp"]["config"]["eval"]["physics"] == "warp"
-    episodes = [[(e["reset_seed"], e["length"], e["success"], e["failed"]) for e in results[physics]["episodes"]]
-                for physics in ("gymnasium", "warp")]
-    assert episodes[0] == episodes[1] and len(episodes[0]) == 6 and not any(e[3] for e in episodes[0])
-    np.testing.assert_allclose(results["warp"]["episode_returns"], results["gymnasium"]["episode_returns"],
-                               rtol=0.0, atol=1e-9)
+    reference, ours = evaluate_on_backends(run, tmp_path, "warp", n_envs=N)
+    np.testing.assert_allclose(ours["episode_returns"], reference["episode_returns"], rtol=0.0, atol=1e-9)
 
 
 def test_warp_without_the_extra_is_one_line(run: Command, monkeypatch: pytest.MonkeyPatch) -> None:
