@@ -31,6 +31,7 @@ import logging
 import sys
 from pathlib import Path
 
+import mujoco
 import numpy as np
 import pytest
 from diffplan_envs.dynamics import replay_transitions
@@ -86,7 +87,7 @@ def test_unstable_simulations_are_errors_and_inactive_ones_keep_their_state() ->
 
 
 @needs_warp
-def test_factories_and_device(caplog: pytest.LogCaptureFixture) -> None:
+def test_factories_device_and_unsupported_models(caplog: pytest.LogCaptureFixture) -> None:
     import diffplan_envs.warp_batch as warp_batch
 
     warp_batch._LOGGED.clear()
@@ -94,6 +95,10 @@ def test_factories_and_device(caplog: pytest.LogCaptureFixture) -> None:
         assert isinstance(maze_batch("pointmaze-umaze", N, physics="warp"), MujocoMazeBatch)
     assert "eval.physics=warp: MuJoCo Warp on Warp device cpu, float32" in caplog.text
     assert isinstance(locomotion_batch("hopper-medium", N, physics="warp"), MujocoLocomotionBatch)
+    xml = ('<mujoco><option solver="PGS"/><worldbody><body><joint type="slide"/><geom size=".1"/></body>'
+           "</worldbody></mujoco>")
+    with pytest.raises(ValueError, match=r"eval.physics=warp cannot simulate .*PGS.*; set eval.physics=mujoco"):
+        warp_batch.WarpSimulations(mujoco.MjModel.from_xml_string(xml), 1)
 
 
 @needs_warp

@@ -35,12 +35,9 @@ import mujoco
 import numpy as np
 
 from diffplan.extras import require
+from diffplan_envs.host_state import MAX_VALUE, HostStateSimulations, unstable_errors
 
 log = logging.getLogger(__name__)
-
-#: MuJoCo's mjMAXVAL: a qpos, qvel or qacc entry beyond it (or not finite) makes mj_step warn and
-#: reset the simulation, which mujoco.batch reports as an error; MJX's step is checked for the same.
-MAX_VALUE = 1e10
 
 
 def require_mjx() -> tuple[Any, Any]:
@@ -166,41 +163,26 @@ def _select(jax: Any, rows: Any, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(rows.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
 
 
-class MjxSimulations:
+class MjxSimulations(HostStateSimulations):
     """N simulations of one model on MJX (the :class:`~diffplan_envs.mujoco_batch.Simulations` of
     ``physics="mjx"``). The state lives on the JAX device; ``qpos``, ``qvel`` and ``ctrl`` are host
     arrays sent with every step and refreshed from its result.
 
     A simulation that becomes unstable in a step (a qpos, qvel or qacc entry not finite or beyond
-    :data:`MAX_VALUE`, where mj_step would warn) keeps the state it had before the step and reports
-    an error, as mujoco.batch does; the check runs after every substep."""
+    :data:`~diffplan_envs.host_state.MAX_VALUE`, where mj_step would warn) keeps the state it had before
+    the step and reports an error, as mujoco.batch does; the check runs after every substep."""
 
     def __init__(self, model: mujoco.MjModel, n: int) -> None:
         self._jax, self._mjx = require_mjx()
         self._compiled = _compiled(self._jax, self._mjx, model)
         jnp = self._jax.numpy
-        self.n = n
+        super().__init__(model, n)
         self._fresh = self._jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), self._compiled.data)
         self._data = self._fresh
-        self._qpos0 = model.qpos0.copy()
-        self.qpos = np.tile(self._qpos0, (n, 1))
-        self.qvel = np.zeros((n, model.nv))
-        self.ctrl = np.zeros((n, model.nu))
 
-    def reset(self, qpos: np.ndarray, qvel: np.ndarray) -> None:
-        """Every simulation reset (mjx.make_data's state: ``mj_resetData``'s) with state (qpos, qvel).
-        Gymnasium's closing mj_forward is left out: it changes no state a step starts from."""
-        self._data = self._fresh
-        self.qpos[:] = qpos
-        self.qvel[:] = qvel
-        self.ctrl[:] = 0.0
-
-    def reset_rows(self, active: np.ndarray) -> None:
-        """``mj_resetData`` of the active simulations."""
-        self._data = self._fresh if active.all() else self._compiled.select(active, self._fresh, self._data)
-        self.qpos[active] = self._qpos0
-        self.qvel[active] = 0.0
-        self.ctrl[active] = 0.0
+    def _reset_device(self, rows: np.ndarray) -> None:
+        """The fresh mjx.Data (``mj_resetData``'s state) in ``rows``."""
+        self._data = self._fresh if rows.all() else self._compiled.select(rows, self._fresh, self._data)
 
     def step(self, active: np.ndarray, nstep: int) -> tuple[np.ndarray, np.ndarray]:
         """``nstep`` mjx.steps of the active simulations in one jitted call (see the class for errors)."""
@@ -213,7 +195,4 @@ class MjxSimulations:
         self.qpos[:] = np.asarray(self._data.qpos)
         self.qvel[:] = np.asarray(self._data.qvel)
         stepped = np.asarray(stepped)
-        errors = np.full(self.n, "", dtype=object)
-        errors[active & ~stepped] = (f"mjx: unstable simulation (a qpos, qvel or qacc entry not finite or beyond "
-                                     f"{MAX_VALUE:g}, where mj_step warns)")
-        return errors, stepped
+        return unstable_errors("mjx", active & ~stepped), stepped

@@ -25,12 +25,9 @@ import mujoco
 import numpy as np
 
 from diffplan.extras import require
+from diffplan_envs.host_state import HostStateSimulations, stable_rows, unstable_errors
 
 log = logging.getLogger(__name__)
-
-#: MuJoCo's mjMAXVAL: a qpos, qvel or qacc entry beyond it (or not finite) makes mj_step warn and
-#: reset the simulation, which mujoco.batch reports as an error; a Warp step is checked for the same.
-MAX_VALUE = 1e10
 
 _LOGGED: set[str] = set()
 
@@ -48,15 +45,17 @@ def require_warp() -> tuple[Any, Any]:
     return wp, mjw
 
 
-class WarpSimulations:
+class WarpSimulations(HostStateSimulations):
     """N simulations of one model on MuJoCo Warp (the :class:`~diffplan_envs.mujoco_batch.Simulations`
     of ``physics="warp"``). ``qpos``, ``qvel`` and ``ctrl`` are host arrays sent with every step and
     refreshed from its result.
 
-    Every world is stepped; an inactive one gets back the state it had before the call. A simulation
-    that becomes unstable (a qpos, qvel or qacc entry not finite or beyond :data:`MAX_VALUE`, where
-    mj_step would warn) keeps the state it had before the step and reports an error, as mujoco.batch
-    does."""
+    Every world is stepped in every call; an inactive one's host state is left as it was (its solver
+    warm start on the device moves on, which changes the next solve only within the solver's tolerance,
+    and a batch resets a simulation before it becomes active again). A simulation that becomes unstable
+    (a qpos, qvel or qacc entry not finite or beyond :data:`~diffplan_envs.host_state.MAX_VALUE`, where
+    mj_step would warn) keeps the state it had before the step, gets a fresh solver state, and reports an
+    error, as mujoco.batch does."""
 
     def __init__(self, model: mujoco.MjModel, n: int) -> None:
         self._wp, self._mjw = require_warp()
@@ -72,54 +71,27 @@ class WarpSimulations:
         if str(self.device) not in _LOGGED:
             _LOGGED.add(str(self.device))
             log.info("eval.physics=warp: MuJoCo Warp on Warp device %s, float32", self.device)
-        self.n = n
-        self._qpos0 = model.qpos0.copy()
-        self.qpos = np.tile(self._qpos0, (n, 1))
-        self.qvel = np.zeros((n, model.nv))
-        self.ctrl = np.zeros((n, model.nu))
+        super().__init__(model, n)
         self._all = wp.array(np.ones(n, dtype=bool), dtype=bool, device=self.device)
 
-    def _reset_worlds(self, rows: np.ndarray) -> None:
-        """``mj_resetData`` of the worlds in ``rows`` (N,) bool."""
+    def _reset_device(self, rows: np.ndarray) -> None:
+        """``mujoco_warp.reset_data`` of the worlds in ``rows``."""
         mask = self._all if rows.all() else self._wp.array(rows, dtype=bool, device=self.device)
         self._mjw.reset_data(self._model, self._data, reset=mask)
 
-    def reset(self, qpos: np.ndarray, qvel: np.ndarray) -> None:
-        """Every simulation reset (``mj_resetData``) with state (qpos, qvel). Gymnasium's closing
-        mj_forward is left out: it changes no state a step starts from."""
-        self._reset_worlds(np.ones(self.n, dtype=bool))
-        self.qpos[:] = qpos
-        self.qvel[:] = qvel
-        self.ctrl[:] = 0.0
-
-    def reset_rows(self, active: np.ndarray) -> None:
-        """``mj_resetData`` of the active simulations."""
-        self._reset_worlds(active)
-        self.qpos[active] = self._qpos0
-        self.qvel[active] = 0.0
-        self.ctrl[active] = 0.0
-
     def step(self, active: np.ndarray, nstep: int) -> tuple[np.ndarray, np.ndarray]:
         """``nstep`` MuJoCo Warp steps of the active simulations (see the class for errors)."""
-        data, wp = self._data, self._wp
-        kept = {name: getattr(data, name).numpy().copy() for name in ("qacc_warmstart", "time")}
+        data = self._data
         data.qpos.assign(self.qpos.astype(np.float32))
         data.qvel.assign(self.qvel.astype(np.float32))
         data.ctrl.assign(self.ctrl.astype(np.float32))
         for _ in range(nstep):
             self._mjw.step(self._model, data)
-        wp.synchronize_device(self.device)
         qpos, qvel, qacc = (getattr(data, name).numpy().astype(np.float64) for name in ("qpos", "qvel", "qacc"))
-        stable = np.all([np.all(np.abs(x) <= MAX_VALUE, axis=1) for x in (qpos, qvel, qacc)], axis=0)
+        stable = stable_rows(qpos, qvel, qacc)
         stepped = active & stable
         self.qpos[stepped] = qpos[stepped]
         self.qvel[stepped] = qvel[stepped]
-        if not stepped.all():  # the others keep the solver's warm start and clock they had
-            for name, before in kept.items():
-                now = getattr(data, name).numpy()
-                now[~stepped] = before[~stepped]
-                getattr(data, name).assign(now)
-        errors = np.full(self.n, "", dtype=object)
-        errors[active & ~stable] = (f"warp: unstable simulation (a qpos, qvel or qacc entry not finite or beyond "
-                                    f"{MAX_VALUE:g}, where mj_step warns)")
-        return errors, stepped
+        if not stable.all():
+            self._reset_device(~stable)  # no NaN left in a failed world's solver state
+        return unstable_errors("warp", active & ~stable), stepped
