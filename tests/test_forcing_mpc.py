@@ -5,6 +5,8 @@ consistency."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +297,31 @@ def test_real_maze_transitions_are_consistent_and_corrupted_ones_are_not() -> No
         trajectory_consistency("pointmaze-umaze", trajectory[0], LAYOUT, variance)
 
 
+def test_strided_tokens_are_replayed_by_holding_each_action_over_the_stride() -> None:
+    """A strided model's tokens are ``stride`` steps apart: the replay holds each token's action that
+    long, so a trajectory whose actions were held exactly is consistent and the one-step replay is not."""
+    from diffplan_envs.maze import get_maze_task, make_maze_env
+
+    env = make_maze_env(get_maze_task("pointmaze-umaze"))
+    rng = np.random.default_rng(1)
+    obs = env.reset(seed=1)[0]["observation"]
+    rows = []
+    for _ in range(12):
+        action = rng.uniform(-1, 1, size=2)
+        rows.append(np.concatenate([obs, action]))
+        for _ in range(4):
+            obs = env.step(action)[0]["observation"]
+    env.close()
+    trajectory = np.stack(rows)[None]
+    variance = np.ones(4)
+    held = trajectory_consistency("pointmaze-umaze", trajectory, LAYOUT, variance, hold=4)
+    assert held.errors.shape == (1, 11) and held.errors.max() < 1e-12
+    one_step = trajectory_consistency("pointmaze-umaze", trajectory, LAYOUT, variance)
+    assert one_step.errors.min() > 1e-6
+    with pytest.raises(ValueError, match="hold must be >= 1"):
+        trajectory_consistency("pointmaze-umaze", trajectory, LAYOUT, variance, hold=0)
+
+
 def test_forcing_mpc_on_locomotion_is_refused_with_the_alternatives(tmp_path: Path) -> None:
     from diffplan.pipeline.evaluate import run_evaluate
 
@@ -461,3 +488,22 @@ def test_history_guided_forcing_mpc_trains_and_evaluates_through_the_commands(tm
     assert not torch.allclose(plan(guided_cfg), plan(cfg), atol=1e-4)
     with pytest.raises(ValueError, match="train.history_dropout=0.5 drops the clean history"):
         run_train(tiny_config(tmp_path, ["train.history_dropout=0.5"]))
+
+    # The long-horizon consistency script on this strided checkpoint: sliding history windows against
+    # full-sequence plans chained end to end, tokens replayed holding each action over the stride (2),
+    # and the dataset's own strided windows as the floor of that replay.
+    out = tmp_path / "consistency.json"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "forcing_consistency.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(cfg.eval.checkpoint), "--task", "pointmaze-umaze", "--dataset",
+         str(cfg.task.dataset), "--n", "2", "--modes", "sliding", "chained", "--schedule", "full_sequence",
+         "--execute", "4", "--n-history", "4", "--sampling-steps", "4", "--out", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads(out.read_text())
+    assert record["settings"]["hold"] == 2 and record["checkpoint"]["stride"] == 2
+    modes = record["modes"]
+    assert set(modes) == {"dataset", "sliding", "chained"}
+    assert modes["sliding"]["tokens"] == 32 and modes["chained"]["tokens"] == 31  # 2 x 16; 2 plans sharing a state
+    assert modes["sliding"]["n_transitions"] == 2 * 31 and modes["dataset"]["n_trajectories"] == 8
+    assert all(row["mean"] > 0 for row in modes.values())

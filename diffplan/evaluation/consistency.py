@@ -4,8 +4,9 @@ the generated state and action under the simulator?
 For a trajectory (s_0, a_0), (s_1, a_1), ... the simulator is put in each s_t, steps a_t once,
 and its next state is compared with the generated s_{t+1}, per dimension normalized by a
 reference variance (the dataset's): 0 means every generated transition is exactly what the
-simulator does. Used to compare long rollouts of full-sequence and Diffusion Forcing sampling
-(``scripts/forcing_consistency.py``).
+simulator does. Tokens several environment steps apart (a strided model) are replayed by holding
+each token's action over the steps between them. Used to compare long rollouts of full-sequence
+and Diffusion Forcing sampling (``scripts/forcing_consistency.py``).
 """
 
 from __future__ import annotations
@@ -45,13 +46,20 @@ class Consistency:
 
 
 def trajectory_consistency(
-    task: str, trajectories: np.ndarray, layout: TrajectoryLayout, obs_variance: np.ndarray
+    task: str, trajectories: np.ndarray, layout: TrajectoryLayout, obs_variance: np.ndarray, *, hold: int = 1
 ) -> Consistency:
     """Replay every transition of ``trajectories`` (B, T, D) raw units (layout's channels) in
     ``task``'s simulator (:func:`diffplan_envs.dynamics.replay_transitions`).
 
+    ``hold`` is the number of environment steps between consecutive tokens (a strided model's
+    ``task.stride``): the simulator starts from each token's state and applies its action for
+    ``hold`` steps (a zero-order hold), and the state it reaches is compared with the next token's.
+    A strided model does not generate the actions between its tokens, so with ``hold > 1`` even the
+    dataset's own strided windows score above 0 wherever its actions change between tokens: compare
+    with that floor (``trajectory_consistency`` of real windows taken at the same stride).
+
     Raises:
-        ValueError: fewer than 2 tokens, or a channel count that is not the layout's.
+        ValueError: fewer than 2 tokens, a channel count that is not the layout's, or ``hold < 1``.
     """
     from diffplan_envs.dynamics import replay_transitions
 
@@ -59,11 +67,14 @@ def trajectory_consistency(
         raise ValueError(
             f"trajectories must be (B, T >= 2, {layout.transition_dim}) in the model's layout, got {trajectories.shape}"
         )
+    if hold < 1:
+        raise ValueError(f"hold must be >= 1 environment step per token, got {hold}")
     batch, steps = trajectories.shape[:2]
-    obs = trajectories[:, :-1, layout.obs].reshape(-1, layout.obs_dim)
-    act = trajectories[:, :-1, layout.act].reshape(-1, layout.act_dim)
-    replay = replay_transitions(task, obs.astype(np.float64), act.astype(np.float64))
+    state = trajectories[:, :-1, layout.obs].reshape(-1, layout.obs_dim).astype(np.float64)
+    act = trajectories[:, :-1, layout.act].reshape(-1, layout.act_dim).astype(np.float64)
+    for _ in range(hold):
+        state = replay_transitions(task, state, act).next_observations
     target = trajectories[:, 1:, layout.obs].reshape(-1, layout.obs_dim)
     variance = np.where(np.asarray(obs_variance) > 0, obs_variance, 1.0)
-    errors = ((target - replay.next_observations) ** 2 / variance).mean(axis=1)
+    errors = ((target - state) ** 2 / variance).mean(axis=1)
     return Consistency(errors.reshape(batch, steps - 1))
