@@ -239,3 +239,7 @@ def test_locomotion_tasks_use_diffusers_horizon_per_robot(option: str) -> None:
     cfg = make_config(option, experiment="locomotion")
     assert cfg.task.horizon == (4 if option.startswith("halfcheetah") else 32)
     assert cfg.task.stride == 1
+    # Decision Diffuser's return scale per robot: with the schema's 1.0 a return-conditioned model would
+    # see returns-to-go in the hundreds and planner=dd's target of 0.9 would ask for almost nothing.
+    assert cfg.task.return_scale == {"hopper": 400, "walker2d": 550, "halfcheetah": 1200}[option.split("-")[0]]
+    assert cfg.task.return_discount == 0.99
