@@ -13,6 +13,13 @@ normalized scores, so the interval covers the spread between training seeds:
 
     python scripts/paired_difference.py --by-file --a results/offline/x/hopper-medium-td3bc-guided-s{0,1,2,3,4}.json \\
         --b results/offline/x/hopper-medium-td3bc-real-s{0,1,2,3,4}.json
+
+With ``--consistency`` each side is one ``FILE:MODE`` of ``scripts/forcing_consistency.py``'s records and
+the unit is a generated trajectory (its mean dynamics error; the same --seed and dataset give the same
+start states, so trajectory i of one record starts where trajectory i of another does; lower is better):
+
+    python scripts/paired_difference.py --consistency --a results/forcing/x/schedule.json:sliding \\
+        --b results/forcing/x/full-sequence.json:chained
 """
 
 from __future__ import annotations
@@ -32,6 +39,18 @@ def scores_by_reset_seed(paths: list[Path]) -> dict[int, float]:
     return scores
 
 
+def consistency_by_trajectory(spec: Path) -> dict[int, float]:
+    """Trajectory index -> mean dynamics error of one ``FILE:MODE`` of a consistency record."""
+    path, _, mode = str(spec).rpartition(":")
+    if not path:
+        raise SystemExit(f"--consistency sides are FILE:MODE, got {spec}; e.g. record.json:sliding")
+    modes = json.loads(Path(path).read_text())["modes"]
+    if "trajectory_means" not in modes.get(mode, {}):
+        raise SystemExit(f"{path} has no per-trajectory errors for mode {mode!r} (modes: {sorted(modes)}); "
+                         "name one of them, or re-run scripts/forcing_consistency.py for it")
+    return dict(enumerate(float(x) for x in modes[mode]["trajectory_means"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--a", type=Path, nargs="+", required=True)
@@ -41,8 +60,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--by-file", action="store_true",
                         help="pair the i-th file of --a with the i-th of --b (their mean scores) instead of episodes")
+    parser.add_argument("--consistency", action="store_true",
+                        help="--a and --b are one FILE:MODE each of forcing_consistency.py records; pair trajectories")
     args = parser.parse_args()
-    if args.by_file:
+    if args.consistency:
+        if len(args.a) != 1 or len(args.b) != 1:
+            raise SystemExit("--consistency compares one FILE:MODE per side; give one --a and one --b")
+        a, b = consistency_by_trajectory(args.a[0]), consistency_by_trajectory(args.b[0])
+    elif args.by_file:
         if len(args.a) != len(args.b):
             raise SystemExit(f"--by-file pairs files in order: --a has {len(args.a)}, --b {len(args.b)}; give as many")
         a = {i: float(json.loads(path.read_text())["normalized_score"]["mean"]) for i, path in enumerate(args.a)}
@@ -60,7 +85,8 @@ def main() -> None:
         "mean_a": float(np.mean([a[k] for k in common])), "mean_b": float(np.mean([b[k] for k in common])),
         "mean_difference": float(diff.mean()), "stderr": float(diff.std(ddof=1) / np.sqrt(len(diff))),
         "bootstrap_95ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
-        "n_bootstrap": args.n_bootstrap, "seed": args.seed, "unit": "file" if args.by_file else "episode",
+        "n_bootstrap": args.n_bootstrap, "seed": args.seed,
+        "unit": "trajectory" if args.consistency else "file" if args.by_file else "episode",
     }
     print(json.dumps(result, indent=1))
     if args.out:

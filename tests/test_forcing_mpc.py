@@ -507,3 +507,16 @@ def test_history_guided_forcing_mpc_trains_and_evaluates_through_the_commands(tm
     assert modes["sliding"]["tokens"] == 32 and modes["chained"]["tokens"] == 31  # 2 x 16; 2 plans sharing a state
     assert modes["sliding"]["n_transitions"] == 2 * 31 and modes["dataset"]["n_trajectories"] == 8
     assert all(row["mean"] > 0 for row in modes.values())
+    # Paired by trajectory (same start states): sliding minus chained.
+    paired_script = script.parent / "paired_difference.py"
+    paired = subprocess.run([sys.executable, str(paired_script), "--consistency", "--a", f"{out}:sliding",
+                             "--b", f"{out}:chained"], capture_output=True, text=True, timeout=60)
+    assert paired.returncode == 0, paired.stderr
+    difference = json.loads(paired.stdout)
+    expected = np.mean(modes["sliding"]["trajectory_means"]) - np.mean(modes["chained"]["trajectory_means"])
+    assert difference["n_pairs"] == 2 and difference["unit"] == "trajectory"
+    assert difference["mean_difference"] == pytest.approx(expected)
+    wrong = subprocess.run([sys.executable, str(paired_script), "--consistency", "--a", f"{out}:pyramid",
+                            "--b", f"{out}:chained"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode != 0 and "Traceback" not in wrong.stderr
+    assert "no per-trajectory errors for mode 'pyramid'" in wrong.stderr.strip().splitlines()[-1]
