@@ -67,6 +67,11 @@ class TaskConfig:
     # hopper 400, walker2d 550, halfcheetah 1200), see diffplan.data.returns.
     return_scale: float = 1.0
     return_discount: float = 0.99
+    # The share of the dataset's episodes the trainers learn from, those with the highest returns
+    # (undiscounted sums of rewards) first; 1.0 all. For files that mix poor and good policies (the
+    # replay datasets): the diffusion model, its value function and BC then learn the better behaviour
+    # (see diffplan.data.returns.best_episodes). Evaluation checks a checkpoint against the same share.
+    top_return_fraction: float = 1.0
     # Reference returns that normalize scores to 0 (ref_min) and 100 (ref_max); null: the dataset's
     # own, else D4RL's for locomotion (diffplan.evaluation.reference).
     ref_min: float | None = None

@@ -27,6 +27,7 @@ _RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "int_or_null": ("an integer >= 1, or null", lambda v: v is None or v >= 1),
     "index_or_null": ("an index >= 0, or null (all cells)", lambda v: v is None or v >= 0),
     "fraction": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "share": ("in (0, 1]", lambda v: 0 < v <= 1),
 }
 
 #: Settings checked for every command: dotted key -> rule.
@@ -35,6 +36,7 @@ RANGES: dict[str, str] = {
     "task.stride": "positive_int",
     "task.episode_steps": "positive_int",
     "task.dataset_steps": "positive_int",
+    "task.top_return_fraction": "share",
     "model.unet.dim": "positive_int",
     "model.unet.kernel_size": "positive_int",
     "diffusion.n_timesteps": "positive_int",

@@ -15,6 +15,7 @@ from diffplan_envs.locomotion import get_locomotion_task, is_locomotion_task
 from diffplan.data.episodes import Episodes
 from diffplan.data.errors import DatasetError
 from diffplan.data.loading import load_episodes
+from diffplan.data.returns import best_episodes
 from diffplan.enums import TaskSuite
 
 if TYPE_CHECKING:
@@ -43,17 +44,22 @@ def task_dims(task_name: str) -> tuple[int, int] | None:
     return None
 
 
-def load_task_episodes(source: str | Path, task_name: str, *, key: str = "task.dataset") -> Episodes:
+def load_task_episodes(
+    source: str | Path, task_name: str, *, key: str = "task.dataset", top_return_fraction: float = 1.0
+) -> Episodes:
     """Load ``source`` (see :func:`load_episodes`) for task ``task_name``, refusing a dataset whose
-    observation or action size is not the task's (known tasks only) before anything is trained.
+    observation or action size is not the task's (known tasks only) before anything is trained;
+    then keep the ``top_return_fraction`` of its episodes with the best returns
+    (:func:`~diffplan.data.returns.best_episodes`, ``task.top_return_fraction``).
 
     Raises:
         DatasetError: any loader error, or a dimension mismatch naming the key, both sizes and the fix.
+        ValueError: ``top_return_fraction`` outside (0, 1].
     """
     episodes = load_episodes(source)
     dims = task_dims(task_name)
     if dims is None:
-        return episodes
+        return best_episodes(episodes, top_return_fraction)
     for name, actual, expected in (("observations", episodes.obs_dim, dims[0]),
                                    ("actions", episodes.act_dim, dims[1])):
         if actual != expected:
@@ -61,4 +67,4 @@ def load_task_episodes(source: str | Path, task_name: str, *, key: str = "task.d
                 f"{key}={source}: key '{name}' has dimension {actual} but task {task_name} needs {expected}; "
                 f"pass a dataset recorded for {task_name}, or the task it was recorded for (task=<name>)"
             )
-    return episodes
+    return best_episodes(episodes, top_return_fraction)

@@ -21,7 +21,13 @@ from diffplan.config import (
     UnetConfig,
 )
 from diffplan.data import Episodes
-from diffplan.data.returns import discounted_suffix_sums, normalized_returns_to_go, returns_to_go
+from diffplan.data.returns import (
+    best_episodes,
+    discounted_suffix_sums,
+    episode_returns,
+    normalized_returns_to_go,
+    returns_to_go,
+)
 from diffplan.diffusion.classifier_free import ClassifierFreeGuidance
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.enums import ActionSource
@@ -357,3 +363,29 @@ def test_inverse_dynamics_source_needs_the_head(episodes: Episodes, tmp_path: Pa
     trainer.train()
     with pytest.raises(ValueError, match="model.inverse_dynamics=true"):
         _plan(trainer, action_source=ActionSource.inverse_dynamics)
+
+
+def test_best_episodes_keep_the_highest_returns_in_the_datasets_order() -> None:
+    from diffplan.data.identity import dataset_identity, dataset_record
+
+    # Four episodes (the last cut by a timeout) with returns 3, 10, 1, 6.
+    rewards = np.array([1, 2, 5, 5, 1, 0, 0, 2, 4], dtype=np.float32)
+    terminals = np.array([0, 1, 0, 1, 0, 1, 0, 0, 0], dtype=bool)
+    timeouts = np.array([0, 0, 0, 0, 0, 0, 0, 0, 1], dtype=bool)
+    n = len(rewards)
+    episodes = Episodes.from_arrays(np.arange(n, dtype=np.float32)[:, None], np.zeros((n, 1), np.float32), rewards,
+                                    terminals, timeouts, metadata={"task": "toy"})
+    assert episode_returns(episodes).tolist() == [3, 10, 1, 6]
+    assert best_episodes(episodes, 1.0) is episodes
+    half = best_episodes(episodes, 0.5)  # 2 of 4: returns 10 and 6, in the file's order
+    assert half.observations[:, 0].tolist() == [2, 3, 6, 7, 8]
+    assert half.lengths.tolist() == [2, 3] and half.terminals.tolist() == [0, 1, 0, 0, 0]
+    assert half.timeouts[-1] and half.metadata["selection"] == {"top_return_fraction": 0.5, "n_episodes": 2,
+                                                                "of_episodes": 4}
+    assert best_episodes(episodes, 0.6).n_episodes == 3  # ceil(0.6 x 4)
+    assert dataset_identity(half) != dataset_identity(episodes)
+    assert dataset_record("toy.hdf5", half)["top_return_fraction"] == 0.5
+    assert dataset_record("toy.hdf5", episodes)["top_return_fraction"] == 1.0
+    with pytest.raises(ValueError, match=r"task.top_return_fraction=0 must be in \(0, 1\]"):
+        best_episodes(episodes, 0)
+

@@ -58,3 +58,30 @@ def test_value_checkpoint_of_another_model_is_refused(tmp_path: Path, hopper_fil
     other.guidance.value_checkpoint = cfg.guidance.value_checkpoint
     with pytest.raises(CheckpointError, match="horizon"):
         run_evaluate(other)
+
+
+def test_top_return_fraction_trains_every_model_on_the_best_episodes(tmp_path: Path, hopper_file: Path) -> None:
+    """task.top_return_fraction: the diffusion model, its value function and BC learn from the best half of
+    the episodes, and evaluation checks the checkpoint against the same selection."""
+    from diffplan.data import load_hdf5
+    from diffplan.data.errors import DatasetError
+    from diffplan.data.returns import best_episodes
+    from diffplan.training.checkpoint import load_trained_model
+
+    (tmp_path / "hopper-medium.hdf5").symlink_to(hopper_file)
+    cfg = tiny_locomotion_config(tmp_path, ["guidance=value", "task.top_return_fraction=0.5"])
+    everything = load_hdf5(hopper_file)
+    best = best_episodes(everything, 0.5)
+    assert best.n_episodes == -(-everything.n_episodes // 2) and best.n_transitions < everything.n_transitions
+    run_train(cfg)
+    record = load_trained_model(cfg.eval.checkpoint).dataset
+    assert record["top_return_fraction"] == 0.5 and record["n_episodes"] == best.n_episodes
+    assert record["n_transitions"] == best.n_transitions
+    assert run_train_value(cfg).steps == 4  # the value function reads the same selection from the checkpoint
+    run_train_bc(cfg)
+    results = json.loads(run_evaluate(cfg).read_text())
+    assert results["dataset"]["top_return_fraction"] == 0.5 and results["dataset"]["matches_checkpoint"] is True
+    cfg.task.top_return_fraction = 1.0
+    with pytest.raises(DatasetError, match="pass task.top_return_fraction=0.5"):
+        run_evaluate(cfg)
+

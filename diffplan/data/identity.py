@@ -82,7 +82,8 @@ def dataset_record(source: str | Path, episodes: Episodes) -> dict[str, Any]:
     Returns:
         ``path`` (:func:`source_name`), ``identity`` (:func:`dataset_identity`), ``sha256`` (the
         file's bytes; None for a Minari dataset), ``layout`` (the loader's layout kind),
-        ``n_transitions`` and ``n_episodes``.
+        ``n_transitions`` and ``n_episodes``, and ``top_return_fraction`` (the share of the file's
+        episodes kept, :func:`diffplan.data.returns.best_episodes`; 1.0 all).
     """
     path = Path(str(source))
     return {
@@ -92,6 +93,7 @@ def dataset_record(source: str | Path, episodes: Episodes) -> dict[str, Any]:
         "layout": episodes.metadata.get("layout_kind"),
         "n_transitions": episodes.n_transitions,
         "n_episodes": episodes.n_episodes,
+        "top_return_fraction": float(episodes.metadata.get("selection", {}).get("top_return_fraction", 1.0)),
     }
 
 
@@ -122,8 +124,14 @@ def check_same_dataset(recorded: Mapping[str, Any], current: Mapping[str, Any], 
     if old and new:
         if old == new:
             return None
-        way_back = ("the data at that path changed since training: restore it there"
-                    if recorded.get("path") == current.get("path") else f"pass {key}={recorded.get('path')}")
+        old_share, new_share = recorded.get("top_return_fraction", 1.0), current.get("top_return_fraction", 1.0)
+        if recorded.get("path") != current.get("path"):
+            way_back = f"pass {key}={recorded.get('path')}"
+        elif old_share != new_share:
+            way_back = (f"it was trained on the best {old_share} of the file's episodes by return, this selects "
+                        f"{new_share}: pass task.top_return_fraction={old_share}")
+        else:
+            way_back = "the data at that path changed since training: restore it there"
         raise DatasetError(
             f"{key}={current.get('path')} (identity {new[:12]}…) is not the dataset {what} was trained on "
             f"({recorded.get('path')}, identity {old[:12]}…); {way_back}, or {fix}"

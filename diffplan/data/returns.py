@@ -58,3 +58,43 @@ def normalized_returns_to_go(episodes: Episodes, discount: float, scale: float) 
     if not scale > 0:
         raise ValueError(f"return scale must be > 0, got {scale}; fix task.return_scale")
     return (returns_to_go(episodes, discount) / scale).astype(np.float32)
+
+
+def episode_returns(episodes: Episodes) -> np.ndarray:
+    """(E,) float64 undiscounted return (sum of rewards) of every episode."""
+    return np.add.reduceat(np.asarray(episodes.rewards, dtype=np.float64), episodes.starts)
+
+
+def best_episodes(episodes: Episodes, fraction: float, *, key: str = "task.top_return_fraction") -> Episodes:
+    """The ``ceil(fraction * E)`` episodes with the highest returns, in the dataset's order (the
+    filter of filtered behaviour cloning, for datasets that mix poor and good policies).
+
+    ``fraction`` 1.0 returns ``episodes`` itself. Otherwise the metadata gains a ``selection``
+    entry (the fraction and the counts), so the selection is part of the dataset's identity
+    (:func:`diffplan.data.identity.dataset_identity`): a checkpoint trained on it is checked
+    against the same selection. Ties keep the earlier episode.
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1], naming ``key``.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"{key}={fraction} must be in (0, 1]: the share of episodes kept, best returns first")
+    if fraction == 1:
+        return episodes
+    n_keep = int(np.ceil(fraction * episodes.n_episodes))
+    keep = np.sort(np.argsort(-episode_returns(episodes), kind="stable")[:n_keep])
+    rows = np.concatenate([np.arange(episodes.starts[i], episodes.starts[i] + episodes.lengths[i]) for i in keep])
+    ends = np.zeros(len(rows), dtype=bool)
+    ends[np.cumsum(episodes.lengths[keep]) - 1] = True
+
+    def cut(array: np.ndarray | None) -> np.ndarray | None:
+        return None if array is None else array[rows]
+
+    metadata = {**episodes.metadata, "selection": {"top_return_fraction": float(fraction), "n_episodes": n_keep,
+                                                   "of_episodes": episodes.n_episodes}}
+    return Episodes.from_arrays(
+        episodes.observations[rows], episodes.actions[rows], episodes.rewards[rows], episodes.terminals[rows],
+        episodes.timeouts[rows], ends=ends, goals=cut(episodes.goals), qpos=cut(episodes.qpos),
+        qvel=cut(episodes.qvel), source=episodes.source, metadata=metadata,
+    )
+

@@ -175,7 +175,8 @@ def prepare_evaluation(cfg: Config, strengths: EnvStrengths | None = None) -> Ev
     if not locomotion and EvalController(cfg.eval.controller) is not EvalController.planner:
         raise ValueError(f"eval.controller={cfg.eval.controller} is for locomotion tasks; mazes use "
                          "eval.controller=planner")
-    episodes = load_task_episodes(cfg.task.dataset, cfg.task.name)
+    episodes = load_task_episodes(cfg.task.dataset, cfg.task.name,
+                                  top_return_fraction=cfg.task.top_return_fraction)
     reference = resolve_reference_scores(cfg.task.name, cfg.task.dataset, episodes.metadata,
                                          ref_min=cfg.task.ref_min, ref_max=cfg.task.ref_max)
     dataset = dataset_record(cfg.task.dataset, episodes)

@@ -23,7 +23,8 @@ def run_train(cfg: Config) -> TrainSummary:
     ``task.dataset`` is a .hdf5 file (the project's or D4RL's layout), ``minari:<id>`` or a Minari
     dataset folder; the checkpoint records its identity (:func:`diffplan.data.identity.dataset_record`).
     """
-    episodes = load_task_episodes(cfg.task.dataset, cfg.task.name)
+    episodes = load_task_episodes(cfg.task.dataset, cfg.task.name,
+                                  top_return_fraction=cfg.task.top_return_fraction)
     dataset_info = dataset_record(cfg.task.dataset, episodes)
     with distributed.session(cfg.train.device):
         trainer = Trainer(cfg, episodes, cfg.run_dir, dataset_info)

@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 def run_train_bc(cfg: Config) -> BCSummary:
     """Train BC (resuming from ``bc.run_dir/checkpoint.pt`` when it exists) and return a summary."""
-    episodes = load_task_episodes(cfg.task.dataset, cfg.task.name)
+    episodes = load_task_episodes(cfg.task.dataset, cfg.task.name,
+                                  top_return_fraction=cfg.task.top_return_fraction)
     dataset_info = dataset_record(cfg.task.dataset, episodes)
     trainer = BCTrainer(cfg.bc, episodes, task=cfg.task.name, dataset_info=dataset_info)
     summary = trainer.train()

@@ -13,6 +13,7 @@ from pathlib import Path
 from diffplan.config import Config
 from diffplan.data.identity import dataset_record
 from diffplan.data.loading import load_episodes
+from diffplan.data.returns import best_episodes
 from diffplan.training import distributed
 from diffplan.training.checkpoint import CheckpointError, load_checkpoint, load_trained_model
 from diffplan.training.loop import TrainSummary
@@ -41,8 +42,10 @@ def run_train_value(cfg: Config) -> TrainSummary:
             "set value.dataset to the file it was trained on"
         )
     diffusion = load_trained_model(checkpoint, device="cpu", key="value.diffusion_checkpoint")
-    episodes = load_episodes(
-        dataset, expected_obs_dim=diffusion.layout.obs_dim, expected_act_dim=diffusion.layout.act_dim or None
+    episodes = best_episodes(  # the episodes the diffusion model learned from (its task.top_return_fraction)
+        load_episodes(dataset, expected_obs_dim=diffusion.layout.obs_dim,
+                      expected_act_dim=diffusion.layout.act_dim or None),
+        diffusion.config.task.top_return_fraction,
     )
     dataset_info = dataset_record(dataset, episodes)
     if recorded.get("identity"):
