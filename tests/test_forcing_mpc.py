@@ -271,19 +271,25 @@ def test_forcing_planner_inpaints_the_goal_at_the_windows_last_token() -> None:
 
 
 # -- dynamics consistency ---------------------------------------------------------------------------
-def test_real_maze_transitions_are_consistent_and_corrupted_ones_are_not() -> None:
+def _umaze_tokens(n_tokens: int, hold: int, seed: int) -> np.ndarray:
+    """(1, n_tokens, 6) real umaze tokens (state, action), each random action held ``hold`` steps."""
     from diffplan_envs.maze import get_maze_task, make_maze_env
 
     env = make_maze_env(get_maze_task("pointmaze-umaze"))
-    rng = np.random.default_rng(0)
-    obs = env.reset(seed=0)[0]["observation"]
+    rng = np.random.default_rng(seed)
+    obs = env.reset(seed=seed)[0]["observation"]
     rows = []
-    for _ in range(40):
+    for _ in range(n_tokens):
         action = rng.uniform(-1, 1, size=2)
         rows.append(np.concatenate([obs, action]))
-        obs = env.step(action)[0]["observation"]
+        for _ in range(hold):
+            obs = env.step(action)[0]["observation"]
     env.close()
-    trajectory = np.stack(rows)[None]
+    return np.stack(rows)[None]
+
+
+def test_real_maze_transitions_are_consistent_and_corrupted_ones_are_not() -> None:
+    trajectory = _umaze_tokens(40, hold=1, seed=0)
     variance = np.ones(4)
     clean = trajectory_consistency("pointmaze-umaze", trajectory, LAYOUT, variance)
     assert clean.errors.shape == (1, 39) and clean.errors.max() < 1e-12
@@ -300,19 +306,7 @@ def test_real_maze_transitions_are_consistent_and_corrupted_ones_are_not() -> No
 def test_strided_tokens_are_replayed_by_holding_each_action_over_the_stride() -> None:
     """A strided model's tokens are ``stride`` steps apart: the replay holds each token's action that
     long, so a trajectory whose actions were held exactly is consistent and the one-step replay is not."""
-    from diffplan_envs.maze import get_maze_task, make_maze_env
-
-    env = make_maze_env(get_maze_task("pointmaze-umaze"))
-    rng = np.random.default_rng(1)
-    obs = env.reset(seed=1)[0]["observation"]
-    rows = []
-    for _ in range(12):
-        action = rng.uniform(-1, 1, size=2)
-        rows.append(np.concatenate([obs, action]))
-        for _ in range(4):
-            obs = env.step(action)[0]["observation"]
-    env.close()
-    trajectory = np.stack(rows)[None]
+    trajectory = _umaze_tokens(12, hold=4, seed=1)
     variance = np.ones(4)
     held = trajectory_consistency("pointmaze-umaze", trajectory, LAYOUT, variance, hold=4)
     assert held.errors.shape == (1, 11) and held.errors.max() < 1e-12
