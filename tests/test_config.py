@@ -143,7 +143,7 @@ EXPERIMENTS = {
     "umaze-ref": ("pointmaze-umaze", 64, 2, "unet", 16, [1, 2, 4], 6000, "tracker", "runs/umaze-ref"),
     "medium-ref": ("pointmaze-medium", 64, 4, "unet", 16, [1, 2, 4], 10000, "tracker", "runs/medium-ref"),
     "medium-forcing": ("pointmaze-medium", 64, 4, "unet", 16, [1, 2, 4], 10000, "forcing", "runs/medium-forcing"),
-    "large-ref": ("pointmaze-large", 96, 4, "unet", 16, [1, 2, 4], 30000, "tracker", "runs/large-ref"),
+    "large-ref": ("pointmaze-large", 96, 4, "unet", 16, [1, 2, 4], 50000, "tracker", "runs/large-ref"),
     "medium-df": ("pointmaze-medium", 256, 1, "transformer", 32, [1, 4, 8], 10000, "forcing", "runs/medium-df"),
     "large-df": ("pointmaze-large", 384, 1, "transformer", 32, [1, 4, 8], 10000, "forcing", "runs/large-df"),
     "locomotion": ("hopper-medium", 32, 1, "unet", 16, [1, 2, 4], 8000, "actions", "runs/hopper-medium"),
