@@ -68,3 +68,10 @@ def load_task_episodes(
                 f"pass a dataset recorded for {task_name}, or the task it was recorded for (task=<name>)"
             )
     return best_episodes(episodes, top_return_fraction)
+
+
+def task_episodes(task: TaskConfig) -> Episodes:
+    """The episodes ``task`` trains and evaluates on: ``task.dataset`` checked against the task's
+    dimensions, then its ``task.top_return_fraction`` of best episodes (:func:`load_task_episodes`)."""
+    return load_task_episodes(task.dataset, task.name, top_return_fraction=task.top_return_fraction)
+

@@ -82,9 +82,10 @@ def best_episodes(episodes: Episodes, fraction: float, *, key: str = "task.top_r
     if fraction == 1:
         return episodes
     n_keep = int(np.ceil(fraction * episodes.n_episodes))
-    keep = np.sort(np.argsort(-episode_returns(episodes), kind="stable")[:n_keep])
-    rows = np.concatenate([np.arange(episodes.starts[i], episodes.starts[i] + episodes.lengths[i]) for i in keep])
-    ends = np.zeros(len(rows), dtype=bool)
+    keep = np.zeros(episodes.n_episodes, dtype=bool)
+    keep[np.argsort(-episode_returns(episodes), kind="stable")[:n_keep]] = True
+    rows = np.repeat(keep, episodes.lengths)  # (T,) the kept episodes' rows, in the file's order
+    ends = np.zeros(int(rows.sum()), dtype=bool)
     ends[np.cumsum(episodes.lengths[keep]) - 1] = True
 
     def cut(array: np.ndarray | None) -> np.ndarray | None:

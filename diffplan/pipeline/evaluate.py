@@ -28,7 +28,7 @@ from diffplan.guidance.kinds import guidance_kind
 from diffplan.guidance.per_env import EnvStrengths
 from diffplan.planning.modes import build_controller, planner_spec
 from diffplan.reporting.maze_plot import plot_maze_paths
-from diffplan.tasks import is_locomotion, load_task_episodes
+from diffplan.tasks import is_locomotion, task_episodes
 from diffplan.training.checkpoint import TrainedModel, load_trained_model
 from diffplan.utils import ensure_writable_folder, file_sha256, select_device, set_threads
 
@@ -175,8 +175,7 @@ def prepare_evaluation(cfg: Config, strengths: EnvStrengths | None = None) -> Ev
     if not locomotion and EvalController(cfg.eval.controller) is not EvalController.planner:
         raise ValueError(f"eval.controller={cfg.eval.controller} is for locomotion tasks; mazes use "
                          "eval.controller=planner")
-    episodes = load_task_episodes(cfg.task.dataset, cfg.task.name,
-                                  top_return_fraction=cfg.task.top_return_fraction)
+    episodes = task_episodes(cfg.task)
     reference = resolve_reference_scores(cfg.task.name, cfg.task.dataset, episodes.metadata,
                                          ref_min=cfg.task.ref_min, ref_max=cfg.task.ref_max)
     dataset = dataset_record(cfg.task.dataset, episodes)

@@ -10,7 +10,7 @@ import logging
 
 from diffplan.config import Config
 from diffplan.data.identity import dataset_record
-from diffplan.tasks import load_task_episodes
+from diffplan.tasks import task_episodes
 from diffplan.training import distributed
 from diffplan.training.trainer import Trainer, TrainSummary
 
@@ -23,8 +23,7 @@ def run_train(cfg: Config) -> TrainSummary:
     ``task.dataset`` is a .hdf5 file (the project's or D4RL's layout), ``minari:<id>`` or a Minari
     dataset folder; the checkpoint records its identity (:func:`diffplan.data.identity.dataset_record`).
     """
-    episodes = load_task_episodes(cfg.task.dataset, cfg.task.name,
-                                  top_return_fraction=cfg.task.top_return_fraction)
+    episodes = task_episodes(cfg.task)
     dataset_info = dataset_record(cfg.task.dataset, episodes)
     with distributed.session(cfg.train.device):
         trainer = Trainer(cfg, episodes, cfg.run_dir, dataset_info)

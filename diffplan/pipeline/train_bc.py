@@ -11,15 +11,14 @@ import logging
 from diffplan.baselines.bc import BCSummary, BCTrainer
 from diffplan.config import Config
 from diffplan.data.identity import dataset_record
-from diffplan.tasks import load_task_episodes
+from diffplan.tasks import task_episodes
 
 log = logging.getLogger(__name__)
 
 
 def run_train_bc(cfg: Config) -> BCSummary:
     """Train BC (resuming from ``bc.run_dir/checkpoint.pt`` when it exists) and return a summary."""
-    episodes = load_task_episodes(cfg.task.dataset, cfg.task.name,
-                                  top_return_fraction=cfg.task.top_return_fraction)
+    episodes = task_episodes(cfg.task)
     dataset_info = dataset_record(cfg.task.dataset, episodes)
     trainer = BCTrainer(cfg.bc, episodes, task=cfg.task.name, dataset_info=dataset_info)
     summary = trainer.train()
