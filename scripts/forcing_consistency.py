@@ -103,6 +103,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    for name in ("n", "factor", "sampling_steps", "execute", "hold"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')}={value} must be >= 1")
     torch.set_num_threads(1)
     model = load_trained_model(args.checkpoint)
     stride = int(model.config.task.stride)
