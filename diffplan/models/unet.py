@@ -70,8 +70,11 @@ class ResidualTemporalBlock(nn.Module):
         )
 
     def forward(self, x: Tensor, embedding: Tensor) -> Tensor:
-        """x (B, C_in, H_l), embedding (B, H_l, E) or shared (B, 1, E) -> (B, C_out, H_l)."""
-        h = self.block0(x) + self.level_mlp(embedding).transpose(1, 2)  # (B, C_out, H_l), broadcast if shared
+        """x (B, C_in, H_l), embedding (B, H_l, E) or shared (B, 1, E) -> (B, C_out, H_l); planar
+        features (B, C, 1, H_l) (:mod:`diffplan.models.planar`) likewise."""
+        level = self.level_mlp(embedding).transpose(1, 2)  # (B, C_out, H_l), or (B, C_out, 1) if shared
+        h = self.block0(x)
+        h = h + (level.unsqueeze(2) if h.dim() == 4 else level)
         h = self.block1(h)
         return h + self.residual(x)
 
@@ -138,6 +141,18 @@ def shared_levels(levels: Tensor) -> Tensor:
     return first if bool((levels == first).all()) else levels
 
 
+def to_features(x: Tensor, planar: bool = False) -> Tensor:
+    """Tokens (B, H, D) -> convolution features (B, D, H); with ``planar``, (B, D, 1, H) in the
+    channels-last memory format (the 2-D convolutions of :mod:`diffplan.models.planar`)."""
+    h = x.transpose(1, 2)
+    return h.unsqueeze(2).contiguous(memory_format=torch.channels_last) if planar else h
+
+
+def from_features(h: Tensor) -> Tensor:
+    """Convolution features (B, D, H), or planar (B, D, 1, H) -> tokens (B, H, D)."""
+    return (h.squeeze(2) if h.dim() == 4 else h).transpose(1, 2)
+
+
 def make_level_embedding(dim: int) -> nn.Sequential:
     """The per-token noise-level embedding: levels (B, H) in [0, 1] -> (B, H, dim).
 
@@ -198,6 +213,10 @@ class DownPath(nn.ModuleList):
 class TemporalUnet(nn.Module):
     """Janner-style temporal U-Net with per-token noise-level conditioning.
 
+    ``planar`` (set by :func:`diffplan.models.planar.planar_copy`, for planning) runs the
+    convolutions as 2-D ones over (B, C, 1, H) channels-last features; inputs and outputs are
+    the same.
+
     Args:
         transition_dim: D, channels per token.
         horizon: H used in training; any H divisible by ``2 ** (len(dim_mults) - 1)`` works.
@@ -221,6 +240,7 @@ class TemporalUnet(nn.Module):
         super().__init__()
         if dim % 8:
             raise ValueError(f"model.unet.dim must be a multiple of 8 (GroupNorm with 8 groups), got {dim}")
+        self.planar = False
         self.downsample_factor = 2 ** (len(dim_mults) - 1)
         check_horizon(horizon, self.downsample_factor)
         self.transition_dim = transition_dim
@@ -264,11 +284,11 @@ class TemporalUnet(nn.Module):
             embedding = embedding + self._condition(condition, drop, x.shape[0]).unsqueeze(1)
         elif condition is not None or drop is not None:
             raise ValueError("this network was built without model.return_condition; it takes no condition")
-        h, embedding, skips, embeddings = self.downs(x.transpose(1, 2), embedding)  # from (B, D, H)
+        h, embedding, skips, embeddings = self.downs(to_features(x, self.planar), embedding)  # from (B, D, H)
         h = self.mid2(self.mid1(h, embedding), embedding)
         for stage in self.ups:
             h = stage(h, skips.pop(), embeddings.pop())
-        return self.final(h).transpose(1, 2)  # (B, H, D)
+        return from_features(self.final(h))  # (B, H, D)
 
     def _condition(self, condition: Tensor | None, drop: Tensor | None, batch: int) -> Tensor:
         """(B, E) condition embedding (see :func:`embed_condition`)."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from diffplan.models.unet import DownPath, check_horizon, make_level_embedding, shared_levels
+from diffplan.models.unet import DownPath, check_horizon, make_level_embedding, shared_levels, to_features
 
 if TYPE_CHECKING:
     from diffplan.config import ValueConfig
@@ -64,6 +64,8 @@ class ValueNet(nn.Module):
             raise ValueError("value.dim_mults must hold at least one multiplier")
         self.transition_dim = transition_dim
         self.horizon = horizon
+        # 2-D channels-last convolutions (diffplan.models.planar.planar_copy; planning only).
+        self.planar = False
         if goal_dim < 0:
             raise ValueError(f"goal_dim must be >= 0, got {goal_dim}")
         self.goal_dim = goal_dim
@@ -111,14 +113,16 @@ class ValueNet(nn.Module):
         elif goals is not None:
             raise ValueError("this value network was trained without goals (value.goal_conditioned=false); pass none")
         embedding = self.level_embedding(shared_levels(levels))  # (B, H, E), or (B, 1, E) when shared
-        h, embedding, _, _ = self.downs(x.transpose(1, 2), embedding)  # (B, C, H / f), (B, H / f, E)
+        h, embedding, _, _ = self.downs(to_features(x, self.planar), embedding)  # (B, C, [1,] H / f), (B, H / f, E)
         embedding = embedding.expand(-1, h.shape[-1], -1)  # a shared (B, 1, E) embedding onto the H / f tokens
         features = torch.cat([h.flatten(1), embedding.flatten(1)], dim=1)
         return self.head(features).squeeze(-1)
 
     def forward(self, x: Tensor, levels: Tensor, goals: Tensor | None = None) -> Tensor:
         """x (B, H, D), levels (B, H) in [0, 1] (and goals (B, G)) -> values (B,) on the raw return scale."""
-        return self.standardized(x, levels, goals) * self.target_std + self.target_mean
+        # In the statistics' float32 even when the network runs in bfloat16 (a planar copy): values
+        # near one another keep their order.
+        return self.standardized(x, levels, goals).to(self.target_std.dtype) * self.target_std + self.target_mean
 
 
 def build_value_net(cfg: ValueConfig, *, transition_dim: int, horizon: int, goal_dim: int = 0) -> ValueNet:

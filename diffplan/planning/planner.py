@@ -42,6 +42,7 @@ from diffplan.guidance import EnvStrengths, Guidance, build_guidance, check_kind
 from diffplan.guidance.per_env import for_candidates
 from diffplan.guidance.value import load_value_guide
 from diffplan.models.inverse_dynamics import plan_actions
+from diffplan.models.planar import planning_network
 from diffplan.training.checkpoint import TrainedModel
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,8 @@ def planning_denoiser(
     Raises:
         ValueError: per-sample weights for a model that is not return-conditioned.
     """
-    denoiser = compile_module(model.denoiser, planner.compile, what=f"the denoiser of {model.path}")
+    network = planning_network(model.denoiser, planner.precision, device)
+    denoiser = compile_module(network, planner.compile, what=f"the denoiser of {model.path}")
     if not model.config.model.return_condition:
         if weight is not None:
             raise ValueError(

@@ -31,6 +31,7 @@ from diffplan.acceleration import compile_module
 from diffplan.config import DiffusionConfig, GuidanceConfig, PlannerConfig
 from diffplan.controllers import PlanRecord
 from diffplan.guidance import EnvStrengths, Guide, ValueGuide, build_guidance
+from diffplan.models.planar import planning_network
 from diffplan.planning.controllers import RecedingHorizonController, check_strengths
 from diffplan.planning.planner import ObjectiveSelector, Plan, Planner, SamplingPlanner, WarmStart
 from diffplan.training.checkpoint import TrainedModel
@@ -68,8 +69,9 @@ class ValuePlanner(SamplingPlanner):
         device: torch.device | str = "cpu",
     ) -> None:
         warm = WarmStart.of(planner, model.schedule.n_timesteps)
-        if planner.compile and isinstance(guide, ValueGuide):
-            guide.value_net = compile_module(guide.value_net, True, what="the value network")
+        if isinstance(guide, ValueGuide):
+            network = planning_network(guide.value_net, planner.precision, device)
+            guide.value_net = compile_module(network, planner.compile, what="the value network")
         self.guide = guide
         # Value, policy or both (guidance.kind); the value guide always ranks the candidates.
         built = build_guidance(guidance, model, device, value_guide=guide, clip_denoised=diffusion.clip_denoised)
