@@ -261,8 +261,10 @@ class PlannerConfig:
     jump_ratio: float = 1.5
     action_source: ActionSource = ActionSource.diffused
     # Compute of the networks while planning and generating (diffplan.acceleration): bfloat16
-    # autocast for the denoiser and the guides' networks; compile runs the denoiser (and the locomotion planner's
-    # value network) through torch.compile (eager fallback).
+    # autocast for the denoiser and the guides' networks; on the CPU the planners' U-Net and value network
+    # then run as planar bfloat16 copies (diffplan.models.planar: channels-last 2-D convolutions).
+    # compile runs the denoiser (and the locomotion planner's value network) through torch.compile (eager
+    # fallback). Both together: the fastest CPU planning on CPUs with AVX512-BF16 or AMX (docs/PERFORMANCE.md).
     precision: Precision = Precision.float32
     compile: bool = False
     tracker: TrackerConfig = field(default_factory=TrackerConfig)

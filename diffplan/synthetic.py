@@ -32,6 +32,7 @@ from torch import Tensor
 from diffplan.diffusion.conditioning import goal_constraints
 from diffplan.diffusion.guide import Guidance
 from diffplan.diffusion.sampler import Sampler
+from diffplan.models.planar import planning_network
 from diffplan.training.checkpoint import TrainedModel
 from diffplan.utils import atomic_path
 
@@ -97,7 +98,8 @@ def chunk_trajectories(
     layout, horizon, device = model.layout, model.horizon, starts.device
     batch = starts.shape[0]
     constraints = goal_constraints(layout, model.normalizer, horizon, starts, None, [])
-    x = sampler.sample(model.denoiser, (batch, horizon, layout.transition_dim), matrix, constraints=constraints,
+    denoiser = planning_network(model.denoiser, sampler.precision, device)  # planar bfloat16 on the CPU
+    x = sampler.sample(denoiser, (batch, horizon, layout.transition_dim), matrix, constraints=constraints,
                        generator=generator, device=device, guidance=guidance)
     raw = model.normalizer.unnormalize(x).double().cpu().numpy()
     return trajectories_to_transitions(raw, model, spec)

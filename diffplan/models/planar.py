@@ -28,6 +28,7 @@ import copy
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffplan.enums import Precision
@@ -44,7 +45,7 @@ def _conv2d(conv: nn.Conv1d) -> nn.Conv2d:
                        padding=(0, conv.padding[0]), dilation=(1, conv.dilation[0]), bias=conv.bias is not None)
     with torch.no_grad():
         planar.weight.copy_(conv.weight.unsqueeze(2))
-        if conv.bias is not None:
+        if conv.bias is not None and planar.bias is not None:
             planar.bias.copy_(conv.bias)
     return planar
 
@@ -58,20 +59,77 @@ def _conv_transpose2d(conv: nn.ConvTranspose1d) -> nn.ConvTranspose2d:
                                 dilation=(1, conv.dilation[0]), bias=conv.bias is not None)
     with torch.no_grad():
         planar.weight.copy_(conv.weight.unsqueeze(2))
-        if conv.bias is not None:
+        if conv.bias is not None and planar.bias is not None:
             planar.bias.copy_(conv.bias)
     return planar
 
 
-def _replace_convolutions(module: nn.Module) -> None:
-    """Swap every 1-D (transposed) convolution below ``module`` for its planar 2-D equivalent, in place."""
+class PlanarGroupNorm(nn.GroupNorm):
+    """GroupNorm on planar bfloat16 features that computes in float32 where ATen's channels-last
+    bfloat16 kernel is slow: groups of fewer than :attr:`NARROW` channels (measured on the Xeon:
+    (64, 32, 1, 32) 218 us in bfloat16 against 53 us through float32; from 16 channels per group
+    the bfloat16 kernel is the faster). The same function either way."""
+
+    #: Channels per group from which the bfloat16 channels-last kernel is used.
+    NARROW = 16
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.num_channels // self.num_groups >= self.NARROW or x.dtype == torch.float32:
+            return super().forward(x)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+
+
+class _RationalMish(torch.autograd.Function):
+    """Mish with the backward d/dx = t + x (1 - t^2) sigmoid(x), t = tanh(softplus(x)), from the
+    forward's t and sigmoid(x)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        e = torch.exp(x.clamp(max=20.0))
+        n = e * (e + 2)
+        t = n / (n + 2)
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(x, t, e / (e + 1))
+        return x * t
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        x, t, sigmoid = ctx.saved_tensors
+        return grad * (t + x * (1 - t * t) * sigmoid)
+
+
+class PlanarMish(nn.Mish):
+    """Mish, x tanh(softplus(x)), as x n / (n + 2) with n = e^x (e^x + 2) (inputs clamped at 20,
+    beyond which both are x in bfloat16), and its backward from the same intermediates: a few
+    vectorised passes, where ATen's Mish and its backward are not vectorised for channels-last
+    bfloat16 on these CPUs (about 2x faster forward, measured)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _RationalMish.apply(x)
+
+
+def _group_norm(norm: nn.GroupNorm) -> PlanarGroupNorm:
+    planar = PlanarGroupNorm(norm.num_groups, norm.num_channels, norm.eps, norm.affine)
+    planar.load_state_dict(norm.state_dict())
+    return planar
+
+
+def _replace_layers(module: nn.Module) -> None:
+    """Swap every 1-D (transposed) convolution below ``module`` for its planar 2-D equivalent and
+    every GroupNorm and Mish for :class:`PlanarGroupNorm` and :class:`PlanarMish`, in place."""
     for name, child in module.named_children():
         if isinstance(child, nn.Conv1d):
             setattr(module, name, _conv2d(child))
         elif isinstance(child, nn.ConvTranspose1d):
             setattr(module, name, _conv_transpose2d(child))
+        elif isinstance(child, nn.GroupNorm):
+            setattr(module, name, _group_norm(child))
+        elif isinstance(child, nn.Mish):
+            setattr(module, name, PlanarMish())
         else:
-            _replace_convolutions(child)
+            _replace_layers(child)
 
 
 def supports_planar(network: nn.Module) -> bool:
@@ -103,12 +161,13 @@ class PlanarNetwork(nn.Module):
             planar = copy.deepcopy(network)
         finally:
             network.__dict__.update(cached)
-        _replace_convolutions(planar)
+        _replace_layers(planar)
         for parameter in planar.parameters():
-            parameter.data = parameter.data.to(torch.bfloat16)
+            channels_last = parameter.dim() == 4  # the 2-D convolutions' weights
+            parameter.data = parameter.data.to(torch.bfloat16, memory_format=torch.channels_last if channels_last
+                                               else torch.preserve_format)
             parameter.requires_grad_(False)
-        planar.to(memory_format=torch.channels_last)
-        planar.planar = True
+        setattr(planar, "planar", True)  # noqa: B010 - the flag of the networks that have a planar form
         self.module = planar.eval()
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
