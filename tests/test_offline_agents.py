@@ -432,13 +432,13 @@ def test_inconsistent_synthetic_settings_are_refused(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- the commands
 
 
-def _locomotion_config(tmp_path: Path, dataset: Path, algo: str, steps: int) -> Config:
+def _locomotion_config(tmp_path: Path, dataset: Path, algo: str, steps: int, extra: tuple[str, ...] = ()) -> Config:
     overrides = [
         "task=hopper-medium", f"run_dir={tmp_path / 'run'}", f"task.dataset={dataset}", "task.episode_steps=40",
         f"offline={algo}", f"offline.steps={steps}", "offline.batch_size=64", "offline.hidden_sizes=[32,32]",
         "offline.progress=false", "offline.threads=1", "offline.device=cpu", "offline.log_every=100",
         "eval.controller=offline", "eval.n_episodes=2", "eval.n_envs=2", "eval.seeds=[0]", "eval.progress=false",
-        f"eval.out_dir={tmp_path / 'eval'}", "eval.device=cpu",
+        f"eval.out_dir={tmp_path / 'eval'}", "eval.device=cpu", *extra,
     ]
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -479,3 +479,27 @@ def test_train_offline_and_evaluate_commands(algo: str, tmp_path: Path, hopper_f
     assert all(1 <= ep["length"] <= 40 for ep in results["episodes"])
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["diffplan-train-offline"] == "diffplan.cli.train_offline:main"
+
+
+def test_train_offline_learns_from_the_best_episodes(tmp_path: Path, hopper_file: Path) -> None:
+    """task.top_return_fraction reaches the offline agents: the agent trains on the best half of the
+    episodes (next observations cut alike), its checkpoint records the selection, and resuming it on
+    the whole file is refused."""
+    from diffplan.data import load_hdf5
+    from diffplan.data.returns import best_episodes
+    from diffplan.pipeline.train_offline import run_train_offline
+
+    best = best_episodes(load_hdf5(hopper_file), 0.5)
+    cfg = _locomotion_config(tmp_path, hopper_file, "td3bc", 20, ("task.top_return_fraction=0.5",))
+    data = TransitionData.from_file(hopper_file, top_return_fraction=0.5)
+    assert data.episodes.n_transitions == best.n_transitions < load_hdf5(hopper_file).n_transitions
+    assert data.next_observations is not None and len(data.next_observations) == best.n_transitions
+    np.testing.assert_array_equal(data.next_observations[:-1][~best.terminals[:-1] & ~best.timeouts[:-1]],
+                                  best.observations[1:][~best.terminals[:-1] & ~best.timeouts[:-1]])
+    summary = run_train_offline(cfg)
+    payload = torch.load(summary.checkpoint, map_location="cpu", weights_only=True)
+    record = json.loads(payload["dataset"])
+    assert record["top_return_fraction"] == 0.5 and record["n_transitions"] == best.n_transitions
+    whole = _locomotion_config(tmp_path, hopper_file, "td3bc", 30)
+    with pytest.raises(CheckpointError, match="cannot resume .*identity"):
+        run_train_offline(whole)

@@ -193,3 +193,9 @@ def test_generation_follows_planner_precision(reward_model: tuple[TrainedModel, 
     assert b["observations"].dtype == a["observations"].dtype
     assert not np.array_equal(a["observations"], b["observations"])
     np.testing.assert_allclose(b["observations"], a["observations"], atol=0.5)
+    # task.top_return_fraction: the start states come from the best episodes only, as the model's training data.
+    from diffplan.data.returns import best_episodes
+
+    half = generation_setup(tiny_locomotion_config(folder, [*base, "task.top_return_fraction=0.5"]))
+    best = best_episodes(exact.episodes, 0.5)
+    assert half.episodes.n_transitions == best.n_transitions < exact.episodes.n_transitions

@@ -26,6 +26,7 @@ from diffplan.agents.common import Batch
 from diffplan.data.episodes import Episodes
 from diffplan.data.errors import DatasetError
 from diffplan.data.loading import HDF5_SUFFIXES, load_episodes
+from diffplan.data.returns import best_episode_rows, best_episodes
 
 
 @dataclass
@@ -141,12 +142,19 @@ class TransitionData:
 
     @classmethod
     def from_file(
-        cls, path: str | Path, *, expected_obs_dim: int | None = None, expected_act_dim: int | None = None
+        cls, path: str | Path, *, expected_obs_dim: int | None = None, expected_act_dim: int | None = None,
+        top_return_fraction: float = 1.0,
     ) -> TransitionData:
         """Load a dataset (any :func:`~diffplan.data.loading.load_episodes` source) and its
-        ``next_observations`` (HDF5 files that have the key)."""
+        ``next_observations`` (HDF5 files that have the key); with ``top_return_fraction`` < 1, only
+        that share of its episodes, best returns first (:func:`~diffplan.data.returns.best_episodes`)."""
         episodes = load_episodes(path, expected_obs_dim=expected_obs_dim, expected_act_dim=expected_act_dim)
-        return cls(episodes, read_next_observations(path))
+        next_observations = read_next_observations(path)
+        rows = best_episode_rows(episodes, top_return_fraction)
+        if rows is None:
+            return cls(episodes, next_observations)
+        return cls(best_episodes(episodes, top_return_fraction),
+                   None if next_observations is None else next_observations[rows])
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], source: str = "<arrays>") -> TransitionData:

@@ -65,6 +65,26 @@ def episode_returns(episodes: Episodes) -> np.ndarray:
     return np.add.reduceat(np.asarray(episodes.rewards, dtype=np.float64), episodes.starts)
 
 
+def best_episode_rows(
+    episodes: Episodes, fraction: float, *, key: str = "task.top_return_fraction"
+) -> np.ndarray | None:
+    """(T,) bool: the rows of the ``ceil(fraction * E)`` episodes with the highest returns (ties keep
+    the earlier episode); None for ``fraction`` 1.0 (every row). The rows :func:`best_episodes`
+    keeps, for arrays aligned with the episodes' rows (a file's ``next_observations``).
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1], naming ``key``.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"{key}={fraction} must be in (0, 1]: the share of episodes kept, best returns first")
+    if fraction == 1:
+        return None
+    n_keep = int(np.ceil(fraction * episodes.n_episodes))
+    keep = np.zeros(episodes.n_episodes, dtype=bool)
+    keep[np.argsort(-episode_returns(episodes), kind="stable")[:n_keep]] = True
+    return np.repeat(keep, episodes.lengths)
+
+
 def best_episodes(episodes: Episodes, fraction: float, *, key: str = "task.top_return_fraction") -> Episodes:
     """The ``ceil(fraction * E)`` episodes with the highest returns, in the dataset's order (the
     filter of filtered behaviour cloning, for datasets that mix poor and good policies).
@@ -77,14 +97,11 @@ def best_episodes(episodes: Episodes, fraction: float, *, key: str = "task.top_r
     Raises:
         ValueError: ``fraction`` outside (0, 1], naming ``key``.
     """
-    if not 0 < fraction <= 1:
-        raise ValueError(f"{key}={fraction} must be in (0, 1]: the share of episodes kept, best returns first")
-    if fraction == 1:
+    rows = best_episode_rows(episodes, fraction, key=key)  # (T,) the kept episodes' rows, in the file's order
+    if rows is None:
         return episodes
-    n_keep = int(np.ceil(fraction * episodes.n_episodes))
-    keep = np.zeros(episodes.n_episodes, dtype=bool)
-    keep[np.argsort(-episode_returns(episodes), kind="stable")[:n_keep]] = True
-    rows = np.repeat(keep, episodes.lengths)  # (T,) the kept episodes' rows, in the file's order
+    keep = rows[np.cumsum(episodes.lengths) - episodes.lengths]  # (E,) each episode's first row
+    n_keep = int(keep.sum())
     ends = np.zeros(int(rows.sum()), dtype=bool)
     ends[np.cumsum(episodes.lengths[keep]) - 1] = True
 

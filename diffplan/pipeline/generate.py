@@ -22,14 +22,13 @@ from tqdm.auto import tqdm
 from diffplan.config import Config, to_container
 from diffplan.data.episodes import Episodes
 from diffplan.data.hdf5 import write_hdf5
-from diffplan.data.loading import load_episodes
 from diffplan.diffusion.guide import Guidance
 from diffplan.diffusion.sampler import Sampler
 from diffplan.guidance.kinds import guidance_kind
 from diffplan.models.policy import TargetPolicy
 from diffplan.planning.planner import planning_sampler
 from diffplan.synthetic import GenerationSpec, clear_partial, generate
-from diffplan.tasks import is_locomotion
+from diffplan.tasks import is_locomotion, task_episodes
 from diffplan.training.checkpoint import TrainedModel, load_trained_model
 from diffplan.utils import file_sha256, hardware_info, select_device, set_threads
 
@@ -123,7 +122,7 @@ def generation_setup(cfg: Config) -> GenerationSetup:
     device = select_device(gc.device)
     model = load_trained_model(cfg.eval.checkpoint, device=device, use_ema=cfg.eval.use_ema,
                                expected_task=cfg.task.name)  # before the (larger) dataset is read
-    episodes = load_episodes(cfg.task.dataset)
+    episodes = task_episodes(cfg.task)  # the start states: the episodes the model learned from
     spec = GenerationSpec(n_trajectories=gc.n_trajectories, length=gc.length, batch_size=gc.batch_size,
                           seed=gc.seed, terminal_threshold=gc.terminal_threshold,
                           action_low=float(episodes.actions.min()), action_high=float(episodes.actions.max()))

@@ -13,6 +13,7 @@ from typing import Any
 from diffplan.agents.replay import TransitionData
 from diffplan.agents.trainer import OfflineTrainer, RegenerateFn
 from diffplan.config import Config
+from diffplan.data.identity import dataset_record
 from diffplan.training.loop import TrainSummary
 from diffplan.utils import file_sha256
 
@@ -41,11 +42,12 @@ def run_train_offline(cfg: Config, regenerate: RegenerateFn | None = None) -> Tr
         from diffplan.pipeline.generate import policy_guided_regenerator
 
         regenerate = policy_guided_regenerator(cfg)
-    real = TransitionData.from_file(cfg.task.dataset)
+    real = TransitionData.from_file(cfg.task.dataset, top_return_fraction=cfg.task.top_return_fraction)
     synthetic = TransitionData.from_file(off.synthetic, expected_obs_dim=real.obs_dim,
                                          expected_act_dim=real.act_dim) if off.synthetic else None
     trainer = OfflineTrainer(
-        off, real, task=cfg.task.name, dataset_info=_source_info(cfg.task.dataset), synthetic=synthetic,
+        off, real, task=cfg.task.name, dataset_info=dataset_record(cfg.task.dataset, real.episodes),
+        synthetic=synthetic,
         synthetic_info=_source_info(off.synthetic) if off.synthetic else None, regenerate=regenerate,
     )
     summary = trainer.train()
