@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequential", action="store_true", help="with --physics: run the sweeps sequentially")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the sweep (after --)")
     args = parser.parse_args(argv)
+    from diffplan_envs.mujoco_batch import PHYSICS_BACKENDS
+
+    for backend in args.physics or []:
+        if backend not in PHYSICS_BACKENDS:
+            parser.error(f"--physics {backend}: not a physics backend; choose from {', '.join(PHYSICS_BACKENDS)}")
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     logging.getLogger("diffplan").setLevel(logging.INFO)
     from diffplan.utils import hardware_info
