@@ -96,6 +96,15 @@ def test_compiled_planning_matches_eager(model: TrainedModel) -> None:
     torch.testing.assert_close(compiled, exact, rtol=0, atol=COMPILE_PLAN_ATOL)
 
 
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None, reason="no C++ compiler")
+def test_compiled_bfloat16_planning_matches_eager(model: TrainedModel) -> None:
+    """planner.precision=bfloat16 with planner.compile (the fastest CPU setting): the compiled planar copy
+    plans what the eager one plans, within bfloat16's rounding."""
+    eager = _plan(model, precision=Precision.bfloat16)
+    compiled = _plan(model, precision=Precision.bfloat16, compile=True)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=BF16_PLAN_ATOL)
+
+
 def test_compile_failure_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     from torch._dynamo.exc import TorchRuntimeError
 

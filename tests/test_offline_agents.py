@@ -503,3 +503,11 @@ def test_train_offline_learns_from_the_best_episodes(tmp_path: Path, hopper_file
     whole = _locomotion_config(tmp_path, hopper_file, "td3bc", 30)
     with pytest.raises(CheckpointError, match="cannot resume .*identity"):
         run_train_offline(whole)
+    # A checkpoint of before the selection was recorded (path and sha256 only) is still checked: same file,
+    # another share of it is refused, naming the share to pass.
+    from diffplan.training.loop import check_resume_dataset
+
+    old = {"dataset": json.dumps({"path": str(hopper_file), "sha256": record["sha256"]})}
+    with pytest.raises(CheckpointError, match="top_return_fraction=1.0 of its dataset, the current config keeps 0.5"):
+        check_resume_dataset(summary.checkpoint, old, record)
+    check_resume_dataset(summary.checkpoint, old, {**record, "identity": None, "top_return_fraction": 1.0})

@@ -30,7 +30,7 @@ REL_TOL = 0.06
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
+    return float(((a - b).norm() / b.norm()).detach())
 
 
 def _unet(**kwargs: object) -> TemporalUnet:
@@ -112,11 +112,62 @@ def test_planning_network_is_cached_and_follows_the_weights() -> None:
         second = planning_network(net, Precision.bfloat16, "cpu")
         assert second is not first
         assert _relative(second(x, lv), net(x, lv)) < REL_TOL and _relative(second(x, lv), before) > REL_TOL
-    # A network without a planar form (the transformer) is used as it is.
+    value = _value()
+    cached = planning_network(value, Precision.bfloat16, "cpu")
+    value.set_target_stats(mean=-5.0, std=2.0)  # buffers only: the copy is rebuilt with them
+    rebuilt = planning_network(value, Precision.bfloat16, "cpu")
+    assert rebuilt is not cached and float(rebuilt.module.target_mean) == -5.0  # type: ignore[union-attr]
+
+
+def test_planning_network_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """No planar form (the transformer), or a CPU without bfloat16 units: the network itself, and
+    one warning each, naming the setting."""
+    import diffplan.models.planar as planar
+
+    monkeypatch.setattr(planar, "_WARNED", set())
     transformer = TrajectoryTransformer(transition_dim=D, horizon=H, d_model=16, n_layers=1, n_heads=2)
-    assert planning_network(transformer, Precision.bfloat16, "cpu") is transformer
+    with caplog.at_level("WARNING", logger="diffplan.models.planar"):
+        assert planning_network(transformer, Precision.bfloat16, "cpu") is transformer
+        assert planning_network(transformer, Precision.bfloat16, "cpu") is transformer
+        monkeypatch.setattr(planar, "cpu_has_bfloat16", lambda: False)
+        net = _unet()
+        assert planning_network(net, Precision.bfloat16, "cpu") is net
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2 and all("planner.precision=bfloat16" in m for m in messages)
+    assert "TrajectoryTransformer has no planar form" in messages[0] and "no bfloat16 units" in messages[1]
     with pytest.raises(ValueError, match="no planar form"):
         PlanarNetwork(transformer)
+
+
+def test_planar_group_norm_and_mish_compute_the_float32_functions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both GroupNorm paths (bfloat16 channels-last for wide groups, float32 for narrow ones) and
+    the rational Mish with its hand-written backward."""
+    from diffplan.models.planar import PlanarGroupNorm, PlanarMish, _RationalMish
+
+    torch.manual_seed(0)
+    norm = nn.GroupNorm(8, 128)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(4, 128, 1, 8)
+    exact = norm(x)
+    planar = PlanarGroupNorm(8, 128)
+    planar.load_state_dict(norm.state_dict())
+    planar.to(torch.bfloat16)
+    low = x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    for narrow in (16, 1000):  # 16 channels per group: the bfloat16 kernel; below 1000: through float32
+        monkeypatch.setattr(PlanarGroupNorm, "NARROW", narrow)
+        out = planar(low)
+        assert out.dtype == torch.bfloat16 and _relative(out.float(), exact) < 0.01
+    # Mish: forward and gradient of the float64 function, exactly; in bfloat16 within its rounding.
+    wide = torch.linspace(-12, 25, 301, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_RationalMish.apply, (wide[::10].detach().requires_grad_(True),))
+    torch.testing.assert_close(PlanarMish()(wide), nn.functional.mish(wide))
+    half = wide.detach().to(torch.bfloat16).requires_grad_(True)
+    (grad,) = torch.autograd.grad(PlanarMish()(half).float().sum(), half)
+    (exact_grad,) = torch.autograd.grad(nn.functional.mish(wide).sum(), wide)
+    assert (grad.double() - exact_grad).abs().max() < 0.02
 
 
 def test_bfloat16_value_planner_plans_with_planar_networks() -> None:
@@ -128,15 +179,18 @@ def test_bfloat16_value_planner_plans_with_planar_networks() -> None:
     starts = torch.tensor([[0.5, -1.0, 0.1, -0.2], [1.5, 1.0, 0.0, 0.3]])
 
     def plan(precision: str) -> tuple[ValuePlanner, torch.Tensor]:
-        planner = ValuePlanner(model, ValueGuide(_value()), planner=PlannerConfig(n_candidates=4, precision=precision),
+        guide = ValueGuide(_value())
+        planner = ValuePlanner(model, guide, planner=PlannerConfig(n_candidates=4, precision=precision),
                                diffusion=DiffusionConfig(n_timesteps=10, sampling_steps=4),
                                guidance=GuidanceConfig(kind="value", scale=0.1, t_stopgrad=1))
+        assert isinstance(guide.value_net, ValueNet)  # the caller's guide keeps its own network
         return planner, planner.plan(starts, torch.Generator().manual_seed(0)).normalized
 
     exact_planner, exact = plan("float32")
+    assert "_diffplan_planar" not in model.denoiser.__dict__
     low_planner, low = plan("bfloat16")
     assert isinstance(low_planner.guide, ValueGuide) and isinstance(low_planner.guide.value_net, PlanarNetwork)
-    assert isinstance(planning_network(model.denoiser, "bfloat16", "cpu"), PlanarNetwork)
+    assert isinstance(model.denoiser.__dict__["_diffplan_planar"][1], PlanarNetwork)  # the planner's denoiser
     assert not isinstance(exact_planner.guide.value_net, PlanarNetwork)  # type: ignore[attr-defined]
     assert low.dtype == torch.float32 and not torch.equal(low, exact)
     # Guidance steps amplify bfloat16's rounding in a few entries of this random-weight model (measured:

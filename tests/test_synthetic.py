@@ -190,6 +190,7 @@ def test_generation_follows_planner_precision(reward_model: tuple[TrainedModel, 
     assert exact.sampler.precision.value == "float32" and low.sampler.precision.value == "bfloat16"
     a = generate(exact.model, exact.sampler, exact.matrix, exact.episodes.observations, exact.spec)
     b = generate(low.model, low.sampler, low.matrix, low.episodes.observations, low.spec)
+    assert "_diffplan_planar" in low.model.denoiser.__dict__  # sampled with the planar bfloat16 copy
     assert b["observations"].dtype == a["observations"].dtype
     assert not np.array_equal(a["observations"], b["observations"])
     np.testing.assert_allclose(b["observations"], a["observations"], atol=0.5)

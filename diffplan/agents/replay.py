@@ -151,8 +151,8 @@ class TransitionData:
         episodes = load_episodes(path, expected_obs_dim=expected_obs_dim, expected_act_dim=expected_act_dim)
         next_observations = read_next_observations(path)
         rows = best_episode_rows(episodes, top_return_fraction)
-        if rows is None:
-            return cls(episodes, next_observations)
+        if rows is None or (next_observations is not None and len(next_observations) != len(rows)):
+            return cls(episodes, next_observations)  # (a length mismatch is refused when transitions are built)
         return cls(best_episodes(episodes, top_return_fraction),
                    None if next_observations is None else next_observations[rows])
 

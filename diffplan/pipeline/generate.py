@@ -175,7 +175,8 @@ def run_generate(cfg: Config) -> Path:
     checkpoint = {"path": str(Path(cfg.eval.checkpoint).resolve()), "sha256": file_sha256(cfg.eval.checkpoint),
                   "step": model.step}
     fingerprint = {"checkpoint": checkpoint["sha256"], "diffusion": resolved["diffusion"],
-                   "guidance": resolved["guidance"], "spec": spec.__dict__, "dataset": file_sha256(cfg.task.dataset)}
+                   "guidance": resolved["guidance"], "spec": spec.__dict__, "dataset": file_sha256(cfg.task.dataset),
+                   "top_return_fraction": cfg.task.top_return_fraction}
 
     def progress(chunks: Any, total: int) -> Any:
         return tqdm(chunks, total=total, desc="generate", unit="batch", disable=not gc.progress)
@@ -187,7 +188,8 @@ def run_generate(cfg: Config) -> Path:
     metadata = {
         **{k: v for k, v in episodes.metadata.items() if k in ("ref_scores", "task", "env_id", "robot", "level")},
         "synthetic": True, "source_dataset": {"path": str(Path(cfg.task.dataset).resolve()),
-                                              "sha256": fingerprint["dataset"]},
+                                              "sha256": fingerprint["dataset"],
+                                              "top_return_fraction": cfg.task.top_return_fraction},
         "checkpoint": checkpoint, "guidance": resolved["guidance"], "diffusion": resolved["diffusion"],
         "spec": spec.__dict__, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_time_s": wall,
     }

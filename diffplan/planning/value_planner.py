@@ -20,6 +20,7 @@ previous plan, shifted by the steps executed since, re-noised to level k and den
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,8 +71,12 @@ class ValuePlanner(SamplingPlanner):
     ) -> None:
         warm = WarmStart.of(planner, model.schedule.n_timesteps)
         if isinstance(guide, ValueGuide):
+            # A copy of the guide runs the planning network; the caller's guide keeps its own.
             network = planning_network(guide.value_net, planner.precision, device)
-            guide.value_net = compile_module(network, planner.compile, what="the value network")
+            network = compile_module(network, planner.compile, what="the value network")
+            if network is not guide.value_net:
+                guide = copy.copy(guide)
+                guide.value_net = network
         self.guide = guide
         # Value, policy or both (guidance.kind); the value guide always ranks the candidates.
         built = build_guidance(guidance, model, device, value_guide=guide, clip_denoised=diffusion.clip_denoised)

@@ -180,6 +180,12 @@ def check_resume_dataset(path: Path, payload: Mapping[str, Any], dataset_info: M
                 "use the original dataset or a new run_dir"
             )
         return
+    saved_share, share = saved.get("top_return_fraction", 1.0), dataset_info.get("top_return_fraction", 1.0)
+    if saved_share != share:  # an older record without an identity: the same file, another selection
+        raise CheckpointError(
+            f"cannot resume {path}: it was trained on task.top_return_fraction={saved_share} of its dataset, "
+            f"the current config keeps {share}; pass task.top_return_fraction={saved_share} or use a new run_dir"
+        )
     saved_hash = saved.get("sha256")
     if saved_hash and dataset_info.get("sha256") and saved_hash != dataset_info["sha256"]:
         raise CheckpointError(
