@@ -11,7 +11,7 @@ are cast to bfloat16 (buffers, such as the value network's target statistics, st
 the network's ``planar`` flag makes it carry (B, C, 1, H) channels-last features between its
 layers. GroupNorm runs on the same layout (through float32 for groups of fewer than 16 channels,
 where ATen's channels-last bfloat16 kernel is slow: :class:`PlanarGroupNorm`) and Mish as a
-rational function computed in float32 (:class:`PlanarMish`); the inputs and outputs are unchanged
+rational function with its own backward (:class:`PlanarMish`); the inputs and outputs are unchanged
 (float32 (B, H, D) in, float32 out), and input gradients flow as before, so value guidance works
 through the copy. At the reference Hopper shape a guided plan runs 1.4x faster than in float32,
 1.9x compiled (``planner.compile``: inductor fuses the elementwise work); docs/PERFORMANCE.md.
@@ -92,33 +92,31 @@ class PlanarGroupNorm(nn.GroupNorm):
 
 
 class _RationalMish(torch.autograd.Function):
-    """Mish computed in (at least) float32 and returned in the input's dtype: with e = e^x,
-    n = e (e + 2), d = n + 2, mish(x) = x n / d and d mish / dx = (n + 4 x e (e + 1) / d) / d (that
-    is t + x (1 - t^2) sigmoid(x) with t = n / d, written without the cancellation of 1 - t^2)."""
+    """Mish in the input's dtype, with e = e^x, n = e (e + 2) and t = n / (n + 2): mish(x) = x t, and
+    d mish / dx = t + x (1 - t^2) sigmoid(x) from the forward's t and sigmoid(x)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
-        wide = x.to(torch.promote_types(x.dtype, torch.float32))
-        e = torch.exp(wide.clamp(max=20.0))
+        e = torch.exp(x.clamp(max=20.0))
         n = e * (e + 2)
-        d = n + 2
+        t = n / (n + 2)
         if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(wide, e, d)
-        return (wide * n / d).to(x.dtype)
+            ctx.save_for_backward(x, t, e / (e + 1))
+        return x * t
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
-        wide, e, d = ctx.saved_tensors
-        slope = (e * (e + 2) + 4 * wide * e * (e + 1) / d) / d
-        return (grad.to(wide.dtype) * slope).to(grad.dtype)
+        x, t, sigmoid = ctx.saved_tensors
+        return grad * (t + x * (1 - t * t) * sigmoid)
 
 
 class PlanarMish(nn.Mish):
-    """Mish, x tanh(softplus(x)), as x n / (n + 2) with n = e^x (e^x + 2) in float32 (inputs clamped
-    at 20, beyond which both are x in bfloat16), and its backward from the same intermediates: a few
+    """Mish, x tanh(softplus(x)), as x n / (n + 2) with n = e^x (e^x + 2) (inputs clamped at 20,
+    beyond which both are x in bfloat16), and its backward from the same intermediates: a few
     vectorised passes where ATen's Mish and its backward are not vectorised for channels-last
-    bfloat16 on these CPUs (measured on (64, 32, 1, 32): forward 130 us against 253 us, forward and
-    backward 443 us against 591 us, with ATen's accuracy)."""
+    bfloat16 on these CPUs. Measured on (64, 32, 1, 32) bfloat16: forward 115 us against ATen's
+    260 us, forward and backward 303 us against 586 us; the forward as accurate as ATen's, the
+    derivative within 0.024 of the exact one (ATen's: 0.004; bfloat16's rounding of 1 - t^2)."""
 
     def forward(self, x: Tensor) -> Tensor:
         return _RationalMish.apply(x)
