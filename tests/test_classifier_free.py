@@ -35,7 +35,7 @@ from diffplan.models.factory import build_denoiser
 from diffplan.models.inverse_dynamics import InverseDynamics, inverse_dynamics_loss, plan_actions
 from diffplan.models.unet import TemporalUnet
 from diffplan.planning.planner import GoalPlanner
-from diffplan.training.checkpoint import load_checkpoint, load_trained_model, save_checkpoint
+from diffplan.training.checkpoint import CheckpointError, load_checkpoint, load_trained_model, save_checkpoint
 from diffplan.training.trainer import Trainer
 
 OBS_DIM, ACT_DIM, H = 3, 2, 8
@@ -389,3 +389,23 @@ def test_best_episodes_keep_the_highest_returns_in_the_datasets_order() -> None:
     with pytest.raises(ValueError, match=r"task.top_return_fraction=0 must be in \(0, 1\]"):
         best_episodes(episodes, 0)
 
+
+
+def test_return_settings_bind_only_return_conditioned_runs(episodes: Episodes, tmp_path: Path) -> None:
+    """task.return_scale and task.return_discount shape only a return-conditioned model: an unconditioned
+    run resumes when they change (the locomotion task files gained a return scale), a conditioned one
+    is refused naming the setting."""
+    plain = _config(2)
+    plain.model = ModelConfig(unet=UnetConfig(dim=8, dim_mults=[1, 2], kernel_size=3))
+    Trainer(plain, episodes, tmp_path / "plain", {}).train()
+    plain = _config(3)
+    plain.model = ModelConfig(unet=UnetConfig(dim=8, dim_mults=[1, 2], kernel_size=3))
+    plain.task.return_scale, plain.task.return_discount = 550.0, 0.9
+    assert Trainer(plain, episodes, tmp_path / "plain", {}).train().resumed_from == 2
+    conditioned = _config(2)
+    Trainer(conditioned, episodes, tmp_path / "conditioned", {}).train()
+    assert conditioned.model.return_condition
+    conditioned = _config(3)
+    conditioned.task.return_scale = 550.0
+    with pytest.raises(CheckpointError, match=r"task.return_scale=.*the current config has 550.0"):
+        Trainer(conditioned, episodes, tmp_path / "conditioned", {}).train()

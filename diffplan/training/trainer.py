@@ -87,6 +87,20 @@ RESUME_KEYS: dict[str, tuple[str, ...] | None] = {
 }
 
 
+#: Task settings only a return-conditioned model (``model.return_condition``) reads.
+RETURN_KEYS = ("return_scale", "return_discount")
+
+
+def resume_keys(cfg: Config) -> dict[str, tuple[str, ...] | None]:
+    """:data:`RESUME_KEYS` for ``cfg``'s model: without ``model.return_condition`` the returns'
+    scale and discount shape nothing, so a run resumes when only they changed (``model.return_condition``
+    itself is compared with the rest of the model section)."""
+    if cfg.model.return_condition:
+        return RESUME_KEYS
+    task = RESUME_KEYS["task"] or ()
+    return {**RESUME_KEYS, "task": tuple(key for key in task if key not in RETURN_KEYS)}
+
+
 def layout_for(episodes: Episodes, *, rewards: bool = False, terminals: bool = False) -> TrajectoryLayout:
     """States and actions of the dataset (and optionally rewards and terminal flags), in the project's order."""
     return TrajectoryLayout(obs_dim=episodes.obs_dim, act_dim=episodes.act_dim, reward=rewards, terminal=terminals)
@@ -207,7 +221,7 @@ class Trainer(TrainingLoop):
         # Through the schema, so settings added since the checkpoint was written take their defaults.
         saved = to_container(config_from_checkpoint(payload))
         current = to_container(self.cfg)
-        check_resume_config(self.checkpoint_path, saved, current, RESUME_KEYS)
+        check_resume_config(self.checkpoint_path, saved, current, resume_keys(self.cfg))
         check_resume_dataset(self.checkpoint_path, payload, self.dataset_info)
         self.step = restore_training_state(
             payload, model=self.model, ema=self.ema, optimizer=self.optimizer, generator=self.generator
