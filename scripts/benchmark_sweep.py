@@ -73,11 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequential", action="store_true", help="with --physics: run the sweeps sequentially")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the sweep (after --)")
     args = parser.parse_args(argv)
-    from diffplan_envs.mujoco_batch import PHYSICS_BACKENDS
+    from diffplan_envs.mujoco_batch import check_physics
 
     for backend in args.physics or []:
-        if backend not in PHYSICS_BACKENDS:
-            parser.error(f"--physics {backend}: not a physics backend; choose from {', '.join(PHYSICS_BACKENDS)}")
+        try:
+            check_physics(backend)
+        except ValueError as error:
+            parser.error(f"--physics {backend}: {error}")
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     logging.getLogger("diffplan").setLevel(logging.INFO)
     from diffplan.utils import hardware_info

@@ -26,7 +26,7 @@ from diffplan.agents.common import Batch
 from diffplan.data.episodes import Episodes
 from diffplan.data.errors import DatasetError
 from diffplan.data.loading import HDF5_SUFFIXES, load_episodes
-from diffplan.data.returns import best_episode_rows, best_episodes
+from diffplan.data.returns import best_episode_rows, episodes_at_rows
 
 
 @dataclass
@@ -153,7 +153,7 @@ class TransitionData:
         rows = best_episode_rows(episodes, top_return_fraction)
         if rows is None or (next_observations is not None and len(next_observations) != len(rows)):
             return cls(episodes, next_observations)  # (a length mismatch is refused when transitions are built)
-        return cls(best_episodes(episodes, top_return_fraction),
+        return cls(episodes_at_rows(episodes, rows, top_return_fraction),
                    None if next_observations is None else next_observations[rows])
 
     @classmethod

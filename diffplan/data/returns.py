@@ -98,8 +98,12 @@ def best_episodes(episodes: Episodes, fraction: float, *, key: str = "task.top_r
         ValueError: ``fraction`` outside (0, 1], naming ``key``.
     """
     rows = best_episode_rows(episodes, fraction, key=key)  # (T,) the kept episodes' rows, in the file's order
-    if rows is None:
-        return episodes
+    return episodes if rows is None else episodes_at_rows(episodes, rows, fraction)
+
+
+def episodes_at_rows(episodes: Episodes, rows: np.ndarray, fraction: float) -> Episodes:
+    """The episodes whose rows ``rows`` (T,) bool of :func:`best_episode_rows` keeps, with the
+    ``selection`` metadata of ``fraction`` (what :func:`best_episodes` returns)."""
     keep = rows[np.cumsum(episodes.lengths) - episodes.lengths]  # (E,) each episode's first row
     n_keep = int(keep.sum())
     ends = np.zeros(int(rows.sum()), dtype=bool)

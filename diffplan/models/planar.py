@@ -53,10 +53,7 @@ def _conv2d(conv: nn.Conv1d) -> nn.Conv2d:
         raise ValueError(f"planar copies support plain zero-padded convolutions, got {conv}")
     planar = nn.Conv2d(conv.in_channels, conv.out_channels, (1, conv.kernel_size[0]), stride=(1, conv.stride[0]),
                        padding=(0, conv.padding[0]), dilation=(1, conv.dilation[0]), bias=conv.bias is not None)
-    with torch.no_grad():
-        planar.weight.copy_(conv.weight.unsqueeze(2))
-        if conv.bias is not None and planar.bias is not None:
-            planar.bias.copy_(conv.bias)
+    _copy_weights(planar, conv)
     return planar
 
 
@@ -67,11 +64,16 @@ def _conv_transpose2d(conv: nn.ConvTranspose1d) -> nn.ConvTranspose2d:
     planar = nn.ConvTranspose2d(conv.in_channels, conv.out_channels, (1, conv.kernel_size[0]),
                                 stride=(1, conv.stride[0]), padding=(0, conv.padding[0]),
                                 dilation=(1, conv.dilation[0]), bias=conv.bias is not None)
+    _copy_weights(planar, conv)
+    return planar
+
+
+def _copy_weights(planar: nn.Conv2d | nn.ConvTranspose2d, conv: nn.Conv1d | nn.ConvTranspose1d) -> None:
+    """Copy ``conv``'s weights (a unit axis inserted for the 1 x k kernel) and bias into ``planar``."""
     with torch.no_grad():
         planar.weight.copy_(conv.weight.unsqueeze(2))
         if conv.bias is not None and planar.bias is not None:
             planar.bias.copy_(conv.bias)
-    return planar
 
 
 class PlanarGroupNorm(nn.GroupNorm):
@@ -167,8 +169,8 @@ class PlanarNetwork(nn.Module):
         if not supports_planar(network):
             raise ValueError(f"{type(network).__name__} has no planar form; only the temporal U-Net and the value "
                              "network have one")
-        # Wrappers cached on the network (compiled ones, an earlier planar copy) stay behind.
-        cached = {key: network.__dict__.pop(key) for key in ("_diffplan_compiled", _CACHE) if key in network.__dict__}
+        # What the project caches on the network (compiled wrappers, an earlier planar copy) stays behind.
+        cached = {key: network.__dict__.pop(key) for key in list(network.__dict__) if key.startswith("_diffplan_")}
         try:
             planar = copy.deepcopy(network)
         finally:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from diffplan.acceleration import compile_module
 from diffplan.config import DiffusionConfig, GuidanceConfig, PlannerConfig
@@ -134,9 +134,11 @@ def planning_sampler(
 
 
 def planning_denoiser(
-    model: TrainedModel, planner: PlannerConfig, batch: int, device: torch.device, weight: Tensor | None = None
+    model: TrainedModel, planner: PlannerConfig, batch: int, device: torch.device, weight: Tensor | None = None,
+    network: nn.Module | None = None,
 ) -> Denoiser:
-    """The model's denoiser (compiled with ``planner.compile``), wrapped in classifier-free
+    """The model's denoiser (its planning form, :func:`~diffplan.models.planar.planning_network`, or
+    ``network`` when the caller resolved it once; compiled with ``planner.compile``), wrapped in classifier-free
     guidance towards ``planner.return_guidance.target`` (weight ``planner.return_guidance.weight``, or the
     per-sample weights ``weight`` (batch,) of a batched guidance sweep) when the model is
     return-conditioned.
@@ -144,7 +146,8 @@ def planning_denoiser(
     Raises:
         ValueError: per-sample weights for a model that is not return-conditioned.
     """
-    network = planning_network(model.denoiser, planner.precision, device)
+    if network is None:
+        network = planning_network(model.denoiser, planner.precision, device)
     denoiser = compile_module(network, planner.compile, what=f"the denoiser of {model.path}")
     if not model.config.model.return_condition:
         if weight is not None:
@@ -456,6 +459,8 @@ class SamplingPlanner:
         self.device = torch.device(device)
         self.horizon = int(horizon) if horizon is not None else model.horizon
         self.sampler, self.matrix = planning_sampler(model, diffusion, precision=planner.precision)
+        # Resolved once per planner (checking the weights for a fresh planar copy walks every tensor).
+        self.network = planning_network(model.denoiser, planner.precision, self.device)
         self.conditioner: Conditioner = conditioner or StartConditioner(model, self.matrix)
         self.guidance = guidance
         self.selector: CandidateSelector = selector or PlausibilitySelector(Selection(planner.selection),
@@ -480,7 +485,7 @@ class SamplingPlanner:
                  generator: torch.Generator) -> Denoiser:
         """The denoiser of one planning call of ``batch`` samples (:func:`planning_denoiser`); planners
         that guide on their conditioning wrap it (drawing from ``generator`` only when they do)."""
-        return planning_denoiser(self.model, self.cfg, batch, self.device, weight)
+        return planning_denoiser(self.model, self.cfg, batch, self.device, weight, network=self.network)
 
     def sample(
         self, conditioning: Conditioning, n: int, k: int, generator: torch.Generator, *,
