@@ -229,14 +229,19 @@ class ForcingConfig:
     goal planner does (besides any goal guidance). ``hold_arrival`` (with ``inpaint_goal``) keeps a
     plan's arrival when replanning: the goal is inpainted at the current token plus the tokens the
     previous plan still had to go past the environment's progress along it, and held at every token
-    after (the first plan: the last token). With a frame-stacked transformer ``execute`` and
-    ``n_history`` must be multiples of ``model.transformer.frame_stack``."""
+    after (the first plan: the last token). ``arrival_slack`` (with ``hold_arrival``) plans
+    candidates that arrive this many tokens later than the held arrival as well (0: the held arrival
+    itself), ``planner.n_candidates`` each, and executes the earliest arrival whose plan does not jump
+    (``planner.jump_ratio``, as the goal planner's ``goal_tokens``); empty: the held arrival only.
+    With a frame-stacked transformer ``execute`` and ``n_history`` must be multiples of
+    ``model.transformer.frame_stack``."""
 
     execute: int = 8
     n_history: int | None = None
     track_states: bool = False
     inpaint_goal: bool = False
     hold_arrival: bool = False
+    arrival_slack: list[int] = field(default_factory=list)
     # Classifier-free guidance on the history (a model trained with train.history_dropout): 1 = off
     # (the history-conditioned prediction), > 1 pushes plans towards consistency with the history.
     history_guidance: float = 1.0

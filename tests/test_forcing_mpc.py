@@ -245,6 +245,21 @@ def test_evaluator_runs_forcing_mpc_with_goal_guidance(tmp_path: Path) -> None:
                                           "guidance=none", "eval.out_dir=" + str(tmp_path / "held")])
     held_results = json.loads(run_evaluate(held).read_text())
     assert held_results["n_failed"] == 0 and held_results["config"]["planner"]["forcing"]["hold_arrival"] is True
+    # Later arrivals as candidates (the earliest that does not jump runs); refused without a held arrival.
+    slack = tiny_config(tmp_path, extra + ["task.stride=2", f"run_dir={tmp_path / 'strided'}",
+                                           "planner.forcing.track_states=true", "planner.forcing.inpaint_goal=true",
+                                           "planner.forcing.hold_arrival=true", "planner.forcing.arrival_slack=[0,2]",
+                                           "planner.tracker.tracking=pursuit", "guidance=none",
+                                           "eval.out_dir=" + str(tmp_path / "slack")])
+    slack_results = json.loads(run_evaluate(slack).read_text())
+    assert slack_results["n_failed"] == 0 and slack_results["config"]["planner"]["forcing"]["arrival_slack"] == [0, 2]
+    assert slack_results["plan_time_s"]["n_plans"] == held_results["plan_time_s"]["n_plans"]
+    with pytest.raises(ValueError, match=r"arrival_slack=\[0, 2\] plans arrivals after the held one; set "
+                                         r"planner.forcing.hold_arrival=true"):
+        run_evaluate(tiny_config(tmp_path, extra + ["task.stride=2", f"run_dir={tmp_path / 'strided'}",
+                                                    "planner.forcing.track_states=true",
+                                                    "planner.forcing.inpaint_goal=true",
+                                                    "planner.forcing.arrival_slack=[0,2]", "guidance=none"]))
     with pytest.raises(ValueError, match="set planner.forcing.inpaint_goal=true as well"):
         run_evaluate(tiny_config(tmp_path, extra + ["task.stride=2", f"run_dir={tmp_path / 'strided'}",
                                                     "planner.forcing.track_states=true",
@@ -364,6 +379,56 @@ def test_forcing_planner_holds_the_goal_from_each_environments_arrival_token() -
         plain.plan(obs, torch.Generator().manual_seed(0), goals=goals, history=history, arrival=torch.tensor([1, 3]))
 
 
+def test_forcing_planner_plans_later_arrivals_and_reports_the_one_it_runs() -> None:
+    """``arrival_slack``: candidates arrive at the held arrival and that many tokens after it (clamped
+    to the window); the earliest arrival whose plan does not jump runs, and the plan says which."""
+    from diffplan.planning.planner import EarliestArrivalSelector
+
+    model = _model("transformer")
+    horizon = model.horizon
+    diffusion = DiffusionConfig(sampling_steps=2, n_timesteps=10, clip_denoised=None)
+    planner = ForcingPlanner(model, diffusion=diffusion, execute=2, n_history=2, goal_dims=[0, 1],
+                             planner=PlannerConfig(n_candidates=2, jump_ratio=1.5), arrival_slack=[0, 3, 100])
+    assert planner.n_candidates == 6 and isinstance(planner.selector, EarliestArrivalSelector)
+    obs, goals = torch.zeros(2, 4), torch.tensor([[0.5, -0.5], [-1.0, 1.0]])
+    history = torch.zeros(2, 2, 6)
+    plan = planner.plan(obs, torch.Generator().manual_seed(0), goals=goals, history=history,
+                        arrival=torch.tensor([1, 2]))
+    assert plan.candidates is not None and plan.candidates.shape[:2] == (2, 6)
+    last = horizon - 3  # the window's last token, counted from the current one
+    for env, held in enumerate([1, 2]):
+        for candidate, arrival in enumerate([held, held, held + 3, held + 3, last, last]):
+            states = plan.candidates[env, candidate, :, :2]
+            assert torch.allclose(states[arrival:], goals[env].expand_as(states[arrival:]), atol=1e-5)
+            assert not torch.allclose(states[arrival - 1], goals[env], atol=1e-3)
+    assert plan.arrival is not None and plan.arrival.dtype == torch.long
+    for env in range(2):
+        chosen = int(plan.arrival[env])
+        assert chosen in ({1, 4, last} if env == 0 else {2, 5, last})
+        held_goal = goals[env].expand(horizon - 2 - chosen, 2)
+        assert torch.allclose(plan.observations[env, chosen:, :2], held_goal, atol=1e-5)
+    # Without slack a plan reports no arrival of its own (the controller keeps the one it handed over).
+    plain = ForcingPlanner(model, diffusion=diffusion, execute=2, n_history=2, goal_dims=[0, 1])
+    assert plain.plan(obs, torch.Generator().manual_seed(0), goals=goals, history=history,
+                      arrival=torch.tensor([1, 2])).arrival is None
+    with pytest.raises(ValueError, match=r"arrival_slack=\[-1\]: tokens after the held arrival must be >= 0"):
+        ForcingPlanner(model, diffusion=diffusion, execute=2, n_history=2, goal_dims=[0, 1], arrival_slack=[-1])
+    with pytest.raises(ValueError, match="set planner.forcing.inpaint_goal=true and planner.forcing.hold_arrival"):
+        ForcingPlanner(model, diffusion=diffusion, execute=2, n_history=2, arrival_slack=[0, 4])
+
+
+def test_earliest_arrival_selector_takes_the_first_arrival_that_does_not_jump() -> None:
+    from diffplan.planning.planner import EarliestArrivalSelector
+
+    selector = EarliestArrivalSelector((0, 4, 8), 1, (0,), 1.5)
+    raw = torch.zeros(2, 3, 5, 2)
+    steps = torch.tensor([[3.0, 1.0, 1.0], [1.2, 1.1, 1.0]])  # each candidate's step per token, env x arrival
+    raw[..., 0] = steps[..., None] * torch.arange(5.0)
+    chosen, values = selector.select(raw, raw, GuideContext(10))
+    # env 0: the held arrival jumps 3x the latest's step, the next one does not; env 1: the held one is smooth.
+    assert chosen.tolist() == [1, 0] and values is None
+
+
 def test_goal_planner_refuses_per_environment_arrival_tokens() -> None:
     from diffplan.planning.planner import GoalTokensConditioner, StartConditioner
 
@@ -398,6 +463,30 @@ def test_plan_controller_hands_each_replan_the_previous_plans_remaining_tokens()
     last = planner.plans[-1].observations  # from the current token (window token 2) on
     assert torch.allclose(last[:, horizon - 5:, :2].double(),
                           torch.as_tensor(goals)[:, None, :].expand(2, 3, 2), atol=1e-5)
+
+
+def test_plan_controller_holds_the_arrival_the_planner_chose() -> None:
+    """With ``arrival_slack`` the next replan holds the arrival of the candidate that ran, not the one handed over."""
+    from diffplan.config import ForcingConfig
+
+    model = _model("transformer")
+    horizon = model.horizon
+    planner = _RecordingForcing(model, diffusion=DiffusionConfig(sampling_steps=2, n_timesteps=10, clip_denoised=None),
+                                execute=2, n_history=2, goal_dims=[0, 1], arrival_slack=[0, 3])
+    planner.arrivals, planner.plans = [], []
+    cfg = PlannerConfig(mode="tracker", replan_every=2, tracker=TrackerConfig(tracking="time"),
+                        forcing=ForcingConfig(execute=2, n_history=2, inpaint_goal=True, hold_arrival=True,
+                                              arrival_slack=[0, 3]))
+    policy = _forcing_controller(planner, cfg)
+    policy.reset(2)
+    generator = torch.Generator().manual_seed(0)
+    goals, obs = np.array([[0.5, -0.5], [-1.0, 1.0]]), np.zeros((2, 4))
+    for step in range(5):  # plans at steps 0, 2 and 4
+        policy.act(step, obs, goals, np.ones(2, dtype=bool), generator)
+    for before, after in zip(planner.plans[:-1], planner.arrivals[1:], strict=True):
+        assert before.arrival is not None and after is not None
+        assert after == np.maximum(before.arrival.numpy() - 2, 0).tolist()
+    assert planner.arrivals[1] == [horizon - 3] * 2  # the first window arrives at its last token whatever the slack
 
 
 # -- history guidance ---------------------------------------------------------------------------------

@@ -237,7 +237,8 @@ class PlanController(RecedingHorizonController):
             extra["strengths"] = self.strengths.select(index)
         plan = self.planner.plan(obs, generator, goals=goal, **extra)
         if "arrival" in extra and self._arrival is not None:
-            self._arrival[index] = np.clip(extra["arrival"].numpy(), 1, max(plan.observations.shape[1] - 1, 1))
+            chosen = extra["arrival"] if plan.arrival is None else plan.arrival
+            self._arrival[index] = np.clip(chosen.numpy(), 1, max(plan.observations.shape[1] - 1, 1))
         return [(index, plan)]
 
     def _remaining(self, index: np.ndarray) -> np.ndarray:

@@ -36,7 +36,7 @@ from diffplan.diffusion.sampler import Constraints, Denoiser, history_matrix
 from diffplan.enums import NoiseMode
 from diffplan.guidance.build import build_guidance
 from diffplan.guidance.kinds import check_kind_for_suite
-from diffplan.planning.planner import Conditioning, SamplingPlanner
+from diffplan.planning.planner import Conditioning, EarliestArrivalSelector, SamplingPlanner
 from diffplan.training.checkpoint import TrainedModel
 
 log = logging.getLogger(__name__)
@@ -88,12 +88,24 @@ class HistoryConditioner:
         device: where the constraints are built.
         goal_dims: the observation entries of the goal to inpaint at the last token (None: no goal
             inpainting; goals then reach only the guidance).
+        arrival_slack: with goal inpainting, plan candidates whose goal is inpainted this many tokens
+            after the arrival as well (``planner.forcing.arrival_slack``), ``per_arrival`` each; empty:
+            one arrival, the candidates repeated by the planner.
+        per_arrival: candidates per arrival (``planner.n_candidates``).
+
+    Raises:
+        ValueError: a negative slack.
     """
 
     def __init__(self, model: TrainedModel, diffusion: DiffusionConfig, horizon: int, n_history: int, group: int,
-                 device: torch.device, goal_dims: list[int] | None = None) -> None:
+                 device: torch.device, goal_dims: list[int] | None = None, arrival_slack: list[int] | None = None,
+                 per_arrival: int = 1) -> None:
+        slack = [int(t) for t in arrival_slack or []]
+        if any(t < 0 for t in slack):
+            raise ValueError(f"planner.forcing.arrival_slack={slack}: tokens after the held arrival must be >= 0")
         self.model = model
         self.goal_dims = list(goal_dims) if goal_dims is not None else None
+        self.arrival_slack, self.per_arrival = slack, int(per_arrival)
         self.diffusion = diffusion
         self.horizon = horizon
         self.n_history = n_history
@@ -139,15 +151,24 @@ class HistoryConditioner:
         """The conditioning of normalized ``history`` (B, h, D) and ``current`` (B, obs_dim), and the
         normalized ``goal`` (B, obs_dim; only the goal entries are read) when the goal is inpainted:
         at the window's last token, or with ``arrival`` (B,) int at window token ``arrival`` (clamped
-        to the tokens after the current one) and every token after it."""
+        to the tokens after the current one) and every token after it; with ``arrival_slack``, one group
+        of ``per_arrival`` candidates per slack, the goal that many tokens later (clamped alike)."""
         n_hist = history.shape[1]
         constraints = self.constraints(history, current)
-        if goal is not None and self.goal_dims:
-            first = torch.full((history.shape[0],), self.horizon - 1, device=self.device) if arrival is None \
-                else arrival.to(self.device).clamp(min(n_hist + 1, self.horizon - 1), self.horizon - 1)
-            constraints = hold_goal(constraints, first, [self.model.layout.obs.start + d for d in self.goal_dims],
-                                    goal[:, self.goal_dims])
-        return Conditioning(constraints, self.matrix(n_hist), current=n_hist)
+        if goal is None or not self.goal_dims:
+            return Conditioning(constraints, self.matrix(n_hist), current=n_hist)
+        low, high = min(n_hist + 1, self.horizon - 1), self.horizon - 1
+        first = torch.full((history.shape[0],), high, device=self.device) if arrival is None \
+            else arrival.to(self.device).clamp(low, high)
+        channels = [self.model.layout.obs.start + d for d in self.goal_dims]
+        if not self.arrival_slack:
+            return Conditioning(hold_goal(constraints, first, channels, goal[:, self.goal_dims]), self.matrix(n_hist),
+                                current=n_hist)
+        slack = torch.tensor(self.arrival_slack, device=self.device).repeat_interleave(self.per_arrival)
+        firsts = (first[:, None] + slack[None, :]).clamp(low, high).reshape(-1)  # an environment's rows contiguous
+        held = hold_goal(constraints.repeat_interleave(len(slack)), firsts, channels,
+                         goal[:, self.goal_dims].repeat_interleave(len(slack), dim=0))
+        return Conditioning(held, self.matrix(n_hist), current=n_hist, per_candidate=True, arrivals=firsts - n_hist)
 
     def condition(self, observations: Tensor, goals: Tensor | None, history: Tensor | None,
                   arrival: Tensor | None = None) -> Conditioning:
@@ -208,6 +229,9 @@ class ForcingPlanner(SamplingPlanner):
             denoiser that accepts them (the transformer: any multiple of its ``frame_stack``).
         goal_dims: inpaint the goal's entries (these observation entries) at the window's last token
             (None: goals reach only the guidance).
+        arrival_slack: with ``goal_dims``, candidates that arrive this many tokens after the held
+            arrival as well (``planner.forcing.arrival_slack``); the earliest arrival whose plan does not
+            jump runs (:class:`~diffplan.planning.planner.EarliestArrivalSelector`, ``planner.jump_ratio``).
     """
 
     def __init__(
@@ -222,6 +246,7 @@ class ForcingPlanner(SamplingPlanner):
         device: torch.device | str = "cpu",
         horizon: int | None = None,
         goal_dims: list[int] | None = None,
+        arrival_slack: list[int] | None = None,
     ) -> None:
         horizon = int(horizon) if horizon is not None else model.horizon
         if horizon < 2:
@@ -243,9 +268,19 @@ class ForcingPlanner(SamplingPlanner):
         self.group = group
         self.execute = int(execute)
         self.n_history = int(n_history)
+        slack = list(arrival_slack or [])
+        if slack and not goal_dims:
+            raise ValueError("planner.forcing.arrival_slack places the inpainted goal: set "
+                             "planner.forcing.inpaint_goal=true and planner.forcing.hold_arrival=true")
         self.history = HistoryConditioner(model, diffusion, horizon, self.n_history, group, self.device,
-                                          goal_dims=goal_dims)
+                                          goal_dims=goal_dims, arrival_slack=slack, per_arrival=self.cfg.n_candidates)
         self.conditioner = self.history
+        if slack:
+            assert goal_dims is not None
+            positions = tuple(model.layout.obs.start + d for d in goal_dims)
+            self.selector = EarliestArrivalSelector(tuple(slack), self.cfg.n_candidates, positions,
+                                                    float(self.cfg.jump_ratio))
+            self.candidates_per_env = self.cfg.n_candidates * len(slack)
         self.history_guidance = float(self.cfg.forcing.history_guidance)
         if self.history_guidance != 1.0 and not trained.train.history_dropout:
             log.warning("planner.forcing.history_guidance=%s guides on the history, but %s was trained without "
@@ -328,4 +363,5 @@ def maze_forcing_planner(cfg: Config, model: TrainedModel, device: torch.device 
         model, diffusion=cfg.diffusion, execute=cfg.planner.forcing.execute, n_history=cfg.planner.forcing.n_history,
         planner=cfg.planner, guidance=guidance, device=device,
         goal_dims=list(cfg.task.goal_obs_dims) if cfg.planner.forcing.inpaint_goal else None,
+        arrival_slack=list(cfg.planner.forcing.arrival_slack),
     )

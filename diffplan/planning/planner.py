@@ -63,6 +63,8 @@ class Plan:
             next warm start's input.
         values: (N,) the ranking objective of each selected plan (planners that rank), or None.
         candidate_values: (N, K) the objective of every candidate, or None.
+        arrival: (N,) int, the tokens after the current one by which each selected plan reaches its
+            goal, where the conditioner placed the goal per candidate (:attr:`Conditioning.arrivals`), or None.
     """
 
     observations: Tensor
@@ -73,6 +75,7 @@ class Plan:
     normalized: Tensor | None = field(default=None, repr=False)
     values: Tensor | None = None
     candidate_values: Tensor | None = field(default=None, repr=False)
+    arrival: Tensor | None = None
 
 
 def select_candidates(observations: Tensor, selection: Selection) -> Tensor:
@@ -215,12 +218,15 @@ class Conditioning:
         matrix: the scheduling matrix (rows, H) to sample along.
         current: index of the current token (the first planned one); tokens before it are history.
         per_candidate: the constraints differ between an environment's candidates.
+        arrivals: (N x K,) int, the tokens after the current one by which each candidate is to reach
+            its goal (conditioners that place the goal per candidate), or None.
     """
 
     constraints: Constraints
     matrix: Tensor
     current: int = 0
     per_candidate: bool = False
+    arrivals: Tensor | None = None
 
 
 class Conditioner(Protocol):
@@ -567,6 +573,7 @@ class SamplingPlanner:
             normalized=normalized[rows, chosen].cpu(),
             values=None if values is None else values[rows, chosen].cpu(),
             candidate_values=None if values is None else values.cpu(),
+            arrival=None if conditioning.arrivals is None else conditioning.arrivals.view(n, k)[rows, chosen].cpu(),
         )
 
 
