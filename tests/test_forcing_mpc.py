@@ -411,8 +411,10 @@ def test_forcing_planner_plans_later_arrivals_and_reports_the_one_it_runs() -> N
     plain = ForcingPlanner(model, diffusion=diffusion, execute=2, n_history=2, goal_dims=[0, 1])
     assert plain.plan(obs, torch.Generator().manual_seed(0), goals=goals, history=history,
                       arrival=torch.tensor([1, 2])).arrival is None
-    with pytest.raises(ValueError, match=r"arrival_slack=\[-1\]: tokens after the held arrival must be >= 0"):
-        ForcingPlanner(model, diffusion=diffusion, execute=2, n_history=2, goal_dims=[0, 1], arrival_slack=[-1])
+    # A negative slack arrives earlier, at the token after the current one at the earliest.
+    early = ForcingPlanner(model, diffusion=diffusion, execute=2, n_history=2, goal_dims=[0, 1], arrival_slack=[-2])
+    plan = early.plan(obs, torch.Generator().manual_seed(0), goals=goals, history=history, arrival=torch.tensor([1, 4]))
+    assert plan.arrival is not None and plan.arrival.tolist() == [1, 2]
     with pytest.raises(ValueError, match="set planner.forcing.inpaint_goal=true and planner.forcing.hold_arrival"):
         ForcingPlanner(model, diffusion=diffusion, execute=2, n_history=2, arrival_slack=[0, 4])
 

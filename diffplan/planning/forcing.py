@@ -89,20 +89,15 @@ class HistoryConditioner:
         goal_dims: the observation entries of the goal to inpaint at the last token (None: no goal
             inpainting; goals then reach only the guidance).
         arrival_slack: with goal inpainting, plan candidates whose goal is inpainted this many tokens
-            after the arrival as well (``planner.forcing.arrival_slack``), ``per_arrival`` each; empty:
-            one arrival, the candidates repeated by the planner.
+            after the arrival as well (``planner.forcing.arrival_slack``; negative: before it), ``per_arrival``
+            each; empty: one arrival, the candidates repeated by the planner.
         per_arrival: candidates per arrival (``planner.n_candidates``).
-
-    Raises:
-        ValueError: a negative slack.
     """
 
     def __init__(self, model: TrainedModel, diffusion: DiffusionConfig, horizon: int, n_history: int, group: int,
                  device: torch.device, goal_dims: list[int] | None = None, arrival_slack: list[int] | None = None,
                  per_arrival: int = 1) -> None:
         slack = [int(t) for t in arrival_slack or []]
-        if any(t < 0 for t in slack):
-            raise ValueError(f"planner.forcing.arrival_slack={slack}: tokens after the held arrival must be >= 0")
         self.model = model
         self.goal_dims = list(goal_dims) if goal_dims is not None else None
         self.arrival_slack, self.per_arrival = slack, int(per_arrival)
@@ -230,7 +225,7 @@ class ForcingPlanner(SamplingPlanner):
         goal_dims: inpaint the goal's entries (these observation entries) at the window's last token
             (None: goals reach only the guidance).
         arrival_slack: with ``goal_dims``, candidates that arrive this many tokens after the held
-            arrival as well (``planner.forcing.arrival_slack``); the earliest arrival whose plan does not
+            arrival as well (``planner.forcing.arrival_slack``; negative: before it); the earliest arrival whose plan does not
             jump runs (:class:`~diffplan.planning.planner.EarliestArrivalSelector`, ``planner.jump_ratio``).
     """
 
