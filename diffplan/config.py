@@ -231,8 +231,9 @@ class ForcingConfig:
     previous plan still had to go past the environment's progress along it, and held at every token
     after (the first plan: the last token). ``arrival_slack`` (with ``hold_arrival``) plans
     candidates that arrive this many tokens later than the held arrival as well (0: the held arrival
-    itself; negative: earlier), ``planner.n_candidates`` each, and executes the earliest arrival whose plan does not jump
-    (``planner.jump_ratio``, as the goal planner's ``goal_tokens``); empty: the held arrival only.
+    itself; negative: earlier), ``planner.n_candidates`` each, and executes the earliest arrival whose
+    plan does not jump (``planner.jump_ratio``, as the goal planner's ``goal_tokens``); empty: the
+    held arrival only.
     With a frame-stacked transformer ``execute`` and ``n_history`` must be multiples of
     ``model.transformer.frame_stack``."""
 

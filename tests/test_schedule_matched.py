@@ -97,9 +97,13 @@ def test_planning_with_other_patterns_warns(caplog: pytest.LogCaptureFixture) ->
     config.planner.forcing.execute, config.planner.forcing.n_history = 2, 5
     with caplog.at_level(logging.WARNING):
         ForcingPlanner(model, diffusion=config.diffusion, execute=2, n_history=5)
+        # Other steps between plans that meet only history lengths the model was trained on (0, 2): silent.
+        ForcingPlanner(model, diffusion=config.diffusion, execute=3, n_history=2)
         assert not caplog.records
         ForcingPlanner(model, diffusion=config.diffusion, execute=1, n_history=5)
     assert "trained on the histories of planner.forcing.execute=2, planner.forcing.n_history=5" in caplog.text
+    assert "history lengths [0, 2, 4, 5]) but plans with execute=1, n_history=5 (lengths [0, 1, 2, 3, 4, 5])" \
+        in caplog.text
 
 
 def test_schedule_matched_training_through_the_trainer(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from diffplan.config import Config, DiffusionConfig, PlannerConfig, timesteps_pe
 from diffplan.diffusion.classifier_free import HistoryGuidance
 from diffplan.diffusion.conditioning import hold_goal
 from diffplan.diffusion.guide import Guidance
-from diffplan.diffusion.levels import resolve_history
+from diffplan.diffusion.levels import planner_history_lengths, resolve_history
 from diffplan.diffusion.sampler import Constraints, Denoiser, history_matrix
 from diffplan.enums import NoiseMode
 from diffplan.guidance.build import build_guidance
@@ -225,8 +225,9 @@ class ForcingPlanner(SamplingPlanner):
         goal_dims: inpaint the goal's entries (these observation entries) at the window's last token
             (None: goals reach only the guidance).
         arrival_slack: with ``goal_dims``, candidates that arrive this many tokens after the held
-            arrival as well (``planner.forcing.arrival_slack``; negative: before it); the earliest arrival whose plan does not
-            jump runs (:class:`~diffplan.planning.planner.EarliestArrivalSelector`, ``planner.jump_ratio``).
+            arrival as well (``planner.forcing.arrival_slack``; negative: before it); the earliest
+            arrival whose plan does not jump runs (:class:`~diffplan.planning.planner.EarliestArrivalSelector`,
+            ``planner.jump_ratio``).
     """
 
     def __init__(
@@ -249,15 +250,18 @@ class ForcingPlanner(SamplingPlanner):
         group = model_frame_stack(model)
         n_history = resolve_history(horizon, execute, n_history, group)
         trained = model.config
-        if NoiseMode(trained.train.noise_mode) is NoiseMode.schedule and (
-                execute, n_history) != (trained.planner.forcing.execute, _trained_history(trained, horizon, group)):
-            log.warning(
-                "%s was trained on the histories of planner.forcing.execute=%s, planner.forcing.n_history=%s "
-                "(train.noise_mode=schedule) but plans with execute=%s, n_history=%s; plan with the trained "
-                "settings or train for these",
-                model.path, trained.planner.forcing.execute, _trained_history(trained, horizon, group), execute,
-                n_history,
-            )
+        if NoiseMode(trained.train.noise_mode) is NoiseMode.schedule:
+            # The patterns depend on the history lengths a rollout meets, not on execute itself.
+            trained_n = _trained_history(trained, horizon, group)
+            had = planner_history_lengths(trained_n, trained.planner.forcing.execute)
+            asked = planner_history_lengths(n_history, execute)
+            if not set(asked) <= set(had):
+                log.warning(
+                    "%s was trained on the histories of planner.forcing.execute=%s, planner.forcing.n_history=%s "
+                    "(train.noise_mode=schedule; history lengths %s) but plans with execute=%s, n_history=%s "
+                    "(lengths %s); plan with settings whose history lengths it was trained on, or train for these",
+                    model.path, trained.planner.forcing.execute, trained_n, had, execute, n_history, asked,
+                )
         super().__init__(model, planner=planner if planner is not None else PlannerConfig(), diffusion=diffusion,
                          device=device, guidance=guidance, horizon=horizon)
         self.group = group
