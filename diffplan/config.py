@@ -229,13 +229,12 @@ class ForcingConfig:
     goal planner does (besides any goal guidance). ``hold_arrival`` (with ``inpaint_goal``) keeps a
     plan's arrival when replanning: the goal is inpainted at the current token plus the tokens the
     previous plan still had to go past the environment's progress along it, and held at every token
-    after (the first plan: the last token). ``arrival_slack`` (with ``hold_arrival``) plans
-    candidates that arrive this many tokens later than the held arrival as well (0: the held arrival
-    itself; negative: earlier), ``planner.n_candidates`` each, and executes the earliest arrival whose
-    plan does not jump (``planner.jump_ratio``, as the goal planner's ``goal_tokens``); empty: the
-    held arrival only.
-    With a frame-stacked transformer ``execute`` and ``n_history`` must be multiples of
-    ``model.transformer.frame_stack``."""
+    after (the first plan: the last token, or earlier with a negative slack). ``arrival_slack`` (with
+    ``hold_arrival``) plans candidates that arrive this many tokens later than the held arrival as well
+    (0: the held arrival itself; negative: earlier), ``planner.n_candidates`` each, and executes the
+    earliest arrival whose plan does not jump (``planner.jump_ratio``, as the goal planner's
+    ``goal_tokens``); empty: the held arrival only. With a frame-stacked transformer ``execute`` and
+    ``n_history`` must be multiples of ``model.transformer.frame_stack``."""
 
     execute: int = 8
     n_history: int | None = None

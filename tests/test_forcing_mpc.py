@@ -407,6 +407,7 @@ def test_forcing_planner_plans_later_arrivals_and_reports_the_one_it_runs() -> N
         assert chosen in ({1, 4, last} if env == 0 else {2, 5, last})
         held_goal = goals[env].expand(horizon - 2 - chosen, 2)
         assert torch.allclose(plan.observations[env, chosen:, :2], held_goal, atol=1e-5)
+        assert not torch.allclose(plan.observations[env, chosen - 1, :2], goals[env], atol=1e-3)
     # Without slack a plan reports no arrival of its own (the controller keeps the one it handed over).
     plain = ForcingPlanner(model, diffusion=diffusion, execute=2, n_history=2, goal_dims=[0, 1])
     assert plain.plan(obs, torch.Generator().manual_seed(0), goals=goals, history=history,
@@ -429,6 +430,13 @@ def test_earliest_arrival_selector_takes_the_first_arrival_that_does_not_jump() 
     chosen, values = selector.select(raw, raw, GuideContext(10))
     # env 0: the held arrival jumps 3x the latest's step, the next one does not; env 1: the held one is smooth.
     assert chosen.tolist() == [1, 0] and values is None
+    # Groups in any order (offsets 4, 0, 8): the order of the offsets decides; a non-finite plan is never taken.
+    unsorted = EarliestArrivalSelector((4, 0, 8), 1, (0,), 1.5)
+    assert unsorted.select(raw[:, [1, 0, 2]], raw[:, [1, 0, 2]], GuideContext(10))[0].tolist() == [0, 1]
+    broken = raw.clone()
+    broken[1, 0, 2, 0] = float("nan")
+    broken[1, 2, 2, 0] = float("nan")  # the latest arrival non-finite as well: no limit to compare with
+    assert selector.select(broken, broken, GuideContext(10))[0].tolist() == [1, 1]
 
 
 def test_goal_planner_refuses_per_environment_arrival_tokens() -> None:
@@ -468,27 +476,34 @@ def test_plan_controller_hands_each_replan_the_previous_plans_remaining_tokens()
 
 
 def test_plan_controller_holds_the_arrival_the_planner_chose() -> None:
-    """With ``arrival_slack`` the next replan holds the arrival of the candidate that ran, not the one handed over."""
+    """With ``arrival_slack`` the next replan holds the arrival of the candidate that ran, not the one handed over
+    (earlier arrivals only here, so the one that ran always differs from the one handed over)."""
     from diffplan.config import ForcingConfig
 
     model = _model("transformer")
     horizon = model.horizon
     planner = _RecordingForcing(model, diffusion=DiffusionConfig(sampling_steps=2, n_timesteps=10, clip_denoised=None),
-                                execute=2, n_history=2, goal_dims=[0, 1], arrival_slack=[0, 3])
+                                execute=2, n_history=2, goal_dims=[0, 1], arrival_slack=[-4, -2])
     planner.arrivals, planner.plans = [], []
     cfg = PlannerConfig(mode="tracker", replan_every=2, tracker=TrackerConfig(tracking="time"),
                         forcing=ForcingConfig(execute=2, n_history=2, inpaint_goal=True, hold_arrival=True,
-                                              arrival_slack=[0, 3]))
+                                              arrival_slack=[-4, -2]))
     policy = _forcing_controller(planner, cfg)
     policy.reset(2)
     generator = torch.Generator().manual_seed(0)
     goals, obs = np.array([[0.5, -0.5], [-1.0, 1.0]]), np.zeros((2, 4))
     for step in range(5):  # plans at steps 0, 2 and 4
         policy.act(step, obs, goals, np.ones(2, dtype=bool), generator)
-    for before, after in zip(planner.plans[:-1], planner.arrivals[1:], strict=True):
-        assert before.arrival is not None and after is not None
+    earlier = False
+    for plan_index, (handed, before, after) in enumerate(zip(planner.arrivals[:-1], planner.plans[:-1],
+                                                             planner.arrivals[1:], strict=True)):
+        assert before.arrival is not None and after is not None and handed is not None
         assert after == np.maximum(before.arrival.numpy() - 2, 0).tolist()
-    assert planner.arrivals[1] == [horizon - 3] * 2  # the first window arrives at its last token whatever the slack
+        # What was handed over, clamped to the window (the first plan holds no history: its last token is H - 1).
+        limit = np.minimum(np.asarray(handed), horizon - 1 - (0 if plan_index == 0 else 2))
+        assert (before.arrival.numpy() <= limit).all()
+        earlier |= bool((before.arrival.numpy() < limit).any())
+    assert earlier  # the controller held an arrival the planner chose, not the one it handed over
 
 
 # -- history guidance ---------------------------------------------------------------------------------

@@ -62,6 +62,16 @@ def goal_constraints(
     return Constraints(mask.expand(batch, -1, -1), normalizer.normalize(raw))
 
 
+def hold_goal_per_candidate(constraints: Constraints, first: Tensor, channels: Sequence[int],
+                            goals: Tensor) -> Constraints:
+    """:func:`hold_goal` for R candidates per row: ``constraints`` (N, H, D) and ``goals`` (N, G) are
+    repeated R times (each row's candidates contiguous) and candidate j of row i holds the goal from
+    token ``first[i, j]`` ((N, R) int). Returns (N x R, H, D) constraints."""
+    repeats = first.shape[1]
+    return hold_goal(constraints.repeat_interleave(repeats), first.reshape(-1), channels,
+                     goals.repeat_interleave(repeats, dim=0))
+
+
 def hold_goal(constraints: Constraints, first: Tensor, channels: Sequence[int], goals: Tensor) -> Constraints:
     """``constraints`` (B, H, D) with the goal's ``channels`` inpainted with ``goals`` (B, len(channels)),
     normalized, at token ``first`` (B,) int of each sample and every token after it: the plan arrives

@@ -29,14 +29,14 @@ from torch import Tensor
 
 from diffplan.config import Config, DiffusionConfig, PlannerConfig, timesteps_per_token
 from diffplan.diffusion.classifier_free import HistoryGuidance
-from diffplan.diffusion.conditioning import hold_goal
+from diffplan.diffusion.conditioning import hold_goal, hold_goal_per_candidate
 from diffplan.diffusion.guide import Guidance
 from diffplan.diffusion.levels import planner_history_lengths, resolve_history
 from diffplan.diffusion.sampler import Constraints, Denoiser, history_matrix
 from diffplan.enums import NoiseMode
 from diffplan.guidance.build import build_guidance
 from diffplan.guidance.kinds import check_kind_for_suite
-from diffplan.planning.planner import Conditioning, EarliestArrivalSelector, SamplingPlanner
+from diffplan.planning.planner import Conditioning, SamplingPlanner, earliest_arrival
 from diffplan.training.checkpoint import TrainedModel
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,9 @@ class ForcingRollout:
 class HistoryConditioner:
     """Diffusion Forcing's conditioning: the executed history on every channel of the window's first
     h tokens (kept at level 0 by the matrix, :func:`history_matrix`) and the current observation on
-    token h; optionally the goal's entries on the last token; the scheduling matrix depends on h
-    (cached per h).
+    token h; optionally the goal's entries from the last token, or from a given arrival token (and,
+    with ``arrival_slack``, from later ones, one group of candidates each); the scheduling matrix
+    depends on h (cached per h).
 
     Args:
         model: the trained model (layout, normalizer, schedule).
@@ -160,10 +161,10 @@ class HistoryConditioner:
             return Conditioning(hold_goal(constraints, first, channels, goal[:, self.goal_dims]), self.matrix(n_hist),
                                 current=n_hist)
         slack = torch.tensor(self.arrival_slack, device=self.device).repeat_interleave(self.per_arrival)
-        firsts = (first[:, None] + slack[None, :]).clamp(low, high).reshape(-1)  # an environment's rows contiguous
-        held = hold_goal(constraints.repeat_interleave(len(slack)), firsts, channels,
-                         goal[:, self.goal_dims].repeat_interleave(len(slack), dim=0))
-        return Conditioning(held, self.matrix(n_hist), current=n_hist, per_candidate=True, arrivals=firsts - n_hist)
+        firsts = (first[:, None] + slack[None, :]).clamp(low, high)  # (B, slack x per_arrival)
+        held = hold_goal_per_candidate(constraints, firsts, channels, goal[:, self.goal_dims])
+        return Conditioning(held, self.matrix(n_hist), current=n_hist, per_candidate=True,
+                            arrivals=firsts.reshape(-1) - n_hist)
 
     def condition(self, observations: Tensor, goals: Tensor | None, history: Tensor | None,
                   arrival: Tensor | None = None) -> Conditioning:
@@ -222,12 +223,12 @@ class ForcingPlanner(SamplingPlanner):
         device: where sampling runs.
         horizon: tokens per window (None: the model's training horizon). Other lengths need a
             denoiser that accepts them (the transformer: any multiple of its ``frame_stack``).
-        goal_dims: inpaint the goal's entries (these observation entries) at the window's last token
-            (None: goals reach only the guidance).
+        goal_dims: inpaint the goal's entries (these observation entries) at the window's last token,
+            or from the arrival :meth:`plan` is given (None: goals reach only the guidance).
         arrival_slack: with ``goal_dims``, candidates that arrive this many tokens after the held
             arrival as well (``planner.forcing.arrival_slack``; negative: before it); the earliest
             arrival whose plan does not jump runs (:class:`~diffplan.planning.planner.EarliestArrivalSelector`,
-            ``planner.jump_ratio``).
+            ``planner.jump_ratio``); None: ``planner.forcing.arrival_slack``.
     """
 
     def __init__(
@@ -251,7 +252,8 @@ class ForcingPlanner(SamplingPlanner):
         n_history = resolve_history(horizon, execute, n_history, group)
         trained = model.config
         if NoiseMode(trained.train.noise_mode) is NoiseMode.schedule:
-            # The patterns depend on the history lengths a rollout meets, not on execute itself.
+            # With the same matrix settings, the patterns depend on the history lengths a rollout meets
+            # (execute, n_history), not on execute itself; stall replans can meet others (not checked).
             trained_n = _trained_history(trained, horizon, group)
             had = planner_history_lengths(trained_n, trained.planner.forcing.execute)
             asked = planner_history_lengths(n_history, execute)
@@ -267,7 +269,7 @@ class ForcingPlanner(SamplingPlanner):
         self.group = group
         self.execute = int(execute)
         self.n_history = int(n_history)
-        slack = list(arrival_slack or [])
+        slack = list(self.cfg.forcing.arrival_slack if arrival_slack is None else arrival_slack)
         if slack and not goal_dims:
             raise ValueError("planner.forcing.arrival_slack places the inpainted goal: set "
                              "planner.forcing.inpaint_goal=true and planner.forcing.hold_arrival=true")
@@ -276,9 +278,7 @@ class ForcingPlanner(SamplingPlanner):
         self.conditioner = self.history
         if slack:
             assert goal_dims is not None
-            positions = tuple(model.layout.obs.start + d for d in goal_dims)
-            self.selector = EarliestArrivalSelector(tuple(slack), self.cfg.n_candidates, positions,
-                                                    float(self.cfg.jump_ratio))
+            self.selector = earliest_arrival(model, goal_dims, slack, self.cfg)
             self.candidates_per_env = self.cfg.n_candidates * len(slack)
         self.history_guidance = float(self.cfg.forcing.history_guidance)
         if self.history_guidance != 1.0 and not trained.train.history_dropout:
@@ -352,6 +352,10 @@ def maze_forcing_planner(cfg: Config, model: TrainedModel, device: torch.device 
         ValueError: a guidance kind that is not for mazes or needs a value function (the forcing
             planner has none).
     """
+    forcing = cfg.planner.forcing
+    if forcing.arrival_slack and not forcing.hold_arrival:
+        raise ValueError(f"planner.forcing.arrival_slack={list(forcing.arrival_slack)} plans arrivals after the held "
+                         "one; set planner.forcing.hold_arrival=true as well (or arrival_slack=[])")
     spec = check_kind_for_suite(cfg.guidance.kind, "maze", "planner.mode=forcing on a maze")
     if spec is not None and spec.needs_value:
         raise ValueError(f"planner.mode=forcing on a maze takes guidance kinds without a value function, got "

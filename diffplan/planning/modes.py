@@ -137,9 +137,6 @@ def _forcing(cfg: Config, model: TrainedModel, device: torch.device, strengths: 
     if forcing.hold_arrival and not forcing.inpaint_goal:
         raise ValueError("planner.forcing.hold_arrival=true places the inpainted goal; set "
                          "planner.forcing.inpaint_goal=true as well")
-    if forcing.arrival_slack and not forcing.hold_arrival:
-        raise ValueError(f"planner.forcing.arrival_slack={list(forcing.arrival_slack)} plans arrivals after the held "
-                         "one; set planner.forcing.hold_arrival=true as well (or arrival_slack=[])")
     planner = maze_forcing_planner(cfg, model, device)
     mode = ExecutionMode.tracker if forcing.track_states else ExecutionMode.actions
     execution = replace(cfg.planner, mode=mode.value, replan_every=planner.execute * stride)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from diffplan.acceleration import compile_module
 from diffplan.config import DiffusionConfig, GuidanceConfig, PlannerConfig
 from diffplan.diffusion.classifier_free import ClassifierFreeGuidance
-from diffplan.diffusion.conditioning import Constraints, goal_constraints, hold_goal
+from diffplan.diffusion.conditioning import Constraints, goal_constraints, hold_goal_per_candidate
 from diffplan.diffusion.guide import Guide, GuideContext
 from diffplan.diffusion.sampler import Denoiser, Sampler, check_clip, make_sampler
 from diffplan.diffusion.warm_start import warm_start
@@ -64,7 +64,8 @@ class Plan:
         values: (N,) the ranking objective of each selected plan (planners that rank), or None.
         candidate_values: (N, K) the objective of every candidate, or None.
         arrival: (N,) int, the tokens after the current one by which each selected plan reaches its
-            goal, where the conditioner placed the goal per candidate (:attr:`Conditioning.arrivals`), or None.
+            goal, where the conditioner placed the goal per candidate (:attr:`Conditioning.arrivals`: the
+            goal tokens of the goal planner, the forcing planner with ``planner.forcing.arrival_slack``), or None.
     """
 
     observations: Tensor
@@ -315,12 +316,12 @@ class GoalTokensConditioner:
             raise ValueError("this planner does not condition on history; use planner.mode=forcing for that")
         layout, horizon = self.model.layout, self.model.horizon
         base = goal_constraints(layout, self.model.normalizer, horizon, observations, goals, self.goal_dims)
-        repeats = len(self.goal_tokens) * self.per_token  # an environment's rows: arrival tokens, then candidates
         channels = [layout.obs.start + d for d in self.goal_dims]
+        # An environment's rows: arrival tokens, then candidates.
         first = torch.tensor(self.goal_tokens, device=base.mask.device).repeat_interleave(self.per_token)
-        held = hold_goal(base.repeat_interleave(repeats), first.repeat(observations.shape[0]), channels,
-                         base.values[:, horizon - 1, channels].repeat_interleave(repeats, dim=0))
-        return Conditioning(held, self.matrix, per_candidate=True)
+        first = first[None, :].expand(observations.shape[0], -1)
+        held = hold_goal_per_candidate(base, first, channels, base.values[:, horizon - 1, channels])
+        return Conditioning(held, self.matrix, per_candidate=True, arrivals=first.reshape(-1))
 
 
 class CandidateSelector(Protocol):
@@ -346,13 +347,14 @@ class PlausibilitySelector:
 
 @dataclass(frozen=True)
 class EarliestArrivalSelector:
-    """Of plans that arrive at the goal by different tokens (:class:`GoalTokensConditioner`), the earliest
-    arrival whose largest step between consecutive planned positions is at most ``jump_ratio`` times the
-    largest step of the latest arrival's plan (a plan squeezed into too few tokens jumps); within an
-    arrival token, the smoothest of its candidates.
+    """Of plans that arrive at the goal by different tokens (:class:`GoalTokensConditioner`, or the forcing
+    planner's held arrival plus ``planner.forcing.arrival_slack``), the earliest arrival whose largest step
+    between consecutive positions of the window (history tokens included) is at most ``jump_ratio`` times
+    the largest step of the latest arrival's plan (a plan squeezed into too few tokens jumps); within an
+    arrival token, the smoothest of its candidates. Plans with non-finite entries are never feasible.
 
     Attributes:
-        goal_tokens: the arrival tokens, in the candidates' group order.
+        goal_tokens: the arrival tokens (or offsets: only their order is read), in the candidates' group order.
         per_token: candidates per arrival token.
         positions: the position channels (the goal's) in the transition.
         jump_ratio: how much larger a step than the latest arrival's largest one stays feasible.
@@ -377,11 +379,19 @@ class EarliestArrivalSelector:
         latest = int(torch.tensor(self.goal_tokens).argmax())
         limit = self.jump_ratio * group_largest[:, latest:latest + 1]
         order = torch.tensor(self.goal_tokens, device=raw.device).argsort()
-        feasible = (group_largest <= limit)[:, order]  # arrival tokens in increasing order
+        feasible = (torch.isfinite(group_largest) & (group_largest <= limit))[:, order]  # arrivals in increasing order
         first = torch.where(feasible.any(dim=1), feasible.float().argmax(dim=1),
                             torch.full((n,), int((order == latest).nonzero()[0, 0]), device=raw.device))
         group = order[first]
         return group * self.per_token + best[torch.arange(n, device=raw.device), group], None
+
+
+def earliest_arrival(model: TrainedModel, goal_dims: list[int], groups: list[int],
+                     planner: PlannerConfig) -> EarliestArrivalSelector:
+    """The :class:`EarliestArrivalSelector` of ``groups`` (arrival tokens or offsets, one group of
+    ``planner.n_candidates`` per entry) over the goal's position channels, with ``planner.jump_ratio``."""
+    positions = tuple(model.layout.obs.start + d for d in goal_dims)
+    return EarliestArrivalSelector(tuple(groups), planner.n_candidates, positions, float(planner.jump_ratio))
 
 
 @dataclass(frozen=True)
@@ -476,8 +486,8 @@ class SamplingPlanner:
 
     @property
     def n_candidates(self) -> int:
-        """K, the samples per environment (``planner.n_candidates``, times the arrival tokens a goal
-        planner tries)."""
+        """K, the samples per environment (``planner.n_candidates``, times the arrivals a goal planner or
+        a forcing planner with ``planner.forcing.arrival_slack`` tries)."""
         return self.candidates_per_env
 
     def context(self, goals: Tensor | None, batch: int) -> GuideContext:
@@ -627,7 +637,5 @@ class GoalPlanner(SamplingPlanner):
         if planner.goal_tokens:
             tokens = [int(t) for t in planner.goal_tokens]
             self.conditioner = GoalTokensConditioner(model, self.matrix, self.goal_dims, tokens, planner.n_candidates)
-            positions = tuple(model.layout.obs.start + d for d in self.goal_dims)
-            self.selector = EarliestArrivalSelector(tuple(tokens), planner.n_candidates, positions,
-                                                    float(planner.jump_ratio))
+            self.selector = earliest_arrival(model, self.goal_dims, tokens, planner)
             self.candidates_per_env = planner.n_candidates * len(tokens)
