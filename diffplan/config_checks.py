@@ -105,7 +105,8 @@ def _show(value: Any) -> str:
 
 def check_settings(cfg: Config) -> None:
     """Raise ``ValueError`` for the first setting of ``cfg`` out of its range (see :data:`RANGES`),
-    a ``diffusion.sampling_steps`` above ``diffusion.n_timesteps``, or a U-Net that cannot halve
+    a ``diffusion.sampling_steps`` above ``diffusion.n_timesteps``, forcing arrivals after a held
+    arrival that is not held (``planner.forcing.arrival_slack`` without ``hold_arrival``), or a U-Net that cannot halve
     ``task.horizon`` as often as ``model.unet.dim_mults`` asks."""
     for key, rule in RANGES.items():
         value: Any = cfg
@@ -129,6 +130,10 @@ def check_settings(cfg: Config) -> None:
             f"patterns, which only train.noise_mode=schedule trains on (got {cfg.train.noise_mode}); set "
             "train.noise_mode=schedule or train.history_dropout=0"
         )
+    forcing = cfg.planner.forcing
+    if str(cfg.planner.mode) == "forcing" and forcing.arrival_slack and not forcing.hold_arrival:
+        raise ValueError(f"planner.forcing.arrival_slack={list(forcing.arrival_slack)} plans arrivals after the held "
+                         "one; set planner.forcing.hold_arrival=true as well (or arrival_slack=[])")
     tokens = list(cfg.planner.goal_tokens)
     bad = [t for t in tokens if not 1 <= t <= cfg.task.horizon - 1]
     if bad:

@@ -79,6 +79,14 @@ def test_bad_overrides_give_one_line_before_anything_runs(
     assert digest(trained) == before and not (trained / "hydra-calls" / module).exists()
 
 
+def test_forcing_arrivals_after_an_arrival_not_held_give_one_line(trained: Path, run: Command) -> None:
+    before = digest(trained)
+    one_line(run("evaluate", "planner.mode=forcing", "planner.forcing.arrival_slack=[0,8]"),
+             "planner.forcing.arrival_slack=[0, 8] plans arrivals after the held one",
+             "set planner.forcing.hold_arrival=true as well", command="diffplan-evaluate")
+    assert digest(trained) == before and not (trained / "hydra-calls" / "evaluate").exists()
+
+
 # -- checkpoints ----------------------------------------------------------------------------------
 class Evil:
     """A pickled object whose unpickling would run code (it writes a marker file)."""

@@ -255,7 +255,7 @@ def test_evaluator_runs_forcing_mpc_with_goal_guidance(tmp_path: Path) -> None:
     assert slack_results["n_failed"] == 0 and slack_results["config"]["planner"]["forcing"]["arrival_slack"] == [0, 2]
     assert slack_results["plan_time_s"]["n_plans"] == held_results["plan_time_s"]["n_plans"]
     with pytest.raises(ValueError, match=r"arrival_slack=\[0, 2\] plans arrivals after the held one; set "
-                                         r"planner.forcing.hold_arrival=true"):
+                                         r"planner.forcing.hold_arrival=true"):  # refused with the settings
         run_evaluate(tiny_config(tmp_path, extra + ["task.stride=2", f"run_dir={tmp_path / 'strided'}",
                                                     "planner.forcing.track_states=true",
                                                     "planner.forcing.inpaint_goal=true",

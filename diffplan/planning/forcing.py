@@ -352,10 +352,6 @@ def maze_forcing_planner(cfg: Config, model: TrainedModel, device: torch.device 
         ValueError: a guidance kind that is not for mazes or needs a value function (the forcing
             planner has none).
     """
-    forcing = cfg.planner.forcing
-    if forcing.arrival_slack and not forcing.hold_arrival:
-        raise ValueError(f"planner.forcing.arrival_slack={list(forcing.arrival_slack)} plans arrivals after the held "
-                         "one; set planner.forcing.hold_arrival=true as well (or arrival_slack=[])")
     spec = check_kind_for_suite(cfg.guidance.kind, "maze", "planner.mode=forcing on a maze")
     if spec is not None and spec.needs_value:
         raise ValueError(f"planner.mode=forcing on a maze takes guidance kinds without a value function, got "
@@ -366,5 +362,4 @@ def maze_forcing_planner(cfg: Config, model: TrainedModel, device: torch.device 
         model, diffusion=cfg.diffusion, execute=cfg.planner.forcing.execute, n_history=cfg.planner.forcing.n_history,
         planner=cfg.planner, guidance=guidance, device=device,
         goal_dims=list(cfg.task.goal_obs_dims) if cfg.planner.forcing.inpaint_goal else None,
-        arrival_slack=list(cfg.planner.forcing.arrival_slack),
     )
