@@ -413,6 +413,9 @@ class AgentConfig:
         medium_score: D4RL-normalized evaluated score at which the medium policy is taken.
         medium_max_steps: if the score is never reached, the medium policy is taken here.
         expert_steps: total training steps of the expert policy (0: no expert).
+        expert_snapshot: which policy becomes the expert: ``last``, the agent at ``expert_steps``;
+            ``best``, the best-evaluated checkpoint after the medium snapshot up to ``expert_steps``
+            (an on-policy agent's return swings between evaluations).
         eval_every: steps between evaluations and checkpoints.
         eval_episodes: episodes per evaluation (stochastic policy, as collected).
         seed: agent and evaluation seed.
@@ -425,6 +428,7 @@ class AgentConfig:
     medium_score: float = 45.0
     medium_max_steps: int = 3_000_000
     expert_steps: int = 0
+    expert_snapshot: str = "last"
     eval_every: int = 50_000
     eval_episodes: int = 10
     seed: int = 0

@@ -260,3 +260,41 @@ def test_bad_agent_settings_are_named(tmp_path: Path) -> None:
     del cfg.collect.agents["hopper"]
     with pytest.raises(ValueError, match="collect.agents has no recipe for robot 'hopper'"):
         run_collect(cfg)
+
+
+def test_expert_snapshot_best_takes_the_best_evaluation_after_medium(tmp_path: Path) -> None:
+    """expert_snapshot=best: the expert is the checkpoint of the best evaluation after the medium snapshot
+    (not the agent at expert_steps), its files copied from that checkpoint, its record naming the pick."""
+    recipe = tiny_recipe(expert_steps=640, expert_snapshot="best")
+    pipeline = AgentPipeline(ROBOTS["hopper"], recipe, tmp_path, progress=False)
+    state = pipeline.run(until="expert")
+    medium = state.snapshots["medium"]["steps"]
+    after = [e for e in state.evals if e["steps"] > medium]
+    assert medium == 128 and [e["steps"] for e in after] == [256, 384, 512, 640]
+    best = max(after, key=lambda e: e["score"])  # the first of equals, as the pick keeps the earlier one
+    expert = state.snapshots["expert"]
+    assert expert == {"steps": best["steps"], "eval_return": best["return"], "eval_score": best["score"],
+                      "picked": "best", "evaluated_from": 256, "evaluated_to": 640}
+    assert (tmp_path / "expert.zip").read_bytes() == (tmp_path / "expert_best.zip").read_bytes()
+    assert (tmp_path / "expert_vecnorm.pkl").read_bytes() == (tmp_path / "expert_best_vecnorm.pkl").read_bytes()
+    # The default keeps the agent at expert_steps.
+    last = AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_steps=640), tmp_path / "last", progress=False)
+    assert last.run(until="expert").snapshots["expert"]["steps"] == 640
+
+
+def test_expert_snapshot_setting_checked_and_older_recipes_resume(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"collect.agents.hopper.expert_snapshot='bestest' is not one of \['last', 'best'\]"):
+        AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_snapshot="bestest"), tmp_path)
+    pipeline = AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_steps=256), tmp_path, progress=False)
+    pipeline.run(until="medium")
+    # A state written before the setting existed (its recipe lacks the key) resumes with the default,
+    # and the pick may still change while the expert is not taken.
+    path = tmp_path / "state.json"
+    saved = json.loads(path.read_text())
+    del saved["recipe"]["expert_snapshot"]
+    path.write_text(json.dumps(saved))
+    state = AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_steps=256, expert_snapshot="best"), tmp_path,
+                          progress=False).run(until="expert")
+    assert state.snapshots["expert"]["picked"] == "best" and state.snapshots["expert"]["steps"] == 256
+    with pytest.raises(ValueError, match=r"changed: \['expert_snapshot'\]"):
+        AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_steps=256), tmp_path)

@@ -131,6 +131,14 @@ def test_collecting_into_a_folder_gives_one_line(run: Command, tmp_path: Path) -
     assert f"task.dataset={folder}" in line and list(folder.iterdir()) == []
 
 
+def test_bad_expert_snapshot_gives_one_line(run: Command, tmp_path: Path) -> None:
+    agents = tmp_path / "agents"
+    line = one_line(run("collect", "task=hopper-medium", "collect.levels=[expert]",
+                        "collect.agents.hopper.expert_snapshot=bestest", f"collect.agent_dir={agents}"),
+                    "collect.agents.hopper.expert_snapshot='bestest'", "['last', 'best']", command="diffplan-collect")
+    assert "Traceback" not in line and not agents.exists()
+
+
 # -- diffplan-report ------------------------------------------------------------------------------
 def test_report_errors(trained: Path, run: Command, tmp_path: Path) -> None:
     empty = tmp_path / "empty"

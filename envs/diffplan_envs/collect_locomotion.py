@@ -7,7 +7,8 @@ One agent per robot produces every level (D4RL's recipe, with the algorithm a se
   ``medium_score`` (a D4RL-normalized score; D4RL stopped at about a third of the expert).
 - ``medium-replay``: every transition the agent experienced in training up to that stop
   (for SAC that is its replay buffer; for PPO, its rollouts).
-- ``expert``: the agent after ``expert_steps`` environment steps in total.
+- ``expert``: the agent after ``expert_steps`` environment steps in total (``expert_snapshot=best``:
+  the best-evaluated checkpoint after the medium snapshot up to then).
 - ``medium-expert``: the medium and expert files concatenated.
 
 Training is checkpointed every ``eval_every`` steps under ``agent_dir`` (agent zip,
@@ -49,6 +50,8 @@ from diffplan_envs.reference_scores import normalized_score
 logger = logging.getLogger(__name__)
 
 _STATE = "state.json"
+#: collect.agent.expert_snapshot: the agent at expert_steps, or its best-evaluated checkpoint after medium.
+EXPERT_SNAPSHOTS = ("last", "best")
 _ARRAY_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts",
                "infos/qpos", "infos/qvel")
 
@@ -168,6 +171,8 @@ class AgentState:
     snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
     replay_chunks: int = 0
     replay_steps: int = 0
+    # expert_snapshot=best: the best evaluation since the medium snapshot (its checkpoint: expert_best.zip).
+    best_expert: dict[str, Any] | None = None
 
 
 class AgentPipeline:
@@ -181,6 +186,9 @@ class AgentPipeline:
     def __init__(self, robot: Robot, recipe: AgentRecipe, agent_dir: str | Path, progress: bool = True) -> None:
         if recipe.eval_every < 1 or recipe.n_envs < 1 or recipe.eval_episodes < 1:
             raise ValueError("collect.agent.eval_every, n_envs and eval_episodes must be >= 1")
+        if recipe.expert_snapshot not in EXPERT_SNAPSHOTS:
+            raise ValueError(f"collect.agents.{robot.name}.expert_snapshot={recipe.expert_snapshot!r} is not one of "
+                             f"{list(EXPERT_SNAPSHOTS)}")
         self.robot = robot
         self.recipe = recipe
         self.dir = Path(agent_dir)
@@ -200,7 +208,10 @@ class AgentPipeline:
         movable = {"expert_steps"}
         if "medium" not in saved.get("snapshots", {}):
             movable |= {"medium_score", "medium_max_steps"}
-        changed = sorted(k for k in current if k not in movable and recipe.get(k) != current[k])
+        if "expert" not in saved.get("snapshots", {}):
+            movable |= {"expert_snapshot"}
+        defaults = _jsonable(asdict(AgentRecipe()))  # settings added since a recipe was written: their defaults
+        changed = sorted(k for k in current if k not in movable and recipe.get(k, defaults.get(k)) != current[k])
         if recipe and changed:
             raise ValueError(
                 f"{path} was written with a different agent recipe (changed: {changed}); restore the "
@@ -335,9 +346,28 @@ class AgentPipeline:
             # Past an expert budget already (medium reached late, or medium_max_steps >= expert_steps):
             # the expert snapshot is taken just below, at this step, instead of ending without one.
             self.state.phase = "expert" if self.recipe.expert_steps > 0 else "done"
-        if self.state.phase == "expert" and steps >= self.recipe.expert_steps:
-            self._save_model(model, venv, "expert")
-            self.state.snapshots["expert"] = {"steps": steps, "eval_return": mean_return, "eval_score": score}
+            if self.state.phase == "expert" and steps < self.recipe.expert_steps:
+                return  # the expert comes from the evaluations after this one
+        if self.state.phase != "expert":
+            return
+        evaluated = {"steps": steps, "eval_return": mean_return, "eval_score": score}
+        best = self.state.best_expert
+        after_medium = steps > self.state.snapshots["medium"]["steps"]
+        if self.recipe.expert_snapshot == "best" and after_medium and (best is None or score > best["eval_score"]):
+            self._save_model(model, venv, "expert_best")
+            # since: the first evaluation the pick saw (a run resumed with expert_snapshot=best sees only later ones)
+            self.state.best_expert = best = {**evaluated, "since": steps if best is None else best["since"]}
+        if steps >= self.recipe.expert_steps:
+            if self.recipe.expert_snapshot == "best" and best is not None:
+                for source, target in zip(self.snapshot_paths("expert_best"), self.snapshot_paths("expert"),
+                                          strict=True):
+                    if source.exists():
+                        _copy_atomic(source, target)
+                self.state.snapshots["expert"] = {key: best[key] for key in evaluated} | {
+                    "picked": "best", "evaluated_from": best["since"], "evaluated_to": steps}
+            else:
+                self._save_model(model, venv, "expert")
+                self.state.snapshots["expert"] = evaluated
             self.state.phase = "done"
 
     def _flush_replay(self, recorders: list[TransitionRecorder]) -> None:
@@ -494,6 +524,12 @@ def collect_with_policy(
     write_dataset(path, truncate(data, n_steps), metadata)
     shutil.rmtree(partial)
     return path
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(source, tmp)
+    tmp.replace(target)
 
 
 def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
