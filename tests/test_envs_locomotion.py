@@ -283,7 +283,8 @@ def test_expert_snapshot_best_takes_the_best_evaluation_after_medium(tmp_path: P
 
 
 def test_expert_snapshot_setting_checked_and_older_recipes_resume(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"collect.agents.hopper.expert_snapshot='bestest' is not one of \['last', 'best'\]"):
+    with pytest.raises(ValueError,
+                       match=r"collect.agents.hopper.expert_snapshot='bestest' is not one of \['last', 'best'\]"):
         AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_snapshot="bestest"), tmp_path)
     pipeline = AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_steps=256), tmp_path, progress=False)
     pipeline.run(until="medium")
