@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -719,6 +720,32 @@ def as_config(cfg: DictConfig | dict[str, Any], *, check: bool = True) -> Config
 
         check_settings(obj)
     return obj
+
+
+def drop_unknown_settings(stored: dict[str, Any], schema: type = Config, prefix: str = "") -> list[str]:
+    """Remove from ``stored`` (a plain config dict, changed in place) the settings that ``schema`` (a config
+    dataclass) and the sections nested in it (named sets of sections too, ``collect.agents.<robot>``) do not
+    have; returns their dotted names. Free-form dicts (``algo_kwargs``) are kept whole."""
+    hints = typing.get_type_hints(schema)
+    names = {f.name for f in dataclasses.fields(schema)}
+    dropped: list[str] = []
+    for key in list(stored):
+        if key not in names:
+            dropped.append(f"{prefix}{key}")
+            del stored[key]
+            continue
+        hint, value = hints.get(key), stored[key]
+        if isinstance(hint, type) and _is_section(hint) and isinstance(value, dict):
+            dropped += drop_unknown_settings(value, hint, f"{prefix}{key}.")
+        elif typing.get_origin(hint) is dict and _is_section(typing.get_args(hint)[1]) and isinstance(value, dict):
+            for name, entry in value.items():  # a named set of sections (collect.agents)
+                if isinstance(entry, dict):
+                    dropped += drop_unknown_settings(entry, typing.get_args(hint)[1], f"{prefix}{key}.{name}.")
+    return dropped
+
+
+def _is_section(hint: Any) -> bool:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
 
 
 def unknown_keys(node: Any, prefix: str = "") -> list[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -295,3 +297,21 @@ def test_config_round_trip_through_checkpoint(straight_run: Trainer) -> None:
     stored = checkpoint_module.config_from_checkpoint(load_checkpoint(straight_run.checkpoint_path))
     assert dataclasses.asdict(stored.model) == dataclasses.asdict(straight_run.cfg.model)
     assert stored.train.steps == 6 and stored.task.name == "tiny"
+
+
+def test_a_checkpoint_from_another_version_loads_without_the_settings_this_one_lacks(
+        straight_run: Trainer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    payload = load_checkpoint(straight_run.checkpoint_path)
+    stored = json.loads(payload["config"])
+    stored["planner"]["forcing"]["a_newer_setting"] = 3
+    stored["a_newer_section"] = {"x": 1}
+    stored["collect"]["agents"]["a_robot"] = {"algo": "sac", "an_agent_setting": 1, "algo_kwargs": {"gamma": 0.9}}
+    payload["config"] = json.dumps(stored)
+    path = tmp_path / "newer.pt"
+    torch.save(payload, path)
+    with caplog.at_level(logging.WARNING):
+        model = checkpoint_module.load_trained_model(path)
+    agent = model.config.collect.agents["a_robot"]
+    assert model.step == straight_run.step and agent.algo == "sac" and agent.algo_kwargs == {"gamma": 0.9}
+    assert "settings this one does not have are ignored: planner.forcing.a_newer_setting, " \
+        "collect.agents.a_robot.an_agent_setting, a_newer_section" in caplog.text and str(path) in caplog.text

@@ -10,6 +10,7 @@ inverse-dynamics head (weights, EMA, optimizer).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,13 +21,15 @@ import torch
 from torch import nn
 
 from diffplan import __version__
-from diffplan.config import Config, as_config
+from diffplan.config import Config, as_config, drop_unknown_settings
 from diffplan.data.layout import TrajectoryLayout
 from diffplan.data.normalizer import Normalizer, normalizer_from_state_dict
 from diffplan.diffusion.schedule import NoiseSchedule
 from diffplan.models.factory import build_denoiser, build_inverse_dynamics
 from diffplan.models.inverse_dynamics import InverseDynamics
 from diffplan.utils import atomic_path
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 
@@ -83,9 +86,15 @@ def load_checkpoint(
     return payload
 
 
-def config_from_checkpoint(payload: dict[str, Any]) -> Config:
-    """The resolved training config stored in a checkpoint."""
-    return as_config(json.loads(payload["config"]), check=False)  # a stored config is what it is
+def config_from_checkpoint(payload: dict[str, Any], path: str | Path = "the checkpoint") -> Config:
+    """The resolved training config stored in a checkpoint; settings this version of diffplan does not have (a
+    checkpoint written by another version) are left out with one warning naming them."""
+    stored = json.loads(payload["config"])
+    dropped = drop_unknown_settings(stored)
+    if dropped:
+        log.warning("%s was written by another diffplan version; settings this one does not have are ignored: %s",
+                    path, ", ".join(dropped))
+    return as_config(stored, check=False)  # a stored config is what it is
 
 
 @dataclass
@@ -130,7 +139,7 @@ def load_trained_model(
             f"checkpoint {path} holds a {payload['kind']!r} model, not a trajectory diffusion model; point {key} at "
             f"the checkpoint.pt of diffplan-train{where.get(str(payload['kind']), '')}"
         )
-    cfg = config_from_checkpoint(payload)
+    cfg = config_from_checkpoint(payload, path)
     layout = TrajectoryLayout.from_dict(payload["layout"])
     if expected_task is not None and cfg.task.name != expected_task:
         raise CheckpointError(
