@@ -188,7 +188,7 @@ def load_planner(
     """
     from diffplan.training.checkpoint import config_from_checkpoint, load_checkpoint
 
-    trained = config_from_checkpoint(load_checkpoint(checkpoint, map_location="cpu"))
+    trained = config_from_checkpoint(load_checkpoint(checkpoint, map_location="cpu"), checkpoint)
     base = OmegaConf.create(to_container(trained))
     base.eval.checkpoint = str(checkpoint)
     base.eval.device = device

@@ -724,8 +724,8 @@ def as_config(cfg: DictConfig | dict[str, Any], *, check: bool = True) -> Config
 
 def drop_unknown_settings(stored: dict[str, Any], schema: type = Config, prefix: str = "") -> list[str]:
     """Remove from ``stored`` (a plain config dict, changed in place) the settings that ``schema`` (a config
-    dataclass) and the sections nested in it (named sets of sections too, ``collect.agents.<robot>``) do not
-    have; returns their dotted names. Free-form dicts (``algo_kwargs``) are kept whole."""
+    dataclass) and the sections nested in it (named sets and lists of sections too, ``collect.agents.<robot>``,
+    ``sweep.cells``) do not have; returns their dotted names. Free-form dicts (``algo_kwargs``) are kept whole."""
     hints = typing.get_type_hints(schema)
     names = {f.name for f in dataclasses.fields(schema)}
     dropped: list[str] = []
@@ -741,6 +741,10 @@ def drop_unknown_settings(stored: dict[str, Any], schema: type = Config, prefix:
             for name, entry in value.items():  # a named set of sections (collect.agents)
                 if isinstance(entry, dict):
                     dropped += drop_unknown_settings(entry, typing.get_args(hint)[1], f"{prefix}{key}.{name}.")
+        elif typing.get_origin(hint) is list and _is_section(typing.get_args(hint)[0]) and isinstance(value, list):
+            for index, entry in enumerate(value):  # a list of sections (sweep.cells)
+                if isinstance(entry, dict):
+                    dropped += drop_unknown_settings(entry, typing.get_args(hint)[0], f"{prefix}{key}[{index}].")
     return dropped
 
 

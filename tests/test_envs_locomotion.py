@@ -25,6 +25,7 @@ from diffplan_envs.locomotion import (
     is_locomotion_task,
     make_locomotion_env,
 )
+from diffplan_envs.reference_scores import normalized_score
 from hydra import compose, initialize_config_dir
 
 from diffplan.config import as_config, register_configs
@@ -262,40 +263,43 @@ def test_bad_agent_settings_are_named(tmp_path: Path) -> None:
         run_collect(cfg)
 
 
-def test_expert_snapshot_best_takes_the_best_evaluation_after_medium(tmp_path: Path) -> None:
+def test_expert_snapshot_best_takes_the_best_evaluation_after_medium(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """expert_snapshot=best: the expert is the checkpoint of the best evaluation after the medium snapshot
-    (not the agent at expert_steps), its files copied from that checkpoint, its record naming the pick."""
+    (the first of equals), not the agent at expert_steps; its files are that checkpoint's, the ones no
+    longer best are removed, and the record names the pick."""
+    returns = iter([0.0, 10.0, 50.0, 50.0, 20.0])  # evaluations at 128 (medium), 256, 384, 512, 640 steps
+    monkeypatch.setattr(AgentPipeline, "_evaluate", lambda self, model, venv: next(returns))
     recipe = tiny_recipe(expert_steps=640, expert_snapshot="best")
-    pipeline = AgentPipeline(ROBOTS["hopper"], recipe, tmp_path, progress=False)
-    state = pipeline.run(until="expert")
-    medium = state.snapshots["medium"]["steps"]
-    after = [e for e in state.evals if e["steps"] > medium]
-    assert medium == 128 and [e["steps"] for e in after] == [256, 384, 512, 640]
-    best = max(after, key=lambda e: e["score"])  # the first of equals, as the pick keeps the earlier one
-    expert = state.snapshots["expert"]
-    assert expert == {"steps": best["steps"], "eval_return": best["return"], "eval_score": best["score"],
-                      "picked": "best", "evaluated_from": 256, "evaluated_to": 640}
-    assert (tmp_path / "expert.zip").read_bytes() == (tmp_path / "expert_best.zip").read_bytes()
-    assert (tmp_path / "expert_vecnorm.pkl").read_bytes() == (tmp_path / "expert_best_vecnorm.pkl").read_bytes()
+    state = AgentPipeline(ROBOTS["hopper"], recipe, tmp_path, progress=False).run(until="expert")
+    assert state.snapshots["medium"]["steps"] == 128 and [e["steps"] for e in state.evals][-1] == 640
+    score = float(normalized_score(50.0, *ROBOTS["hopper"].ref_scores))
+    assert state.snapshots["expert"] == {"steps": 384, "eval_return": 50.0, "eval_score": score, "picked": "best",
+                                         "evaluated_from": 256, "evaluated_to": 640}
+    assert sorted(p.name for p in tmp_path.glob("expert_best_*")) == ["expert_best_384.zip",
+                                                                      "expert_best_384_vecnorm.pkl"]
+    assert (tmp_path / "expert.zip").read_bytes() == (tmp_path / "expert_best_384.zip").read_bytes()
+    assert (tmp_path / "expert_vecnorm.pkl").read_bytes() == (tmp_path / "expert_best_384_vecnorm.pkl").read_bytes()
+    assert (tmp_path / "expert.zip").read_bytes() != (tmp_path / "latest.zip").read_bytes()
     # The default keeps the agent at expert_steps.
+    returns = iter([0.0, 10.0, 50.0, 50.0, 20.0])
     last = AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_steps=640), tmp_path / "last", progress=False)
     assert last.run(until="expert").snapshots["expert"]["steps"] == 640
+    assert (tmp_path / "last" / "expert.zip").read_bytes() == (tmp_path / "last" / "latest.zip").read_bytes()
 
 
 def test_expert_snapshot_setting_checked_and_older_recipes_resume(tmp_path: Path) -> None:
     with pytest.raises(ValueError,
                        match=r"collect.agents.hopper.expert_snapshot='bestest' is not one of \['last', 'best'\]"):
         AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_snapshot="bestest"), tmp_path)
-    pipeline = AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_steps=256), tmp_path, progress=False)
-    pipeline.run(until="medium")
-    # A state written before the setting existed (its recipe lacks the key) resumes with the default,
-    # and the pick may still change while the expert is not taken.
+    AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_steps=256), tmp_path, progress=False).run(until="expert")
+    # A state written before the setting existed (its recipe lacks the key) resumes with the default ...
     path = tmp_path / "state.json"
     saved = json.loads(path.read_text())
+    assert saved["snapshots"]["expert"]["picked"] == "last"
     del saved["recipe"]["expert_snapshot"]
     path.write_text(json.dumps(saved))
-    state = AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_steps=256, expert_snapshot="best"), tmp_path,
-                          progress=False).run(until="expert")
-    assert state.snapshots["expert"]["picked"] == "best" and state.snapshots["expert"]["steps"] == 256
+    assert AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_steps=256), tmp_path).has_snapshot("expert")
+    # ... and, the expert taken, the pick may no longer change.
     with pytest.raises(ValueError, match=r"changed: \['expert_snapshot'\]"):
-        AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_steps=256), tmp_path)
+        AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_steps=256, expert_snapshot="best"), tmp_path)

@@ -306,6 +306,9 @@ def test_a_checkpoint_from_another_version_loads_without_the_settings_this_one_l
     stored["planner"]["forcing"]["a_newer_setting"] = 3
     stored["a_newer_section"] = {"x": 1}
     stored["collect"]["agents"]["a_robot"] = {"algo": "sac", "an_agent_setting": 1, "algo_kwargs": {"gamma": 0.9}}
+    stored["sweep"]["cells"] = [{"kind": "guidance", "a_cell_setting": 2}]
+    stored["planner"]["p_gain"] = 9.0  # written before the tracker section: moved, not dropped
+    del stored["planner"]["tracker"]["p_gain"]
     payload["config"] = json.dumps(stored)
     path = tmp_path / "newer.pt"
     torch.save(payload, path)
@@ -313,5 +316,20 @@ def test_a_checkpoint_from_another_version_loads_without_the_settings_this_one_l
         model = checkpoint_module.load_trained_model(path)
     agent = model.config.collect.agents["a_robot"]
     assert model.step == straight_run.step and agent.algo == "sac" and agent.algo_kwargs == {"gamma": 0.9}
-    assert "settings this one does not have are ignored: planner.forcing.a_newer_setting, " \
-        "collect.agents.a_robot.an_agent_setting, a_newer_section" in caplog.text and str(path) in caplog.text
+    assert model.config.planner.tracker.p_gain == 9.0 and model.config.sweep.cells[0].kind == "guidance"
+    assert "planning settings this one does not have are ignored: planner.forcing.a_newer_setting, " \
+        "collect.agents.a_robot.an_agent_setting, sweep.cells[0].a_cell_setting, a_newer_section" in caplog.text
+    assert str(path) in caplog.text and "p_gain" not in caplog.text
+    # A setting of the sections that define the trained model is refused, naming it and the writing version.
+    stored["model"]["a_newer_layer"] = True
+    payload["config"] = json.dumps(stored)
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"settings this one does not have: model.a_newer_layer; use the "
+                                              r"version that wrote it \(diffplan "):
+        checkpoint_module.load_trained_model(path)
+    # Resuming training refuses any of them: a run is not continued under other settings.
+    del stored["model"]["a_newer_layer"]
+    payload["config"] = json.dumps(stored)
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="planner.forcing.a_newer_setting"):
+        checkpoint_module.config_from_checkpoint(load_checkpoint(path), path, drop_unknown=False)

@@ -24,7 +24,7 @@ def check_classifier_free_cells(cfg: Config, cells: list[PlannedCell]) -> None:
     from diffplan.training.checkpoint import config_from_checkpoint, load_checkpoint
 
     checkpoint = cfg.eval.checkpoint
-    trained = config_from_checkpoint(load_checkpoint(checkpoint, map_location="cpu"))
+    trained = config_from_checkpoint(load_checkpoint(checkpoint, map_location="cpu"), checkpoint)
     if not trained.model.return_condition:
         raise SweepError(
             f"sweep.cells[{classifier_free_cells[0].cell.entry}] kind=classifier_free varies "

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from diffplan import __version__
-from diffplan.config import Config, as_config, drop_unknown_settings
+from diffplan.config import Config, as_config, drop_unknown_settings, migrate_legacy
 from diffplan.data.layout import TrajectoryLayout
 from diffplan.data.normalizer import Normalizer, normalizer_from_state_dict
 from diffplan.diffusion.schedule import NoiseSchedule
@@ -86,14 +86,30 @@ def load_checkpoint(
     return payload
 
 
-def config_from_checkpoint(payload: dict[str, Any], path: str | Path = "the checkpoint") -> Config:
-    """The resolved training config stored in a checkpoint; settings this version of diffplan does not have (a
-    checkpoint written by another version) are left out with one warning naming them."""
-    stored = json.loads(payload["config"])
+#: Sections that define the trained model: a setting there that this version lacks is refused, not dropped.
+MODEL_SECTIONS = ("task", "model", "diffusion", "train")
+
+
+def config_from_checkpoint(payload: dict[str, Any], path: str | Path = "the checkpoint", *,
+                           drop_unknown: bool = True) -> Config:
+    """The resolved training config stored in a checkpoint (settings moved since it was written put in
+    their sections). With ``drop_unknown``, planning and evaluation settings this version of diffplan does
+    not have (a checkpoint written by another version) are left out with one warning naming them.
+
+    Raises:
+        CheckpointError: a setting this version lacks in a section that defines the trained model
+            (:data:`MODEL_SECTIONS`), or anywhere without ``drop_unknown`` (resuming training).
+    """
+    stored = migrate_legacy(json.loads(payload["config"]))
     dropped = drop_unknown_settings(stored)
+    defining = [key for key in dropped if not drop_unknown or key.split(".", 1)[0] in MODEL_SECTIONS]
+    if defining:
+        raise CheckpointError(
+            f"{path} was written by another diffplan version with settings this one does not have: "
+            f"{', '.join(defining)}; use the version that wrote it (diffplan {payload.get('version', 'unknown')})")
     if dropped:
-        log.warning("%s was written by another diffplan version; settings this one does not have are ignored: %s",
-                    path, ", ".join(dropped))
+        log.warning("%s was written by another diffplan version; planning settings this one does not have are "
+                    "ignored: %s", path, ", ".join(dropped))
     return as_config(stored, check=False)  # a stored config is what it is
 
 

@@ -50,7 +50,7 @@ from diffplan_envs.reference_scores import normalized_score
 logger = logging.getLogger(__name__)
 
 _STATE = "state.json"
-#: collect.agent.expert_snapshot: the agent at expert_steps, or its best-evaluated checkpoint after medium.
+#: collect.agents.<robot>.expert_snapshot: the agent at expert_steps, or its best-evaluated checkpoint after medium.
 EXPERT_SNAPSHOTS = ("last", "best")
 _ARRAY_KEYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts",
                "infos/qpos", "infos/qvel")
@@ -217,6 +217,8 @@ class AgentPipeline:
                 f"{path} was written with a different agent recipe (changed: {changed}); restore the "
                 "collect.agent settings or use another collect.agent_dir"
             )
+        if recipe.get("expert_snapshot", defaults["expert_snapshot"]) != current["expert_snapshot"]:
+            saved["best_expert"] = None  # the pick changed: evaluations from here on are compared afresh
         return AgentState(**saved)
 
     def _save_state(self) -> None:
@@ -331,6 +333,7 @@ class AgentPipeline:
                 self._advance(model, venv, mean_return, score)
                 self._save_model(model, venv, "latest")
                 self._save_state()
+                self._drop_stale_best()
         finally:
             bar.close()
             venv.close()
@@ -346,29 +349,50 @@ class AgentPipeline:
             # Past an expert budget already (medium reached late, or medium_max_steps >= expert_steps):
             # the expert snapshot is taken just below, at this step, instead of ending without one.
             self.state.phase = "expert" if self.recipe.expert_steps > 0 else "done"
-            if self.state.phase == "expert" and steps < self.recipe.expert_steps:
-                return  # the expert comes from the evaluations after this one
         if self.state.phase != "expert":
             return
         evaluated = {"steps": steps, "eval_return": mean_return, "eval_score": score}
         best = self.state.best_expert
         after_medium = steps > self.state.snapshots["medium"]["steps"]
         if self.recipe.expert_snapshot == "best" and after_medium and (best is None or score > best["eval_score"]):
-            self._save_model(model, venv, "expert_best")
+            # A checkpoint per improvement, named by its step: the state names the one it scored (a crash before
+            # the state is saved leaves a file no state names, never a named file of another score).
+            name = f"expert_best_{steps}"
+            self._save_model(model, venv, name)
             # since: the first evaluation the pick saw (a run resumed with expert_snapshot=best sees only later ones)
-            self.state.best_expert = best = {**evaluated, "since": steps if best is None else best["since"]}
+            self.state.best_expert = best = {**evaluated, "since": steps if best is None else best["since"],
+                                             "snapshot": name}
         if steps >= self.recipe.expert_steps:
             if self.recipe.expert_snapshot == "best" and best is not None:
-                for source, target in zip(self.snapshot_paths("expert_best"), self.snapshot_paths("expert"),
-                                          strict=True):
-                    if source.exists():
-                        _copy_atomic(source, target)
+                self._copy_snapshot(best["snapshot"], "expert")
                 self.state.snapshots["expert"] = {key: best[key] for key in evaluated} | {
                     "picked": "best", "evaluated_from": best["since"], "evaluated_to": steps}
             else:
                 self._save_model(model, venv, "expert")
-                self.state.snapshots["expert"] = evaluated
+                # With best but no evaluation after the medium snapshot (medium taken at or past expert_steps).
+                self.state.snapshots["expert"] = evaluated | {"picked": "last"}
             self.state.phase = "done"
+
+    def _copy_snapshot(self, source: str, target: str) -> None:
+        """Copy snapshot ``source``'s files to ``target`` (atomically, file by file).
+
+        Raises:
+            FileNotFoundError: a file of ``source`` is missing (the agent directory was changed by hand).
+        """
+        pairs = list(zip(self.snapshot_paths(source), self.snapshot_paths(target), strict=True))
+        for from_path, to_path in pairs if self.recipe.normalize_obs else pairs[:1]:
+            if not from_path.exists():
+                raise FileNotFoundError(f"{from_path} is missing: the agent's {source} snapshot cannot become its "
+                                        f"{target}; collect into a fresh collect.agent_dir")
+            _copy_atomic(from_path, to_path)
+
+    def _drop_stale_best(self) -> None:
+        """Remove the best-expert checkpoints the state no longer names."""
+        named = (self.state.best_expert or {}).get("snapshot")
+        keep = set(self.snapshot_paths(named)) if named else set()
+        for path in self.dir.glob("expert_best_[0-9]*"):
+            if path not in keep:
+                path.unlink(missing_ok=True)
 
     def _flush_replay(self, recorders: list[TransitionRecorder]) -> None:
         episodes = [ep for rec in recorders for ep in rec.pop_finished()]
