@@ -303,3 +303,32 @@ def test_expert_snapshot_setting_checked_and_older_recipes_resume(tmp_path: Path
     # ... and, the expert taken, the pick may no longer change.
     with pytest.raises(ValueError, match=r"changed: \['expert_snapshot'\]"):
         AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_steps=256, expert_snapshot="best"), tmp_path)
+
+
+def test_a_changed_expert_pick_compares_afresh_and_a_missing_best_checkpoint_is_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    returns = iter([0.0])  # the evaluation at 128 steps (medium)
+    monkeypatch.setattr(AgentPipeline, "_evaluate", lambda self, model, venv: next(returns))
+    state = AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_steps=512, expert_snapshot="best"), tmp_path,
+                          progress=False).run(until="medium")
+    assert state.best_expert is None  # no evaluation after the medium snapshot yet
+    # Switching the pick to last and back forgets the best so far: the next best is compared afresh.
+    saved = json.loads((tmp_path / "state.json").read_text())
+    saved["best_expert"] = {"steps": 256, "eval_return": 50.0, "eval_score": 9.0, "since": 256,
+                            "snapshot": "expert_best_256"}
+    (tmp_path / "state.json").write_text(json.dumps(saved))
+    assert AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_steps=1024, expert_snapshot="best"),
+                         tmp_path).state.best_expert is not None
+    saved["recipe"]["expert_snapshot"] = "last"
+    (tmp_path / "state.json").write_text(json.dumps(saved))
+    assert AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_steps=1024, expert_snapshot="best"),
+                         tmp_path).state.best_expert is None
+    # A state from before snapshots were named (no "snapshot") is compared afresh too.
+    saved["recipe"]["expert_snapshot"] = "best"
+    del saved["best_expert"]["snapshot"]
+    (tmp_path / "state.json").write_text(json.dumps(saved))
+    pipeline = AgentPipeline(ROBOTS["hopper"], tiny_recipe(expert_steps=1024, expert_snapshot="best"), tmp_path)
+    assert pipeline.state.best_expert is None
+    with pytest.raises(FileNotFoundError, match=r"expert_best_999.zip is missing: .* set "
+                                                r"collect.agents.hopper.expert_snapshot=last"):
+        pipeline._copy_snapshot("expert_best_999", "expert")

@@ -300,36 +300,37 @@ def test_config_round_trip_through_checkpoint(straight_run: Trainer) -> None:
 
 
 def test_a_checkpoint_from_another_version_loads_without_the_settings_this_one_lacks(
-        straight_run: Trainer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        straight_run: Trainer, episodes: Episodes, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     payload = load_checkpoint(straight_run.checkpoint_path)
     stored = json.loads(payload["config"])
     stored["planner"]["forcing"]["a_newer_setting"] = 3
-    stored["a_newer_section"] = {"x": 1}
     stored["collect"]["agents"]["a_robot"] = {"algo": "sac", "an_agent_setting": 1, "algo_kwargs": {"gamma": 0.9}}
     stored["sweep"]["cells"] = [{"kind": "guidance", "a_cell_setting": 2}]
     stored["planner"]["p_gain"] = 9.0  # written before the tracker section: moved, not dropped
     del stored["planner"]["tracker"]["p_gain"]
     payload["config"] = json.dumps(stored)
-    path = tmp_path / "newer.pt"
+    path = tmp_path / "checkpoint.pt"
     torch.save(payload, path)
     with caplog.at_level(logging.WARNING):
         model = checkpoint_module.load_trained_model(path)
     agent = model.config.collect.agents["a_robot"]
     assert model.step == straight_run.step and agent.algo == "sac" and agent.algo_kwargs == {"gamma": 0.9}
     assert model.config.planner.tracker.p_gain == 9.0 and model.config.sweep.cells[0].kind == "guidance"
-    assert "planning settings this one does not have are ignored: planner.forcing.a_newer_setting, " \
-        "collect.agents.a_robot.an_agent_setting, sweep.cells[0].a_cell_setting, a_newer_section" in caplog.text
+    assert "settings this one does not have are ignored (none of them defines the trained model): " \
+        "planner.forcing.a_newer_setting, collect.agents.a_robot.an_agent_setting, sweep.cells[0].a_cell_setting" \
+        in caplog.text
     assert str(path) in caplog.text and "p_gain" not in caplog.text
-    # A setting of the sections that define the trained model is refused, naming it and the writing version.
-    stored["model"]["a_newer_layer"] = True
-    payload["config"] = json.dumps(stored)
-    torch.save(payload, path)
-    with pytest.raises(CheckpointError, match=r"settings this one does not have: model.a_newer_layer; use the "
-                                              r"version that wrote it \(diffplan "):
-        checkpoint_module.load_trained_model(path)
-    # Resuming training refuses any of them: a run is not continued under other settings.
-    del stored["model"]["a_newer_layer"]
-    payload["config"] = json.dumps(stored)
-    torch.save(payload, path)
-    with pytest.raises(CheckpointError, match="planner.forcing.a_newer_setting"):
-        checkpoint_module.config_from_checkpoint(load_checkpoint(path), path, drop_unknown=False)
+    # Training resumes from it: the dropped settings are planning ones.
+    assert Trainer(_config(6), episodes, tmp_path, {"path": "tiny.hdf5"}).resume()
+    # A setting of a section that defines the trained model, or a section this version does not know, is refused.
+    for section, key in (("model", "a_newer_layer"), (None, "a_newer_section")):
+        changed = json.loads(json.dumps(stored))
+        (changed[section] if section else changed)[key] = {"x": 1}
+        payload["config"] = json.dumps(changed)
+        torch.save(payload, path)
+        name = f"{section}.{key}" if section else key
+        with pytest.raises(CheckpointError, match=rf"settings this one does not have: {name}; load it with the "
+                                                  r"diffplan version that wrote it"):
+            checkpoint_module.load_trained_model(path)
+        with pytest.raises(CheckpointError, match=name):
+            Trainer(_config(6), episodes, tmp_path, {"path": "tiny.hdf5"}).resume()

@@ -90,26 +90,26 @@ def load_checkpoint(
 MODEL_SECTIONS = ("task", "model", "diffusion", "train")
 
 
-def config_from_checkpoint(payload: dict[str, Any], path: str | Path = "the checkpoint", *,
-                           drop_unknown: bool = True) -> Config:
+def config_from_checkpoint(payload: dict[str, Any], path: str | Path = "the checkpoint") -> Config:
     """The resolved training config stored in a checkpoint (settings moved since it was written put in
-    their sections). With ``drop_unknown``, planning and evaluation settings this version of diffplan does
-    not have (a checkpoint written by another version) are left out with one warning naming them.
+    their sections). Settings this version of diffplan does not have (a checkpoint written by another
+    version) are left out with one warning naming them when they lie in a known section other than
+    :data:`MODEL_SECTIONS` (planner, guidance, eval, collect, sweep, ...).
 
     Raises:
-        CheckpointError: a setting this version lacks in a section that defines the trained model
-            (:data:`MODEL_SECTIONS`), or anywhere without ``drop_unknown`` (resuming training).
+        CheckpointError: a setting this version lacks in a section that defines the trained model, or a
+            section this version does not know.
     """
     stored = migrate_legacy(json.loads(payload["config"]))
     dropped = drop_unknown_settings(stored)
-    defining = [key for key in dropped if not drop_unknown or key.split(".", 1)[0] in MODEL_SECTIONS]
+    defining = [key for key in dropped if "." not in key or key.split(".", 1)[0] in MODEL_SECTIONS]
     if defining:
         raise CheckpointError(
             f"{path} was written by another diffplan version with settings this one does not have: "
-            f"{', '.join(defining)}; use the version that wrote it (diffplan {payload.get('version', 'unknown')})")
+            f"{', '.join(defining)}; load it with the diffplan version that wrote it")
     if dropped:
-        log.warning("%s was written by another diffplan version; planning settings this one does not have are "
-                    "ignored: %s", path, ", ".join(dropped))
+        log.warning("%s was written by another diffplan version; settings this one does not have are ignored "
+                    "(none of them defines the trained model): %s", path, ", ".join(dropped))
     return as_config(stored, check=False)  # a stored config is what it is
 
 

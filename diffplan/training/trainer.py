@@ -219,7 +219,7 @@ class Trainer(TrainingLoop):
         # RNG states must stay CPU byte tensors; load_state_dict copies weights onto the model's device.
         payload = load_checkpoint(self.checkpoint_path, map_location="cpu")
         # Through the schema, so settings added since the checkpoint was written take their defaults.
-        saved = to_container(config_from_checkpoint(payload, self.checkpoint_path, drop_unknown=False))
+        saved = to_container(config_from_checkpoint(payload, self.checkpoint_path))
         current = to_container(self.cfg)
         check_resume_config(self.checkpoint_path, saved, current, resume_keys(self.cfg))
         check_resume_dataset(self.checkpoint_path, payload, self.dataset_info)

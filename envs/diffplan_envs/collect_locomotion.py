@@ -171,7 +171,8 @@ class AgentState:
     snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
     replay_chunks: int = 0
     replay_steps: int = 0
-    # expert_snapshot=best: the best evaluation since the medium snapshot (its checkpoint: expert_best.zip).
+    # expert_snapshot=best: the best evaluation since the medium snapshot (its checkpoint: the snapshot it names,
+    # expert_best_<steps>).
     best_expert: dict[str, Any] | None = None
 
 
@@ -180,6 +181,7 @@ class AgentPipeline:
 
     Files under ``agent_dir``: ``state.json``; ``latest.zip`` + ``latest_vecnorm.pkl`` (the
     training checkpoint); ``<level>.zip`` + ``<level>_vecnorm.pkl`` (frozen snapshots);
+    ``expert_best_<steps>.zip`` + its statistics (``expert_snapshot=best``: the best evaluation so far);
     ``replay/chunk_NNNNN.npz`` (transitions recorded before the medium snapshot).
     """
 
@@ -217,8 +219,11 @@ class AgentPipeline:
                 f"{path} was written with a different agent recipe (changed: {changed}); restore the "
                 "collect.agent settings or use another collect.agent_dir"
             )
-        if recipe.get("expert_snapshot", defaults["expert_snapshot"]) != current["expert_snapshot"]:
-            saved["best_expert"] = None  # the pick changed: evaluations from here on are compared afresh
+        best = saved.get("best_expert")
+        if recipe.get("expert_snapshot", defaults["expert_snapshot"]) != current["expert_snapshot"] or \
+                (best is not None and "snapshot" not in best):
+            # The pick changed, or a state from before snapshots were named: compared afresh from here on.
+            saved["best_expert"] = None
         return AgentState(**saved)
 
     def _save_state(self) -> None:
@@ -369,7 +374,8 @@ class AgentPipeline:
                     "picked": "best", "evaluated_from": best["since"], "evaluated_to": steps}
             else:
                 self._save_model(model, venv, "expert")
-                # With best but no evaluation after the medium snapshot (medium taken at or past expert_steps).
+                # expert_snapshot=last, or best with no evaluation after the medium snapshot (medium taken at or
+                # past expert_steps): the agent at this step.
                 self.state.snapshots["expert"] = evaluated | {"picked": "last"}
             self.state.phase = "done"
 
@@ -383,7 +389,8 @@ class AgentPipeline:
         for from_path, to_path in pairs if self.recipe.normalize_obs else pairs[:1]:
             if not from_path.exists():
                 raise FileNotFoundError(f"{from_path} is missing: the agent's {source} snapshot cannot become its "
-                                        f"{target}; collect into a fresh collect.agent_dir")
+                                        f"{target}; set collect.agents.{self.robot.name}.expert_snapshot=last (the "
+                                        "agent at expert_steps) or restore the file")
             _copy_atomic(from_path, to_path)
 
     def _drop_stale_best(self) -> None:
