@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from diffplan.config import AgentConfig
 from diffplan.extras import require
+from diffplan.utils import atomic_path
 from diffplan_envs.locomotion import LEVELS, ROBOTS, Robot, make_locomotion_env, mujoco_state
 from diffplan_envs.reference_scores import normalized_score
 
@@ -391,7 +392,8 @@ class AgentPipeline:
                 raise FileNotFoundError(f"{from_path} is missing: the agent's {source} snapshot cannot become its "
                                         f"{target}; set collect.agents.{self.robot.name}.expert_snapshot=last (the "
                                         "agent at expert_steps) or restore the file")
-            _copy_atomic(from_path, to_path)
+            with atomic_path(to_path) as tmp:
+                shutil.copyfile(from_path, tmp)
 
     def _drop_stale_best(self) -> None:
         """Remove the best-expert checkpoints the state no longer names."""
@@ -555,12 +557,6 @@ def collect_with_policy(
     write_dataset(path, truncate(data, n_steps), metadata)
     shutil.rmtree(partial)
     return path
-
-
-def _copy_atomic(source: Path, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(source, tmp)
-    tmp.replace(target)
 
 
 def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
