@@ -8,6 +8,7 @@ report, bench, generate, train-offline; test_errors_pickle.py: pickle safety.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -113,6 +114,12 @@ def _bad_checkpoint(kind: str, trained: Path, folder: Path) -> Path:
         payload = torch.load(good, weights_only=True)
         payload["layout"] = {**payload["layout"], "obs_dim": 5}
         torch.save(payload, path)
+    elif kind == "newer":  # written by a version whose model section has a setting this one lacks
+        payload = torch.load(good, weights_only=True)
+        stored = json.loads(payload["config"])
+        stored["model"]["a_newer_layer"] = True
+        payload["config"] = json.dumps(stored)
+        torch.save(payload, path)
     elif kind == "value":
         path = trained / "run" / "value" / "checkpoint.pt"
     elif kind == "folder":
@@ -133,6 +140,8 @@ def _bad_checkpoint(kind: str, trained: Path, folder: Path) -> Path:
         ("foreign", ("has format None, expected 1", "point eval.checkpoint at")),
         ("dims", ("has layout", "'obs_dim': 5", "point eval.checkpoint at")),
         ("value", ("holds a 'value' model, not a trajectory diffusion model", "guidance.value_checkpoint")),
+        ("newer", ("was written by another diffplan version with settings this one does not have: "
+                   "model.a_newer_layer", "load it with the diffplan version that wrote it")),
     ],
 )
 def test_bad_checkpoints_give_one_line_naming_the_file(
