@@ -561,9 +561,8 @@ def collect_with_policy(
 
 def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Save arrays (keys may contain ``/``) to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, **{key.replace("/", "__"): value for key, value in arrays.items()})  # type: ignore[arg-type]
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **{key.replace("/", "__"): value for key, value in arrays.items()})  # type: ignore[arg-type]
 
 
 def _read_chunks(chunks: list[Path]) -> dict[str, np.ndarray]:
@@ -622,9 +621,8 @@ def _jsonable(value: Any) -> Any:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 # ----------------------------------------------------------------------------- entry point
