@@ -184,7 +184,8 @@ class PlanController(RecedingHorizonController):
         ):
             raise ValueError(
                 f"planner.tracker.replan_off_plan={self.cfg.tracker.replan_off_plan} needs the pursuit tracker "
-                "(planner.tracker.tracking=pursuit, planner.mode=tracker or forcing with track_states=true); set it to 0"
+                "(planner.tracker.tracking=pursuit, planner.mode=tracker or forcing with track_states=true)"
+                "; set it to 0"
             )
         if self.cfg.tracker.lookahead < 0:
             raise ValueError(f"planner.tracker.lookahead must be >= 0, got {self.cfg.tracker.lookahead}")
