@@ -196,9 +196,6 @@ class TrackerConfig:
     # Pursuit only: replan an env whose progress along its plan has not advanced for this
     # many steps (stuck, e.g. against a wall the plan cut through); 0 = never.
     replan_on_stall: int = 0
-    # Pursuit only: replan an env whose position lies farther than this (position units) from every
-    # plan point ahead of its progress (pushed off its plan); 0 = never.
-    replan_off_plan: float = 0.0
     p_gain: float = 1.0
     d_gain: float = 1.0
 

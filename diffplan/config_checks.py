@@ -65,7 +65,6 @@ RANGES: dict[str, str] = {
     "eval.threads": "non_negative",
     "planner.replan_every": "non_negative",
     "planner.tracker.replan_on_stall": "non_negative",
-    "planner.tracker.replan_off_plan": "non_negative",
     "planner.forcing.execute": "positive_int",
     "collect.n_steps": "int_or_null",
     "collect.ref_episodes": "positive_int",

@@ -175,18 +175,6 @@ class PlanController(RecedingHorizonController):
         if self.cfg.tracker.replan_on_stall < 0:
             raise ValueError(f"planner.tracker.replan_on_stall must be >= 0 (0 = off), got "
                 f"{self.cfg.tracker.replan_on_stall}")
-        if self.cfg.tracker.replan_off_plan < 0:
-            raise ValueError(f"planner.tracker.replan_off_plan must be >= 0 (0 = off), got "
-                f"{self.cfg.tracker.replan_off_plan}")
-        if self.cfg.tracker.replan_off_plan > 0 and (
-            Tracking(self.cfg.tracker.tracking) is not Tracking.pursuit
-            or ExecutionMode(self.cfg.mode) is ExecutionMode.actions
-        ):
-            raise ValueError(
-                f"planner.tracker.replan_off_plan={self.cfg.tracker.replan_off_plan} needs the pursuit tracker "
-                "(planner.tracker.tracking=pursuit, planner.mode=tracker or forcing with track_states=true)"
-                "; set it to 0"
-            )
         if self.cfg.tracker.lookahead < 0:
             raise ValueError(f"planner.tracker.lookahead must be >= 0, got {self.cfg.tracker.lookahead}")
         if self.stride < 1:
@@ -206,7 +194,6 @@ class PlanController(RecedingHorizonController):
         self._age: np.ndarray | None = None
         self._progress: np.ndarray | None = None
         self._stalled: np.ndarray | None = None
-        self._off_plan: np.ndarray | None = None
         self._arrival: np.ndarray | None = None
 
     def reset(self, n_envs: int) -> None:
@@ -215,7 +202,6 @@ class PlanController(RecedingHorizonController):
         super().reset(n_envs)
         self._progress = np.zeros(n_envs, dtype=np.int64)
         self._stalled = np.zeros(n_envs, dtype=np.int64)
-        self._off_plan = np.zeros(n_envs, dtype=bool)
         self._arrival = np.zeros(n_envs, dtype=np.int64)
         if self.history is not None:
             self.history.reset()
@@ -235,8 +221,6 @@ class PlanController(RecedingHorizonController):
         fresh = super()._needs_plan(active)
         if self.cfg.tracker.replan_on_stall > 0 and self._stalled is not None:
             fresh |= (self._stalled >= self.cfg.tracker.replan_on_stall) & active
-        if self.cfg.tracker.replan_off_plan > 0 and self._off_plan is not None:
-            fresh |= self._off_plan & active
         return fresh
 
     def _plan(
@@ -284,10 +268,6 @@ class PlanController(RecedingHorizonController):
         self._progress[fresh] = 0
         distance[(token[None, :] < self._progress[:, None]) | (token[None, :] > self._last[:, None])] = np.inf
         progress = distance.argmin(axis=1)
-        if self._off_plan is not None and self.cfg.tracker.replan_off_plan > 0:
-            # Off the plan: farther than replan_off_plan from every plan point ahead (replanned next step).
-            gap = distance[np.arange(len(progress)), progress]
-            self._off_plan = (gap > self.cfg.tracker.replan_off_plan) & ~fresh
         if self._stalled is not None:
             # Stalled: no progress while the plan's end is still ahead of the lookahead target.
             stuck = (progress <= self._progress) & (progress + self.cfg.tracker.lookahead < self._last) & ~fresh
