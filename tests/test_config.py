@@ -144,6 +144,7 @@ EXPERIMENTS = {
     "medium-ref": ("pointmaze-medium", 64, 4, "unet", 16, [1, 2, 4], 10000, "tracker", "runs/medium-ref"),
     "medium-forcing": ("pointmaze-medium", 64, 4, "unet", 16, [1, 2, 4], 10000, "forcing", "runs/medium-forcing"),
     "large-ref": ("pointmaze-large", 96, 4, "unet", 16, [1, 2, 4], 50000, "tracker", "runs/large-ref"),
+    "large-forcing": ("pointmaze-large", 96, 4, "unet", 16, [1, 2, 4], 50000, "forcing", "runs/large-forcing"),
     "medium-df": ("pointmaze-medium", 256, 1, "transformer", 32, [1, 4, 8], 10000, "forcing", "runs/medium-df"),
     "large-df": ("pointmaze-large", 384, 1, "transformer", 32, [1, 4, 8], 10000, "forcing", "runs/large-df"),
     "locomotion": ("hopper-medium", 32, 1, "unet", 16, [1, 2, 4], 8000, "actions", "runs/hopper-medium"),
@@ -226,6 +227,20 @@ def test_forcing_settings_outside_the_forcing_planner_are_named_in_one_warning(
         with caplog.at_level("WARNING", logger="diffplan.pipeline.evaluate"):
             _warn_unused_forcing(make_config("pointmaze-medium", experiment=experiment))
         assert not caplog.records, experiment
+
+
+@pytest.mark.parametrize("experiment,task", [("medium-forcing", "pointmaze-medium"), ("large-forcing", "pointmaze-large")])
+def test_forcing_recipes_train_on_the_histories_their_mpc_meets(experiment: str, task: str) -> None:
+    """Large executes 80 tokens per plan where medium executes 8; with 8 history tokens both meet
+    windows after 0 and 8 clean tokens, so both train on the same level patterns."""
+    from diffplan.api import make_config
+    from diffplan.training.trainer import schedule_patterns
+
+    cfg = make_config(task, experiment=experiment)
+    patterns, lengths = schedule_patterns(cfg, cfg.task.horizon)
+    assert lengths == [0, 8]
+    assert [tuple(p.shape) for p in patterns] == [(20, cfg.task.horizon)] * 2
+    assert bool((patterns[1][:, :8] == 0).all()) and bool((patterns[0][:, 0] > 0).all())
 
 
 @pytest.mark.parametrize("option", sorted(path.stem for path in (CONF_DIR / "task").glob("*.yaml")
