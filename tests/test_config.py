@@ -229,16 +229,21 @@ def test_forcing_settings_outside_the_forcing_planner_are_named_in_one_warning(
         assert not caplog.records, experiment
 
 
-@pytest.mark.parametrize("experiment,task", [("medium-forcing", "pointmaze-medium"), ("large-forcing", "pointmaze-large")])
+@pytest.mark.parametrize("experiment,task", [("medium-forcing", "pointmaze-medium"),
+                                             ("large-forcing", "pointmaze-large")])
 def test_forcing_recipes_train_on_the_histories_their_mpc_meets(experiment: str, task: str) -> None:
     """Large executes 80 tokens per plan where medium executes 8; with 8 history tokens both meet
     windows after 0 and 8 clean tokens, so both train on the same level patterns."""
+    import torch
+
     from diffplan.api import make_config
     from diffplan.training.trainer import schedule_patterns
 
     cfg = make_config(task, experiment=experiment)
     patterns, lengths = schedule_patterns(cfg, cfg.task.horizon)
     assert lengths == [0, 8]
+    eight = make_config(task, experiment=experiment, overrides=["planner.forcing.execute=8"])
+    assert all(torch.equal(a, b) for a, b in zip(patterns, schedule_patterns(eight, cfg.task.horizon)[0], strict=True))
     assert [tuple(p.shape) for p in patterns] == [(20, cfg.task.horizon)] * 2
     assert bool((patterns[1][:, :8] == 0).all()) and bool((patterns[0][:, 0] > 0).all())
 
