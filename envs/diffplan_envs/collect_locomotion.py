@@ -284,19 +284,16 @@ class AgentPipeline:
         return model, venv
 
     def _save_model(self, model: Any, venv: Any, name: str) -> None:
+        # SB3 adds its suffix only to a path without one; atomic_path's temporary names have one.
         path, norm_path = self.snapshot_paths(name)
-        tmp = path.with_name(f".{path.stem}.tmp.zip")
-        model.save(str(tmp))
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            model.save(str(tmp))
         if name == "latest" and hasattr(model, "save_replay_buffer"):  # off-policy agents resume with it
-            buffer = self.dir / "latest_replay_buffer.pkl"
-            tmp_buffer = buffer.with_name(f".{buffer.name}.tmp")
-            model.save_replay_buffer(str(tmp_buffer))
-            tmp_buffer.replace(buffer)
+            with atomic_path(self.dir / "latest_replay_buffer.pkl") as tmp:
+                model.save_replay_buffer(str(tmp))
         if self.recipe.normalize_obs:
-            tmp_norm = norm_path.with_name(f".{norm_path.name}.tmp")
-            venv.save(str(tmp_norm))
-            tmp_norm.replace(norm_path)
+            with atomic_path(norm_path) as tmp:
+                venv.save(str(tmp))
 
     # -- the loop
     def run(self, until: str = "expert") -> AgentState:
