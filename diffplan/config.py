@@ -266,6 +266,10 @@ class PlannerConfig:
     goal_tokens: list[int] = field(default_factory=list)
     jump_ratio: float = 1.5
     action_source: ActionSource = ActionSource.diffused
+    # Locomotion planner: a diffplan-train-offline checkpoint (TD3+BC or IQL) whose critic ranks the
+    # n_candidates plans by min(Q1, Q2) of their first state and action, in place of the value function
+    # (diffplan.guidance.critic). null: the value function ranks.
+    critic: str | None = None
     # Compute of the networks while planning and generating (diffplan.acceleration): bfloat16
     # autocast for the denoiser and the guides' networks; on the CPU the planners' U-Net and value network
     # then run as planar bfloat16 copies (diffplan.models.planar: channels-last 2-D convolutions).

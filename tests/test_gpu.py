@@ -94,3 +94,32 @@ def test_cuda_transformer_matches_cpu_and_trains() -> None:
     loss = diffusion_loss(denoiser, schedule, x0, torch.randint(1, 11, (4, 16), device="cuda"), torch.randn_like(x0))
     loss.backward()
     assert torch.isfinite(loss)
+
+
+
+def test_cuda_critic_ranking_matches_cpu() -> None:
+    """planner.critic on CUDA: the critic's values of the same plans equal the CPU's, and the planner
+    keeps the candidate of highest value."""
+    from diffplan.agents.td3bc import TD3BCAgent
+    from diffplan.diffusion.guide import GuideContext
+    from diffplan.guidance.critic import CriticGuide
+
+    torch.manual_seed(1)
+    agent = TD3BCAgent(4, 2, hidden_sizes=(16,)).eval()
+    x = torch.randn(5, 16, 6)
+    levels = torch.zeros(5, 16, dtype=torch.long)
+    context = GuideContext(n_timesteps=10)
+    expected = CriticGuide(agent, LAYOUT, _model("cpu").normalizer).objective(x, levels, context)
+    model = _model("cuda")
+    ranker = CriticGuide(agent.to("cuda"), LAYOUT, model.normalizer)
+    got = ranker.objective(x.cuda(), levels.cuda(), context)
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-4)
+    planner = ValuePlanner(
+        model, ValueGuide(torch.nn.Identity()), planner=PlannerConfig(mode="actions", n_candidates=4),
+        diffusion=DiffusionConfig(n_timesteps=10, sampling_steps=5), guidance=GuidanceConfig(kind="none"),
+        device="cuda", ranker=ranker,
+    )
+    plan = planner.plan(torch.tensor([[0.5, -1.0, 0.1, 0.0], [0.0, 0.0, 0.0, 0.0]]),
+                        torch.Generator(device="cuda").manual_seed(0))
+    assert plan.candidate_values is not None and plan.values is not None
+    torch.testing.assert_close(plan.values.cpu(), plan.candidate_values.max(dim=1).values.cpu())

@@ -102,6 +102,7 @@ class OfflineAgent(nn.Module):
     obs_mean: Tensor
     obs_std: Tensor
     reward_scale: Tensor
+    critic: TwinQ
 
     def __init__(
         self,
@@ -150,6 +151,12 @@ class OfflineAgent(nn.Module):
     def log_prob(self, observations: Tensor, actions: Tensor) -> Tensor:
         """log pi(action | observation) (...), raw units, differentiable w.r.t. both arguments."""
         return self.log_prob_normalized(self.normalize(observations), actions)
+
+    def q_value(self, observations: Tensor, actions: Tensor) -> Tensor:
+        """The clipped double-Q estimate ``min(Q1, Q2)`` (...) of raw observations (..., obs_dim) and
+        actions (..., act_dim), differentiable w.r.t. both (every agent here has a :class:`TwinQ` ``critic``)."""
+        q1, q2 = self.critic(self.normalize(observations), actions)
+        return torch.minimum(q1, q2)
 
     @torch.no_grad()
     def act(self, observations: np.ndarray | Tensor) -> np.ndarray | Tensor:

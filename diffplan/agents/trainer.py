@@ -365,8 +365,8 @@ class OfflineTrainer(TrainingLoop):
             )
 
 
-def _load_offline_payload(path: Path, map_location: str | torch.device) -> dict[str, Any]:
-    payload = load_checkpoint(path, map_location=map_location)
+def _load_offline_payload(path: Path, map_location: str | torch.device, key: str = "eval.checkpoint") -> dict[str, Any]:
+    payload = load_checkpoint(path, map_location=map_location, key=key)
     if payload.get("kind") != CHECKPOINT_KIND:
         raise CheckpointError(
             f"checkpoint {path} is not an offline RL agent checkpoint (kind {payload.get('kind', 'diffusion')!r}); "
@@ -399,18 +399,20 @@ def load_offline_agent(
     expected_act_dim: int | None = None,
     expected_dataset_sha256: str | None = None,
     std: float | None = None,
+    key: str = "eval.checkpoint",
 ) -> OfflineModel:
     """Rebuild the agent of an offline checkpoint (in eval mode); refuse one made for something else.
 
     Args:
         std: TD3+BC only: the log_prob standard deviation (default: the checkpoint's ``offline.std``).
+        key: the setting that names ``path``, for the message when it does not exist.
 
     Raises:
         CheckpointError: not an offline checkpoint, or its task, observation or action size or
             dataset sha256 differs from the expected one (the message names the key).
     """
     path = Path(path)
-    payload = _load_offline_payload(path, device)
+    payload = _load_offline_payload(path, device, key)
     task = payload["task"]
     check_identity("offline checkpoint", path, {f"task.{key}": value for key, value in task.items()},
                    {"task.name": expected_task, "task.obs_dim": expected_obs_dim, "task.act_dim": expected_act_dim})

@@ -294,6 +294,9 @@ def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> Evaluation
         trained_dataset = model.dataset
         if built.uses_value_checkpoint:
             info["value"] = _value_checkpoint_info(cfg)
+        if cfg.planner.critic:
+            critic = Path(cfg.planner.critic)
+            info["critic"] = {"path": str(critic.resolve()), "sha256": file_sha256(critic)}
     return EvaluationSetup(policy, _env_maker(cfg, task), trained, info, has_success=False,
                            trained_dataset=trained_dataset)
 

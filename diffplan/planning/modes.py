@@ -16,6 +16,7 @@ from diffplan.config import Config
 from diffplan.controllers import Controller
 from diffplan.enums import ExecutionMode
 from diffplan.guidance import ConstantGuide, check_kind_for_suite, guidance_kind
+from diffplan.guidance.critic import load_critic_guide
 from diffplan.guidance.per_env import EnvStrengths
 from diffplan.guidance.value import load_value_guide
 from diffplan.planning.controllers import PlanController
@@ -92,6 +93,9 @@ def build_controller(cfg: Config, suite: str, model: TrainedModel, device: torch
         ValueError: see :func:`planner_spec`; per-environment strengths for a mode that takes none.
     """
     spec = planner_spec(cfg.planner.mode, suite)
+    if cfg.planner.critic and suite != "locomotion":
+        raise ValueError(f"planner.critic={cfg.planner.critic} ranks locomotion plans by an offline agent's critic; "
+                         f"the {suite} planners do not use it: drop planner.critic")
     if strengths is not None and not spec.batchable:
         raise ValueError(f"planner.mode={spec.name} takes no per-environment guidance strengths; evaluate its sweep "
                          "cells with sweep.batched=false")
@@ -113,12 +117,14 @@ def _goal(cfg: Config, model: TrainedModel, device: torch.device, strengths: Env
 
 
 def _value(cfg: Config, model: TrainedModel, device: torch.device, strengths: EnvStrengths | None) -> BuiltController:
-    """Value-guided planning on locomotion (Diffuser): K candidates ranked by the value function."""
+    """Value-guided planning on locomotion (Diffuser): K candidates ranked by the value function, or by
+    an offline agent's critic (``planner.critic``)."""
     spec = check_kind_for_suite(cfg.guidance.kind, "locomotion", "the locomotion planner (planner=value)")
-    needs_value = (spec is not None and spec.needs_value) or cfg.planner.n_candidates > 1
+    ranker = load_critic_guide(cfg.planner.critic, model, device) if cfg.planner.critic else None
+    needs_value = (spec is not None and spec.needs_value) or (cfg.planner.n_candidates > 1 and ranker is None)
     guide: Any = load_value_guide(model, cfg.guidance, device) if needs_value else ConstantGuide()
     planner = ValuePlanner(model, guide, planner=cfg.planner, diffusion=cfg.diffusion, guidance=cfg.guidance,
-                           device=device)
+                           device=device, ranker=ranker)
     controller = ValueController(planner, cfg.planner, strengths=strengths)
     return BuiltController(controller, uses_value_checkpoint=needs_value)
 

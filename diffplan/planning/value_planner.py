@@ -49,7 +49,7 @@ class ValuePlanner(SamplingPlanner):
 
     Args:
         model: the trained diffusion model (observations and actions in its layout).
-        guide: scores candidates (``objective`` at level 0) and, with ``guidance.kind =
+        guide: scores candidates (``objective`` at level 0; unless ``ranker`` is given) and, with ``guidance.kind =
             value``, steers sampling (``gradient``); e.g. :func:`~diffplan.guidance.value.load_value_guide`.
         planner: ``n_candidates`` K and the warm-start settings (``selection`` is not used:
             candidates are ranked by value).
@@ -57,6 +57,8 @@ class ValuePlanner(SamplingPlanner):
         guidance: scale, steps and schedule of the guidance; ``kind = none`` samples
             unguided and only ranks the candidates by value.
         device: where sampling runs.
+        ranker: ranks the candidates in the guide's place (e.g. a
+            :class:`~diffplan.guidance.critic.CriticGuide`; None: the guide ranks).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class ValuePlanner(SamplingPlanner):
         diffusion: DiffusionConfig,
         guidance: GuidanceConfig,
         device: torch.device | str = "cpu",
+        ranker: Guide | None = None,
     ) -> None:
         warm = WarmStart.of(planner, model.schedule.n_timesteps)
         if isinstance(guide, ValueGuide):
@@ -80,8 +83,9 @@ class ValuePlanner(SamplingPlanner):
         self.guide = guide
         # Value, policy or both (guidance.kind); the value guide always ranks the candidates.
         built = build_guidance(guidance, model, device, value_guide=guide, clip_denoised=diffusion.clip_denoised)
+        self.ranker = guide if ranker is None else ranker
         super().__init__(model, planner=planner, diffusion=diffusion, device=device, guidance=built,
-                         selector=ObjectiveSelector(guide), warm_start=warm)
+                         selector=ObjectiveSelector(self.ranker), warm_start=warm)
 
 
 @dataclass

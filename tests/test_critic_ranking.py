@@ -1,0 +1,122 @@
+"""Critic ranking (``planner.critic``): the locomotion planner's candidates ranked by an offline
+agent's ``min(Q1, Q2)`` of their first state and action, checked against the critic evaluated by
+hand, and end to end through the commands on a tiny real Hopper file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from locomotion_fixtures import tiny_locomotion_config
+
+from diffplan.agents.td3bc import TD3BCAgent
+from diffplan.data.layout import TrajectoryLayout
+from diffplan.data.normalizer import GaussianNormalizer
+from diffplan.diffusion.guide import GuideContext
+from diffplan.guidance.critic import CriticGuide
+
+CTX = GuideContext(n_timesteps=20)
+
+
+def _agent(obs_dim: int = 3, act_dim: int = 2) -> TD3BCAgent:
+    torch.manual_seed(0)
+    return TD3BCAgent(obs_dim, act_dim, hidden_sizes=(8,), obs_mean=torch.tensor([0.5, -1.0, 2.0]),
+                      obs_std=torch.tensor([2.0, 0.5, 1.0]), max_action=1.0)
+
+
+def _guide() -> CriticGuide:
+    layout = TrajectoryLayout(obs_dim=3, act_dim=2)
+    normalizer = GaussianNormalizer(torch.tensor([1.0, 0.0, -1.0, 0.2, -0.1]), torch.tensor([2.0, 1.0, 0.5, 0.8, 0.8]))
+    return CriticGuide(_agent(), layout, normalizer)
+
+
+def test_the_objective_is_the_clipped_double_q_of_the_first_raw_state_and_clipped_action() -> None:
+    guide = _guide()
+    x = torch.randn(4, 6, 5, generator=torch.Generator().manual_seed(1)) * 2
+    levels = torch.zeros(4, 6, dtype=torch.long)
+    got = guide.objective(x, levels, CTX)
+    # By hand: un-normalize token 0, clip the action to [-1, 1], normalize the state with the agent's
+    # statistics, take the smaller of the two critics.
+    raw = x[:, 0] * torch.tensor([2.0, 1.0, 0.5, 0.8, 0.8]) + torch.tensor([1.0, 0.0, -1.0, 0.2, -0.1])
+    state = (raw[:, :3] - torch.tensor([0.5, -1.0, 2.0])) / torch.tensor([2.0, 0.5, 1.0])
+    action = raw[:, 3:].clamp(-1, 1)
+    assert (raw[:, 3:].abs() > 1).any(), "the draw must exercise the action clipping"
+    critic = guide.agent.critic
+    with torch.no_grad():
+        q1 = critic.q1(torch.cat([state, action], dim=-1)).squeeze(-1)
+        q2 = critic.q2(torch.cat([state, action], dim=-1)).squeeze(-1)
+    torch.testing.assert_close(got, torch.minimum(q1, q2))
+    # Later tokens do not matter.
+    changed = x.clone()
+    changed[:, 1:] += 5.0
+    torch.testing.assert_close(guide.objective(changed, levels, CTX), got)
+
+
+def test_the_gradient_moves_only_the_first_action_and_matches_finite_differences() -> None:
+    guide = _guide()
+    x = torch.randn(2, 4, 5, generator=torch.Generator().manual_seed(2)) * 0.3  # inside the action box
+    levels = torch.zeros(2, 4, dtype=torch.long)
+    out = guide.gradient(x, levels, CTX)
+    assert out.gradient.shape == x.shape
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    mask[:, 0, 3:] = True
+    assert torch.all(out.gradient[~mask] == 0) and torch.any(out.gradient[mask] != 0)
+    eps = 1e-3
+    for channel in (3, 4):
+        up, down = x.clone(), x.clone()
+        up[:, 0, channel] += eps
+        down[:, 0, channel] -= eps
+        numeric = (guide.objective(up, levels, CTX) - guide.objective(down, levels, CTX)) / (2 * eps)
+        torch.testing.assert_close(out.gradient[:, 0, channel], numeric, atol=2e-3, rtol=2e-2)
+
+
+def test_an_agent_of_another_size_is_refused() -> None:
+    layout = TrajectoryLayout(obs_dim=4, act_dim=2)
+    with pytest.raises(ValueError, match="obs_dim=3, act_dim=2 but the diffusion model's layout has obs_dim=4"):
+        CriticGuide(_agent(), layout, GaussianNormalizer(torch.zeros(6), torch.ones(6)))
+
+
+def test_evaluate_ranks_candidates_by_the_critic(tmp_path: Path, hopper_file: Path) -> None:
+    """diffplan-train, diffplan-train-offline, then diffplan-evaluate with planner.critic and no value
+    function: every executed plan is the candidate of highest critic value, and the results name the critic."""
+    from diffplan.pipeline.evaluate import run_evaluate
+    from diffplan.pipeline.train import run_train
+    from diffplan.pipeline.train_offline import run_train_offline
+    from diffplan.planning.modes import build_controller
+    from diffplan.training.checkpoint import CheckpointError, load_trained_model
+
+    (tmp_path / "hopper-medium.hdf5").symlink_to(hopper_file)
+    critic = tmp_path / "run" / "offline-td3bc" / "checkpoint.pt"
+    extra = ["guidance=none", "offline=td3bc", "offline.steps=20", "offline.batch_size=16",
+             "offline.hidden_sizes=[16,16]", "offline.progress=false", "offline.threads=1", "offline.device=cpu",
+             f"planner.critic={critic}", "eval.device=cpu"]
+    cfg = tiny_locomotion_config(tmp_path, extra)
+    run_train(cfg)
+    missing = tiny_locomotion_config(tmp_path, extra)
+    with pytest.raises(CheckpointError, match=f"checkpoint {critic} does not exist.*planner.critic"):
+        run_evaluate(missing)
+    run_train_offline(cfg)
+    results = json.loads(run_evaluate(cfg).read_text())
+    assert results["n_failed"] == 0 and results["config"]["planner"]["critic"] == str(critic)
+    assert results["checkpoint"]["critic"]["path"] == str(critic.resolve()) and "value" not in results["checkpoint"]
+
+    # The planner's choice is the best candidate by the critic.
+    model = load_trained_model(cfg.eval.checkpoint)
+    built = build_controller(cfg, "locomotion", model, torch.device("cpu"), None)
+    planner = built.controller.planner  # type: ignore[attr-defined]
+    observations = _first_states(hopper_file)
+    plan = planner.plan(observations, torch.Generator().manual_seed(0))
+    assert plan.values is not None and plan.candidate_values is not None and plan.normalized is not None
+    assert plan.candidate_values.shape == (2, cfg.planner.n_candidates)
+    torch.testing.assert_close(plan.values, plan.candidate_values.max(dim=1).values)
+    levels = torch.zeros(plan.normalized.shape[:2], dtype=torch.long)
+    torch.testing.assert_close(planner.ranker.objective(plan.normalized, levels, CTX), plan.values,
+                               atol=1e-5, rtol=1e-5)
+
+
+def _first_states(path: Path) -> torch.Tensor:
+    from diffplan.data import load_hdf5
+
+    return torch.as_tensor(load_hdf5(path).observations[:2], dtype=torch.float32)
