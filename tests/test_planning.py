@@ -294,6 +294,46 @@ def test_pursuit_replans_when_progress_stalls() -> None:
                        velocity_dims=[2, 3])
 
 
+def test_an_environment_waiting_on_its_held_goal_is_not_stalled() -> None:
+    """A plan that reaches its goal at token 3 and holds it to token 9: an environment sitting at the
+    goal makes no progress but is done, so the stall counter leaves it alone; one stuck before the
+    goal is still replanned."""
+
+    class HeldGoal(LinePlanner):
+        calls = 0
+
+        def plan(self, observations: torch.Tensor, generator: torch.Generator, *,
+                 goals: torch.Tensor | None = None, previous: torch.Tensor | None = None, shift: int = 0,
+                 strengths: EnvStrengths | None = None) -> Plan:
+            HeldGoal.calls += 1
+            plan = super().plan(observations, generator, goals=goals)
+            plan.observations[:, 3:, 0] = 3.0  # arrives at x = 3 on token 3, held after it
+            return plan
+
+    cfg = PlannerConfig(mode=ExecutionMode.tracker,
+                        tracker=TrackerConfig(tracking=Tracking.pursuit, lookahead=2, replan_on_stall=3))
+    one, generator = np.ones(1, dtype=bool), torch.Generator()
+    policy = PlanController(HeldGoal(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])
+    for t in range(12):
+        policy.act(t, np.array([[3.0, 0.0, 0.0, 0.0]]), GOAL[:1], one, generator)
+    assert HeldGoal.calls == 1
+    HeldGoal.calls = 0
+    policy = PlanController(HeldGoal(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])
+    for t in range(5):
+        policy.act(t, np.array([[0.0, 0.0, 0.0, 0.0]]), GOAL[:1], one, generator)  # stuck at token 0
+    assert HeldGoal.calls == 2
+
+
+def test_settled_token_finds_where_a_plan_stops_moving() -> None:
+    from diffplan.planning.controllers import settled_token
+
+    positions = np.zeros((3, 6, 2))
+    positions[0, :, 0] = np.arange(6)  # moves to its end
+    positions[1, :, 0] = [0, 1, 2, 3, 3, 3]  # holds from token 3
+    positions[2, :, 0] = [0, 1, 1, 2, 7, 7]  # its own end is token 3 (a shorter plan, padded)
+    np.testing.assert_array_equal(settled_token(positions, np.array([5, 5, 3])), [5, 3, 3])
+
+
 def test_negative_lookahead_is_refused() -> None:
     with pytest.raises(ValueError, match="planner.tracker.lookahead must be >= 0"):
         PlanController(LinePlanner(), PlannerConfig(tracker=TrackerConfig(lookahead=-1)), position_dims=[0, 1],

@@ -195,6 +195,7 @@ class PlanController(RecedingHorizonController):
         self._progress: np.ndarray | None = None
         self._stalled: np.ndarray | None = None
         self._arrival: np.ndarray | None = None
+        self._settled: np.ndarray | None = None
 
     def reset(self, n_envs: int) -> None:
         """Forget plans; the next :meth:`act` plans for every environment."""
@@ -241,6 +242,14 @@ class PlanController(RecedingHorizonController):
             self._arrival[index] = np.clip(chosen.numpy(), 1, max(plan.observations.shape[1] - 1, 1))
         return [(index, plan)]
 
+    def _store(self, index: np.ndarray, plan: Plan) -> None:
+        super()._store(index, plan)
+        assert self._states is not None and self._last is not None
+        n = len(self._last)
+        if self._settled is None or len(self._settled) != n:
+            self._settled = np.zeros(n, dtype=np.int64)
+        self._settled[index] = settled_token(self._states[index][:, :, self.position_dims], self._last[index])
+
     def _remaining(self, index: np.ndarray) -> np.ndarray:
         """(len(index),) tokens each environment's plan still had to go to its arrival token past the
         environment's progress along it; a large number (the window's last token) before a first plan."""
@@ -269,8 +278,11 @@ class PlanController(RecedingHorizonController):
         distance[(token[None, :] < self._progress[:, None]) | (token[None, :] > self._last[:, None])] = np.inf
         progress = distance.argmin(axis=1)
         if self._stalled is not None:
-            # Stalled: no progress while the plan's end is still ahead of the lookahead target.
-            stuck = (progress <= self._progress) & (progress + self.cfg.tracker.lookahead < self._last) & ~fresh
+            # Stalled: no progress while the plan still moves beyond the lookahead target. A plan that
+            # holds its goal from some token on (goal held after arrival) ends, for this, at that token:
+            # an environment waiting there is done, not stuck.
+            end = self._last if self._settled is None else np.minimum(self._last, self._settled)
+            stuck = (progress <= self._progress) & (progress + self.cfg.tracker.lookahead < end) & ~fresh
             self._stalled = np.where(stuck, self._stalled + 1, 0)
         self._progress = progress
         return np.minimum(self._progress + self.cfg.tracker.lookahead, self._last)
@@ -295,3 +307,17 @@ class PlanController(RecedingHorizonController):
         return self.cfg.tracker.p_gain * (target[:, pos] - observations[:, pos]) + self.cfg.tracker.d_gain * (
             target[:, vel] - observations[:, vel]
         )
+
+
+def settled_token(positions: np.ndarray, last: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    """(N,) the first token from which each plan's positions (N, H, P) stay where its token ``last``
+    is (within ``tol`` per entry, relative to the position's size): the start of a held goal, or
+    ``last`` for a plan that moves to its end."""
+    rows = np.arange(len(positions))
+    final = positions[rows, last][:, None, :]
+    token = np.arange(positions.shape[1])
+    still = (np.abs(positions - final) <= tol * (1.0 + np.abs(final))).all(axis=-1) | (token[None, :] > last[:, None])
+    # The first token of the run of still tokens that ends the plan: one past the last moving token.
+    moving = ~still
+    last_moving = np.where(moving.any(axis=1), positions.shape[1] - 1 - np.argmax(moving[:, ::-1], axis=1), -1)
+    return np.minimum(last_moving + 1, last).astype(np.int64)
