@@ -4,6 +4,8 @@ hand, and end to end through the commands on a tiny real Hopper file."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 from pathlib import Path
 
@@ -80,8 +82,10 @@ def test_an_agent_of_another_size_is_refused() -> None:
 
 def test_evaluate_ranks_candidates_by_the_critic(tmp_path: Path, hopper_file: Path) -> None:
     """diffplan-train, diffplan-train-offline, then diffplan-evaluate with planner.critic and no value
-    function: every executed plan is the candidate of highest critic value, and the results name the critic."""
-    from diffplan.pipeline.evaluate import run_evaluate
+    function: the executed plan is the candidate of highest critic value, as the agent (loaded on its
+    own) values the plan's first state and action, and the results name the critic."""
+    from diffplan.agents import load_offline_agent
+    from diffplan.pipeline.evaluate import check_evaluation, run_evaluate
     from diffplan.pipeline.train import run_train
     from diffplan.pipeline.train_offline import run_train_offline
     from diffplan.planning.modes import build_controller
@@ -93,27 +97,43 @@ def test_evaluate_ranks_candidates_by_the_critic(tmp_path: Path, hopper_file: Pa
              "offline.hidden_sizes=[16,16]", "offline.progress=false", "offline.threads=1", "offline.device=cpu",
              f"planner.critic={critic}", "eval.device=cpu"]
     cfg = tiny_locomotion_config(tmp_path, extra)
+    with pytest.raises(ValueError, match=f"planner.critic={critic} does not exist"):
+        check_evaluation(cfg)
     run_train(cfg)
-    missing = tiny_locomotion_config(tmp_path, extra)
-    with pytest.raises(CheckpointError, match=f"checkpoint {critic} does not exist.*planner.critic"):
-        run_evaluate(missing)
+    # Not an offline agent: the diffusion checkpoint itself.
+    wrong = tiny_locomotion_config(tmp_path, [*extra, f"planner.critic={cfg.eval.checkpoint}"])
+    with pytest.raises(CheckpointError, match=r"\(planner.critic\) is not an offline RL agent checkpoint"):
+        run_evaluate(wrong)
     run_train_offline(cfg)
+    for override, needle in (("planner.n_candidates=1", "set planner.n_candidates>=2 or drop planner.critic"),
+                             ("eval.controller=bc", "eval.controller=bc runs no planner")):
+        with pytest.raises(ValueError, match=needle):
+            check_evaluation(tiny_locomotion_config(tmp_path, [*extra, override]))
     results = json.loads(run_evaluate(cfg).read_text())
     assert results["n_failed"] == 0 and results["config"]["planner"]["critic"] == str(critic)
     assert results["checkpoint"]["critic"]["path"] == str(critic.resolve()) and "value" not in results["checkpoint"]
 
-    # The planner's choice is the best candidate by the critic.
     model = load_trained_model(cfg.eval.checkpoint)
     built = build_controller(cfg, "locomotion", model, torch.device("cpu"), None)
     planner = built.controller.planner  # type: ignore[attr-defined]
-    observations = _first_states(hopper_file)
-    plan = planner.plan(observations, torch.Generator().manual_seed(0))
-    assert plan.values is not None and plan.candidate_values is not None and plan.normalized is not None
+    plan = planner.plan(_first_states(hopper_file), torch.Generator().manual_seed(0))
+    assert plan.values is not None and plan.candidate_values is not None
     assert plan.candidate_values.shape == (2, cfg.planner.n_candidates)
+    assert not torch.allclose(plan.candidate_values[:, 0], plan.candidate_values[:, 1]), "candidates must differ"
     torch.testing.assert_close(plan.values, plan.candidate_values.max(dim=1).values)
-    levels = torch.zeros(plan.normalized.shape[:2], dtype=torch.long)
-    torch.testing.assert_close(planner.ranker.objective(plan.normalized, levels, CTX), plan.values,
-                               atol=1e-5, rtol=1e-5)
+    agent = load_offline_agent(critic).agent
+    with torch.no_grad():
+        expected = agent.q_value(plan.observations[:, 0], plan.actions[:, 0].clamp(-1.0, 1.0))
+    torch.testing.assert_close(plan.values, expected, atol=1e-4, rtol=1e-4)
+
+    # A critic trained for another task is refused, naming the key.
+    from diffplan.guidance.critic import load_critic_guide
+
+    config = copy.deepcopy(model.config)
+    config.task.name = "hopper-medium-replay"
+    with pytest.raises(CheckpointError, match=r"\(planner.critic\) .* task.name='hopper-medium', but "
+                                              r"'hopper-medium-replay' is expected"):
+        load_critic_guide(critic, dataclasses.replace(model, config=config))
 
 
 def _first_states(path: Path) -> torch.Tensor:

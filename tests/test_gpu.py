@@ -96,7 +96,6 @@ def test_cuda_transformer_matches_cpu_and_trains() -> None:
     assert torch.isfinite(loss)
 
 
-
 def test_cuda_critic_ranking_matches_cpu() -> None:
     """planner.critic on CUDA: the critic's values of the same plans equal the CPU's, and the planner
     keeps the candidate of highest value."""

@@ -317,11 +317,12 @@ def test_an_environment_waiting_on_its_held_goal_is_not_stalled() -> None:
     for t in range(12):
         policy.act(t, np.array([[3.0, 0.0, 0.0, 0.0]]), GOAL[:1], one, generator)
     assert HeldGoal.calls == 1
-    HeldGoal.calls = 0
-    policy = PlanController(HeldGoal(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])
-    for t in range(5):
-        policy.act(t, np.array([[0.0, 0.0, 0.0, 0.0]]), GOAL[:1], one, generator)  # stuck at token 0
-    assert HeldGoal.calls == 2
+    for stuck_at in (0.0, 1.0, 2.0):  # stuck before the goal, also within the lookahead of the hold
+        HeldGoal.calls = 0
+        policy = PlanController(HeldGoal(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])
+        for t in range(5):
+            policy.act(t, np.array([[stuck_at, 0.0, 0.0, 0.0]]), GOAL[:1], one, generator)
+        assert HeldGoal.calls == 2, stuck_at
 
 
 def test_settled_token_finds_where_a_plan_stops_moving() -> None:

@@ -239,6 +239,9 @@ def test_cell_derivation(base_config: dict[str, Any]) -> None:
     assert derive_cell(data).label == "policy=3"
     cfg["guidance"].update(kind="value", mc_samples=4)
     assert derive_cell(data).label == "value+mc4=0.3"
+    cfg["planner"]["critic"] = "runs/td3/checkpoint.pt"  # ranked by a critic: not pooled with value ranking
+    assert derive_cell(data).label == "value+mc4+critic=0.3"
+    cfg["planner"]["critic"] = None
     cfg["guidance"].update(kind="none", mc_samples=1)
     data["trained_config"]["model"]["return_condition"] = True
     cfg["planner"]["return_guidance"]["weight"] = 1.8

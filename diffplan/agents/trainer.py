@@ -369,8 +369,8 @@ def _load_offline_payload(path: Path, map_location: str | torch.device, key: str
     payload = load_checkpoint(path, map_location=map_location, key=key)
     if payload.get("kind") != CHECKPOINT_KIND:
         raise CheckpointError(
-            f"checkpoint {path} is not an offline RL agent checkpoint (kind {payload.get('kind', 'diffusion')!r}); "
-            "train one with diffplan-train-offline"
+            f"checkpoint {path} ({key}) is not an offline RL agent checkpoint (kind "
+            f"{payload.get('kind', 'diffusion')!r}); point {key} at one written by diffplan-train-offline"
         )
     return payload
 
@@ -414,7 +414,7 @@ def load_offline_agent(
     path = Path(path)
     payload = _load_offline_payload(path, device, key)
     task = payload["task"]
-    check_identity("offline checkpoint", path, {f"task.{key}": value for key, value in task.items()},
+    check_identity(f"offline checkpoint ({key})", path, {f"task.{name}": value for name, value in task.items()},
                    {"task.name": expected_task, "task.obs_dim": expected_obs_dim, "task.act_dim": expected_act_dim})
     saved = json.loads(payload.get("dataset", "{}")).get("sha256")
     if saved and expected_dataset_sha256 and saved != expected_dataset_sha256:

@@ -316,13 +316,15 @@ class FileRecord(_Record):
 @dataclass(frozen=True, kw_only=True)
 class CheckpointRecord(_Record):
     """``checkpoint``: what was evaluated (path, sha256, training step; ``ema`` for diffusion models,
-    ``value`` for the value checkpoint of value guidance)."""
+    ``value`` for the value checkpoint of value guidance, ``critic`` for the offline agent whose
+    critic ranked the candidates, ``planner.critic``)."""
 
     path: str = field(metadata=_key(_str))
     sha256: str = field(metadata=_key(_str))
     step: int = field(metadata=_key(_int))
     ema: bool | None = field(default=None, metadata=_key(_bool))
     value: FileRecord | None = field(default=None, metadata=_key(_record(FileRecord)))
+    critic: FileRecord | None = field(default=None, metadata=_key(_record(FileRecord)))
 
 
 @dataclass(frozen=True, kw_only=True)

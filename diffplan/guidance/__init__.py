@@ -1,6 +1,7 @@
 """Guides that steer denoising: a protocol, the sampler-facing settings and schedules, the
-value guide, the policy guide (PGD), weighted sums of guides, the registry of guidance kinds
-(:mod:`diffplan.guidance.kinds`) and :func:`build_guidance`.
+value guide, the policy guide (PGD), the critic guide (ranking by an offline agent's Q),
+weighted sums of guides, the registry of guidance kinds (:mod:`diffplan.guidance.kinds`) and
+:func:`build_guidance`.
 
 Kept free of :mod:`diffplan.config` imports at module level (the config imports
 :class:`GuideTarget` and :class:`GuidanceSchedule`).
@@ -19,6 +20,7 @@ from diffplan.diffusion.guide import (
 from diffplan.enums import GuidanceSchedule, GuideTarget
 from diffplan.guidance.build import build_guidance, policy_guide
 from diffplan.guidance.composite import CompositeGuide
+from diffplan.guidance.critic import CriticGuide, load_critic_guide
 from diffplan.guidance.goal import GoalGuide
 from diffplan.guidance.kinds import (
     BuildContext,
@@ -36,6 +38,7 @@ from diffplan.guidance.value import GoalValueGuide, ValueGuide
 __all__ = [
     "PGD_SINE_WEIGHT",
     "CompositeGuide",
+    "CriticGuide",
     "ConstantGuide",
     "EnvStrengths",
     "Guidance",
@@ -55,6 +58,7 @@ __all__ = [
     "guidance_kind",
     "guidance_kinds",
     "import_plugins",
+    "load_critic_guide",
     "register_guidance_kind",
     "parse_schedule",
     "policy_guide",

@@ -20,6 +20,7 @@ from torch import Tensor
 from diffplan.agents.common import OfflineAgent
 from diffplan.agents.trainer import load_offline_agent
 from diffplan.diffusion.guide import GuideContext, GuideOutput
+from diffplan.guidance.policy import check_agent_layout, raw_states_actions
 
 if TYPE_CHECKING:
     from diffplan.data.layout import TrajectoryLayout
@@ -30,10 +31,11 @@ if TYPE_CHECKING:
 class CriticGuide:
     """The objective ``min(Q1, Q2)(s_0, a_0)`` (B,) of each normalized plan x (B, H, D).
 
-    States and actions are read from the layout's channels of the first token and un-normalized
-    with the diffusion model's normalizer; actions are clipped to the agent's action box, as the
-    environment would clip them. The gradient (for guiding with it) flows into the first token's
-    action channels only.
+    Token 0 is the plan's current state and the action executed next, as in the locomotion
+    planner (start state inpainted at token 0, no history). Its state and action are
+    un-normalized with the diffusion model's normalizer; the action is clipped to the agent's
+    action box, as the environment clips it. The gradient (for guiding with it) flows into the
+    first token's action channels only, and is zero for an action entry outside the box.
 
     Args:
         agent: the offline agent whose critic scores (its parameters are left untouched).
@@ -42,50 +44,44 @@ class CriticGuide:
     """
 
     def __init__(self, agent: OfflineAgent, layout: TrajectoryLayout, normalizer: Normalizer) -> None:
-        if layout.act_dim < 1:
-            raise ValueError("critic ranking needs action channels; the layout has act_dim=0 (state-only diffusion)")
-        if (agent.obs_dim, agent.act_dim) != (layout.obs_dim, layout.act_dim):
-            raise ValueError(
-                f"the critic takes obs_dim={agent.obs_dim}, act_dim={agent.act_dim} but the diffusion model's layout "
-                f"has obs_dim={layout.obs_dim}, act_dim={layout.act_dim}; use an agent trained on this task"
-            )
+        check_agent_layout("critic", agent.obs_dim, agent.act_dim, layout, normalizer)
         self.agent = agent
         self.layout = layout
         self.normalizer = normalizer
 
-    def _q(self, x: Tensor) -> Tensor:
-        raw = self.normalizer.unnormalize(x[:, 0])
+    def _q(self, first: Tensor, actions: Tensor | None = None) -> Tensor:
+        states, raw_actions = raw_states_actions(first, self.layout, self.normalizer, actions)
         limit = self.agent.max_action
-        actions = raw[..., self.layout.act].clamp(-limit, limit)
-        return self.agent.q_value(raw[..., self.layout.obs].detach(), actions)
+        return self.agent.q_value(states, raw_actions.clamp(-limit, limit))
 
     @torch.no_grad()
     def objective(self, x: Tensor, levels: Tensor, context: GuideContext) -> Tensor:
         """The critic's value (B,) of each plan's first state and action."""
-        return self._q(x)
+        return self._q(x[:, 0])
 
     def gradient(self, x: Tensor, levels: Tensor, context: GuideContext) -> GuideOutput:
         """d Q / d x (B, H, D), non-zero on the first token's action channels only, and Q (B,)."""
+        x = x.detach()
         with torch.enable_grad():
-            actions = x[:, :1, self.layout.act].detach().requires_grad_(True)
-            act = self.layout.act
-            first = torch.cat([x[:, :1, : act.start].detach(), actions, x[:, :1, act.stop :].detach()], dim=-1)
-            value = self._q(first)
+            actions = x[:, 0, self.layout.act].clone().requires_grad_(True)
+            value = self._q(x[:, 0], actions)
             (grad,) = torch.autograd.grad(value.sum(), actions)
         full = torch.zeros_like(x)
-        full[:, :1, act] = grad.detach()
+        full[:, 0, self.layout.act] = grad
         return GuideOutput(full, value.detach())
 
 
 def load_critic_guide(path: str | Path, model: TrainedModel, device: torch.device | str = "cpu") -> CriticGuide:
     """The :class:`CriticGuide` of the ``diffplan-train-offline`` checkpoint at ``path`` on ``model``'s
-    layout and normalizer (``planner.critic``).
+    layout and normalizer (``planner.critic``); the agent must have been trained for the model's task.
 
     Raises:
-        CheckpointError: a missing or unreadable file, or not an offline agent checkpoint.
-        ValueError: the agent was trained for other observation or action sizes.
+        CheckpointError: a missing or unreadable file, not an offline agent checkpoint, or an agent
+            trained for another task or other observation or action sizes (each naming ``planner.critic``).
     """
-    loaded = load_offline_agent(path, device=device, key="planner.critic")
+    task = model.config.task
+    loaded = load_offline_agent(path, device=device, key="planner.critic", expected_task=task.name,
+                                expected_obs_dim=model.layout.obs_dim, expected_act_dim=model.layout.act_dim)
     for p in loaded.agent.parameters():
         p.requires_grad_(False)
     return CriticGuide(loaded.agent, model.layout, model.normalizer)

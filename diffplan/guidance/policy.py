@@ -23,6 +23,38 @@ if TYPE_CHECKING:  # runtime imports would tie diffplan.guidance to diffplan.dat
     from diffplan.data.normalizer import Normalizer
 
 
+def check_agent_layout(what: str, obs_dim: int, act_dim: int, layout: TrajectoryLayout, normalizer: Normalizer) -> None:
+    """Refuse an agent (``what``: ``"target policy"``, ``"critic"``) whose sizes are not the layout's, or
+    a normalizer of another width.
+
+    Raises:
+        ValueError: the layout has no action channels, or the sizes differ (naming both).
+    """
+    if layout.act_dim < 1:
+        raise ValueError(f"the {what} needs action channels; the layout has act_dim=0 (state-only diffusion)")
+    if (obs_dim, act_dim) != (layout.obs_dim, layout.act_dim):
+        raise ValueError(
+            f"the {what} takes obs_dim={obs_dim}, act_dim={act_dim} but the diffusion model's layout has "
+            f"obs_dim={layout.obs_dim}, act_dim={layout.act_dim}; use one of this task"
+        )
+    if normalizer.dim != layout.transition_dim:
+        raise ValueError(f"normalizer has {normalizer.dim} channels but the layout has {layout.transition_dim}")
+
+
+def raw_states_actions(
+    x: Tensor, layout: TrajectoryLayout, normalizer: Normalizer, actions: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """The raw states (detached) and actions of the normalized sample x (..., D), un-normalized by the
+    diffusion model's ``normalizer``; ``actions`` (normalized, e.g. a tensor that requires grad)
+    replaces x's action channels, so gradients reach the actions alone."""
+    act = layout.act
+    if actions is None:
+        actions = x[..., act]
+    full = torch.cat([x[..., : act.start], actions, x[..., act.stop :]], dim=-1)
+    raw = normalizer.unnormalize(full)
+    return raw[..., layout.obs].detach(), raw[..., act]
+
+
 class PolicyGuide:
     """Guide towards trajectories whose actions the target policy finds likely.
 
@@ -45,17 +77,7 @@ class PolicyGuide:
     def __init__(
         self, policy: TargetPolicy, layout: TrajectoryLayout, normalizer: Normalizer, *, normalize_grad: bool = False
     ) -> None:
-        if layout.act_dim < 1:
-            raise ValueError("policy guidance needs action channels; the layout has act_dim=0 (state-only diffusion)")
-        if (policy.obs_dim, policy.act_dim) != (layout.obs_dim, layout.act_dim):
-            raise ValueError(
-                f"the target policy takes obs_dim={policy.obs_dim}, act_dim={policy.act_dim} but the diffusion model's "
-                f"layout has obs_dim={layout.obs_dim}, act_dim={layout.act_dim}; use a policy of this task"
-            )
-        if normalizer.dim != layout.transition_dim:
-            raise ValueError(
-                f"normalizer has {normalizer.dim} channels but the layout has {layout.transition_dim}"
-            )
+        check_agent_layout("target policy", policy.obs_dim, policy.act_dim, layout, normalizer)
         self.policy = policy
         self.layout = layout
         self.normalizer = normalizer
@@ -67,12 +89,8 @@ class PolicyGuide:
         ``actions`` (B, H, act_dim) replaces x's normalized action channels (pass a tensor that
         requires grad to differentiate); the states are detached after un-normalizing.
         """
-        act = self.layout.act
-        if actions is None:
-            actions = x[..., act]
-        full = torch.cat([x[..., : act.start], actions, x[..., act.stop :]], dim=-1)
-        raw = self.normalizer.unnormalize(full)
-        return self.policy.log_prob(raw[..., self.layout.obs].detach(), raw[..., act]).sum(dim=-1)
+        states, raw_actions = raw_states_actions(x, self.layout, self.normalizer, actions)
+        return self.policy.log_prob(states, raw_actions).sum(dim=-1)
 
     @torch.no_grad()
     def objective(self, x: Tensor, levels: Tensor, context: GuideContext) -> Tensor:

@@ -122,6 +122,7 @@ def check_evaluation(cfg: Config) -> None:
     if EvalController(cfg.eval.controller) is EvalController.planner:  # an unknown mode fails here, before loading
         planner_spec(cfg.planner.mode, "locomotion" if is_locomotion(cfg.task) else "maze")
         _warn_unused_forcing(cfg)
+    _check_critic(cfg)
     if Physics(cfg.eval.physics) is Physics.mujoco:
         from diffplan_envs.mujoco_batch import require_mujoco_batch
 
@@ -141,6 +142,25 @@ def check_evaluation(cfg: Config) -> None:
         check_target_policy(cfg.guidance.policy, vecnormalize=cfg.guidance.policy_vecnormalize,
                             trust_pickle=cfg.guidance.trust_pickle)
     ensure_writable_folder(cfg.eval.out_dir, "eval.out_dir")
+
+
+def _check_critic(cfg: Config) -> None:
+    """``planner.critic`` only where it ranks something: the locomotion planner with candidates to rank."""
+    critic = cfg.planner.critic
+    if not critic:
+        return
+    if not is_locomotion(cfg.task):
+        raise ValueError(f"planner.critic={critic} ranks locomotion plans by an offline agent's critic; "
+                         f"the {cfg.task.name} planners do not use it: drop planner.critic")
+    if EvalController(cfg.eval.controller) is not EvalController.planner:
+        raise ValueError(f"planner.critic={critic} ranks the planner's candidates, but eval.controller="
+                         f"{cfg.eval.controller} runs no planner: drop planner.critic or set eval.controller=planner")
+    if cfg.planner.n_candidates < 2:
+        raise ValueError(f"planner.critic={critic} ranks candidates, but planner.n_candidates="
+                         f"{cfg.planner.n_candidates}: set planner.n_candidates>=2 or drop planner.critic")
+    if not Path(critic).is_file():
+        raise ValueError(f"planner.critic={critic} does not exist; point it at a diffplan-train-offline checkpoint "
+                         "(e.g. planner.critic=runs/<task>/offline-td3bc/checkpoint.pt) or drop it")
 
 
 def _warn_unused_forcing(cfg: Config) -> None:
@@ -224,9 +244,9 @@ def _model_checkpoint_info(cfg: Config, model: TrainedModel) -> dict[str, Any]:
             "ema": cfg.eval.use_ema}
 
 
-def _value_checkpoint_info(cfg: Config) -> dict[str, Any]:
-    value_path = Path(cfg.guidance.value_checkpoint)
-    return {"path": str(value_path.resolve()), "sha256": file_sha256(value_path)}
+def _file_info(path: str | Path) -> dict[str, Any]:
+    """``{"path", "sha256"}`` of a file a planner read (results.json's ``checkpoint.value``, ``.critic``)."""
+    return {"path": str(Path(path).resolve()), "sha256": file_sha256(Path(path))}
 
 
 def _maze_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
@@ -243,7 +263,7 @@ def _maze_setup(cfg: Config, strengths: EnvStrengths | None) -> EvaluationSetup:
 
     info = _model_checkpoint_info(cfg, model)
     if built.uses_value_checkpoint:
-        info["value"] = _value_checkpoint_info(cfg)
+        info["value"] = _file_info(cfg.guidance.value_checkpoint)
     geometry, position = maze_geometry(task), list(cfg.task.goal_obs_dims)
 
     def through_walls(plans: np.ndarray) -> np.ndarray:
@@ -279,7 +299,7 @@ def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> Evaluation
 
         checkpoint = Path(cfg.offline.run_dir) / "checkpoint.pt"
         agent = load_offline_agent(checkpoint, device=device, expected_task=cfg.task.name,
-                                   expected_obs_dim=task.obs_dim, expected_act_dim=task.act_dim)
+                                   expected_obs_dim=task.obs_dim, expected_act_dim=task.act_dim, key="offline.run_dir")
         policy = AgentController(agent.agent, device=device)
         trained = {"offline": config_dict(agent.config), "task": {"name": agent.task},
                    "synthetic": agent.synthetic}
@@ -293,10 +313,9 @@ def _locomotion_setup(cfg: Config, strengths: EnvStrengths | None) -> Evaluation
         info = _model_checkpoint_info(cfg, model)
         trained_dataset = model.dataset
         if built.uses_value_checkpoint:
-            info["value"] = _value_checkpoint_info(cfg)
+            info["value"] = _file_info(cfg.guidance.value_checkpoint)
         if cfg.planner.critic:
-            critic = Path(cfg.planner.critic)
-            info["critic"] = {"path": str(critic.resolve()), "sha256": file_sha256(critic)}
+            info["critic"] = _file_info(cfg.planner.critic)
     return EvaluationSetup(policy, _env_maker(cfg, task), trained, info, has_success=False,
                            trained_dataset=trained_dataset)
 

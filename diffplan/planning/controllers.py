@@ -204,6 +204,7 @@ class PlanController(RecedingHorizonController):
         self._progress = np.zeros(n_envs, dtype=np.int64)
         self._stalled = np.zeros(n_envs, dtype=np.int64)
         self._arrival = np.zeros(n_envs, dtype=np.int64)
+        self._settled = None
         if self.history is not None:
             self.history.reset()
 
@@ -278,11 +279,12 @@ class PlanController(RecedingHorizonController):
         distance[(token[None, :] < self._progress[:, None]) | (token[None, :] > self._last[:, None])] = np.inf
         progress = distance.argmin(axis=1)
         if self._stalled is not None:
-            # Stalled: no progress while the plan still moves beyond the lookahead target. A plan that
-            # holds its goal from some token on (goal held after arrival) ends, for this, at that token:
-            # an environment waiting there is done, not stuck.
-            end = self._last if self._settled is None else np.minimum(self._last, self._settled)
-            stuck = (progress <= self._progress) & (progress + self.cfg.tracker.lookahead < end) & ~fresh
+            # Stalled: no progress while the plan's end is still ahead of the lookahead target, and the
+            # environment has not reached the token from which its plan holds still (a goal held after
+            # arrival): one waiting there is done, not stuck.
+            stuck = (progress <= self._progress) & (progress + self.cfg.tracker.lookahead < self._last) & ~fresh
+            if self._settled is not None:
+                stuck &= progress < self._settled
             self._stalled = np.where(stuck, self._stalled + 1, 0)
         self._progress = progress
         return np.minimum(self._progress + self.cfg.tracker.lookahead, self._last)

@@ -4,7 +4,8 @@
 samples K candidates per environment for N environments in one guided sampler call of
 N x K trajectories (the value function's gradient steers every denoising step, see
 :class:`diffplan.guidance.Guidance`), scores the finished candidates with the guide's value
-at level 0 and returns the best one per environment. As in
+at level 0 (or with a ``ranker``, e.g. an offline agent's critic, ``planner.critic``) and
+returns the best one per environment. As in
 :class:`diffplan.planning.planner.GoalPlanner`, a return-conditioned model
 (``model.return_condition``) is sampled with classifier-free guidance towards
 ``planner.return_guidance.target`` and ``planner.action_source = inverse_dynamics`` replaces the
@@ -52,7 +53,7 @@ class ValuePlanner(SamplingPlanner):
         guide: scores candidates (``objective`` at level 0; unless ``ranker`` is given) and, with ``guidance.kind =
             value``, steers sampling (``gradient``); e.g. :func:`~diffplan.guidance.value.load_value_guide`.
         planner: ``n_candidates`` K and the warm-start settings (``selection`` is not used:
-            candidates are ranked by value).
+            candidates are ranked by value, or by ``ranker``).
         diffusion: planning-time sampler settings (kind, steps, eta, clipping).
         guidance: scale, steps and schedule of the guidance; ``kind = none`` samples
             unguided and only ranks the candidates by value.
@@ -81,7 +82,7 @@ class ValuePlanner(SamplingPlanner):
                 guide = copy.copy(guide)
                 guide.value_net = network
         self.guide = guide
-        # Value, policy or both (guidance.kind); the value guide always ranks the candidates.
+        # Value, policy or both (guidance.kind); the value guide ranks the candidates unless a ranker is given.
         built = build_guidance(guidance, model, device, value_guide=guide, clip_denoised=diffusion.clip_denoised)
         self.ranker = guide if ranker is None else ranker
         super().__init__(model, planner=planner, diffusion=diffusion, device=device, guidance=built,

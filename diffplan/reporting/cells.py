@@ -267,6 +267,8 @@ def _guidance_cell_id(task: str, cell: CellRecord | None, config: Mapping[str, A
     mc = int(guidance.get("mc_samples", 1) or 1)
     if mc > 1:
         kind = f"{kind}+mc{mc}"
+    if planner.get("critic"):  # candidates ranked by an offline agent's critic: another planner
+        kind = f"{kind}+critic"
     return CellId(task, kind, strength, f"{kind}={_format_strength(strength)}{extra}")
 
 
