@@ -266,29 +266,39 @@ def test_time_tracker_with_stride_advances_one_token_per_stride_steps() -> None:
                        velocity_dims=[2, 3], stride=2)
 
 
+class CountingLine(LinePlanner):
+    """:class:`LinePlanner` that counts its plans; with ``hold_from`` the plan arrives at x = hold_from
+    on that token and holds it to the end (a goal held after arrival)."""
+
+    def __init__(self, hold_from: int | None = None) -> None:
+        self.calls = 0
+        self.hold_from = hold_from
+
+    def plan(self, observations: torch.Tensor, generator: torch.Generator, *,
+             goals: torch.Tensor | None = None, previous: torch.Tensor | None = None, shift: int = 0,
+             strengths: EnvStrengths | None = None) -> Plan:
+        self.calls += 1
+        plan = super().plan(observations, generator, goals=goals)
+        if self.hold_from is not None:
+            plan.observations[:, self.hold_from:, 0] = float(self.hold_from)
+        return plan
+
+
 def test_pursuit_replans_when_progress_stalls() -> None:
-    class CountingLine(LinePlanner):
-        calls = 0
-
-        def plan(self, observations: torch.Tensor, generator: torch.Generator, *,
-                 goals: torch.Tensor | None = None, previous: torch.Tensor | None = None, shift: int = 0,
-                 strengths: EnvStrengths | None = None) -> Plan:
-            CountingLine.calls += 1
-            return super().plan(observations, generator, goals=goals)
-
     cfg = PlannerConfig(mode=ExecutionMode.tracker,
                         tracker=TrackerConfig(tracking=Tracking.pursuit, lookahead=2, replan_on_stall=3))
-    policy = PlanController(CountingLine(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])
+    planner = CountingLine()
+    policy = PlanController(planner, cfg, position_dims=[0, 1], velocity_dims=[2, 3])
     one, generator = np.ones(1, dtype=bool), torch.Generator()
     stuck = np.array([[1.0, 0.0, 0.0, 0.0]])  # never moves: progress stays at token 1
     for t in range(5):
         policy.act(t, stuck, GOAL[:1], one, generator)
     # Plan at t=0; stalled at t=1,2,3 -> replanned at t=4.
-    assert CountingLine.calls == 2
+    assert planner.calls == 2
     moving = [np.array([[x, 0.0, 0.0, 0.0]]) for x in range(2, 9)]
     for t, obs in enumerate(moving, start=5):
         policy.act(t, obs, GOAL[:1], one, generator)
-    assert CountingLine.calls == 2  # steady progress: no replanning
+    assert planner.calls == 2  # steady progress: no replanning
     with pytest.raises(ValueError, match="replan_on_stall"):
         PlanController(CountingLine(), PlannerConfig(tracker=TrackerConfig(replan_on_stall=-1)), position_dims=[0, 1],
                        velocity_dims=[2, 3])
@@ -299,30 +309,20 @@ def test_an_environment_waiting_on_its_held_goal_is_not_stalled() -> None:
     goal makes no progress but is done, so the stall counter leaves it alone; one stuck before the
     goal is still replanned."""
 
-    class HeldGoal(LinePlanner):
-        calls = 0
-
-        def plan(self, observations: torch.Tensor, generator: torch.Generator, *,
-                 goals: torch.Tensor | None = None, previous: torch.Tensor | None = None, shift: int = 0,
-                 strengths: EnvStrengths | None = None) -> Plan:
-            HeldGoal.calls += 1
-            plan = super().plan(observations, generator, goals=goals)
-            plan.observations[:, 3:, 0] = 3.0  # arrives at x = 3 on token 3, held after it
-            return plan
-
     cfg = PlannerConfig(mode=ExecutionMode.tracker,
                         tracker=TrackerConfig(tracking=Tracking.pursuit, lookahead=2, replan_on_stall=3))
     one, generator = np.ones(1, dtype=bool), torch.Generator()
-    policy = PlanController(HeldGoal(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])
+    planner = CountingLine(hold_from=3)  # arrives at x = 3 on token 3, held after it
+    policy = PlanController(planner, cfg, position_dims=[0, 1], velocity_dims=[2, 3])
     for t in range(12):
         policy.act(t, np.array([[3.0, 0.0, 0.0, 0.0]]), GOAL[:1], one, generator)
-    assert HeldGoal.calls == 1
+    assert planner.calls == 1
     for stuck_at in (0.0, 1.0, 2.0):  # stuck before the goal, also within the lookahead of the hold
-        HeldGoal.calls = 0
-        policy = PlanController(HeldGoal(), cfg, position_dims=[0, 1], velocity_dims=[2, 3])
+        planner = CountingLine(hold_from=3)
+        policy = PlanController(planner, cfg, position_dims=[0, 1], velocity_dims=[2, 3])
         for t in range(5):
             policy.act(t, np.array([[stuck_at, 0.0, 0.0, 0.0]]), GOAL[:1], one, generator)
-        assert HeldGoal.calls == 2, stuck_at
+        assert planner.calls == 2, stuck_at
 
 
 def test_settled_token_finds_where_a_plan_stops_moving() -> None:

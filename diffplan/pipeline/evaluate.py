@@ -26,7 +26,7 @@ from diffplan.evaluation.reference import resolve_reference_scores
 from diffplan.evaluation.results import build_record, write_record
 from diffplan.guidance.kinds import guidance_kind
 from diffplan.guidance.per_env import EnvStrengths
-from diffplan.planning.modes import build_controller, planner_spec
+from diffplan.planning.modes import build_controller, check_critic_suite, planner_spec
 from diffplan.reporting.maze_plot import plot_maze_paths
 from diffplan.tasks import is_locomotion, task_episodes
 from diffplan.training.checkpoint import TrainedModel, load_trained_model
@@ -149,9 +149,7 @@ def _check_critic(cfg: Config) -> None:
     critic = cfg.planner.critic
     if not critic:
         return
-    if not is_locomotion(cfg.task):
-        raise ValueError(f"planner.critic={critic} ranks locomotion plans by an offline agent's critic; "
-                         f"the {cfg.task.name} planners do not use it: drop planner.critic")
+    check_critic_suite(critic, "locomotion" if is_locomotion(cfg.task) else "maze")
     if EvalController(cfg.eval.controller) is not EvalController.planner:
         raise ValueError(f"planner.critic={critic} ranks the planner's candidates, but eval.controller="
                          f"{cfg.eval.controller} runs no planner: drop planner.critic or set eval.controller=planner")

@@ -85,6 +85,17 @@ def planner_spec(mode: str, suite: str) -> PlannerSpec:
     return spec
 
 
+def check_critic_suite(critic: str | None, suite: str) -> None:
+    """Refuse ``planner.critic`` for a suite whose planners rank no candidates by it (only locomotion's do).
+
+    Raises:
+        ValueError: naming the setting and the fix.
+    """
+    if critic and suite != "locomotion":
+        raise ValueError(f"planner.critic={critic} ranks locomotion plans by an offline agent's critic; "
+                         f"the {suite} planners do not use it: drop planner.critic")
+
+
 def build_controller(cfg: Config, suite: str, model: TrainedModel, device: torch.device,
                      strengths: EnvStrengths | None) -> BuiltController:
     """The controller ``planner.mode`` builds for ``suite``.
@@ -93,9 +104,7 @@ def build_controller(cfg: Config, suite: str, model: TrainedModel, device: torch
         ValueError: see :func:`planner_spec`; per-environment strengths for a mode that takes none.
     """
     spec = planner_spec(cfg.planner.mode, suite)
-    if cfg.planner.critic and suite != "locomotion":
-        raise ValueError(f"planner.critic={cfg.planner.critic} ranks locomotion plans by an offline agent's critic; "
-                         f"the {suite} planners do not use it: drop planner.critic")
+    check_critic_suite(cfg.planner.critic, suite)
     if strengths is not None and not spec.batchable:
         raise ValueError(f"planner.mode={spec.name} takes no per-environment guidance strengths; evaluate its sweep "
                          "cells with sweep.batched=false")
