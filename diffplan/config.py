@@ -270,6 +270,11 @@ class PlannerConfig:
     # n_candidates plans by min(Q1, Q2) of their first state and action, in place of the value function
     # (diffplan.guidance.critic). null: the value function ranks.
     critic: str | None = None
+    # With planner.critic: the critic's agent proposes one more candidate, its own deterministic action
+    # from the plan's start state (the rest of the window as the first candidate's), ranked with the K
+    # by the critic (the policy candidates of TD-MPC's planner); the agent's action runs when the critic
+    # rates it above every planned one.
+    agent_candidate: bool = False
     # Compute of the networks while planning and generating (diffplan.acceleration): bfloat16
     # autocast for the denoiser and the guides' networks; on the CPU the planners' U-Net and value network
     # then run as planar bfloat16 copies (diffplan.models.planar: channels-last 2-D convolutions).
@@ -537,6 +542,8 @@ class CollectConfig:
     seed: int = 0
     ref_episodes: int = 100
     progress: bool = True
+    # torch's intra-op threads of the collecting agent (0 leaves torch's default, one per core).
+    threads: int = 0
     # Locomotion: the levels to write (empty: the task's own level), next to task.dataset.
     levels: list[str] = field(default_factory=list)
     n_envs: int = 10

@@ -74,6 +74,24 @@ def test_the_gradient_moves_only_the_first_action_and_matches_finite_differences
         torch.testing.assert_close(out.gradient[:, 0, channel], numeric, atol=2e-3, rtol=2e-2)
 
 
+def test_the_agent_candidate_is_the_first_candidate_with_the_agents_action() -> None:
+    """planner.agent_candidate: one more candidate per environment, the first one with its first
+    token's action replaced by the agent's deterministic action from that token's (raw) state."""
+    guide = _guide()
+    x = torch.randn(3, 4, 6, 5, generator=torch.Generator().manual_seed(3))  # N=3 envs, K=4, H=6, D=5
+    out = guide.propose(x)
+    assert out.shape == (3, 5, 6, 5)
+    torch.testing.assert_close(out[:, :4], x)  # the sampled candidates are kept, in order
+    std, mean = torch.tensor([2.0, 1.0, 0.5, 0.8, 0.8]), torch.tensor([1.0, 0.0, -1.0, 0.2, -0.1])
+    raw = out[:, 4, 0] * std + mean
+    state = x[:, 0, 0, :3] * std[:3] + mean[:3]
+    torch.testing.assert_close(raw[:, :3], state)  # the start state is untouched
+    with torch.no_grad():
+        torch.testing.assert_close(raw[:, 3:], guide.agent(state))
+    assert not torch.allclose(out[:, 4, 0, 3:], x[:, 0, 0, 3:])
+    torch.testing.assert_close(out[:, 4, 1:], x[:, 0, 1:])  # later tokens: the first candidate's
+
+
 def test_an_agent_of_another_size_is_refused() -> None:
     layout = TrajectoryLayout(obs_dim=4, act_dim=2)
     with pytest.raises(ValueError, match="obs_dim=3, act_dim=2 but the diffusion model's layout has obs_dim=4"):
@@ -125,6 +143,24 @@ def test_evaluate_ranks_candidates_by_the_critic(tmp_path: Path, hopper_file: Pa
     with torch.no_grad():
         expected = agent.q_value(plan.observations[:, 0], plan.actions[:, 0].clamp(-1.0, 1.0))
     torch.testing.assert_close(plan.values, expected, atol=1e-4, rtol=1e-4)
+
+    # planner.agent_candidate: the agent's own action joins the K, ranked with them; through the command.
+    proposing = tiny_locomotion_config(tmp_path, [*extra, "planner.agent_candidate=true",
+                                                  f"eval.out_dir={tmp_path / 'eval-agent'}"])
+    results = json.loads(run_evaluate(proposing).read_text())
+    assert results["n_failed"] == 0 and results["config"]["planner"]["agent_candidate"] is True
+    planner = build_controller(proposing, "locomotion", model, torch.device("cpu"), None).controller.planner  # type: ignore[attr-defined]
+    states = _first_states(hopper_file)
+    plan = planner.plan(states, torch.Generator().manual_seed(0))
+    assert plan.values is not None and plan.candidate_values is not None
+    assert plan.candidate_values.shape == (2, cfg.planner.n_candidates + 1)
+    with torch.no_grad():
+        own = agent(states)
+        torch.testing.assert_close(plan.candidate_values[:, -1], agent.q_value(states, own), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(plan.values, plan.candidate_values.max(dim=1).values)
+    picked = plan.candidate_values.argmax(dim=1) == cfg.planner.n_candidates
+    assert picked.any(), "the draw must exercise the agent's candidate winning"
+    torch.testing.assert_close(plan.actions[picked, 0], own[picked], atol=1e-4, rtol=1e-4)
 
     # A critic trained for another task is refused, naming the key.
     from diffplan.guidance.critic import load_critic_guide

@@ -22,6 +22,8 @@ from errors_helpers import Command, digest, one_line, read_only_folder
         ("eval.n_envs=0", ("eval.n_envs must be >= 1", "got 0")),
         ("task.episode_steps=-1", ("task.episode_steps=-1 is out of range", "e.g. task.episode_steps=300")),
         ("planner.critic=agent.pt", ("planner.critic=agent.pt ranks locomotion plans", "drop planner.critic")),
+        ("planner.agent_candidate=true", ("planner.agent_candidate=true", "planner.critic is not set",
+                                          "drop planner.agent_candidate")),
     ],
 )
 def test_bad_evaluation_settings_keep_the_results(

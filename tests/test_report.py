@@ -241,7 +241,10 @@ def test_cell_derivation(base_config: dict[str, Any]) -> None:
     assert derive_cell(data).label == "value+mc4=0.3"
     cfg["planner"]["critic"] = "runs/td3/checkpoint.pt"  # ranked by a critic: not pooled with value ranking
     assert derive_cell(data).label == "value+mc4+critic=0.3"
+    cfg["planner"]["agent_candidate"] = True  # and the agent's own action among the candidates
+    assert derive_cell(data).label == "value+mc4+critic+agent=0.3"
     cfg["planner"]["critic"] = None
+    cfg["planner"]["agent_candidate"] = False
     cfg["guidance"].update(kind="none", mc_samples=1)
     data["trained_config"]["model"]["return_condition"] = True
     cfg["planner"]["return_guidance"]["weight"] = 1.8

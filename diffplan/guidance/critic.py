@@ -59,6 +59,20 @@ class CriticGuide:
         """The critic's value (B,) of each plan's first state and action."""
         return self._q(x[:, 0])
 
+    @torch.no_grad()
+    def propose(self, x: Tensor) -> Tensor:
+        """The candidates x (N, K, H, D), normalized, followed by the agent's own (N, K + 1, H, D): the
+        first candidate with its first token's action replaced by the agent's deterministic action from
+        that token's state (``planner.agent_candidate``: the policy candidate of TD-MPC's planner). With
+        replanning every step only that action is executed; the later tokens keep the first candidate's."""
+        first = x[:, 0, 0]  # (N, D): token 0 of candidate 0, the inpainted start state
+        states, _ = raw_states_actions(first, self.layout, self.normalizer)
+        raw = self.normalizer.unnormalize(first)
+        raw[:, self.layout.act] = self.agent(states).to(raw.dtype)
+        proposal = x[:, :1].clone()
+        proposal[:, 0, 0] = self.normalizer.normalize(raw)
+        return torch.cat([x, proposal], dim=1)
+
     def gradient(self, x: Tensor, levels: Tensor, context: GuideContext) -> GuideOutput:
         """d Q / d x (B, H, D), non-zero on the first token's action channels only, and Q (B,)."""
         x = x.detach()

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from diffplan.config import Config
 from diffplan.tasks import is_locomotion
+from diffplan.utils import set_threads
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ def run_collect(cfg: Config) -> Path:
     file is left as it is.
     """
     from diffplan_envs import MAZE_TASKS, collect_maze_dataset
+    set_threads(cfg.collect.threads)
     n_steps = cfg.collect.n_steps or cfg.task.dataset_steps
     if Path(cfg.task.dataset).is_dir():
         raise IsADirectoryError(

@@ -146,10 +146,10 @@ def check_evaluation(cfg: Config) -> None:
 
 def _check_critic(cfg: Config) -> None:
     """``planner.critic`` only where it ranks something: the locomotion planner with candidates to rank."""
+    check_critic_suite(cfg.planner, "locomotion" if is_locomotion(cfg.task) else "maze")
     critic = cfg.planner.critic
     if not critic:
         return
-    check_critic_suite(critic, "locomotion" if is_locomotion(cfg.task) else "maze")
     if EvalController(cfg.eval.controller) is not EvalController.planner:
         raise ValueError(f"planner.critic={critic} ranks the planner's candidates, but eval.controller="
                          f"{cfg.eval.controller} runs no planner: drop planner.critic or set eval.controller=planner")

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from diffplan.config import Config
+from diffplan.config import Config, PlannerConfig
 from diffplan.controllers import Controller
 from diffplan.enums import ExecutionMode
 from diffplan.guidance import ConstantGuide, check_kind_for_suite, guidance_kind
@@ -85,12 +85,18 @@ def planner_spec(mode: str, suite: str) -> PlannerSpec:
     return spec
 
 
-def check_critic_suite(critic: str | None, suite: str) -> None:
-    """Refuse ``planner.critic`` for a suite whose planners rank no candidates by it (only locomotion's do).
+def check_critic_suite(planner: PlannerConfig, suite: str) -> None:
+    """Refuse ``planner.critic`` for a suite whose planners rank no candidates by it (only locomotion's do),
+    and ``planner.agent_candidate`` without a critic to rank the agent's candidate.
 
     Raises:
         ValueError: naming the setting and the fix.
     """
+    critic = planner.critic
+    if planner.agent_candidate and not critic:
+        raise ValueError("planner.agent_candidate=true adds the critic's agent's action as a candidate, but "
+                         "planner.critic is not set: set planner.critic=<diffplan-train-offline checkpoint> "
+                         "or drop planner.agent_candidate")
     if critic and suite != "locomotion":
         raise ValueError(f"planner.critic={critic} ranks locomotion plans by an offline agent's critic; "
                          f"the {suite} planners do not use it: drop planner.critic")
@@ -104,7 +110,7 @@ def build_controller(cfg: Config, suite: str, model: TrainedModel, device: torch
         ValueError: see :func:`planner_spec`; per-environment strengths for a mode that takes none.
     """
     spec = planner_spec(cfg.planner.mode, suite)
-    check_critic_suite(cfg.planner.critic, suite)
+    check_critic_suite(cfg.planner, suite)
     if strengths is not None and not spec.batchable:
         raise ValueError(f"planner.mode={spec.name} takes no per-environment guidance strengths; evaluate its sweep "
                          "cells with sweep.batched=false")
@@ -133,7 +139,8 @@ def _value(cfg: Config, model: TrainedModel, device: torch.device, strengths: En
     needs_value = (spec is not None and spec.needs_value) or (cfg.planner.n_candidates > 1 and ranker is None)
     guide: Any = load_value_guide(model, cfg.guidance, device) if needs_value else ConstantGuide()
     planner = ValuePlanner(model, guide, planner=cfg.planner, diffusion=cfg.diffusion, guidance=cfg.guidance,
-                           device=device, ranker=ranker)
+                           device=device, ranker=ranker,
+                           proposer=ranker if ranker is not None and cfg.planner.agent_candidate else None)
     controller = ValueController(planner, cfg.planner, strengths=strengths)
     return BuiltController(controller, uses_value_checkpoint=needs_value)
 

@@ -58,7 +58,8 @@ class Plan:
         actions: (N, H', act_dim) planned actions (diffused, or from inverse dynamics).
         finite: (N,) bool, False where sampling produced NaN/inf.
         plan_time_s: wall time of the sampler call.
-        candidates: (N, K, H', obs_dim) all candidates' states (for plots), or None.
+        candidates: (N, K, H', obs_dim) all candidates' states (for plots; K includes the candidates a
+            planner's ``proposer`` added), or None.
         normalized: (N, H, D) the selected windows as sampled (history included), normalized: the
             next warm start's input.
         values: (N,) the ranking objective of each selected plan (planners that rank), or None.
@@ -334,6 +335,14 @@ class CandidateSelector(Protocol):
     def select(self, x: Tensor, raw: Tensor, context: GuideContext) -> tuple[Tensor, Tensor | None]: ...
 
 
+class CandidateProposer(Protocol):
+    """Adds candidates that were not sampled: ``propose(x)`` gets the normalized candidates x (N, K, H, D)
+    and returns them followed by its own (N, K + m, H, D), for the selector to rank with them (e.g.
+    :meth:`diffplan.guidance.critic.CriticGuide.propose`, ``planner.agent_candidate``)."""
+
+    def propose(self, x: Tensor) -> Tensor: ...
+
+
 @dataclass(frozen=True)
 class PlausibilitySelector:
     """``first`` takes candidate 0; ``smoothest`` the one whose states jump least (:func:`select_candidates`)."""
@@ -453,6 +462,7 @@ class SamplingPlanner:
         selector: picks a candidate per environment (None: ``planner.selection``).
         warm_start: replans from the previous plan (None: every plan from noise).
         horizon: tokens per plan (None: the model's).
+        proposer: adds candidates after the K sampled ones, ranked with them by the selector (None: none).
     """
 
     def __init__(
@@ -467,6 +477,7 @@ class SamplingPlanner:
         selector: CandidateSelector | None = None,
         warm_start: WarmStart | None = None,
         horizon: int | None = None,
+        proposer: CandidateProposer | None = None,
     ) -> None:
         self.action_source = check_planner(model, planner)
         self.model = model
@@ -483,6 +494,7 @@ class SamplingPlanner:
                                                                             model.layout.obs)
         self.warm_start = warm_start
         self.candidates_per_env = planner.n_candidates
+        self.proposer = proposer
 
     @property
     def n_candidates(self) -> int:
@@ -563,7 +575,9 @@ class SamplingPlanner:
         x, context = self.sample(conditioning, n, k, generator, goals=goals, previous=previous, shift=shift,
                                  strengths=strengths)
         normalized = x.view(n, k, horizon, layout.transition_dim)
-        raw = self.model.normalizer.unnormalize(x).view(n, k, horizon, layout.transition_dim)
+        if self.proposer is not None:  # candidates that were not sampled join the K (after them)
+            normalized = self.proposer.propose(normalized)
+        raw = self.model.normalizer.unnormalize(normalized)
         chosen, values = self.selector.select(normalized, raw, context)
         rows = torch.arange(n, device=raw.device)
         now = conditioning.current

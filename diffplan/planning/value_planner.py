@@ -35,7 +35,7 @@ from diffplan.controllers import PlanRecord
 from diffplan.guidance import EnvStrengths, Guide, ValueGuide, build_guidance
 from diffplan.models.planar import planning_network
 from diffplan.planning.controllers import RecedingHorizonController, check_strengths
-from diffplan.planning.planner import ObjectiveSelector, Plan, Planner, SamplingPlanner, WarmStart
+from diffplan.planning.planner import CandidateProposer, ObjectiveSelector, Plan, Planner, SamplingPlanner, WarmStart
 from diffplan.training.checkpoint import TrainedModel
 
 
@@ -60,6 +60,8 @@ class ValuePlanner(SamplingPlanner):
         device: where sampling runs.
         ranker: ranks the candidates in the guide's place (e.g. a
             :class:`~diffplan.guidance.critic.CriticGuide`; None: the guide ranks).
+        proposer: adds candidates to the K sampled ones before ranking (e.g. the critic's agent's own
+            action, ``planner.agent_candidate``; None: only the sampled ones are ranked).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class ValuePlanner(SamplingPlanner):
         guidance: GuidanceConfig,
         device: torch.device | str = "cpu",
         ranker: Guide | None = None,
+        proposer: CandidateProposer | None = None,
     ) -> None:
         warm = WarmStart.of(planner, model.schedule.n_timesteps)
         if isinstance(guide, ValueGuide):
@@ -86,7 +89,7 @@ class ValuePlanner(SamplingPlanner):
         built = build_guidance(guidance, model, device, value_guide=guide, clip_denoised=diffusion.clip_denoised)
         self.ranker = guide if ranker is None else ranker
         super().__init__(model, planner=planner, diffusion=diffusion, device=device, guidance=built,
-                         selector=ObjectiveSelector(self.ranker), warm_start=warm)
+                         selector=ObjectiveSelector(self.ranker), warm_start=warm, proposer=proposer)
 
 
 @dataclass

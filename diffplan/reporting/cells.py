@@ -269,6 +269,8 @@ def _guidance_cell_id(task: str, cell: CellRecord | None, config: Mapping[str, A
         kind = f"{kind}+mc{mc}"
     if planner.get("critic"):  # candidates ranked by an offline agent's critic: another planner
         kind = f"{kind}+critic"
+        if planner.get("agent_candidate"):  # and the agent's own action among the candidates
+            kind = f"{kind}+agent"
     return CellId(task, kind, strength, f"{kind}={_format_strength(strength)}{extra}")
 
 
