@@ -125,6 +125,23 @@ def test_files_and_cells(report: Any) -> None:
     assert {f"{TASK}-score.png", f"{TASK}-success.png", f"{TASK}-plan_time.png", f"{TASK}-paired.png"} <= names
 
 
+def test_csv_names_results_files_relative_to_the_working_directory(
+    report: Any, sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report made in a checkout names its results files as the checkout sees them (no machine paths);
+    a file outside the working directory keeps its absolute path."""
+    from diffplan.reporting.cells import find_results, group_cells, load_results
+    from diffplan.reporting.report import write_episodes_csv
+
+    with open(report.csv) as handle:  # the sweep lies outside the tests' working directory
+        assert all(Path(r["source"]).is_absolute() for r in csv.DictReader(handle))
+    monkeypatch.chdir(sweep.parent)
+    cells, _ = group_cells([load_results(p) for p in find_results([sweep])])
+    with open(write_episodes_csv(tmp_path / "episodes.csv", cells)) as handle:
+        sources = {r["source"] for r in csv.DictReader(handle)}
+    assert sources == {f"{sweep.name}/{cell}/results.json" for cell in ("none", "value-0.1", "value-1")}
+
+
 def test_csv_has_every_episode_and_the_table_its_mean(report: Any) -> None:
     with open(report.csv) as handle:
         rows = list(csv.DictReader(handle))

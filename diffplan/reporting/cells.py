@@ -315,6 +315,8 @@ def find_results(inputs: Iterable[str | Path]) -> list[Path]:
 
     Files are taken as given. Directories are searched recursively for ``results.json`` and
     for other ``*.json`` files holding a top-level ``"episodes"`` key (other JSON is skipped).
+    Each file is listed once, relative to the working directory when it lies below it (else by its
+    absolute path), which is how the report names it.
 
     Raises:
         ResultsError: an input does not exist, or nothing was found.
@@ -330,11 +332,20 @@ def find_results(inputs: Iterable[str | Path]) -> list[Path]:
                     found.append(candidate)
         else:
             raise ResultsError(f"{item}: no such file or directory; pass results.json files or directories")
-    unique = list(dict.fromkeys(p.resolve() for p in found))
+    unique = [_shown(p) for p in dict.fromkeys(p.resolve() for p in found)]
     if not unique:
         raise ResultsError(f"no results files under {[str(i) for i in inputs]}: directories are searched for "
                            "results.json and *.json files with an 'episodes' key (diffplan-evaluate writes them)")
     return unique
+
+
+def _shown(path: Path) -> Path:
+    """A resolved results file relative to the working directory when it lies below it (so a report made
+    in a checkout names its files as the checkout sees them, not by the machine's path), else as it is."""
+    try:
+        return path.relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
 
 
 def _has_episodes(path: Path) -> bool:

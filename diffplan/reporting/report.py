@@ -65,7 +65,8 @@ class Report:
 
 
 def write_episodes_csv(path: Path, cells: list[Cell]) -> Path:
-    """One row per episode per cell (columns :data:`CSV_COLUMNS`)."""
+    """One row per episode per cell (columns :data:`CSV_COLUMNS`; ``source``: the results file as
+    :func:`~diffplan.reporting.cells.find_results` names it)."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
