@@ -1,4 +1,5 @@
-"""Summarize collected datasets from their metadata: size, episodes, mean return and score.
+"""Summarize collected datasets from their metadata: size, episodes, mean return and score (what a
+file's metadata lacks, e.g. a maze file's return statistics, is null), and the file's sha256.
 
     python scripts/dataset_stats.py data/hopper-medium.hdf5 ... --out results/datasets/locomotion.json
 """
@@ -10,6 +11,7 @@ import json
 from pathlib import Path
 
 from diffplan.data.hdf5 import read_metadata
+from diffplan.utils import file_sha256
 
 
 def summary(path: Path) -> dict[str, object]:
@@ -19,6 +21,7 @@ def summary(path: Path) -> dict[str, object]:
     agent = meta.get("agent", {})
     return {
         "file": path.name,
+        "sha256": file_sha256(path),
         "task": meta.get("task"),
         "n_steps": stats.get("n_steps"),
         "n_episodes": stats.get("n_episodes"),
@@ -35,6 +38,10 @@ def summary(path: Path) -> dict[str, object]:
     }
 
 
+def _shown(value: object, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", type=Path)
@@ -45,8 +52,9 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
         policy = row["policy"] if isinstance(row["policy"], dict) else {}
-        print(f"| {row['task']} | {row['n_steps']:,} | {row['n_episodes']:,} | {row['mean_return']:.1f} | "
-              f"**{row['mean_normalized_score']:.1f}** | {policy.get('steps', 0):,} |")
+        print(f"| {row['task']} | {_shown(row['n_steps'], ',')} | {_shown(row['n_episodes'], ',')} | "
+              f"{_shown(row['mean_return'], '.1f')} | **{_shown(row['mean_normalized_score'], '.1f')}** | "
+              f"{_shown(policy.get('steps'), ',')} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1) + "\n")
