@@ -69,6 +69,7 @@ RANGES: dict[str, str] = {
     "collect.n_steps": "int_or_null",
     "collect.ref_episodes": "positive_int",
     "collect.n_envs": "positive_int",
+    "collect.threads": "non_negative",
     "value.steps": "positive_int",
     "value.batch_size": "positive_int",
     "value.lr": "positive",

@@ -16,9 +16,9 @@ from diffplan.utils import file_sha256
 
 def summary(path: Path) -> dict[str, object]:
     meta = read_metadata(path)
-    stats = meta.get("dataset_stats", {})
-    policy = meta.get("policy", {})
-    agent = meta.get("agent", {})
+    stats = meta.get("dataset_stats") or {}
+    policy = meta.get("policy") or {}
+    agent = meta.get("agent") or {}
     return {
         "file": path.name,
         "sha256": file_sha256(path),
@@ -31,9 +31,9 @@ def summary(path: Path) -> dict[str, object]:
         "mean_normalized_score": stats.get("mean_normalized_score"),
         "ref_scores": meta.get("ref_scores"),
         "policy": policy,
-        "agent_algo": agent.get("recipe", {}).get("algo"),
+        "agent_algo": (agent.get("recipe") or {}).get("algo"),
         "agent_evals": agent.get("evals"),
-        "created": meta.get("created"),
+        "created": meta.get("created") or meta.get("created_at"),
         "package_versions": meta.get("package_versions"),
     }
 

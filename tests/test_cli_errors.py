@@ -68,6 +68,7 @@ from errors_helpers import Command, digest, one_line, subprocess_command
         ("evaluate", "planner.forcing.history_guidance=-1", ("planner.forcing.history_guidance=-1.0 is out of range",
                                                              ">= 0")),
         ("evaluate", "eval.threads=-1", ("eval.threads=-1 is out of range", ">= 0")),
+        ("collect", "collect.threads=-1", ("collect.threads=-1 is out of range", ">= 0")),
         ("train", "task.top_return_fraction=0", ("task.top_return_fraction=0.0 is out of range", "in (0, 1]")),
     ],
 )

@@ -74,22 +74,24 @@ def test_the_gradient_moves_only_the_first_action_and_matches_finite_differences
         torch.testing.assert_close(out.gradient[:, 0, channel], numeric, atol=2e-3, rtol=2e-2)
 
 
-def test_the_agent_candidate_is_the_first_candidate_with_the_agents_action() -> None:
-    """planner.agent_candidate: one more candidate per environment, the first one with its first
+def test_the_agent_candidate_is_the_first_finite_candidate_with_the_agents_action() -> None:
+    """planner.agent_candidate: one more candidate per environment, its first finite one with the first
     token's action replaced by the agent's deterministic action from that token's (raw) state."""
     guide = _guide()
     x = torch.randn(3, 4, 6, 5, generator=torch.Generator().manual_seed(3))  # N=3 envs, K=4, H=6, D=5
+    x[1, 0, 4, 2] = torch.nan  # env 1: candidate 0 failed, candidate 1 is copied
+    x[2] = torch.inf  # env 2: none finite, candidate 0 is copied (and is ranked -inf with the rest)
     out = guide.propose(x)
     assert out.shape == (3, 5, 6, 5)
-    torch.testing.assert_close(out[:, :4], x)  # the sampled candidates are kept, in order
+    torch.testing.assert_close(out[:, :4], x, equal_nan=True)  # the sampled candidates are kept, in order
+    source = x[torch.arange(3), torch.tensor([0, 1, 0])]
+    assert torch.equal(out[:, 4, :, :3], source[:, :, :3])  # states untouched, bit for bit
+    assert torch.equal(out[:, 4, 1:], source[:, 1:])  # later tokens: the copied candidate's
     std, mean = torch.tensor([2.0, 1.0, 0.5, 0.8, 0.8]), torch.tensor([1.0, 0.0, -1.0, 0.2, -0.1])
-    raw = out[:, 4, 0] * std + mean
-    state = x[:, 0, 0, :3] * std[:3] + mean[:3]
-    torch.testing.assert_close(raw[:, :3], state)  # the start state is untouched
+    state = source[:2, 0, :3] * std[:3] + mean[:3]
     with torch.no_grad():
-        torch.testing.assert_close(raw[:, 3:], guide.agent(state))
-    assert not torch.allclose(out[:, 4, 0, 3:], x[:, 0, 0, 3:])
-    torch.testing.assert_close(out[:, 4, 1:], x[:, 0, 1:])  # later tokens: the first candidate's
+        torch.testing.assert_close(out[:2, 4, 0, 3:] * std[3:] + mean[3:], guide.agent(state))
+    assert not torch.allclose(out[:2, 4, 0, 3:], source[:2, 0, 3:])
 
 
 def test_an_agent_of_another_size_is_refused() -> None:
@@ -123,10 +125,18 @@ def test_evaluate_ranks_candidates_by_the_critic(tmp_path: Path, hopper_file: Pa
     with pytest.raises(CheckpointError, match=r"\(planner.critic\) is not an offline RL agent checkpoint"):
         run_evaluate(wrong)
     run_train_offline(cfg)
-    for override, needle in (("planner.n_candidates=1", "set planner.n_candidates>=2 or drop planner.critic"),
-                             ("eval.controller=bc", "eval.controller=bc runs no planner")):
+    for overrides, needle in (
+        (["planner.n_candidates=1"], r"set planner.n_candidates>=2 \(or planner.agent_candidate=true\)"),
+        (["eval.controller=bc"], "eval.controller=bc runs no planner"),
+        (["planner.agent_candidate=true", "planner.replan_every=2"],
+         "planner.replan_every=2 executes more of each plan: set planner.replan_every=1"),
+        (["planner.agent_candidate=true", "planner.critic=null"], "planner.critic is not set"),
+    ):
         with pytest.raises(ValueError, match=needle):
-            check_evaluation(tiny_locomotion_config(tmp_path, [*extra, override]))
+            check_evaluation(tiny_locomotion_config(tmp_path, [*extra, *overrides]))
+    # One sampled candidate and the agent's: two to rank.
+    check_evaluation(tiny_locomotion_config(tmp_path, [*extra, "planner.n_candidates=1",
+                                                       "planner.agent_candidate=true"]))
     results = json.loads(run_evaluate(cfg).read_text())
     assert results["n_failed"] == 0 and results["config"]["planner"]["critic"] == str(critic)
     assert results["checkpoint"]["critic"]["path"] == str(critic.resolve()) and "value" not in results["checkpoint"]
@@ -150,17 +160,20 @@ def test_evaluate_ranks_candidates_by_the_critic(tmp_path: Path, hopper_file: Pa
     results = json.loads(run_evaluate(proposing).read_text())
     assert results["n_failed"] == 0 and results["config"]["planner"]["agent_candidate"] is True
     planner = build_controller(proposing, "locomotion", model, torch.device("cpu"), None).controller.planner  # type: ignore[attr-defined]
-    states = _first_states(hopper_file)
+    states = _first_states(hopper_file, 4)
     plan = planner.plan(states, torch.Generator().manual_seed(0))
-    assert plan.values is not None and plan.candidate_values is not None
-    assert plan.candidate_values.shape == (2, cfg.planner.n_candidates + 1)
+    assert plan.values is not None and plan.candidate_values is not None and plan.normalized is not None
+    assert plan.candidate_values.shape == (4, cfg.planner.n_candidates + 1)
     with torch.no_grad():
         own = agent(states)
         torch.testing.assert_close(plan.candidate_values[:, -1], agent.q_value(states, own), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(plan.values, plan.candidate_values.max(dim=1).values)
     picked = plan.candidate_values.argmax(dim=1) == cfg.planner.n_candidates
-    assert picked.any(), "the draw must exercise the agent's candidate winning"
+    assert picked.any(), "the draw must exercise the agent's candidate winning"  # (a planned one winning: above)
     torch.testing.assert_close(plan.actions[picked, 0], own[picked], atol=1e-4, rtol=1e-4)
+    # The plan kept for the next warm start is the agent's candidate where it won: its action in token 0.
+    kept = model.normalizer.unnormalize(plan.normalized)[:, 0, model.layout.act]
+    torch.testing.assert_close(kept[picked], own[picked], atol=1e-4, rtol=1e-4)
 
     # A critic trained for another task is refused, naming the key.
     from diffplan.guidance.critic import load_critic_guide
@@ -172,7 +185,7 @@ def test_evaluate_ranks_candidates_by_the_critic(tmp_path: Path, hopper_file: Pa
         load_critic_guide(critic, dataclasses.replace(model, config=config))
 
 
-def _first_states(path: Path) -> torch.Tensor:
+def _first_states(path: Path, n: int = 2) -> torch.Tensor:
     from diffplan.data import load_hdf5
 
-    return torch.as_tensor(load_hdf5(path).observations[:2], dtype=torch.float32)
+    return torch.as_tensor(load_hdf5(path).observations[:n], dtype=torch.float32)

@@ -22,7 +22,7 @@ from errors_helpers import Command, digest, one_line, read_only_folder
         ("eval.n_envs=0", ("eval.n_envs must be >= 1", "got 0")),
         ("task.episode_steps=-1", ("task.episode_steps=-1 is out of range", "e.g. task.episode_steps=300")),
         ("planner.critic=agent.pt", ("planner.critic=agent.pt ranks locomotion plans", "drop planner.critic")),
-        ("planner.agent_candidate=true", ("planner.agent_candidate=true", "planner.critic is not set",
+        ("planner.agent_candidate=true", ("planner.agent_candidate=true", "the maze planners do not use it",
                                           "drop planner.agent_candidate")),
     ],
 )

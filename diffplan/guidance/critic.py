@@ -61,17 +61,20 @@ class CriticGuide:
 
     @torch.no_grad()
     def propose(self, x: Tensor) -> Tensor:
-        """The candidates x (N, K, H, D), normalized, followed by the agent's own (N, K + 1, H, D): the
-        first candidate with its first token's action replaced by the agent's deterministic action from
-        that token's state (``planner.agent_candidate``: the policy candidate of TD-MPC's planner). With
-        replanning every step only that action is executed; the later tokens keep the first candidate's."""
-        first = x[:, 0, 0]  # (N, D): token 0 of candidate 0, the inpainted start state
-        states, _ = raw_states_actions(first, self.layout, self.normalizer)
-        raw = self.normalizer.unnormalize(first)
-        raw[:, self.layout.act] = self.agent(states).to(raw.dtype)
-        proposal = x[:, :1].clone()
-        proposal[:, 0, 0] = self.normalizer.normalize(raw)
-        return torch.cat([x, proposal], dim=1)
+        """The candidates x (N, K, H, D), normalized, followed by the agent's own (N, K + 1, H, D): each
+        environment's first finite candidate (the first one where none is finite) with its first token's
+        action channels replaced by the agent's deterministic action from that token's state, the inpainted
+        start (``planner.agent_candidate``: the policy candidate of TD-MPC's planner). Only that action is
+        executed (the agent's candidate needs replanning every step); the later tokens are the copied
+        candidate's."""
+        n = x.shape[0]
+        finite = torch.isfinite(x).all(dim=(2, 3))  # (N, K)
+        source = finite.float().argmax(dim=1)  # the first finite one; 0 where none is
+        proposal = x[torch.arange(n, device=x.device), source].clone()  # (N, H, D)
+        raw = self.normalizer.unnormalize(proposal[:, 0])
+        raw[:, self.layout.act] = self.agent(raw[:, self.layout.obs]).to(raw.dtype)
+        proposal[:, 0, self.layout.act] = self.normalizer.normalize(raw)[:, self.layout.act]
+        return torch.cat([x, proposal[:, None]], dim=1)
 
     def gradient(self, x: Tensor, levels: Tensor, context: GuideContext) -> GuideOutput:
         """d Q / d x (B, H, D), non-zero on the first token's action channels only, and Q (B,)."""

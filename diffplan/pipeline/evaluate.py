@@ -145,7 +145,8 @@ def check_evaluation(cfg: Config) -> None:
 
 
 def _check_critic(cfg: Config) -> None:
-    """``planner.critic`` only where it ranks something: the locomotion planner with candidates to rank."""
+    """``planner.critic`` only where it ranks something: the locomotion planner with candidates to rank
+    (``planner.agent_candidate`` counts as one); ``planner.agent_candidate`` only with a critic."""
     check_critic_suite(cfg.planner, "locomotion" if is_locomotion(cfg.task) else "maze")
     critic = cfg.planner.critic
     if not critic:
@@ -153,9 +154,10 @@ def _check_critic(cfg: Config) -> None:
     if EvalController(cfg.eval.controller) is not EvalController.planner:
         raise ValueError(f"planner.critic={critic} ranks the planner's candidates, but eval.controller="
                          f"{cfg.eval.controller} runs no planner: drop planner.critic or set eval.controller=planner")
-    if cfg.planner.n_candidates < 2:
+    if cfg.planner.n_candidates < 2 and not cfg.planner.agent_candidate:
         raise ValueError(f"planner.critic={critic} ranks candidates, but planner.n_candidates="
-                         f"{cfg.planner.n_candidates}: set planner.n_candidates>=2 or drop planner.critic")
+                         f"{cfg.planner.n_candidates}: set planner.n_candidates>=2 (or planner.agent_candidate=true) "
+                         "or drop planner.critic")
     if not Path(critic).is_file():
         raise ValueError(f"planner.critic={critic} does not exist; point it at a diffplan-train-offline checkpoint "
                          "(e.g. planner.critic=runs/<task>/offline-td3bc/checkpoint.pt) or drop it")

@@ -87,16 +87,25 @@ def planner_spec(mode: str, suite: str) -> PlannerSpec:
 
 def check_critic_suite(planner: PlannerConfig, suite: str) -> None:
     """Refuse ``planner.critic`` for a suite whose planners rank no candidates by it (only locomotion's do),
-    and ``planner.agent_candidate`` without a critic to rank the agent's candidate.
+    and ``planner.agent_candidate`` outside locomotion, without a critic to rank the agent's candidate, or
+    with plans executed for more than one step (only the agent's first action is its own).
 
     Raises:
         ValueError: naming the setting and the fix.
     """
     critic = planner.critic
-    if planner.agent_candidate and not critic:
-        raise ValueError("planner.agent_candidate=true adds the critic's agent's action as a candidate, but "
-                         "planner.critic is not set: set planner.critic=<diffplan-train-offline checkpoint> "
-                         "or drop planner.agent_candidate")
+    if planner.agent_candidate:
+        if suite != "locomotion":
+            raise ValueError("planner.agent_candidate=true adds an offline agent's action to the locomotion "
+                             f"planner's candidates; the {suite} planners do not use it: drop planner.agent_candidate")
+        if not critic:
+            raise ValueError("planner.agent_candidate=true adds the critic's agent's action as a candidate, but "
+                             "planner.critic is not set: set planner.critic=<diffplan-train-offline checkpoint> "
+                             "or drop planner.agent_candidate")
+        if planner.replan_every != 1:
+            raise ValueError(f"planner.agent_candidate=true proposes one action per plan, but planner.replan_every="
+                             f"{planner.replan_every} executes more of each plan: set planner.replan_every=1 "
+                             "or drop planner.agent_candidate")
     if critic and suite != "locomotion":
         raise ValueError(f"planner.critic={critic} ranks locomotion plans by an offline agent's critic; "
                          f"the {suite} planners do not use it: drop planner.critic")
@@ -133,7 +142,8 @@ def _goal(cfg: Config, model: TrainedModel, device: torch.device, strengths: Env
 
 def _value(cfg: Config, model: TrainedModel, device: torch.device, strengths: EnvStrengths | None) -> BuiltController:
     """Value-guided planning on locomotion (Diffuser): K candidates ranked by the value function, or by
-    an offline agent's critic (``planner.critic``)."""
+    an offline agent's critic (``planner.critic``), with the agent's own action as one more candidate
+    (``planner.agent_candidate``)."""
     spec = check_kind_for_suite(cfg.guidance.kind, "locomotion", "the locomotion planner (planner=value)")
     ranker = load_critic_guide(cfg.planner.critic, model, device) if cfg.planner.critic else None
     needs_value = (spec is not None and spec.needs_value) or (cfg.planner.n_candidates > 1 and ranker is None)

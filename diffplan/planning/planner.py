@@ -60,8 +60,8 @@ class Plan:
         plan_time_s: wall time of the sampler call.
         candidates: (N, K, H', obs_dim) all candidates' states (for plots; K includes the candidates a
             planner's ``proposer`` added), or None.
-        normalized: (N, H, D) the selected windows as sampled (history included), normalized: the
-            next warm start's input.
+        normalized: (N, H, D) the selected windows (history included), normalized, as sampled or as a
+            ``proposer`` made them: the next warm start's input.
         values: (N,) the ranking objective of each selected plan (planners that rank), or None.
         candidate_values: (N, K) the objective of every candidate, or None.
         arrival: (N,) int, the tokens after the current one by which each selected plan reaches its
@@ -329,7 +329,8 @@ class CandidateSelector(Protocol):
     """Picks one of K candidates per environment.
 
     ``select(x, raw, context)`` gets the normalized candidates ``x`` and raw ones ``raw`` (both
-    (N, K, H, D)) and the guide context of the N x K samples; returns the chosen index (N,) and
+    (N, K, H, D), K including a proposer's candidates) and the guide context of the N x K samples (of
+    the sampled ones only); returns the chosen index (N,) and
     each candidate's objective (N, K), or None when it does not score them."""
 
     def select(self, x: Tensor, raw: Tensor, context: GuideContext) -> tuple[Tensor, Tensor | None]: ...
@@ -576,6 +577,9 @@ class SamplingPlanner:
                                  strengths=strengths)
         normalized = x.view(n, k, horizon, layout.transition_dim)
         if self.proposer is not None:  # candidates that were not sampled join the K (after them)
+            if goals is not None or conditioning.arrivals is not None:
+                raise ValueError("a candidate proposer (planner.agent_candidate) serves start-conditioned "
+                                 "planning without goals; this planner plans to goals: drop it")
             normalized = self.proposer.propose(normalized)
         raw = self.model.normalizer.unnormalize(normalized)
         chosen, values = self.selector.select(normalized, raw, context)

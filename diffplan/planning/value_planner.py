@@ -40,9 +40,10 @@ from diffplan.training.checkpoint import TrainedModel
 
 
 class ValuePlanner(SamplingPlanner):
-    """Plans from the current state by value-guided sampling and picks the best of K candidates
-    (a :class:`~diffplan.planning.planner.SamplingPlanner` with the start inpainted, the value
-    guide's :class:`~diffplan.planning.planner.ObjectiveSelector` and an optional warm start).
+    """Plans from the current state by value-guided sampling and picks the best of K candidates, and of
+    a ``proposer``'s (e.g. an offline agent's own action): a
+    :class:`~diffplan.planning.planner.SamplingPlanner` with the start inpainted, the value guide's
+    :class:`~diffplan.planning.planner.ObjectiveSelector` and an optional warm start.
 
     With ``planner.compile`` the denoiser and a :class:`ValueGuide`'s network run through
     ``torch.compile`` (the guide's ``value_net`` becomes the compiled wrapper, which shares its
