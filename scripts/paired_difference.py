@@ -1,8 +1,10 @@
 """Paired difference of normalized scores between two policies evaluated on the same episodes.
 
 Episodes are matched by their reset seed (the same seeds give the same start states), pooled
-over any number of results files per side. Prints mean, standard error and a 95% percentile
-bootstrap interval of the per-episode difference A - B, and writes them as JSON.
+over any number of results files per side; files of one side that hold the same start state (e.g.
+three BC agents evaluated on the same episodes) count with their mean score there. Prints mean,
+standard error and a 95% percentile bootstrap interval of the per-episode difference A - B, and
+writes them as JSON.
 
     python scripts/paired_difference.py --a results/locomotion/hopper-medium-value-1.0*.json \\
         --b results/locomotion/hopper-medium-unguided*.json --out results/locomotion/paired-hopper-medium.json
@@ -32,11 +34,12 @@ import numpy as np
 
 
 def scores_by_reset_seed(paths: list[Path]) -> dict[int, float]:
-    scores: dict[int, float] = {}
+    """Normalized score per reset seed, the mean over the files that hold that start state."""
+    scores: dict[int, list[float]] = {}
     for path in paths:
         for episode in json.loads(path.read_text())["episodes"]:
-            scores[int(episode["reset_seed"])] = float(episode["normalized_score"])
-    return scores
+            scores.setdefault(int(episode["reset_seed"]), []).append(float(episode["normalized_score"]))
+    return {seed: float(np.mean(values)) for seed, values in scores.items()}
 
 
 def consistency_by_trajectory(spec: Path) -> dict[int, float]:
