@@ -21,6 +21,7 @@ class PlanRecord:
     env_index: np.ndarray
     observations: np.ndarray  # (n, H, obs_dim)
     time_s: float
+    proposed: np.ndarray | None = None  # (n,) bool: the plan kept was a proposer's candidate (None: no proposer)
 
 
 class Controller(Protocol):

@@ -140,6 +140,7 @@ def test_evaluate_ranks_candidates_by_the_critic(tmp_path: Path, hopper_file: Pa
     results = json.loads(run_evaluate(cfg).read_text())
     assert results["n_failed"] == 0 and results["config"]["planner"]["critic"] == str(critic)
     assert results["checkpoint"]["critic"]["path"] == str(critic.resolve()) and "value" not in results["checkpoint"]
+    assert "proposed_candidates" not in results  # no proposer, no share
 
     model = load_trained_model(cfg.eval.checkpoint)
     built = build_controller(cfg, "locomotion", model, torch.device("cpu"), None)
@@ -159,6 +160,10 @@ def test_evaluate_ranks_candidates_by_the_critic(tmp_path: Path, hopper_file: Pa
                                                   f"eval.out_dir={tmp_path / 'eval-agent'}"])
     results = json.loads(run_evaluate(proposing).read_text())
     assert results["n_failed"] == 0 and results["config"]["planner"]["agent_candidate"] is True
+    # How often the agent's action was the one kept: one plan per environment and step (replan_every=1).
+    share = results["proposed_candidates"]
+    assert share["n_plans"] == sum(e["length"] for e in results["episodes"]) and 0 < share["n_kept"] <= share["n_plans"]
+    assert share["rate"] == share["n_kept"] / share["n_plans"]
     planner = build_controller(proposing, "locomotion", model, torch.device("cpu"), None).controller.planner  # type: ignore[attr-defined]
     states = _first_states(hopper_file, 4)
     plan = planner.plan(states, torch.Generator().manual_seed(0))

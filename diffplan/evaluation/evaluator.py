@@ -75,6 +75,10 @@ class EvaluationOutput:
     #: Plans the ``plan_check`` of :func:`evaluate` flagged, and plans it checked (0, 0 without one).
     plans_flagged: int = 0
     plans_checked: int = 0
+    #: Plans (one per environment and planner call) whose kept candidate a planner's proposer added (e.g. the
+    #: agent's own action, ``planner.agent_candidate``), and plans of planners with a proposer (0, 0 without).
+    plans_proposed: int = 0
+    plans_ranked_with_proposals: int = 0
 
     def normalized_scores(self) -> np.ndarray:
         return np.array([e.normalized_score for e in self.episodes])
@@ -147,7 +151,9 @@ def evaluate(
     ``n_traces`` episodes keep their executed observations (and, with ``trace_plans``, their
     plans) in ``EvaluationOutput.traces``. ``plan_check`` maps each planning call's planned states
     (n, H, obs_dim) to a (n,) bool flag (e.g. plans through a maze's walls); the flagged and checked
-    counts go to ``EvaluationOutput.plans_flagged`` / ``plans_checked``.
+    counts go to ``EvaluationOutput.plans_flagged`` / ``plans_checked``; plans whose kept candidate a
+    planner's proposer added (:attr:`PlanRecord.proposed`) to ``plans_proposed`` out of
+    ``plans_ranked_with_proposals``.
     """
     if n_episodes < 1 or n_envs < 1:
         raise ValueError(f"eval.n_episodes and eval.n_envs must be >= 1, got {n_episodes} and {n_envs}")
@@ -156,7 +162,7 @@ def evaluate(
     results: list[EpisodeResult] = []
     traces: list[EpisodeTrace] = []
     plan_times: list[float] = []
-    flagged = checked = 0
+    flagged = checked = proposed = with_proposals = 0
     start = time.perf_counter()
     total = n_episodes * len(seeds)
     bar = tqdm(total=total, desc="eval", unit="ep", disable=not progress)
@@ -208,6 +214,10 @@ def evaluate(
                         )
                     )
             plan_times.extend(r.time_s for r in controller.records)
+            for record in controller.records:
+                if record.proposed is not None:
+                    proposed += int(record.proposed.sum())
+                    with_proposals += int(record.proposed.size)
             if plan_check is not None:
                 for record in controller.records:
                     if record.observations.size:
@@ -219,7 +229,8 @@ def evaluate(
     bar.close()
     if env is not None:
         env.close()
-    return EvaluationOutput(results, plan_times, time.perf_counter() - start, traces, flagged, checked)
+    return EvaluationOutput(results, plan_times, time.perf_counter() - start, traces, flagged, checked,
+                            proposed, with_proposals)
 
 
 def _plans_of(records: list[PlanRecord], env_index: int) -> list[np.ndarray]:

@@ -381,6 +381,10 @@ def write_evaluation(
         rate = output.plans_flagged / output.plans_checked if output.plans_checked else None
         extra = {**(extra or {}), "plans_through_walls": {"rate": rate, "n_plans": output.plans_checked,
                                                           "n_through_walls": output.plans_flagged}}
+    if output.plans_ranked_with_proposals:
+        extra = {**(extra or {}), "proposed_candidates": {
+            "rate": output.plans_proposed / output.plans_ranked_with_proposals,
+            "n_plans": output.plans_ranked_with_proposals, "n_kept": output.plans_proposed}}
     record = build_record(
         output,
         task=cfg.task.name,

@@ -113,7 +113,8 @@ class RecedingHorizonController:
                 self._store(index, plan)
                 self._age[index] = 0
                 bad[index] = ~plan.finite.numpy()
-                self.records.append(PlanRecord(step, index, plan.observations.numpy(), plan.plan_time_s))
+                self.records.append(PlanRecord(step, index, plan.observations.numpy(), plan.plan_time_s,
+                                               None if plan.proposed is None else plan.proposed.numpy()))
         actions = self._actions_from_plans(observations)
         self._age[active] += 1
         return actions, bad

@@ -64,6 +64,8 @@ class Plan:
             ``proposer`` made them: the next warm start's input.
         values: (N,) the ranking objective of each selected plan (planners that rank), or None.
         candidate_values: (N, K) the objective of every candidate, or None.
+        proposed: (N,) bool, True where the selected plan is one a ``proposer`` added (e.g. the agent's
+            own action, ``planner.agent_candidate``), or None (no proposer).
         arrival: (N,) int, the tokens after the current one by which each selected plan reaches its
             goal, where the conditioner placed the goal per candidate (:attr:`Conditioning.arrivals`: the
             goal tokens of the goal planner, the forcing planner with ``planner.forcing.arrival_slack``), or None.
@@ -78,6 +80,7 @@ class Plan:
     values: Tensor | None = None
     candidate_values: Tensor | None = field(default=None, repr=False)
     arrival: Tensor | None = None
+    proposed: Tensor | None = None
 
 
 def select_candidates(observations: Tensor, selection: Selection) -> Tensor:
@@ -602,6 +605,7 @@ class SamplingPlanner:
             values=None if values is None else values[rows, chosen].cpu(),
             candidate_values=None if values is None else values.cpu(),
             arrival=None if conditioning.arrivals is None else conditioning.arrivals.view(n, k)[rows, chosen].cpu(),
+            proposed=None if self.proposer is None else (chosen >= k).cpu(),
         )
 
 
