@@ -482,6 +482,8 @@ def test_batched_sweep_writes_the_sequential_format(trained: Path, sequential: l
         assert set(bat) - {"batched"} == set(seq)
         assert [(e["seed"], e["episode"], e["reset_seed"]) for e in bat["episodes"]] == [
             (e["seed"], e["episode"], e["reset_seed"]) for e in seq["episodes"]]
+        # Each cell counts the plans of its own environments (each plans at least once), not the pass's.
+        assert bat["plans_through_walls"]["n_plans"] >= 2 and bat["plans_through_walls"]["rate"] is not None
         # The stored configs differ only where the sweeps do: the mode and the output folders.
         seq_cfg, bat_cfg = seq["config"], bat["config"]
         assert bat_cfg["sweep"]["batched"] and not seq_cfg["sweep"]["batched"]
@@ -515,6 +517,7 @@ def test_single_cell_batched_pass_equals_the_sequential_cell(trained: Path, sequ
     assert bat["cell"]["label"] == "goal=3" and bat["batched"] == {"n_envs": 2, "cells_in_batch": ["goal=3"]}
     assert bat["episode_returns"] == seq["episode_returns"]
     assert [e["length"] for e in bat["episodes"]] == [e["length"] for e in seq["episodes"]]
+    assert bat["plans_through_walls"] == seq["plans_through_walls"] and seq["plans_through_walls"]["n_plans"] >= 2
 
 
 def test_classifier_free_cells_need_a_return_conditioned_model(trained: Path) -> None:

@@ -65,6 +65,19 @@ class EpisodeTrace:
 
 
 @dataclass
+class PlanCounts:
+    """Counts over one episode's plans (one plan per environment and planner call)."""
+
+    #: Plans the ``plan_check`` of :func:`evaluate` flagged, and plans it checked (0, 0 without one).
+    flagged: int = 0
+    checked: int = 0
+    #: Plans whose kept candidate a planner's proposer added (e.g. the agent's own action,
+    #: ``planner.agent_candidate``), and plans of planners with a proposer (0, 0 without one).
+    proposed: int = 0
+    ranked_with_proposals: int = 0
+
+
+@dataclass
 class EvaluationOutput:
     """Everything an evaluation measured."""
 
@@ -72,13 +85,31 @@ class EvaluationOutput:
     plan_times_s: list[float]
     wall_time_s: float
     traces: list[EpisodeTrace]
-    #: Plans the ``plan_check`` of :func:`evaluate` flagged, and plans it checked (0, 0 without one).
-    plans_flagged: int = 0
-    plans_checked: int = 0
-    #: Plans (one per environment and planner call) whose kept candidate a planner's proposer added (e.g. the
-    #: agent's own action, ``planner.agent_candidate``), and plans of planners with a proposer (0, 0 without).
-    plans_proposed: int = 0
-    plans_ranked_with_proposals: int = 0
+    #: Plan counts per (seed, episode), for the episodes that planned (a batched sweep splits them by cell).
+    plan_counts: dict[tuple[int, int], PlanCounts] = field(default_factory=dict)
+
+    def _total(self, name: str) -> int:
+        return sum(getattr(c, name) for c in self.plan_counts.values())
+
+    @property
+    def plans_flagged(self) -> int:
+        """Plans the evaluation's ``plan_check`` flagged (e.g. through a maze's walls)."""
+        return self._total("flagged")
+
+    @property
+    def plans_checked(self) -> int:
+        """Plans the evaluation's ``plan_check`` checked (0 without one)."""
+        return self._total("checked")
+
+    @property
+    def plans_proposed(self) -> int:
+        """Plans whose kept candidate a planner's proposer added."""
+        return self._total("proposed")
+
+    @property
+    def plans_ranked_with_proposals(self) -> int:
+        """Plans of planners with a proposer (0 without one)."""
+        return self._total("ranked_with_proposals")
 
     def normalized_scores(self) -> np.ndarray:
         return np.array([e.normalized_score for e in self.episodes])
@@ -162,7 +193,7 @@ def evaluate(
     results: list[EpisodeResult] = []
     traces: list[EpisodeTrace] = []
     plan_times: list[float] = []
-    flagged = checked = proposed = with_proposals = 0
+    counts: dict[tuple[int, int], PlanCounts] = {}
     start = time.perf_counter()
     total = n_episodes * len(seeds)
     bar = tqdm(total=total, desc="eval", unit="ep", disable=not progress)
@@ -214,23 +245,34 @@ def evaluate(
                         )
                     )
             plan_times.extend(r.time_s for r in controller.records)
-            for record in controller.records:
-                if record.proposed is not None:
-                    proposed += int(record.proposed.sum())
-                    with_proposals += int(record.proposed.size)
-            if plan_check is not None:
-                for record in controller.records:
-                    if record.observations.size:
-                        flags = np.asarray(plan_check(record.observations), dtype=bool)
-                        flagged, checked = flagged + int(flags.sum()), checked + int(flags.size)
+            _count_plans(counts, controller.records, int(seed), episode_ids, plan_check)
             bar.update(count)
             scores = [r.normalized_score for r in results]
             bar.set_postfix(score=f"{np.mean(scores):.1f}", failed=sum(r.failed for r in results))
     bar.close()
     if env is not None:
         env.close()
-    return EvaluationOutput(results, plan_times, time.perf_counter() - start, traces, flagged, checked,
-                            proposed, with_proposals)
+    return EvaluationOutput(results, plan_times, time.perf_counter() - start, traces, counts)
+
+
+def _count_plans(counts: dict[tuple[int, int], PlanCounts], records: list[PlanRecord], seed: int,
+                 episode_ids: list[int], plan_check: Callable[[np.ndarray], np.ndarray] | None) -> None:
+    """Add one batch's plan records to the per-episode counts (a record's ``env_index`` i is episode
+    ``episode_ids[i]`` of ``seed``)."""
+    for record in records:
+        flags = None
+        if plan_check is not None and record.observations.size:
+            flags = np.asarray(plan_check(record.observations), dtype=bool)
+        if flags is None and record.proposed is None:
+            continue  # nothing to count
+        for row, env in enumerate(np.asarray(record.env_index).reshape(-1)):
+            count = counts.setdefault((seed, episode_ids[int(env)]), PlanCounts())
+            if flags is not None:
+                count.flagged += int(flags[row])
+                count.checked += 1
+            if record.proposed is not None:
+                count.proposed += int(record.proposed[row])
+                count.ranked_with_proposals += 1
 
 
 def _plans_of(records: list[PlanRecord], env_index: int) -> list[np.ndarray]:

@@ -6,7 +6,9 @@ trained on the same data (``diffplan-train-offline``). Ranking the K candidates 
 locomotion planner by it (``planner.critic``) is the selection step of "sample from the
 behaviour model, pick by Q" methods (SfBC, IDQL), with the diffusion planner's candidates as
 the samples: the executed action is one the planner finds likely and the critic finds best,
-where the value function ranks whole imagined trajectories instead.
+where the value function ranks whole imagined trajectories instead. With ``planner.agent_candidate``
+the agent's own action joins the candidates (:meth:`CriticGuide.propose`) and runs where the critic
+rates it above every planned one.
 """
 
 from __future__ import annotations

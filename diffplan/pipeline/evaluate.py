@@ -367,7 +367,9 @@ def write_evaluation(
     mazes, episodes.npz with ``eval.save_episodes``), log the summary; returns the path.
 
     ``setup.has_success=False`` (locomotion: scored by return only) writes ``success_rate: null``;
-    ``extra`` adds top-level keys (a sweep's ``"cell"`` and ``"batched"``). ``eval.save_episodes``
+    ``extra`` adds top-level keys (a sweep's ``"cell"`` and ``"batched"``); mazes' ``plans_through_walls``
+    and, with ``planner.agent_candidate``, ``proposed_candidates`` (the share of plans that kept the
+    agent's action; rate null when none was made) are added here. ``eval.save_episodes``
     writes every traced episode's executed observations (and, except on locomotion tasks, which
     replan every step, its plans) to episodes.npz next to results.json.
 
@@ -381,10 +383,11 @@ def write_evaluation(
         rate = output.plans_flagged / output.plans_checked if output.plans_checked else None
         extra = {**(extra or {}), "plans_through_walls": {"rate": rate, "n_plans": output.plans_checked,
                                                           "n_through_walls": output.plans_flagged}}
-    if output.plans_ranked_with_proposals:
+    if cfg.planner.agent_candidate and EvalController(cfg.eval.controller) is EvalController.planner:
+        ranked = output.plans_ranked_with_proposals
         extra = {**(extra or {}), "proposed_candidates": {
-            "rate": output.plans_proposed / output.plans_ranked_with_proposals,
-            "n_plans": output.plans_ranked_with_proposals, "n_kept": output.plans_proposed}}
+            "rate": output.plans_proposed / ranked if ranked else None,
+            "n_plans": ranked, "n_kept": output.plans_proposed}}
     record = build_record(
         output,
         task=cfg.task.name,

@@ -576,13 +576,14 @@ class SamplingPlanner:
         if history is not None:
             history = history.to(self.device, torch.float32)
         conditioning = self.conditioner.condition(observations, goals, history, arrival=arrival)
+        if self.proposer is not None and (goals is not None or conditioning.arrivals is not None
+                                          or conditioning.current != 0):
+            raise ValueError("a candidate proposer (planner.agent_candidate) serves planning from the current "
+                             "state at token 0 without goals or history; this planner does not: drop it")
         x, context = self.sample(conditioning, n, k, generator, goals=goals, previous=previous, shift=shift,
                                  strengths=strengths)
         normalized = x.view(n, k, horizon, layout.transition_dim)
         if self.proposer is not None:  # candidates that were not sampled join the K (after them)
-            if goals is not None or conditioning.arrivals is not None:
-                raise ValueError("a candidate proposer (planner.agent_candidate) serves start-conditioned "
-                                 "planning without goals; this planner plans to goals: drop it")
             normalized = self.proposer.propose(normalized)
         raw = self.model.normalizer.unnormalize(normalized)
         chosen, values = self.selector.select(normalized, raw, context)

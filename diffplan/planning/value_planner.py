@@ -4,7 +4,8 @@
 samples K candidates per environment for N environments in one guided sampler call of
 N x K trajectories (the value function's gradient steers every denoising step, see
 :class:`diffplan.guidance.Guidance`), scores the finished candidates with the guide's value
-at level 0 (or with a ``ranker``, e.g. an offline agent's critic, ``planner.critic``) and
+at level 0 (or with a ``ranker``, e.g. an offline agent's critic, ``planner.critic``; a
+``proposer`` may add candidates first, e.g. the agent's own action, ``planner.agent_candidate``) and
 returns the best one per environment. As in
 :class:`diffplan.planning.planner.GoalPlanner`, a return-conditioned model
 (``model.return_condition``) is sampled with classifier-free guidance towards

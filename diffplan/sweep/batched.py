@@ -166,13 +166,14 @@ def pass_config(cells: list[PlannedCell]) -> Config:
 
 
 def split_output(output: EvaluationOutput, position: int, n_episodes: int) -> EvaluationOutput:
-    """The episodes and traces of the cell at ``position`` in its pass, renumbered 0..n_episodes-1
-    per seed as a sequential evaluation numbers them. Plan times and wall time are the pass's
-    (every planner call served all the cells of the batch)."""
+    """The episodes, traces and plan counts of the cell at ``position`` in its pass, renumbered
+    0..n_episodes-1 per seed as a sequential evaluation numbers them. Plan times and wall time are the
+    pass's (every planner call served all the cells of the batch)."""
     lo, hi = position * n_episodes, (position + 1) * n_episodes
     episodes = [dataclasses.replace(e, episode=e.episode - lo) for e in output.episodes if lo <= e.episode < hi]
     traces = [dataclasses.replace(t, episode=t.episode - lo) for t in output.traces if lo <= t.episode < hi]
-    return EvaluationOutput(episodes, list(output.plan_times_s), output.wall_time_s, traces)
+    counts = {(seed, episode - lo): c for (seed, episode), c in output.plan_counts.items() if lo <= episode < hi}
+    return EvaluationOutput(episodes, list(output.plan_times_s), output.wall_time_s, traces, counts)
 
 
 def run_pass(cells: list[PlannedCell]) -> list[Path]:
