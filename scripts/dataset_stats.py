@@ -38,7 +38,7 @@ def summary(path: Path) -> dict[str, object]:
     }
 
 
-def _shown(value: object, spec: str) -> str:
+def _cell(value: object, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
@@ -52,9 +52,9 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
         policy = row["policy"] if isinstance(row["policy"], dict) else {}
-        print(f"| {row['task']} | {_shown(row['n_steps'], ',')} | {_shown(row['n_episodes'], ',')} | "
-              f"{_shown(row['mean_return'], '.1f')} | **{_shown(row['mean_normalized_score'], '.1f')}** | "
-              f"{_shown(policy.get('steps'), ',')} |")
+        print(f"| {row['task']} | {_cell(row['n_steps'], ',')} | {_cell(row['n_episodes'], ',')} | "
+              f"{_cell(row['mean_return'], '.1f')} | **{_cell(row['mean_normalized_score'], '.1f')}** | "
+              f"{_cell(policy.get('steps'), ',')} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(rows, indent=1) + "\n")
