@@ -12,7 +12,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 import numpy as np
@@ -88,28 +88,9 @@ class EvaluationOutput:
     #: Plan counts per (seed, episode), for the episodes that planned (a batched sweep splits them by cell).
     plan_counts: dict[tuple[int, int], PlanCounts] = field(default_factory=dict)
 
-    def _total(self, name: str) -> int:
-        return sum(getattr(c, name) for c in self.plan_counts.values())
-
-    @property
-    def plans_flagged(self) -> int:
-        """Plans the evaluation's ``plan_check`` flagged (e.g. through a maze's walls)."""
-        return self._total("flagged")
-
-    @property
-    def plans_checked(self) -> int:
-        """Plans the evaluation's ``plan_check`` checked (0 without one)."""
-        return self._total("checked")
-
-    @property
-    def plans_proposed(self) -> int:
-        """Plans whose kept candidate a planner's proposer added."""
-        return self._total("proposed")
-
-    @property
-    def plans_ranked_with_proposals(self) -> int:
-        """Plans of planners with a proposer (0 without one)."""
-        return self._total("ranked_with_proposals")
+    def plan_totals(self) -> PlanCounts:
+        """The plan counts summed over the episodes."""
+        return PlanCounts(*(sum(getattr(c, f.name) for c in self.plan_counts.values()) for f in fields(PlanCounts)))
 
     def normalized_scores(self) -> np.ndarray:
         return np.array([e.normalized_score for e in self.episodes])
@@ -182,9 +163,8 @@ def evaluate(
     ``n_traces`` episodes keep their executed observations (and, with ``trace_plans``, their
     plans) in ``EvaluationOutput.traces``. ``plan_check`` maps each planning call's planned states
     (n, H, obs_dim) to a (n,) bool flag (e.g. plans through a maze's walls); the flagged and checked
-    counts go to ``EvaluationOutput.plans_flagged`` / ``plans_checked``; plans whose kept candidate a
-    planner's proposer added (:attr:`PlanRecord.proposed`) to ``plans_proposed`` out of
-    ``plans_ranked_with_proposals``.
+    counts, and those of plans whose kept candidate a planner's proposer added
+    (:attr:`PlanRecord.proposed`), go to ``EvaluationOutput.plan_counts`` per episode.
     """
     if n_episodes < 1 or n_envs < 1:
         raise ValueError(f"eval.n_episodes and eval.n_envs must be >= 1, got {n_episodes} and {n_envs}")

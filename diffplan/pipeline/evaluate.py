@@ -379,15 +379,15 @@ def write_evaluation(
     default: a cell whose every episode failed is a result of the sweep, written as results.json.
     """
     ref = setup.reference
+    plans = output.plan_totals()
     if setup.plan_check is not None:
-        rate = output.plans_flagged / output.plans_checked if output.plans_checked else None
-        extra = {**(extra or {}), "plans_through_walls": {"rate": rate, "n_plans": output.plans_checked,
-                                                          "n_through_walls": output.plans_flagged}}
+        rate = plans.flagged / plans.checked if plans.checked else None
+        extra = {**(extra or {}), "plans_through_walls": {"rate": rate, "n_plans": plans.checked,
+                                                          "n_through_walls": plans.flagged}}
     if cfg.planner.agent_candidate and EvalController(cfg.eval.controller) is EvalController.planner:
-        ranked = output.plans_ranked_with_proposals
+        ranked = plans.ranked_with_proposals
         extra = {**(extra or {}), "proposed_candidates": {
-            "rate": output.plans_proposed / ranked if ranked else None,
-            "n_plans": ranked, "n_kept": output.plans_proposed}}
+            "rate": plans.proposed / ranked if ranked else None, "n_plans": ranked, "n_kept": plans.proposed}}
     record = build_record(
         output,
         task=cfg.task.name,
