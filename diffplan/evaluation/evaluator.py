@@ -238,21 +238,18 @@ def evaluate(
 def _count_plans(counts: dict[tuple[int, int], PlanCounts], records: list[PlanRecord], seed: int,
                  episode_ids: list[int], plan_check: Callable[[np.ndarray], np.ndarray] | None) -> None:
     """Add one batch's plan records to the per-episode counts (a record's ``env_index`` i is episode
-    ``episode_ids[i]`` of ``seed``)."""
+    ``episode_ids[i]`` of ``seed``); episodes with nothing counted get no entry."""
+    totals = np.zeros((4, len(episode_ids)), dtype=np.int64)  # the PlanCounts fields, per environment
     for record in records:
-        flags = None
+        env = np.asarray(record.env_index).reshape(-1)
         if plan_check is not None and record.observations.size:
-            flags = np.asarray(plan_check(record.observations), dtype=bool)
-        if flags is None and record.proposed is None:
-            continue  # nothing to count
-        for row, env in enumerate(np.asarray(record.env_index).reshape(-1)):
-            count = counts.setdefault((seed, episode_ids[int(env)]), PlanCounts())
-            if flags is not None:
-                count.flagged += int(flags[row])
-                count.checked += 1
-            if record.proposed is not None:
-                count.proposed += int(record.proposed[row])
-                count.ranked_with_proposals += 1
+            np.add.at(totals[0], env, np.asarray(plan_check(record.observations), dtype=bool))
+            np.add.at(totals[1], env, 1)
+        if record.proposed is not None:
+            np.add.at(totals[2], env, record.proposed)
+            np.add.at(totals[3], env, 1)
+    for i in np.flatnonzero(totals[1] + totals[3]):
+        counts[(seed, episode_ids[i])] = PlanCounts(*(int(v) for v in totals[:, i]))
 
 
 def _plans_of(records: list[PlanRecord], env_index: int) -> list[np.ndarray]:

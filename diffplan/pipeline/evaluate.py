@@ -26,7 +26,7 @@ from diffplan.evaluation.reference import resolve_reference_scores
 from diffplan.evaluation.results import build_record, write_record
 from diffplan.guidance.kinds import guidance_kind
 from diffplan.guidance.per_env import EnvStrengths
-from diffplan.planning.modes import build_controller, check_critic_suite, planner_spec
+from diffplan.planning.modes import build_controller, check_critic_settings, planner_spec
 from diffplan.reporting.maze_plot import plot_maze_paths
 from diffplan.tasks import is_locomotion, task_episodes
 from diffplan.training.checkpoint import TrainedModel, load_trained_model
@@ -147,7 +147,7 @@ def check_evaluation(cfg: Config) -> None:
 def _check_critic(cfg: Config) -> None:
     """``planner.critic`` only where it ranks something: the locomotion planner with candidates to rank
     (``planner.agent_candidate`` counts as one); ``planner.agent_candidate`` only with a critic."""
-    check_critic_suite(cfg.planner, "locomotion" if is_locomotion(cfg.task) else "maze")
+    check_critic_settings(cfg.planner, "locomotion" if is_locomotion(cfg.task) else "maze")
     critic = cfg.planner.critic
     if not critic:
         return
@@ -384,7 +384,7 @@ def write_evaluation(
         rate = plans.flagged / plans.checked if plans.checked else None
         extra = {**(extra or {}), "plans_through_walls": {"rate": rate, "n_plans": plans.checked,
                                                           "n_through_walls": plans.flagged}}
-    if cfg.planner.agent_candidate and EvalController(cfg.eval.controller) is EvalController.planner:
+    if cfg.planner.agent_candidate:  # (only with a planner: refused by check_evaluation otherwise)
         ranked = plans.ranked_with_proposals
         extra = {**(extra or {}), "proposed_candidates": {
             "rate": plans.proposed / ranked if ranked else None, "n_plans": ranked, "n_kept": plans.proposed}}

@@ -85,7 +85,7 @@ def planner_spec(mode: str, suite: str) -> PlannerSpec:
     return spec
 
 
-def check_critic_suite(planner: PlannerConfig, suite: str) -> None:
+def check_critic_settings(planner: PlannerConfig, suite: str) -> None:
     """Refuse ``planner.critic`` for a suite whose planners rank no candidates by it (only locomotion's do),
     and ``planner.agent_candidate`` outside locomotion, without a critic to rank the agent's candidate, or
     with plans executed for more than one step (only the agent's first action is its own).
@@ -119,7 +119,7 @@ def build_controller(cfg: Config, suite: str, model: TrainedModel, device: torch
         ValueError: see :func:`planner_spec`; per-environment strengths for a mode that takes none.
     """
     spec = planner_spec(cfg.planner.mode, suite)
-    check_critic_suite(cfg.planner, suite)
+    check_critic_settings(cfg.planner, suite)
     if strengths is not None and not spec.batchable:
         raise ValueError(f"planner.mode={spec.name} takes no per-environment guidance strengths; evaluate its sweep "
                          "cells with sweep.batched=false")
