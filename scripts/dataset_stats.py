@@ -1,5 +1,6 @@
 """Summarize collected datasets from their metadata: size, episodes, mean return and score (what a
-file's metadata lacks, e.g. a maze file's return statistics, is null), and the file's sha256.
+file's metadata lacks, e.g. a maze file's return statistics, is null), the file's sha256 and its
+arrays' sha256 (equal for two collections that wrote the same data at different times).
 
     python scripts/dataset_stats.py data/hopper-medium.hdf5 ... --out results/datasets/locomotion.json
 """
@@ -10,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from diffplan.data.hdf5 import read_metadata
+from diffplan.data.hdf5 import arrays_sha256, read_metadata
 from diffplan.utils import file_sha256
 
 
@@ -22,6 +23,7 @@ def summary(path: Path) -> dict[str, object]:
     return {
         "file": path.name,
         "sha256": file_sha256(path),
+        "arrays_sha256": arrays_sha256(path),
         "task": meta.get("task"),
         "n_steps": stats.get("n_steps"),
         "n_episodes": stats.get("n_episodes"),

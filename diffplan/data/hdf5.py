@@ -14,6 +14,7 @@ infos/goal, infos/qpos, infos/qvel) but differ in how episodes are delimited:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -73,6 +74,23 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     file_path = _check_hdf5_file(path)
     with h5py.File(file_path, "r") as handle:
         return _read_file_metadata(handle, file_path) or {}
+
+
+def arrays_sha256(path: str | Path, chunk_rows: int = 1 << 16) -> str:
+    """SHA-256 of a file's arrays (each dataset's path, dtype, shape and bytes, in path order),
+    not of its attributes: two collections that wrote the same data at different times (the
+    metadata's ``created`` differs, so the files' own hashes do) get the same digest."""
+    digest = hashlib.sha256()
+    with h5py.File(_check_hdf5_file(path), "r") as handle:
+        for key in _dataset_keys(handle):
+            data = handle[key]
+            digest.update(f"{key}|{data.dtype.str}|{data.shape}|".encode())
+            if data.ndim == 0:
+                digest.update(np.ascontiguousarray(data[()]).tobytes())
+                continue
+            for start in range(0, data.shape[0], chunk_rows):
+                digest.update(np.ascontiguousarray(data[start:start + chunk_rows]).tobytes())
+    return digest.hexdigest()
 
 
 def reference_scores(path: str | Path) -> dict[str, Any]:
