@@ -28,8 +28,8 @@ from diffplan_envs.locomotion import (
 from diffplan_envs.reference_scores import normalized_score
 from hydra import compose, initialize_config_dir
 
-from diffplan.config import as_config, register_configs
-from diffplan.data.hdf5 import load_hdf5, read_metadata, reference_scores
+from diffplan.config import Config, as_config, register_configs
+from diffplan.data.hdf5 import arrays_sha256, load_hdf5, read_metadata, reference_scores
 from diffplan.pipeline.collect import run_collect
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,17 +226,22 @@ def test_batch_steps_and_terminates() -> None:
     batch.close()
 
 
-def test_collect_command_locomotion(tmp_path: Path) -> None:
+def _tiny_collection(folder: Path) -> Config:
+    """hopper-medium collected by a PPO agent trained for a few hundred steps, all under folder."""
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = as_config(compose("config", overrides=[
-            "task=hopper-medium", f"task.dataset={tmp_path / 'hopper-medium.hdf5'}", "collect.n_steps=300",
-            "collect.progress=false", "collect.n_envs=3", f"collect.agent_dir={tmp_path / 'agents'}",
+        return as_config(compose("config", overrides=[
+            "task=hopper-medium", f"task.dataset={folder / 'hopper-medium.hdf5'}", "collect.n_steps=300",
+            "collect.progress=false", "collect.n_envs=3", f"collect.agent_dir={folder / 'agents'}",
             "collect.agents.hopper.n_envs=2", "collect.agents.hopper.eval_every=128",
             "collect.agents.hopper.eval_episodes=1", "collect.agents.hopper.medium_score=-1000",
             "collect.agents.hopper.algo_kwargs.n_steps=64", "collect.agents.hopper.algo_kwargs.batch_size=64",
-            "collect.agents.hopper.algo_kwargs.n_epochs=1",
+            "collect.agents.hopper.algo_kwargs.n_epochs=1", "run.threads=1",
         ]))
+
+
+def test_collect_command_locomotion(tmp_path: Path) -> None:
+    cfg = _tiny_collection(tmp_path)
     path = run_collect(cfg)
     assert path == tmp_path / "hopper-medium.hdf5" and len(load_hdf5(path).rewards) == 300
     assert (tmp_path / "agents" / "hopper" / "medium.zip").exists()
@@ -244,6 +249,14 @@ def test_collect_command_locomotion(tmp_path: Path) -> None:
     bad.collect.levels = ["mediocre"]
     with pytest.raises(ValueError, match="unknown level"):
         run_collect(bad)
+
+
+def test_a_collection_repeated_with_its_seed_writes_the_same_arrays(tmp_path: Path) -> None:
+    """Agent training and collection from scratch twice, same seed and threads: the same data (the
+    files differ only in their metadata's creation time)."""
+    first, again = (run_collect(_tiny_collection(tmp_path / name)) for name in ("a", "b"))
+    assert arrays_sha256(first) == arrays_sha256(again)
+    assert read_metadata(first)["agent"]["evals"] == read_metadata(again)["agent"]["evals"]
 
 
 def test_bad_agent_settings_are_named(tmp_path: Path) -> None:
