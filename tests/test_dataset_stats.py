@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from diffplan.data.hdf5 import arrays_sha256, write_hdf5
@@ -36,11 +37,25 @@ def test_the_digest_covers_the_arrays_and_not_the_metadata(tmp_path: Path) -> No
     changed = _arrays()
     changed["rewards"][7] += 1e-3
     assert arrays_sha256(_file(tmp_path / "c.hdf5", "2026-12-05T00:20:27+00:00", changed)) != EXPECTED
-    # A dtype alone changes it too: the same values as float64 are other data.
-    widened = {**_arrays(), "rewards": _arrays()["rewards"].astype(np.float64)}
-    assert arrays_sha256(_file(tmp_path / "d.hdf5", "2026-12-05T00:20:27+00:00", widened)) != EXPECTED
+    # The dtype counts apart from the bytes: the same bytes read as int32 are other data.
+    reread = {**_arrays(), "rewards": _arrays()["rewards"].view(np.int32)}
+    assert arrays_sha256(_file(tmp_path / "d.hdf5", "2026-12-05T00:20:27+00:00", reread)) != EXPECTED
     # Read in chunks of any size, the digest is the same.
     assert arrays_sha256(first, chunk_rows=5) == EXPECTED
+
+
+def _with_extras(path: Path, name: str) -> str:
+    """The digest of a file holding a scalar dataset and a variable-length string dataset."""
+    with h5py.File(path, "w") as handle:
+        handle["scalar"] = np.float32(2.5)
+        handle.create_dataset("names", data=[name, "walker2d"], dtype=h5py.string_dtype())
+    return arrays_sha256(path)
+
+
+def test_scalar_and_variable_length_datasets_hash_their_values(tmp_path: Path) -> None:
+    first = _with_extras(tmp_path / "a.hdf5", "hopper")
+    assert _with_extras(tmp_path / "b.hdf5", "hopper") == first == arrays_sha256(tmp_path / "a.hdf5")
+    assert _with_extras(tmp_path / "c.hdf5", "hoppeR") != first
 
 
 def test_dataset_stats_records_both_digests(tmp_path: Path) -> None:
