@@ -1,6 +1,7 @@
 """Summarize collected datasets from their metadata: size, episodes, mean return and score (what a
-file's metadata lacks, e.g. a maze file's return statistics, is null), the file's sha256 and its
-arrays' sha256 (equal for two collections that wrote the same data at different times).
+file's metadata lacks, e.g. a maze file's return statistics, is null), the file's sha256 and the
+dataset's identity (the hash of its arrays and recipe that checkpoints record: equal for two collections
+that wrote the same data at different times, whose files' sha256 differ).
 
     python scripts/dataset_stats.py data/hopper-medium.hdf5 ... --out results/datasets/locomotion.json
 """
@@ -11,7 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
-from diffplan.data.hdf5 import arrays_sha256, read_metadata
+from diffplan.data.hdf5 import load_hdf5, read_metadata
+from diffplan.data.identity import dataset_identity
 from diffplan.utils import file_sha256
 
 
@@ -23,7 +25,7 @@ def summary(path: Path) -> dict[str, object]:
     return {
         "file": path.name,
         "sha256": file_sha256(path),
-        "arrays_sha256": arrays_sha256(path),
+        "identity": dataset_identity(load_hdf5(path)),
         "task": meta.get("task"),
         "n_steps": stats.get("n_steps"),
         "n_episodes": stats.get("n_episodes"),

@@ -14,7 +14,6 @@ infos/goal, infos/qpos, infos/qvel) but differ in how episodes are delimited:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -74,53 +73,6 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     file_path = _check_hdf5_file(path)
     with h5py.File(file_path, "r") as handle:
         return _read_file_metadata(handle, file_path) or {}
-
-
-def arrays_sha256(path: str | Path, chunk_rows: int = 1 << 16) -> str:
-    """SHA-256 of a file's arrays, not of its attributes.
-
-    Each dataset adds its path, dtype (with field names for compound ones), shape and values, in
-    path order; variable-length values (strings, ragged arrays) add each element's bytes with its
-    length. Two collections that wrote the same data at different times (their metadata's
-    ``created`` differs, so the files' own hashes do) get the same digest.
-
-    Args:
-        path: an HDF5 file.
-        chunk_rows: rows read at a time (the digest does not depend on it).
-
-    Returns:
-        The hex digest.
-
-    Raises:
-        DatasetNotFoundError: no such file.
-        DatasetError: not an HDF5 file, or one that cannot be opened.
-    """
-    digest = hashlib.sha256()
-    with h5py.File(_check_hdf5_file(path), "r") as handle:
-        for key in _dataset_keys(handle):
-            data = handle[key]
-            dtype = data.dtype.descr if data.dtype.names else data.dtype.str
-            digest.update(f"{key}|{dtype}|{data.shape}|".encode())
-            if data.shape is None:  # an empty (null) dataspace: no values
-                continue
-            if data.ndim == 0:
-                _update_values(digest, np.asarray(data[()]))
-                continue
-            for start in range(0, data.shape[0], chunk_rows):
-                _update_values(digest, data[start:start + chunk_rows])
-    return digest.hexdigest()
-
-
-def _update_values(digest: Any, values: np.ndarray) -> None:
-    """Add an array's values to a hash: its bytes, or for an object array (h5py's variable-length
-    strings and arrays) each element's length and bytes, not the pointers the array holds."""
-    if values.dtype.kind != "O":
-        digest.update(np.ascontiguousarray(values).tobytes())
-        return
-    for item in values.reshape(-1):
-        raw = item.encode() if isinstance(item, str) else item if isinstance(item, bytes) else \
-            np.ascontiguousarray(item).tobytes()
-        digest.update(len(raw).to_bytes(8, "little") + raw)
 
 
 def reference_scores(path: str | Path) -> dict[str, Any]:
